@@ -1,0 +1,382 @@
+// Package config loads Draupnir's TOML configuration (by default
+// /etc/draupnir/config.toml), applies DRAUPNIR_<SECTION>_<KEY> environment
+// overrides, fills in defaults and validates every value, so that a mistake is
+// reported at start-up with the name of the key at fault rather than surfacing
+// later as a confusing runtime error.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is where the server looks for its configuration unless
+// DRAUPNIR_CONFIG or --config says otherwise.
+const DefaultPath = "/etc/draupnir/config.toml"
+
+// Config is the whole configuration. The toml tags are the keys of the file;
+// the environment variable of a key is DRAUPNIR_ + its dotted path in upper
+// case with dots as underscores (http.port → DRAUPNIR_HTTP_PORT).
+type Config struct {
+	DatabaseURL            string `toml:"database_url"`
+	DataPath               string `toml:"data_path"`
+	Environment            string `toml:"environment"`
+	SharedSecret           string `toml:"shared_secret"`
+	TrustedUserEmailDomain string `toml:"trusted_user_email_domain"`
+	SentryDSN              string `toml:"sentry_dsn"`
+	PublicHostname         string `toml:"public_hostname"`
+	// RunPath holds short-lived runtime files: the unix socket directories of
+	// the instances and the state cluster (socket paths must stay short).
+	RunPath string `toml:"run_path"`
+
+	HTTP      HTTP      `toml:"http"`
+	OAuth     OAuth     `toml:"oauth"`
+	SSH       SSH       `toml:"ssh"`
+	Instances Instances `toml:"instances"`
+	Postgres  Postgres  `toml:"postgres"`
+}
+
+// HTTP configures the API's listeners.
+type HTTP struct {
+	Port           int      `toml:"port"`          // HTTPS; 0 disables it
+	InsecurePort   int      `toml:"insecure_port"` // plain HTTP; 0 disables it
+	Address        string   `toml:"address"`       // bind address for both, default all
+	TLSCertificate string   `toml:"tls_certificate"`
+	TLSPrivateKey  string   `toml:"tls_private_key"`
+	ReadTimeout    Duration `toml:"read_timeout"`
+	WriteTimeout   Duration `toml:"write_timeout"`
+	MaxBodyBytes   int64    `toml:"max_body_bytes"`
+}
+
+// OAuth configures the OpenID Connect login of people.
+type OAuth struct {
+	IssuerURL    string `toml:"issuer_url"`
+	RedirectURL  string `toml:"redirect_url"`
+	ClientID     string `toml:"client_id"`
+	ClientSecret string `toml:"client_secret"`
+}
+
+// SSH configures the embedded SSH server.
+type SSH struct {
+	Port                 int      `toml:"port"` // 0 disables the SSH server
+	Address              string   `toml:"address"`
+	HostKey              string   `toml:"host_key"`
+	UploadAuthorizedKeys string   `toml:"upload_authorized_keys"`
+	AuthorizedKeys       string   `toml:"authorized_keys"`
+	IdleTimeout          Duration `toml:"idle_timeout"`
+	MaxTimeout           Duration `toml:"max_timeout"`
+	MaxConnections       int      `toml:"max_connections"`
+}
+
+// Instances configures the postgres instances handed to users.
+type Instances struct {
+	MinPort         int               `toml:"min_port"`
+	MaxPort         int               `toml:"max_port"`
+	PostgresUser    string            `toml:"postgres_user"`
+	ListenAddresses string            `toml:"listen_addresses"`
+	Settings        map[string]string `toml:"settings"`
+	SuperuserAccess bool              `toml:"superuser_access"`
+	StartTimeout    Duration          `toml:"start_timeout"`
+}
+
+// Postgres says where the PostgreSQL binaries are.
+type Postgres struct {
+	// BinDirs are directories (glob patterns allowed) that hold postgres,
+	// initdb, psql… of one major version each.
+	BinDirs []string `toml:"bin_dirs"`
+}
+
+// Duration is a time.Duration written as a string such as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses "1m30s"-style durations.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration back in the same form.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Default returns the configuration used for keys the file leaves out.
+func Default() Config {
+	return Config{
+		DataPath:    "/var/lib/draupnir",
+		Environment: "production",
+		RunPath:     "/run/draupnir",
+		HTTP: HTTP{
+			Port:         8443,
+			InsecurePort: 8080,
+			ReadTimeout:  Duration{30 * time.Second},
+			// Finalising a large image can take minutes; the request waits.
+			WriteTimeout: Duration{60 * time.Minute},
+			MaxBodyBytes: 1 << 20,
+		},
+		OAuth: OAuth{IssuerURL: "https://accounts.google.com"},
+		SSH: SSH{
+			Port:           2222,
+			IdleTimeout:    Duration{10 * time.Minute},
+			MaxTimeout:     Duration{24 * time.Hour},
+			MaxConnections: 64,
+		},
+		Instances: Instances{
+			MinPort:         6000,
+			MaxPort:         6999,
+			PostgresUser:    "postgres",
+			ListenAddresses: "*",
+			StartTimeout:    Duration{60 * time.Second},
+		},
+		Postgres: Postgres{BinDirs: []string{"/usr/lib/postgresql/*/bin"}},
+	}
+}
+
+// Path returns the configuration file to read: explicit if not empty, else
+// $DRAUPNIR_CONFIG, else DefaultPath.
+func Path(explicit string) string {
+	if explicit != "" {
+		return explicit
+	}
+	if p := os.Getenv("DRAUPNIR_CONFIG"); p != "" {
+		return p
+	}
+	return DefaultPath
+}
+
+// Load reads the file at path (a missing file is fine when optional is true),
+// applies environment overrides from environ (os.Environ() form) and
+// validates the result.
+func Load(path string, optional bool, environ []string) (*Config, error) {
+	cfg := Default()
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := decode(data, &cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	case errors.Is(err, os.ErrNotExist) && optional:
+	default:
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	if err := applyEnv(&cfg, environ); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &cfg, nil
+}
+
+func decode(data []byte, cfg *Config) error {
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(cfg)
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var keys []string
+		for _, e := range strict.Errors {
+			keys = append(keys, strings.Join(e.Key(), "."))
+		}
+		return fmt.Errorf("unknown key(s): %s", strings.Join(keys, ", "))
+	}
+	var derr *toml.DecodeError
+	if errors.As(err, &derr) {
+		row, col := derr.Position()
+		key := strings.Join(derr.Key(), ".")
+		if key != "" {
+			return fmt.Errorf("key %s (line %d, column %d): %s", key, row, col, derr.Error())
+		}
+		return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
+	}
+	return err
+}
+
+// applyEnv sets every key that has a DRAUPNIR_… variable in environ.
+func applyEnv(cfg *Config, environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "DRAUPNIR_") {
+			env[k] = v
+		}
+	}
+	return walk(reflect.ValueOf(cfg).Elem(), "", func(key string, f reflect.Value) error {
+		name := "DRAUPNIR_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		v, ok := env[name]
+		if !ok {
+			return nil
+		}
+		if err := setFromString(f, v); err != nil {
+			return fmt.Errorf("environment %s (key %s): %w", name, key, err)
+		}
+		return nil
+	})
+}
+
+// walk calls fn for every leaf field with its dotted TOML key.
+func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("toml")
+		if tag == "" {
+			continue
+		}
+		key := tag
+		if prefix != "" {
+			key = prefix + "." + tag
+		}
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(Duration{}) {
+			if err := walk(f, key, fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := fn(key, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setFromString(f reflect.Value, s string) error {
+	switch f.Interface().(type) {
+	case string:
+		f.SetString(s)
+	case int, int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("not an integer: %q", s)
+		}
+		f.SetInt(n)
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("not a boolean: %q", s)
+		}
+		f.SetBool(b)
+	case Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("not a duration: %q", s)
+		}
+		f.Set(reflect.ValueOf(Duration{d}))
+	case []string:
+		f.Set(reflect.ValueOf(strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ':' })))
+	case map[string]string:
+		m := map[string]string{}
+		for _, kv := range strings.Split(s, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || strings.TrimSpace(k) == "" {
+				return fmt.Errorf("want name=value[,name=value…], got %q", s)
+			}
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+		f.Set(reflect.ValueOf(m))
+	default:
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}
+
+// Validate checks every value and names the key at fault.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.DataPath == "" || !filepath.IsAbs(c.DataPath) {
+		bad("data_path", "must be an absolute path, got %q", c.DataPath)
+	}
+	if c.RunPath == "" || !filepath.IsAbs(c.RunPath) {
+		bad("run_path", "must be an absolute path, got %q", c.RunPath)
+	} else if len(c.RunPath) > 60 {
+		bad("run_path", "must be short (≤ 60 bytes): unix socket paths are limited to 107 bytes")
+	}
+	switch c.Environment {
+	case "production", "staging", "development", "test":
+	default:
+		bad("environment", "must be production, staging, development or test, got %q", c.Environment)
+	}
+	if c.SharedSecret != "" && len(c.SharedSecret) < 16 {
+		bad("shared_secret", "must be at least 16 characters")
+	}
+	if d := c.TrustedUserEmailDomain; d != "" {
+		if !strings.HasPrefix(d, "@") || len(d) < 4 || strings.ContainsAny(d[1:], "@ ") {
+			bad("trusted_user_email_domain", "must look like \"@example.com\", got %q", d)
+		} else if _, err := mail.ParseAddress("x" + d); err != nil {
+			bad("trusted_user_email_domain", "%q is not an email domain", d)
+		}
+	}
+	checkPort := func(key string, p int, zeroOK bool) {
+		if (p == 0 && !zeroOK) || p < 0 || p > 65535 {
+			bad(key, "must be a port number (1-65535), got %d", p)
+		}
+	}
+	checkPort("http.port", c.HTTP.Port, true)
+	checkPort("http.insecure_port", c.HTTP.InsecurePort, true)
+	checkPort("ssh.port", c.SSH.Port, true)
+	checkPort("instances.min_port", c.Instances.MinPort, false)
+	checkPort("instances.max_port", c.Instances.MaxPort, false)
+	if c.Instances.MinPort > c.Instances.MaxPort {
+		bad("instances.max_port", "must not be below instances.min_port (%d)", c.Instances.MinPort)
+	}
+	for _, p := range []struct {
+		key  string
+		port int
+	}{{"http.port", c.HTTP.Port}, {"http.insecure_port", c.HTTP.InsecurePort}, {"ssh.port", c.SSH.Port}} {
+		if p.port >= c.Instances.MinPort && p.port <= c.Instances.MaxPort {
+			bad(p.key, "%d lies inside the instance port range %d-%d", p.port, c.Instances.MinPort, c.Instances.MaxPort)
+		}
+	}
+	if c.HTTP.Port != 0 && (c.HTTP.TLSCertificate == "") != (c.HTTP.TLSPrivateKey == "") {
+		bad("http.tls_certificate", "http.tls_certificate and http.tls_private_key go together")
+	}
+	if c.HTTP.MaxBodyBytes <= 0 {
+		bad("http.max_body_bytes", "must be positive")
+	}
+	if c.Instances.PostgresUser == "" || c.Instances.PostgresUser == "root" {
+		bad("instances.postgres_user", "must name an unprivileged OS user (postgres refuses to run as root)")
+	}
+	for k := range c.Instances.Settings {
+		switch k {
+		case "port", "listen_addresses", "unix_socket_directories", "hba_file", "ident_file", "data_directory",
+			"ssl_cert_file", "ssl_key_file", "ssl_ca_file", "archive_command", "restore_command",
+			"shared_preload_libraries", "log_directory":
+			bad("instances.settings."+k, "is managed by draupnir and cannot be set")
+		}
+		if strings.ContainsAny(k, " =\n'") || k == "" {
+			bad("instances.settings", "invalid setting name %q", k)
+		}
+	}
+	if len(c.Postgres.BinDirs) == 0 {
+		bad("postgres.bin_dirs", "must name at least one directory")
+	}
+	if c.SSH.MaxConnections <= 0 {
+		bad("ssh.max_connections", "must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// Embedded reports whether Draupnir runs its own state cluster under
+// DataPath/state, because no database_url is configured.
+func (c *Config) Embedded() bool { return c.DatabaseURL == "" }
+
+// UploadsDir and the other helpers name the data path's parts (DESIGN.md §2).
+func (c *Config) UploadsDir() string   { return filepath.Join(c.DataPath, "image_uploads") }
+func (c *Config) SnapshotsDir() string { return filepath.Join(c.DataPath, "image_snapshots") }
+func (c *Config) InstancesDir() string { return filepath.Join(c.DataPath, "instances") }
+func (c *Config) StateDir() string     { return filepath.Join(c.DataPath, "state") }
+func (c *Config) KeysDir() string      { return filepath.Join(c.DataPath, "keys") }

@@ -1,0 +1,169 @@
+// Package draupnir holds the domain of the Draupnir service: images, instances,
+// principals and the typed errors that every layer returns. It has no
+// dependencies on storage or transport, so that the doors (HTTP, SSH, CLI) can
+// render results and map errors to statuses or exit codes without string
+// matching, and so that the core packages (images, instances) can share one
+// vocabulary.
+package draupnir
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Version is the version shared by the server and the CLI. The build sets it
+// with -ldflags "-X github.com/draupnir-db/draupnir.Version=…".
+var Version = "1.0.0"
+
+// ImageState is a step of an image's lifecycle:
+// created → uploading → finalising → ready | failed.
+type ImageState string
+
+const (
+	ImageCreated    ImageState = "created"
+	ImageUploading  ImageState = "uploading"
+	ImageFinalising ImageState = "finalising"
+	ImageReady      ImageState = "ready"
+	ImageFailed     ImageState = "failed"
+)
+
+// AcceptsUploads reports whether bytes may still be written into the image's
+// upload subvolume.
+func (s ImageState) AcceptsUploads() bool { return s == ImageCreated || s == ImageUploading }
+
+// Image is a finalised (or finalising) PostgreSQL base backup.
+type Image struct {
+	ID                  int64
+	State               ImageState
+	BackedUpAt          time.Time
+	AnonymisationScript string
+	Error               string // why finalising failed; empty otherwise
+	SizeBytes           int64
+	PostgresVersion     string // major version from PG_VERSION, e.g. "15"
+	Database            string // largest non-system database, where instances land users
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
+}
+
+// Ready reports whether instances can be made of the image.
+func (i *Image) Ready() bool { return i.State == ImageReady }
+
+// InstanceState is a step of an instance's lifecycle.
+type InstanceState string
+
+const (
+	InstanceCreating   InstanceState = "creating"
+	InstanceRunning    InstanceState = "running"
+	InstanceStopped    InstanceState = "stopped" // its postgres died and has not been restarted yet
+	InstanceFailed     InstanceState = "failed"  // could not be (re)started; Error says why
+	InstanceDestroying InstanceState = "destroying"
+)
+
+// Instance is a writable snapshot of a ready image with its own postgres.
+type Instance struct {
+	ID        int64
+	ImageID   int64
+	Owner     string // the principal's name
+	State     InstanceState
+	Port      int
+	Hostname  string
+	Username  string
+	Password  string
+	Database  string
+	Error     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Principal is who is asking.
+type Principal struct {
+	// Name identifies the principal: UploadPrincipal or a user's email.
+	Name string
+	// Upload is true for the trusted principal that manages images.
+	Upload bool
+}
+
+// UploadPrincipal is the name of the trusted principal that manages images.
+const UploadPrincipal = "upload"
+
+// CanSee reports whether p may see an instance owned by owner.
+func (p Principal) CanSee(owner string) bool { return p.Upload || p.Name == owner }
+
+// Kind classifies errors so the doors can map them to HTTP statuses and exit
+// codes.
+type Kind int
+
+const (
+	KindInternal            Kind = iota
+	KindNotFound                 // the thing does not exist, or is not the caller's
+	KindConflict                 // the thing is in the wrong state for the request
+	KindInvalid                  // the request is malformed or a value is out of range
+	KindUnprocessable            // the request is well formed but the work failed (finalise)
+	KindForbidden                // the principal may not do this
+	KindUnauthorized             // no or unknown credentials
+	KindUnavailable              // try again later (port pool exhausted, state DB down)
+	KindInsufficientStorage      // the disk is full
+)
+
+// Error is an error with a Kind and a message meant for the client. Field names
+// the attribute at fault, if any, for validation errors.
+type Error struct {
+	Kind  Kind
+	Msg   string
+	Field string
+	Err   error // the underlying cause, for logs; never shown to clients
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil && e.Msg == "" {
+		return e.Err.Error()
+	}
+	return e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is lets errors.Is(err, ErrNotFound) match any Error of the same Kind.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Msg == "" && t.Kind == e.Kind
+}
+
+// Sentinels for errors.Is; each matches every *Error of its Kind.
+var (
+	ErrNotFound            = &Error{Kind: KindNotFound}
+	ErrConflict            = &Error{Kind: KindConflict}
+	ErrInvalid             = &Error{Kind: KindInvalid}
+	ErrUnprocessable       = &Error{Kind: KindUnprocessable}
+	ErrForbidden           = &Error{Kind: KindForbidden}
+	ErrUnauthorized        = &Error{Kind: KindUnauthorized}
+	ErrUnavailable         = &Error{Kind: KindUnavailable}
+	ErrInsufficientStorage = &Error{Kind: KindInsufficientStorage}
+)
+
+// Errorf returns an *Error of the given kind with a formatted client message.
+// A %w verb in format also records the cause.
+func Errorf(kind Kind, format string, args ...any) error {
+	wrapped := fmt.Errorf(format, args...)
+	return &Error{Kind: kind, Msg: wrapped.Error(), Err: errors.Unwrap(wrapped)}
+}
+
+// KindOf returns the Kind of err, KindInternal if it carries none.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return KindInternal
+}
+
+// ClientMessage returns the message to show a client for err: the *Error's
+// message, or a generic one for internal errors, whose text may leak details.
+func ClientMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Kind != KindInternal {
+		return e.Msg
+	}
+	return "internal error; the server log has the details"
+}
