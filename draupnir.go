@@ -46,6 +46,20 @@ type Image struct {
 	UpdatedAt           time.Time
 }
 
+// ImagePatch changes the attributes of an image that is not ready yet; nil
+// fields stay as they are.
+type ImagePatch struct {
+	BackedUpAt          *time.Time
+	AnonymisationScript *string
+}
+
+// UploadSummary describes a finished streaming upload.
+type UploadSummary struct {
+	Bytes    int64 // bytes read from the client (compressed, if it was)
+	Files    int   // regular files written
+	Duration time.Duration
+}
+
 // Ready reports whether instances can be made of the image.
 func (i *Image) Ready() bool { return i.State == ImageReady }
 
@@ -62,18 +76,21 @@ const (
 
 // Instance is a writable snapshot of a ready image with its own postgres.
 type Instance struct {
-	ID        int64
-	ImageID   int64
-	Owner     string // the principal's name
-	State     InstanceState
-	Port      int
-	Hostname  string
-	Username  string
-	Password  string
-	Database  string
-	Error     string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	ID       int64
+	ImageID  int64
+	Owner    string // the principal's name
+	State    InstanceState
+	Port     int
+	Hostname string
+	Username string
+	Password string
+	Database string
+	// CACertificate is the PEM certificate of the CA that signed the
+	// instance's server certificate, for sslmode=verify-full.
+	CACertificate string
+	Error         string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
 }
 
 // Principal is who is asking.
