@@ -79,8 +79,9 @@ func SetupLoop(ctx context.Context, dir, image string, size int64) (hint string,
 // prepareImage creates and formats image unless it already holds btrfs.
 func prepareImage(ctx context.Context, image string, size int64) error {
 	f, err := os.OpenFile(image, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	created := err == nil
 	switch {
-	case err == nil:
+	case created:
 		err = f.Truncate(size)
 		if cerr := f.Close(); err == nil {
 			err = cerr
@@ -106,6 +107,9 @@ func prepareImage(ctx context.Context, image string, size int64) error {
 	}
 	// No -f: mkfs.btrfs itself refuses to overwrite a filesystem it recognises.
 	if out, err := exec.CommandContext(ctx, "mkfs.btrfs", "-q", image).CombinedOutput(); err != nil {
+		if created {
+			os.Remove(image) // so that a retry with a better size starts afresh
+		}
 		return fmt.Errorf("mkfs.btrfs: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
