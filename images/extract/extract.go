@@ -1,0 +1,686 @@
+// Package extract unpacks uploaded PostgreSQL base backups (tar archives,
+// plain or compressed) into a directory, safely and as a stream. The archives
+// come from users and the service runs as root, so every member is treated as
+// hostile: nothing may be written outside the target directory, through a
+// symbolic link, or as a device node, and a malformed or truncated archive is
+// reported as such, naming the member at fault.
+package extract
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/draupnir-db/draupnir"
+	"golang.org/x/sys/unix"
+)
+
+// Options tune an extraction.
+type Options struct {
+	// UID and GID own everything extracted (the postgres OS user); -1
+	// leaves that id as the extracting process's.
+	UID, GID int
+	// MaxEntries bounds the number of archive members; 0 means
+	// DefaultMaxEntries.
+	MaxEntries int
+	// MaxBytes bounds the total size of the regular files extracted (what
+	// the archive expands to); 0 means unlimited.
+	MaxBytes int64
+
+	// walkOnly makes the extractor resolve paths component by component, as
+	// it does on kernels without openat2; tests use it to cover that path.
+	walkOnly bool
+}
+
+// DefaultMaxEntries is the member limit when Options.MaxEntries is 0.
+const DefaultMaxEntries = 10_000_000
+
+// Stats describes what an extraction wrote.
+type Stats struct {
+	Bytes int64 // uncompressed bytes of regular files
+	Files int   // regular files, hard links included
+	Dirs  int   // directory members
+}
+
+const (
+	copyBufferSize = 1 << 20
+	maxNameLen     = unix.PathMax - 1
+	// endMarkerLen is the size of tar's end-of-archive marker: two zero
+	// blocks.
+	endMarkerLen = 2 * 512
+)
+
+// Tar extracts the tar stream r, plain or compressed (see Decompress), under
+// dir, which must exist. Members are streamed to disk, never held in memory.
+//
+// Unsafe members (absolute names, names or links that leave dir, symlinks
+// whose target is absolute or climbs out, hard links to anything but a file
+// extracted before, device and fifo nodes, names with NUL, writes through a
+// symlink) and malformed or truncated archives are *draupnir.Error of
+// KindUnprocessable naming the member and the reason; a full disk is
+// KindInsufficientStorage. File modes are kept without setuid, setgid and
+// sticky bits; existing regular files and symlinks are replaced. dir itself
+// is left as it is (its owner and mode are the caller's business). Nothing is
+// synced: the caller syncs once at the end.
+func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return Stats{}, err
+	}
+	src := &sourceReader{r: r}
+	plain, err := Decompress(src)
+	if err != nil {
+		return Stats{}, classifyRead(ctx, src, err)
+	}
+	defer plain.Close()
+
+	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Stats{}, fmt.Errorf("opening extraction directory %s: %w", dir, err)
+	}
+	x := &extractor{
+		ctx:     ctx,
+		opts:    opts,
+		root:    root,
+		cached:  -1,
+		buf:     make([]byte, copyBufferSize),
+		umask:   currentUmask(),
+		openat2: !opts.walkOnly,
+	}
+	x.seed = maphash.MakeSeed()
+	x.files = make(map[uint64]struct{})
+	if x.opts.MaxEntries <= 0 {
+		x.opts.MaxEntries = DefaultMaxEntries
+	}
+	x.chown = (opts.UID >= 0 && opts.UID != os.Geteuid()) || (opts.GID >= 0 && opts.GID != os.Getegid())
+	defer x.close()
+
+	cr := &countingReader{r: plain}
+	stats, err := x.run(cr, src)
+	return stats, err
+}
+
+// extractor holds the state of one Tar call.
+type extractor struct {
+	ctx   context.Context
+	opts  Options
+	root  int  // fd of the target directory
+	chown bool // whether files need an fchown
+	umask uint32
+	buf   []byte
+	stats Stats
+
+	// openat2 is true while the kernel accepts openat2 (Linux ≥ 5.6 and
+	// not filtered by seccomp); otherwise paths are walked one component
+	// at a time with O_NOFOLLOW.
+	openat2 bool
+
+	// cachedPath/cached is the directory last used as a parent: tar
+	// archives list a directory's files together, so this saves a path
+	// lookup per file.
+	cachedPath string
+	cached     int
+
+	// files holds hashes of the regular files extracted so far, which hard
+	// links may point at.
+	seed  maphash.Seed
+	files map[uint64]struct{}
+}
+
+func (x *extractor) close() {
+	if x.cached >= 0 {
+		unix.Close(x.cached)
+	}
+	unix.Close(x.root)
+}
+
+func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
+	tr := tar.NewReader(cr)
+	var entries int
+	var endOfLast int64 // stream offset at the end of the last member's data
+	for {
+		if err := x.ctx.Err(); err != nil {
+			return x.stats, err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, tar.ErrInsecurePath) {
+			err = nil // our own checks below are stricter
+		}
+		if err == io.EOF {
+			// archive/tar accepts a stream that simply stops between
+			// members; an upload cut at such a point must not pass.
+			if cr.n-endOfLast < endMarkerLen {
+				return x.stats, draupnir.Errorf(draupnir.KindUnprocessable,
+					"truncated archive: it ends without tar's end-of-archive marker (was the upload complete?)")
+			}
+			return x.stats, nil
+		}
+		if err != nil {
+			return x.stats, classifyRead(x.ctx, src, err)
+		}
+		entries++
+		if entries > x.opts.MaxEntries {
+			return x.stats, draupnir.Errorf(draupnir.KindUnprocessable,
+				"archive has more than %d members", x.opts.MaxEntries)
+		}
+		if err := x.member(tr, hdr); err != nil {
+			if isReadErr(err) {
+				return x.stats, classifyRead(x.ctx, src, fmt.Errorf("tar member %s: %w", quote(hdr.Name), err))
+			}
+			return x.stats, err
+		}
+		endOfLast = cr.n
+	}
+}
+
+// readErr marks errors from reading the archive, as opposed to writing files.
+type readErr struct{ err error }
+
+func (e readErr) Error() string { return e.err.Error() }
+func (e readErr) Unwrap() error { return e.err }
+
+func isReadErr(err error) bool {
+	var r readErr
+	return errors.As(err, &r)
+}
+
+// classifyRead turns an error met while reading the archive into one for the
+// client: cancellation stays itself, a failing upload file is internal, and
+// anything else is the archive's fault.
+func classifyRead(ctx context.Context, src *sourceReader, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("extraction stopped: %w", ctxErr)
+	}
+	if src.err != nil && src.err != io.EOF {
+		return fmt.Errorf("reading the upload: %w", src.err)
+	}
+	if draupnir.KindOf(err) != draupnir.KindInternal {
+		return err
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return draupnir.Errorf(draupnir.KindUnprocessable, "truncated archive: %v (was the upload complete?)", err)
+	}
+	return draupnir.Errorf(draupnir.KindUnprocessable, "invalid archive: %v", err)
+}
+
+// member extracts one archive member.
+func (x *extractor) member(tr *tar.Reader, hdr *tar.Header) error {
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader:
+		return nil // metadata for the archive, nothing to write
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		return unsafeMember(hdr.Name, "device and fifo nodes are not allowed")
+	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeCont, tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
+	default:
+		return unsafeMember(hdr.Name, fmt.Sprintf("unsupported member type %q", hdr.Typeflag))
+	}
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return unsafeMember(hdr.Name, err.Error())
+	}
+	if name == "." {
+		if hdr.Typeflag == tar.TypeDir {
+			return nil // "./": the target directory itself, which is the caller's
+		}
+		return unsafeMember(hdr.Name, "names the upload directory itself")
+	}
+	mode := uint32(hdr.Mode) & 0o777 // no setuid, setgid or sticky bits
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		return x.dir(hdr.Name, name, mode)
+	case tar.TypeSymlink:
+		return x.symlink(hdr.Name, name, hdr.Linkname)
+	case tar.TypeLink:
+		return x.hardlink(hdr.Name, name, hdr.Linkname)
+	default:
+		return x.file(tr, hdr, name, mode)
+	}
+}
+
+// cleanName checks a member name and returns it relative to the target
+// directory, cleaned, without any "..".
+func cleanName(name string) (string, error) {
+	switch {
+	case name == "":
+		return "", errors.New("empty name")
+	case strings.IndexByte(name, 0) >= 0:
+		return "", errors.New("name contains a NUL byte")
+	case len(name) > maxNameLen:
+		return "", fmt.Errorf("name is longer than %d bytes", maxNameLen)
+	case strings.HasPrefix(name, "/"):
+		return "", errors.New("absolute name")
+	}
+	clean := path.Clean(name)
+	if clean == ".." || strings.HasPrefix(clean, "../") {
+		return "", errors.New("name leaves the upload")
+	}
+	return clean, nil
+}
+
+func unsafeMember(name, reason string) error {
+	return draupnir.Errorf(draupnir.KindUnprocessable, "unsafe tar member %s: %s", quote(name), reason)
+}
+
+// quote renders a member name for a message, shortened if it is huge.
+func quote(name string) string {
+	const max = 200
+	if len(name) > max {
+		return strconv.Quote(name[:max]) + "…"
+	}
+	return strconv.Quote(name)
+}
+
+// fsError turns a failed system call on member name into an error for the
+// client where the archive or the disk is at fault.
+func fsError(name, op string, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return draupnir.Errorf(draupnir.KindInsufficientStorage,
+			"no space left while extracting tar member %s: %w", quote(name), err)
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return draupnir.Errorf(draupnir.KindUnprocessable,
+			"unsafe tar member %s: its path goes through a symbolic link: %w", quote(name), err)
+	case errors.Is(err, unix.ENOTDIR):
+		return draupnir.Errorf(draupnir.KindUnprocessable,
+			"unsafe tar member %s: its path goes through something that is not a directory: %w", quote(name), err)
+	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOTEMPTY):
+		return draupnir.Errorf(draupnir.KindUnprocessable,
+			"tar member %s conflicts with an existing directory: %w", quote(name), err)
+	case errors.Is(err, unix.ENAMETOOLONG):
+		return draupnir.Errorf(draupnir.KindUnprocessable, "tar member %s: name too long: %w", quote(name), err)
+	}
+	return fmt.Errorf("extracting tar member %s: %s: %w", quote(name), op, err)
+}
+
+// file writes a regular file, replacing any file or symlink of that name.
+func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string, mode uint32) error {
+	if hdr.Size < 0 {
+		return unsafeMember(hdr.Name, "negative size")
+	}
+	if x.opts.MaxBytes > 0 && hdr.Size > x.opts.MaxBytes-x.stats.Bytes {
+		return draupnir.Errorf(draupnir.KindUnprocessable,
+			"archive expands beyond %d bytes (at tar member %s)", x.opts.MaxBytes, quote(hdr.Name))
+	}
+	parent, base := path.Split(name)
+	pfd, err := x.parent(hdr.Name, parent)
+	if err != nil {
+		return err
+	}
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_LARGEFILE
+	fd, err := unix.Openat(pfd, base, flags, mode)
+	if errors.Is(err, unix.EEXIST) {
+		// A re-upload replaces the file. Unlinking rather than truncating
+		// leaves alone whatever else the old inode is linked as.
+		if err := unix.Unlinkat(pfd, base, 0); err != nil {
+			return fsError(hdr.Name, "removing the existing file", err)
+		}
+		fd, err = unix.Openat(pfd, base, flags, mode)
+	}
+	if err != nil {
+		return fsError(hdr.Name, "create", err)
+	}
+	err = x.fill(fd, tr, hdr, mode)
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = fsError(hdr.Name, "close", cerr)
+	}
+	if err != nil {
+		return err
+	}
+	x.files[maphash.String(x.seed, name)] = struct{}{}
+	x.stats.Files++
+	return nil
+}
+
+// fill sets the owner and mode of the new file fd and copies the member's
+// data into it.
+func (x *extractor) fill(fd int, tr *tar.Reader, hdr *tar.Header, mode uint32) error {
+	if x.chown {
+		if err := unix.Fchown(fd, x.opts.UID, x.opts.GID); err != nil {
+			return fsError(hdr.Name, "chown", err)
+		}
+	}
+	if mode&x.umask != 0 {
+		if err := unix.Fchmod(fd, mode); err != nil {
+			return fsError(hdr.Name, "chmod", err)
+		}
+	}
+	for remaining := hdr.Size; remaining > 0; {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		chunk := x.buf
+		if remaining < int64(len(chunk)) {
+			chunk = chunk[:remaining]
+		}
+		n, err := io.ReadFull(tr, chunk)
+		if err := writeAll(fd, chunk[:n]); err != nil {
+			return fsError(hdr.Name, "write", err)
+		}
+		remaining -= int64(n)
+		x.stats.Bytes += int64(n)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return readErr{err}
+		}
+	}
+	return nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// dir creates a directory, or adopts an existing one, and gives it the
+// member's mode and the configured owner.
+func (x *extractor) dir(raw, name string, mode uint32) error {
+	parent, base := path.Split(name)
+	pfd, err := x.parent(raw, parent)
+	if err != nil {
+		return err
+	}
+	created := true
+	if err := unix.Mkdirat(pfd, base, mode); errors.Is(err, unix.EEXIST) {
+		created = false
+	} else if err != nil {
+		return fsError(raw, "mkdir", err)
+	}
+	// O_NOFOLLOW: an existing symlink of that name must not be adopted.
+	fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fsError(raw, "open", err)
+	}
+	if err := x.ownDir(fd, mode, created); err != nil {
+		unix.Close(fd)
+		return fsError(raw, "set owner and mode", err)
+	}
+	x.setCache(name, fd)
+	x.stats.Dirs++
+	return nil
+}
+
+func (x *extractor) ownDir(fd int, mode uint32, created bool) error {
+	if x.chown {
+		if err := unix.Fchown(fd, x.opts.UID, x.opts.GID); err != nil {
+			return err
+		}
+	}
+	if !created || mode&x.umask != 0 {
+		return unix.Fchmod(fd, mode)
+	}
+	return nil
+}
+
+// symlink creates a symbolic link whose target must stay inside the upload.
+func (x *extractor) symlink(raw, name, target string) error {
+	if err := checkSymlinkTarget(name, target); err != nil {
+		return unsafeMember(raw, err.Error())
+	}
+	parent, base := path.Split(name)
+	pfd, err := x.parent(raw, parent)
+	if err != nil {
+		return err
+	}
+	err = unix.Symlinkat(target, pfd, base)
+	if errors.Is(err, unix.EEXIST) {
+		if err := unix.Unlinkat(pfd, base, 0); err != nil {
+			return fsError(raw, "removing the existing file", err)
+		}
+		err = unix.Symlinkat(target, pfd, base)
+	}
+	if err != nil {
+		return fsError(raw, "symlink", err)
+	}
+	if x.chown {
+		if err := unix.Fchownat(pfd, base, x.opts.UID, x.opts.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fsError(raw, "chown", err)
+		}
+	}
+	return nil
+}
+
+// checkSymlinkTarget accepts a target that, resolved from the link's
+// directory, stays inside the upload. Beyond the textual check it insists
+// that all ".." come first: "a/../x" is harmless text but, if a is itself a
+// symlink (to "." say), the kernel resolves it to the parent of the upload.
+// With leading ".." only, the climb goes through the link's real parent
+// directories, and every symlink met on the way down is confined the same way.
+func checkSymlinkTarget(name, target string) error {
+	switch {
+	case target == "":
+		return errors.New("symlink with an empty target")
+	case strings.IndexByte(target, 0) >= 0:
+		return errors.New("symlink target contains a NUL byte")
+	case len(target) > maxNameLen:
+		return fmt.Errorf("symlink target is longer than %d bytes", maxNameLen)
+	case strings.HasPrefix(target, "/"):
+		return fmt.Errorf("symlink target %s is absolute", quote(target))
+	}
+	depth := strings.Count(name, "/") // directories above the link, inside the upload
+	up, down := 0, 0
+	for _, c := range strings.Split(target, "/") {
+		switch c {
+		case "", ".":
+		case "..":
+			if down > 0 {
+				return fmt.Errorf("symlink target %s climbs with .. after descending", quote(target))
+			}
+			up++
+		default:
+			down++
+		}
+	}
+	if up > depth {
+		return fmt.Errorf("symlink target %s leaves the upload", quote(target))
+	}
+	return nil
+}
+
+// hardlink links name to a regular file extracted earlier in this archive.
+func (x *extractor) hardlink(raw, name, target string) error {
+	tname, err := cleanName(target)
+	if err != nil {
+		return unsafeMember(raw, "hard link target: "+err.Error())
+	}
+	if tname == name {
+		return unsafeMember(raw, "hard link to itself")
+	}
+	if _, ok := x.files[maphash.String(x.seed, tname)]; !ok {
+		return unsafeMember(raw, fmt.Sprintf("hard link target %s is not a file extracted before it", quote(target)))
+	}
+	tparent, tbase := path.Split(tname)
+	tfd, err := x.open(tparent)
+	if err != nil {
+		return fsError(raw, "opening the hard link target's directory", err)
+	}
+	defer x.release(tfd)
+	// The hash set can collide and the file may have been replaced since:
+	// check what is there now.
+	var st unix.Stat_t
+	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fsError(raw, "checking the hard link target", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return unsafeMember(raw, fmt.Sprintf("hard link target %s is not a regular file", quote(target)))
+	}
+	parent, base := path.Split(name)
+	pfd, err := x.parent(raw, parent)
+	if err != nil {
+		return err
+	}
+	err = unix.Linkat(tfd, tbase, pfd, base, 0)
+	if errors.Is(err, unix.EEXIST) {
+		if err := unix.Unlinkat(pfd, base, 0); err != nil {
+			return fsError(raw, "removing the existing file", err)
+		}
+		err = unix.Linkat(tfd, tbase, pfd, base, 0)
+	}
+	if err != nil {
+		return fsError(raw, "link", err)
+	}
+	x.files[maphash.String(x.seed, name)] = struct{}{}
+	x.stats.Files++
+	return nil
+}
+
+// parent returns an fd of directory dir (relative, "" or ending in "/"),
+// creating missing directories. The fd belongs to the cache: do not close it.
+func (x *extractor) parent(raw, dir string) (int, error) {
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		return x.root, nil
+	}
+	if x.cached >= 0 && x.cachedPath == dir {
+		return x.cached, nil
+	}
+	fd, err := x.open(dir)
+	if errors.Is(err, unix.ENOENT) {
+		fd, err = x.mkdirAll(dir)
+	}
+	if err != nil {
+		return -1, fsError(raw, "opening its directory", err)
+	}
+	x.setCache(dir, fd)
+	return fd, nil
+}
+
+func (x *extractor) setCache(dir string, fd int) {
+	if x.cached >= 0 {
+		unix.Close(x.cached)
+	}
+	x.cachedPath, x.cached = dir, fd
+}
+
+// release closes an fd from open unless it is the root's.
+func (x *extractor) release(fd int) {
+	if fd != x.root {
+		unix.Close(fd)
+	}
+}
+
+// open opens directory dir (clean, relative, no "..") beneath the root
+// without following any symlink; "" is the root itself (not a new fd).
+func (x *extractor) open(dir string) (int, error) {
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		return x.root, nil
+	}
+	if x.openat2 {
+		fd, err := unix.Openat2(x.root, dir, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+		})
+		switch {
+		case err == nil:
+			return fd, nil
+		case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM), errors.Is(err, unix.E2BIG):
+			x.openat2 = false // old kernel or a seccomp filter: walk instead
+		default:
+			return -1, err
+		}
+	}
+	return x.walk(dir, false)
+}
+
+func (x *extractor) mkdirAll(dir string) (int, error) { return x.walk(dir, true) }
+
+// walk opens dir one component at a time with O_NOFOLLOW, creating missing
+// components (mode 0700, owned like everything else) if create is set.
+func (x *extractor) walk(dir string, create bool) (int, error) {
+	cur := x.root
+	for _, c := range strings.Split(dir, "/") {
+		if c == "" || c == "." || c == ".." {
+			x.release(cur)
+			return -1, fmt.Errorf("walking %q: unexpected component %q", dir, c)
+		}
+		made := false
+		if create {
+			err := unix.Mkdirat(cur, c, 0o700)
+			if err != nil && !errors.Is(err, unix.EEXIST) {
+				x.release(cur)
+				return -1, err
+			}
+			made = err == nil
+		}
+		next, err := unix.Openat(cur, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		x.release(cur)
+		if err != nil {
+			return -1, err
+		}
+		if made && x.chown {
+			if err := unix.Fchown(next, x.opts.UID, x.opts.GID); err != nil {
+				unix.Close(next)
+				return -1, err
+			}
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+// currentUmask reads the process umask without changing it (umask(2) would
+// race with other goroutines creating files). If it cannot be read, every
+// mode is set explicitly.
+func currentUmask() uint32 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0o777
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				break
+			}
+			return uint32(m)
+		}
+	}
+	return 0o777
+}
+
+// sourceReader remembers the first error of the upload itself, to tell a
+// failing disk from a corrupt archive.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// countingReader counts the bytes of the plain tar stream.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
