@@ -45,6 +45,11 @@ func SetupLoop(ctx context.Context, dir, image string, size int64) (hint string,
 	if err != nil {
 		return "", fmt.Errorf("setup btrfs image %s: %w", image, err)
 	}
+	if rel, err := filepath.Rel(dir, image); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		// The mount would hide the image, and the next SetupLoop would find
+		// dir not empty.
+		return "", fmt.Errorf("setup btrfs at %s: the image %s must not be inside the directory it is mounted on", dir, image)
+	}
 	hint = fstabHint(dir, image)
 
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -183,45 +183,53 @@ func TestSetupLoopFormatsEmptyImage(t *testing.T) {
 func TestSetupLoopRefuses(t *testing.T) {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
+	noSetup := func(t *testing.T, dir, image string) {}
 	tests := []struct {
-		name    string
-		setup   func(t *testing.T, dir, image string)
-		wantMsg string
+		name       string
+		setup      func(t *testing.T, dir, image string)
+		imageInDir bool  // place the image inside the mount directory
+		size       int64 // 0: 256 MiB
+		wantMsg    string
 	}{
-		{"image holds other data", func(t *testing.T, dir, image string) {
+		{name: "image holds other data", setup: func(t *testing.T, dir, image string) {
 			if err := os.WriteFile(image, []byte("precious"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Truncate(image, 2<<20); err != nil {
 				t.Fatal(err)
 			}
-		}, "refusing to format"},
-		{"image is a directory", func(t *testing.T, dir, image string) {
+		}, wantMsg: "refusing to format"},
+		{name: "image is a directory", setup: func(t *testing.T, dir, image string) {
 			if err := os.Mkdir(image, 0o700); err != nil {
 				t.Fatal(err)
 			}
-		}, "not a regular file"},
-		{"directory not empty", func(t *testing.T, dir, image string) {
+		}, wantMsg: "not a regular file"},
+		{name: "directory not empty", setup: func(t *testing.T, dir, image string) {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(filepath.Join(dir, "file"), []byte("x"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}, "not empty"},
-		{"image too small for btrfs", func(t *testing.T, dir, image string) {}, "mkfs.btrfs"},
+		}, wantMsg: "not empty"},
+		{name: "image inside the directory", setup: noSetup, imageInDir: true, wantMsg: "must not be inside"},
+		{name: "image too small for btrfs", setup: noSetup, size: 1 << 20, wantMsg: "mkfs.btrfs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			base := testenv.TempDir(t)
 			dir, image := filepath.Join(base, "data"), filepath.Join(base, "img")
+			if tt.imageInDir {
+				image = filepath.Join(dir, "img")
+			}
+			size := tt.size
+			if size == 0 {
+				size = 256 << 20
+			}
 			unmountAtCleanup(t, dir)
 			tt.setup(t, dir, image)
-			before, _ := os.ReadFile(image)
-			size := int64(256 << 20)
-			if tt.name == "image too small for btrfs" {
-				size = 1 << 20
-			}
+			before, beforeErr := os.ReadFile(image)
+
 			_, err := SetupLoop(ctx, dir, image, size)
 			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Fatalf("SetupLoop = %v, want an error containing %q", err, tt.wantMsg)
@@ -229,8 +237,9 @@ func TestSetupLoopRefuses(t *testing.T) {
 			if n := mountsAt(t, dir); n != 0 {
 				t.Fatalf("SetupLoop failed but mounted %s", dir)
 			}
-			if after, _ := os.ReadFile(image); !bytes.Equal(before, after) {
-				t.Fatal("SetupLoop failed but changed the image")
+			after, afterErr := os.ReadFile(image)
+			if !bytes.Equal(before, after) || (beforeErr == nil) != (afterErr == nil) {
+				t.Fatalf("SetupLoop failed but changed the image (before: %v, after: %v)", beforeErr, afterErr)
 			}
 		})
 	}
