@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// DefaultURL is the server the client talks to when nothing says otherwise.
+const DefaultURL = "http://localhost:8080"
+
+// Config is the local client's configuration: where the server is and the
+// token that authenticates the user.
+type Config struct {
+	URL   string `json:"url"`
+	Token string `json:"token,omitempty"`
+}
+
+// configPath returns the file `authenticate` writes.
+func configPath(env Env) (string, error) {
+	dir := env.ConfigDir
+	if dir == "" {
+		d, err := os.UserConfigDir()
+		if err != nil {
+			return "", fmt.Errorf("finding the configuration directory: %w", err)
+		}
+		dir = d
+	}
+	return filepath.Join(dir, "draupnir", "config.json"), nil
+}
+
+func getenv(env Env) func(string) string {
+	if env.Getenv != nil {
+		return env.Getenv
+	}
+	return os.Getenv
+}
+
+// LoadConfig returns the local client's configuration: DRAUPNIR_URL and
+// DRAUPNIR_TOKEN from the environment, else what `authenticate` stored, else
+// DefaultURL and no token.
+func LoadConfig(env Env) (Config, error) {
+	var cfg Config
+	path, err := configPath(env)
+	if err != nil {
+		return cfg, err
+	}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return cfg, fmt.Errorf("reading the client configuration: %w", err)
+	default:
+		if err := json.Unmarshal(b, &cfg); err != nil {
+			return cfg, fmt.Errorf("%s is not valid JSON (run authenticate again): %w", path, err)
+		}
+	}
+	get := getenv(env)
+	if v := get("DRAUPNIR_URL"); v != "" {
+		cfg.URL = v
+	}
+	if v := get("DRAUPNIR_TOKEN"); v != "" {
+		cfg.Token = v
+	}
+	if cfg.URL == "" {
+		cfg.URL = DefaultURL
+	}
+	return cfg, nil
+}
+
+// HostOf returns the host name of a server URL, for Env.Host.
+func HostOf(serverURL string) string {
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}
+
+func (a *app) authenticateCmd() *cobra.Command {
+	var token, serverURL string
+	cmd := &cobra.Command{
+		Use:   "authenticate [--url URL] [--token TOKEN]",
+		Short: "Store the server URL and your access token",
+		Long: `Store the server's URL and your access token in a file only you can read
+(` + "`draupnir/config.json`" + ` under your configuration directory). Without --token,
+the token is read from standard input. DRAUPNIR_URL and DRAUPNIR_TOKEN, when
+set, take precedence over the stored values.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(a.env)
+			if err != nil {
+				// A broken file is what authenticate repairs.
+				cfg = Config{URL: DefaultURL}
+			}
+			if serverURL != "" {
+				u, err := url.Parse(serverURL)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return usagef(cmd, "--url must be an http:// or https:// URL, not %q", serverURL)
+				}
+				cfg.URL = strings.TrimRight(serverURL, "/")
+			}
+			if !cmd.Flags().Changed("token") {
+				if a.env.Terminal {
+					fmt.Fprint(a.stderr, "Access token: ")
+				}
+				token, err = readLine(a.stdin)
+				if err != nil {
+					return fmt.Errorf("reading the token: %w", err)
+				}
+			}
+			token = strings.TrimSpace(token)
+			if token == "" {
+				return usagef(cmd, "the token is empty")
+			}
+			cfg.Token = token
+			path, err := configPath(a.env)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
+			}
+			b, err := json.MarshalIndent(cfg, "", "  ")
+			if err != nil {
+				return err
+			}
+			if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+				return fmt.Errorf("storing the token: %w", err)
+			}
+			_, err = fmt.Fprintf(a.stderr, "Stored the token for %s in %s.\n", cfg.URL, path)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&token, "token", "", "the access token (default: read from standard input)")
+	cmd.Flags().StringVar(&serverURL, "url", "", "the server's URL (default: the stored one, or "+DefaultURL+")")
+	return cmd
+}
+
+// readLine reads one line without buffering beyond it.
+func readLine(r io.Reader) (string, error) {
+	if r == nil {
+		return "", errors.New("no standard input")
+	}
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
+		if errors.Is(err, io.EOF) {
+			return "", errors.New("no token on standard input")
+		}
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}

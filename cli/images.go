@@ -1,0 +1,305 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// maxScriptBytes bounds an anonymisation script read from a file or stdin.
+const maxScriptBytes = 16 << 20
+
+func (a *app) imagesCmd() *cobra.Command {
+	cmd := a.group("images", "Manage images (anonymised base backups)")
+	cmd.Long = `Images are anonymised PostgreSQL base backups that instances are made from.
+Creating, uploading, finalising and destroying images needs the upload
+principal; everybody may list and show them.
+
+An image goes created → uploading → finalising → ready (or failed, with the
+reason; fix the upload or the script with 'images update' and run 'images done'
+again).`
+	cmd.AddCommand(
+		&cobra.Command{
+			Use:     "list",
+			Aliases: []string{"ls"},
+			Short:   "List images",
+			Args:    exactArgs(0),
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				imgs, err := a.b.ListImages(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.printImages(imgs)
+			},
+		},
+		&cobra.Command{
+			Use:   "show N",
+			Short: "Show image N",
+			Args:  exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "image id", args[0])
+				if err != nil {
+					return err
+				}
+				img, err := a.b.GetImage(cmd.Context(), id)
+				if err != nil {
+					return err
+				}
+				return a.printImage(img)
+			},
+		},
+		a.imagesCreateCmd(),
+		a.imagesUpdateCmd(),
+		&cobra.Command{
+			Use:     "done N",
+			Aliases: []string{"finalise", "finalize"},
+			Short:   "Finalise image N: extract, anonymise, snapshot",
+			Long: `Finalise image N: extract the upload, start it privately, run the
+anonymisation script, prepare it for instances and take a read-only snapshot.
+This takes a while for a large backup; the server finishes the job even if the
+command is interrupted. A failure (e.g. the script's error) leaves the image
+failed with the reason; 'done' may be run again once the cause is fixed.`,
+			Args: exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "image id", args[0])
+				if err != nil {
+					return err
+				}
+				stop := a.spinner(fmt.Sprintf("finalising image %d", id))
+				img, err := a.b.FinaliseImage(cmd.Context(), id)
+				stop()
+				if err != nil {
+					return err
+				}
+				return a.printImage(img)
+			},
+		},
+		&cobra.Command{
+			Use:     "destroy N",
+			Aliases: []string{"rm"},
+			Short:   "Destroy image N and all its instances",
+			Args:    exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "image id", args[0])
+				if err != nil {
+					return err
+				}
+				if err := a.b.DestroyImage(cmd.Context(), id); err != nil {
+					return err
+				}
+				return a.done("Destroyed image %d.", id)
+			},
+		},
+		a.imagesUploadCmd(),
+	)
+	return cmd
+}
+
+// done prints a confirmation, except with --json, where a command that the
+// API answers with 204 prints nothing.
+func (a *app) done(format string, args ...any) error {
+	if a.json {
+		return nil
+	}
+	_, err := fmt.Fprintf(a.stdout, format+"\n", args...)
+	return err
+}
+
+func (a *app) imagesCreateCmd() *cobra.Command {
+	var backedUpAt, script string
+	cmd := &cobra.Command{
+		Use:   "create --backed-up-at TIME --anonymisation-script FILE",
+		Short: "Register a new image, ready for its upload",
+		Long: `Register a new image of a base backup taken at TIME (RFC 3339, e.g.
+2017-05-01T12:00:00Z, or a date), to be anonymised with the SQL in FILE
+(run with psql -v ON_ERROR_STOP=1; it may use \c DATABASE). FILE "-" reads
+the script from standard input` + a.sshStdinNote() + `.
+
+Then upload the backup (pg_basebackup -Ft tarballs or a data directory) and
+run 'images done N'.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if backedUpAt == "" {
+				return usagef(cmd, "--backed-up-at is required")
+			}
+			if !cmd.Flags().Changed("anonymisation-script") {
+				return usagef(cmd, "--anonymisation-script is required")
+			}
+			t, err := parseTime(cmd, backedUpAt)
+			if err != nil {
+				return err
+			}
+			sql, err := a.readScript(cmd, script)
+			if err != nil {
+				return err
+			}
+			img, err := a.b.CreateImage(cmd.Context(), t, sql)
+			if err != nil {
+				return err
+			}
+			return a.printImage(img)
+		},
+	}
+	cmd.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the backup was taken (RFC 3339 or YYYY-MM-DD)")
+	cmd.Flags().StringVar(&script, "anonymisation-script", "", "file with the anonymisation SQL (- for stdin)")
+	return cmd
+}
+
+func (a *app) imagesUpdateCmd() *cobra.Command {
+	var backedUpAt, script string
+	cmd := &cobra.Command{
+		Use:   "update N [--backed-up-at TIME] [--anonymisation-script FILE]",
+		Short: "Change image N before it is ready (e.g. fix a failing script)",
+		Long: `Change the backup time or the anonymisation script of image N, which must not
+be ready yet: fix a script that made 'images done' fail, then run it again.
+FILE "-" reads the script from standard input` + a.sshStdinNote() + `.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "image id", args[0])
+			if err != nil {
+				return err
+			}
+			var patch draupnir.ImagePatch
+			if cmd.Flags().Changed("backed-up-at") {
+				t, err := parseTime(cmd, backedUpAt)
+				if err != nil {
+					return err
+				}
+				patch.BackedUpAt = &t
+			}
+			if cmd.Flags().Changed("anonymisation-script") {
+				sql, err := a.readScript(cmd, script)
+				if err != nil {
+					return err
+				}
+				patch.AnonymisationScript = &sql
+			}
+			if patch.BackedUpAt == nil && patch.AnonymisationScript == nil {
+				return usagef(cmd, "nothing to change: give --backed-up-at and/or --anonymisation-script")
+			}
+			img, err := a.b.UpdateImage(cmd.Context(), id, patch)
+			if err != nil {
+				return err
+			}
+			return a.printImage(img)
+		},
+	}
+	cmd.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the backup was taken (RFC 3339 or YYYY-MM-DD)")
+	cmd.Flags().StringVar(&script, "anonymisation-script", "", "file with the anonymisation SQL (- for stdin)")
+	return cmd
+}
+
+func (a *app) sshStdinNote() string {
+	if a.env.SSH {
+		return " (over SSH the only choice: the server does not read your files)"
+	}
+	return ""
+}
+
+// readScript reads the anonymisation script from a local file or stdin. An
+// SSH session must never read files on the server, so there only "-" works.
+func (a *app) readScript(cmd *cobra.Command, name string) (string, error) {
+	var r io.Reader
+	switch {
+	case name == "-":
+		r = a.stdin
+	case a.env.SSH:
+		return "", usagef(cmd, "over SSH, pass the script on standard input: --anonymisation-script - < %s", name)
+	case name == "":
+		return "", usagef(cmd, "--anonymisation-script needs a file name (or - for standard input)")
+	default:
+		f, err := os.Open(name)
+		if err != nil {
+			return "", fmt.Errorf("reading the anonymisation script: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	if r == nil {
+		r = strings.NewReader("")
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxScriptBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("reading the anonymisation script: %w", err)
+	}
+	if len(b) > maxScriptBytes {
+		return "", fmt.Errorf("the anonymisation script is larger than %d MiB", maxScriptBytes>>20)
+	}
+	return string(b), nil
+}
+
+// parseTime accepts RFC 3339 and, for convenience, a date (midnight UTC).
+func parseTime(cmd *cobra.Command, s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, usagef(cmd, "--backed-up-at: %q is not a time like 2017-05-01T12:00:00Z", s)
+}
+
+func (a *app) imagesUploadCmd() *cobra.Command {
+	if a.env.SSH {
+		return &cobra.Command{
+			Use:   "upload N < FILE",
+			Short: "Upload a backup (tar, tar.gz, tar.zst, tar.lz4) into image N from stdin",
+			Long: `Stream a tarball (optionally compressed) from standard input into image N,
+replacing whatever an earlier upload left:
+
+  ssh HOST images upload N < base.tar.gz
+  pg_basebackup -D - -Ft -X fetch | ssh HOST images upload N`,
+			Args: exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "image id", args[0])
+				if err != nil {
+					return err
+				}
+				up, ok := a.b.(StreamUploader)
+				if !ok {
+					return fmt.Errorf("uploads are not available in this session")
+				}
+				sum, err := up.StreamUpload(cmd.Context(), id, a.stdin)
+				if err != nil {
+					return err
+				}
+				return a.printUploadSummary(id, sum)
+			},
+		}
+	}
+	return &cobra.Command{
+		Use:   "upload N FILE",
+		Short: "Upload a backup tarball into image N (through the SSH door)",
+		Long: `Upload FILE (a tar of a base backup, optionally compressed: .tar.gz,
+.tar.zst, .tar.lz4) into image N. The bytes go through Draupnir's SSH server:
+this runs 'ssh -p PORT USER@HOST images upload N < FILE', with a progress bar
+on a terminal. DRAUPNIR_SSH names the SSH endpoint as [USER@]HOST[:PORT]
+(default: upload@<host of DRAUPNIR_URL>:2222); your ssh configuration and
+agent provide the upload key.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "image id", args[0])
+			if err != nil {
+				return err
+			}
+			return a.upload(cmd.Context(), id, args[1])
+		},
+	}
+}
+
+func (a *app) printUploadSummary(id int64, s draupnir.UploadSummary) error {
+	if a.json {
+		return writeJSON(a.stdout, map[string]any{
+			"image_id": id, "bytes": s.Bytes, "files": s.Files, "duration_seconds": s.Duration.Seconds(),
+		})
+	}
+	_, err := fmt.Fprintf(a.stdout, "Uploaded %s (%d files) into image %d in %s. Next: images done %s\n",
+		sizeStr(s.Bytes), s.Files, id, s.Duration.Round(time.Millisecond), strconv.FormatInt(id, 10))
+	return err
+}

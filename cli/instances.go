@@ -1,0 +1,125 @@
+package cli
+
+import (
+	"context"
+	"errors"
+
+	"github.com/spf13/cobra"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+func (a *app) instancesCmd() *cobra.Command {
+	cmd := a.group("instances", "Manage your instances (PostgreSQL servers made from images)")
+	cmd.Long = `Instances are PostgreSQL servers started from a ready image in a fraction of a
+second. Each is yours alone; destroy it when you are done. 'env N' prints the
+settings psql and other libpq programs need to connect.`
+	cmd.AddCommand(
+		&cobra.Command{
+			Use:     "list",
+			Aliases: []string{"ls"},
+			Short:   "List your instances",
+			Args:    exactArgs(0),
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				insts, err := a.b.ListInstances(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.printInstances(insts)
+			},
+		},
+		&cobra.Command{
+			Use:   "show N",
+			Short: "Show instance N with its connection details",
+			Args:  exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "instance id", args[0])
+				if err != nil {
+					return err
+				}
+				inst, err := a.b.GetInstance(cmd.Context(), id)
+				if err != nil {
+					return err
+				}
+				return a.printInstance(inst)
+			},
+		},
+		&cobra.Command{
+			Use:   "create IMAGE_ID",
+			Short: "Start an instance of image IMAGE_ID",
+			Args:  exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "image id", args[0])
+				if err != nil {
+					return err
+				}
+				inst, err := a.b.CreateInstance(cmd.Context(), id)
+				if err != nil {
+					return err
+				}
+				return a.printInstance(inst)
+			},
+		},
+		&cobra.Command{
+			Use:     "destroy N",
+			Aliases: []string{"rm"},
+			Short:   "Stop instance N and delete its data",
+			Args:    exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "instance id", args[0])
+				if err != nil {
+					return err
+				}
+				if err := a.b.DestroyInstance(cmd.Context(), id); err != nil {
+					return err
+				}
+				return a.done("Destroyed instance %d.", id)
+			},
+		},
+	)
+	return cmd
+}
+
+func (a *app) newCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "new",
+		Short: "Start an instance of the newest ready image",
+		Long: `Start an instance of the newest ready image (the one backed up last) and
+print it, with the command that sets up psql to connect to it.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			img, err := newestReady(cmd.Context(), a.b)
+			if err != nil {
+				return err
+			}
+			inst, err := a.b.CreateInstance(cmd.Context(), img.ID)
+			if err != nil {
+				return err
+			}
+			return a.printInstance(inst)
+		},
+	}
+}
+
+// newestReady returns the ready image with the latest backup time (the
+// highest id among equals).
+func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
+	imgs, err := b.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var best *draupnir.Image
+	for _, img := range imgs {
+		if !img.Ready() {
+			continue
+		}
+		if best == nil || img.BackedUpAt.After(best.BackedUpAt) ||
+			(img.BackedUpAt.Equal(best.BackedUpAt) && img.ID > best.ID) {
+			best = img
+		}
+	}
+	if best == nil {
+		return nil, &draupnir.Error{Kind: draupnir.KindNotFound, Msg: "no image is ready yet", Err: errors.New("no ready image")}
+	}
+	return best, nil
+}

@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/client"
+)
+
+// writeJSON prints v indented, as the API documents are.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+func (a *app) printImages(imgs []*draupnir.Image) error {
+	if a.json {
+		doc := client.Document[[]client.ImageResource]{Data: make([]client.ImageResource, len(imgs))}
+		for i, img := range imgs {
+			doc.Data[i] = client.NewImageResource(img)
+		}
+		return writeJSON(a.stdout, doc)
+	}
+	if len(imgs) == 0 {
+		_, err := fmt.Fprintln(a.stdout, "No images.")
+		return err
+	}
+	tw := table(a.stdout)
+	fmt.Fprintln(tw, "ID\tSTATE\tBACKED UP AT\tCREATED AT\tSIZE\tPOSTGRES")
+	for _, img := range imgs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", img.ID, img.State, timeStr(img.BackedUpAt),
+			timeStr(img.CreatedAt), sizeStr(img.SizeBytes), dash(img.PostgresVersion))
+	}
+	return tw.Flush()
+}
+
+func (a *app) printImage(img *draupnir.Image) error {
+	if a.json {
+		return writeJSON(a.stdout, client.Document[client.ImageResource]{Data: client.NewImageResource(img)})
+	}
+	tw := table(a.stdout)
+	fmt.Fprintf(tw, "ID:\t%d\n", img.ID)
+	fmt.Fprintf(tw, "State:\t%s\n", img.State)
+	if img.Error != "" {
+		fmt.Fprintf(tw, "Error:\t%s\n", oneLine(img.Error))
+	}
+	fmt.Fprintf(tw, "Backed up at:\t%s\n", timeStr(img.BackedUpAt))
+	fmt.Fprintf(tw, "Created at:\t%s\n", timeStr(img.CreatedAt))
+	fmt.Fprintf(tw, "Updated at:\t%s\n", timeStr(img.UpdatedAt))
+	fmt.Fprintf(tw, "Size:\t%s\n", sizeStr(img.SizeBytes))
+	fmt.Fprintf(tw, "Postgres:\t%s\n", dash(img.PostgresVersion))
+	if img.Database != "" {
+		fmt.Fprintf(tw, "Database:\t%s\n", img.Database)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The script goes last and verbatim: it is SQL, often several lines.
+	script := strings.TrimRight(img.AnonymisationScript, "\n")
+	if script == "" {
+		_, err := fmt.Fprintln(a.stdout, "Anonymisation script: (none)")
+		return err
+	}
+	_, err := fmt.Fprintf(a.stdout, "Anonymisation script:\n%s\n", indent(script, "    "))
+	return err
+}
+
+func (a *app) printInstances(insts []*draupnir.Instance) error {
+	if a.json {
+		doc := client.Document[[]client.InstanceResource]{Data: make([]client.InstanceResource, len(insts))}
+		for i, inst := range insts {
+			doc.Data[i] = client.NewInstanceResource(inst)
+		}
+		return writeJSON(a.stdout, doc)
+	}
+	if len(insts) == 0 {
+		_, err := fmt.Fprintln(a.stdout, "No instances.")
+		return err
+	}
+	tw := table(a.stdout)
+	fmt.Fprintln(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT")
+	for _, inst := range insts {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", inst.ID, inst.ImageID, inst.State,
+			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt))
+	}
+	return tw.Flush()
+}
+
+func (a *app) printInstance(inst *draupnir.Instance) error {
+	if a.json {
+		return writeJSON(a.stdout, client.Document[client.InstanceResource]{Data: client.NewInstanceResource(inst)})
+	}
+	tw := table(a.stdout)
+	fmt.Fprintf(tw, "ID:\t%d\n", inst.ID)
+	fmt.Fprintf(tw, "Image:\t%d\n", inst.ImageID)
+	fmt.Fprintf(tw, "State:\t%s\n", inst.State)
+	if inst.Error != "" {
+		fmt.Fprintf(tw, "Error:\t%s\n", oneLine(inst.Error))
+	}
+	if inst.Owner != "" {
+		fmt.Fprintf(tw, "Owner:\t%s\n", inst.Owner)
+	}
+	fmt.Fprintf(tw, "Host:\t%s\n", dash(inst.Hostname))
+	fmt.Fprintf(tw, "Port:\t%s\n", portStr(inst.Port))
+	fmt.Fprintf(tw, "Database:\t%s\n", dash(inst.Database))
+	fmt.Fprintf(tw, "Username:\t%s\n", dash(inst.Username))
+	fmt.Fprintf(tw, "Password:\t%s\n", dash(inst.Password))
+	tls := "no"
+	if inst.CACertificate != "" {
+		tls = "yes (CA certificate in `env`)"
+	}
+	fmt.Fprintf(tw, "TLS:\t%s\n", tls)
+	fmt.Fprintf(tw, "Created at:\t%s\n", timeStr(inst.CreatedAt))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(a.stdout, "Connect with: %s\n", a.evalExample("env "+strconv.FormatInt(inst.ID, 10)))
+	return err
+}
+
+func timeStr(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func portStr(p int) string {
+	if p == 0 {
+		return "-"
+	}
+	return strconv.Itoa(p)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// sizeStr renders a byte count in binary units, e.g. "1.5 GiB".
+func sizeStr(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
+}

@@ -1,0 +1,341 @@
+// Package client is a Go client for Draupnir's HTTP JSON API (docs/api.md):
+// it sends the version and bearer token the server expects, encodes and
+// decodes the JSON:API documents, and turns the server's error documents
+// into *draupnir.Error values with the matching Kind, so that callers (the
+// CLI, the benchmarks, the end-to-end tests) handle errors without looking at
+// HTTP status codes.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// maxResponseBytes bounds how much of a response body is read, so that a
+// misbehaving server or proxy cannot make the client buffer without limit.
+const maxResponseBytes = 64 << 20
+
+// Client talks to one Draupnir server. It is safe for concurrent use.
+type Client struct {
+	base    string // without a trailing slash
+	auth    string // "Bearer <token>", or "" for none
+	http    *http.Client
+	version string
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHTTPClient makes the client send its requests through hc (for TLS
+// settings, timeouts or a test transport). The default is a client without
+// a global timeout, since finalising an image can take minutes; use the
+// context to bound a call.
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = hc } }
+
+// WithVersion makes the client announce version instead of draupnir.Version
+// in the Draupnir-Version header (for compatibility tests).
+func WithVersion(version string) Option { return func(c *Client) { c.version = version } }
+
+// New returns a client for the server at baseURL (e.g.
+// "https://draupnir.example.com") that authenticates with token.
+func New(baseURL, token string, opts ...Option) *Client {
+	c := &Client{
+		base:    strings.TrimRight(baseURL, "/"),
+		http:    &http.Client{},
+		version: draupnir.Version,
+	}
+	if token != "" {
+		c.auth = "Bearer " + token
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// URL returns the server's base URL.
+func (c *Client) URL() string { return c.base }
+
+// ListImages returns every image.
+func (c *Client) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
+	var doc Document[[]ImageResource]
+	if err := c.do(ctx, http.MethodGet, "/images", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Image, len(doc.Data))
+	for i := range doc.Data {
+		out[i] = doc.Data[i].Image()
+	}
+	return out, nil
+}
+
+// GetImage returns image id.
+func (c *Client) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+	return c.image(ctx, http.MethodGet, imagePath(id, ""), nil, http.StatusOK)
+}
+
+// CreateImage registers a new image of a backup taken at backedUpAt, to be
+// anonymised with script when it is finalised.
+func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	var body createImageBody
+	body.Data.Type = "images"
+	body.Data.Attributes.BackedUpAt = backedUpAt.UTC()
+	body.Data.Attributes.AnonymisationScript = script
+	return c.image(ctx, http.MethodPost, "/images", &body, http.StatusCreated)
+}
+
+// UpdateImage changes the attributes of an image that is not ready yet.
+func (c *Client) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+	var body updateImageBody
+	body.Data.Type = "images"
+	body.Data.ID = ID(id)
+	if patch.BackedUpAt != nil {
+		t := patch.BackedUpAt.UTC()
+		body.Data.Attributes.BackedUpAt = &t
+	}
+	body.Data.Attributes.AnonymisationScript = patch.AnonymisationScript
+	return c.image(ctx, http.MethodPatch, imagePath(id, ""), &body, http.StatusOK)
+}
+
+// FinaliseImage finalises image id and returns it once it is ready. It
+// blocks for as long as finalising takes; cancelling ctx stops waiting but
+// not the server's job.
+func (c *Client) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+	return c.image(ctx, http.MethodPost, imagePath(id, "/done"), nil, http.StatusOK)
+}
+
+// DestroyImage destroys image id and all its instances.
+func (c *Client) DestroyImage(ctx context.Context, id int64) error {
+	return c.do(ctx, http.MethodDelete, imagePath(id, ""), nil, http.StatusNoContent, nil)
+}
+
+// ListInstances returns the caller's instances (every instance for the
+// upload principal).
+func (c *Client) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
+	var doc Document[[]InstanceResource]
+	if err := c.do(ctx, http.MethodGet, "/instances", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Instance, len(doc.Data))
+	for i := range doc.Data {
+		out[i] = doc.Data[i].Instance()
+	}
+	return out, nil
+}
+
+// GetInstance returns instance id.
+func (c *Client) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
+	return c.instance(ctx, http.MethodGet, instancePath(id), nil, http.StatusOK)
+}
+
+// CreateInstance starts an instance of image imageID; it returns once
+// Postgres accepts connections.
+func (c *Client) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
+	var body createInstanceBody
+	body.Data.Type = "instances"
+	body.Data.Attributes.ImageID = ID(imageID)
+	return c.instance(ctx, http.MethodPost, "/instances", &body, http.StatusCreated)
+}
+
+// DestroyInstance stops instance id and deletes its data.
+func (c *Client) DestroyInstance(ctx context.Context, id int64) error {
+	return c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)
+}
+
+// ServerVersion asks the server for its version (the Draupnir-Version header
+// of /health_check, which needs no token).
+func (c *Client) ServerVersion(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health_check", nil)
+	if err != nil {
+		return "", fmt.Errorf("bad server URL %q: %w", c.base, err)
+	}
+	req.Header.Set("Draupnir-Version", c.version)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", c.unreachable(req, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBytes))
+	v := resp.Header.Get("Draupnir-Version")
+	if v == "" {
+		return "", fmt.Errorf("%s answered %s without a Draupnir-Version header; is it a Draupnir server?", req.URL, resp.Status)
+	}
+	return v, nil
+}
+
+func imagePath(id int64, suffix string) string {
+	return "/images/" + strconv.FormatInt(id, 10) + suffix
+}
+
+func instancePath(id int64) string { return "/instances/" + strconv.FormatInt(id, 10) }
+
+func (c *Client) image(ctx context.Context, method, path string, body any, want int) (*draupnir.Image, error) {
+	var doc Document[ImageResource]
+	if err := c.do(ctx, method, path, body, want, &doc); err != nil {
+		return nil, err
+	}
+	return doc.Data.Image(), nil
+}
+
+func (c *Client) instance(ctx context.Context, method, path string, body any, want int) (*draupnir.Instance, error) {
+	var doc Document[InstanceResource]
+	if err := c.do(ctx, method, path, body, want, &doc); err != nil {
+		return nil, err
+	}
+	return doc.Data.Instance(), nil
+}
+
+// do sends one request and decodes a successful response into out (unless
+// out is nil). Any status other than want is turned into an error.
+func (c *Client) do(ctx context.Context, method, path string, body any, want int, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encoding %s %s: %w", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return fmt.Errorf("bad server URL %q: %w", c.base, err)
+	}
+	h := req.Header
+	h.Set("Draupnir-Version", c.version)
+	h.Set("Content-Type", "application/json")
+	h.Set("Accept", "application/json")
+	if c.auth != "" {
+		h.Set("Authorization", c.auth)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.unreachable(req, err)
+	}
+	defer resp.Body.Close()
+	r := io.LimitReader(resp.Body, maxResponseBytes)
+	if resp.StatusCode != want {
+		return c.responseError(req, resp, r)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, r)
+		return nil
+	}
+	if err := json.NewDecoder(r).Decode(out); err != nil {
+		return fmt.Errorf("decoding the answer to %s %s: %w", method, req.URL, err)
+	}
+	return nil
+}
+
+// unreachable explains a transport error, keeping a context error
+// recognisable with errors.Is.
+func (c *Client) unreachable(req *http.Request, err error) error {
+	if ctxErr := req.Context().Err(); ctxErr != nil {
+		return fmt.Errorf("%s %s: %w", req.Method, req.URL, ctxErr)
+	}
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) && ue.Unwrap() != nil {
+		err = ue.Unwrap() // drop url.Error's repetition of method and URL
+	}
+	return &draupnir.Error{
+		Kind: draupnir.KindUnavailable,
+		Msg:  fmt.Sprintf("cannot reach the Draupnir server at %s: %v", c.base, err),
+		Err:  err,
+	}
+}
+
+// kindOf maps an HTTP status to an error kind.
+func kindOf(status int) draupnir.Kind {
+	switch status {
+	case http.StatusBadRequest, http.StatusUnsupportedMediaType, http.StatusRequestEntityTooLarge:
+		return draupnir.KindInvalid
+	case http.StatusUnauthorized:
+		return draupnir.KindUnauthorized
+	case http.StatusForbidden:
+		return draupnir.KindForbidden
+	case http.StatusNotFound:
+		return draupnir.KindNotFound
+	case http.StatusConflict:
+		return draupnir.KindConflict
+	case http.StatusUnprocessableEntity:
+		return draupnir.KindUnprocessable
+	case http.StatusServiceUnavailable:
+		return draupnir.KindUnavailable
+	case http.StatusInsufficientStorage:
+		return draupnir.KindInsufficientStorage
+	}
+	return draupnir.KindInternal
+}
+
+// responseError turns an error response into a *draupnir.Error whose message
+// is the server's detail.
+func (c *Client) responseError(req *http.Request, resp *http.Response, body io.Reader) error {
+	kind := kindOf(resp.StatusCode)
+	var doc ErrorDocument
+	raw, readErr := io.ReadAll(io.LimitReader(body, 1<<20))
+	if readErr != nil || json.Unmarshal(raw, &doc) != nil || len(doc.Errors) == 0 {
+		// Not one of ours: a proxy, a load balancer, or the wrong URL.
+		return &draupnir.Error{
+			Kind: kind,
+			Msg:  fmt.Sprintf("%s %s: unexpected answer %s", req.Method, req.URL, resp.Status),
+		}
+	}
+	e := doc.Errors[0]
+	msg := e.Detail
+	if msg == "" {
+		msg = e.Title
+	}
+	if msg == "" {
+		msg = resp.Status
+	}
+	if e.Code == "incompatible_version" {
+		msg = incompatibleVersion(c.version, resp.Header.Get("Draupnir-Version"), msg)
+	}
+	field := ""
+	if e.Source != nil {
+		field = strings.TrimPrefix(e.Source.Pointer, "/data/attributes/")
+	}
+	return &draupnir.Error{Kind: kind, Msg: msg, Field: field}
+}
+
+// incompatibleVersion says which side to upgrade.
+func incompatibleVersion(client, server, detail string) string {
+	if server == "" {
+		return fmt.Sprintf("the server refused draupnir-client %s (%s); upgrade draupnir-client to the server's version", client, detail)
+	}
+	if compareVersions(client, server) < 0 {
+		return fmt.Sprintf("draupnir-client %s is too old for server %s; upgrade draupnir-client to %s (server said: %s)", client, server, server, detail)
+	}
+	return fmt.Sprintf("draupnir-client %s is newer than server %s; upgrade the server, or use draupnir-client %s (server said: %s)", client, server, server, detail)
+}
+
+// compareVersions compares dotted numeric versions ("1.2.3"); parts that are
+// not numbers compare as 0.
+func compareVersions(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) || i < len(bs); i++ {
+		var x, y int
+		if i < len(as) {
+			x, _ = strconv.Atoi(strings.TrimPrefix(as[i], "v"))
+		}
+		if i < len(bs) {
+			y, _ = strconv.Atoi(strings.TrimPrefix(bs[i], "v"))
+		}
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
