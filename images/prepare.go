@@ -1,0 +1,279 @@
+package images
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// carriedSettings are the source server's settings worth keeping: they shape
+// how data looks to clients, not how the server runs.
+var carriedSettings = regexp.MustCompile(`^\s*(lc_messages|lc_monetary|lc_numeric|lc_time|datestyle|timezone|intervalstyle|default_text_search_config|extra_float_digits)\s*=`)
+
+// writePrivateConfig replaces the backup's configuration with one that is
+// safe to boot: no TCP, no archiving or replication, no preloaded libraries,
+// trust only on the private unix socket. Instances get their port, sockets
+// and access rules on the command line when they start.
+func writePrivateConfig(dir string) error {
+	var carried []string
+	if old, err := os.ReadFile(filepath.Join(dir, "postgresql.conf")); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(old))
+		for sc.Scan() {
+			if carriedSettings.MatchString(sc.Text()) {
+				carried = append(carried, strings.TrimSpace(sc.Text()))
+			}
+		}
+	}
+	conf := `# Written by draupnir when the image was finalised. The source server's
+# settings were dropped (except locale and formatting ones below); instances
+# get port, sockets, TLS and access rules on postgres's command line.
+listen_addresses = ''
+max_connections = 50
+shared_buffers = 16MB
+dynamic_shared_memory_type = posix
+password_encryption = scram-sha-256
+# Instances are throwaway copies: durability against an OS crash is not
+# worth an fsync per commit. A killed postgres still loses nothing.
+fsync = off
+full_page_writes = off
+synchronous_commit = off
+wal_level = minimal
+max_wal_senders = 0
+archive_mode = off
+max_wal_size = 256MB
+min_wal_size = 32MB
+hot_standby = off
+log_line_prefix = '%m [%p] '
+` + strings.Join(carried, "\n") + "\n"
+	files := map[string]string{
+		"postgresql.conf":      conf,
+		"postgresql.auto.conf": "# Emptied by draupnir: ALTER SYSTEM settings of the source server do not apply.\n",
+		"pg_hba.conf":          "# Finalise boots with this file: the unix socket only, in a private 0700 directory.\nlocal all all trust\n",
+		"pg_ident.conf":        "",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	// A backup of a standby, or a half-configured one, must not boot as a
+	// replica or a recovery target.
+	for _, name := range []string{"standby.signal", "recovery.signal", "recovery.conf", "postmaster.pid", "postmaster.opts"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func connect(ctx context.Context, sockDir, user, db string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host = sockDir
+	cfg.Port = privatePort
+	cfg.User = user
+	cfg.Database = db
+	cfg.RuntimeParams = map[string]string{"application_name": "draupnir"}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// findSuperuser returns the name of the backup's bootstrap superuser. It is
+// "postgres" almost always; otherwise postgres is restarted in single-user
+// mode to ask the catalog (the only way in without knowing a role's name).
+func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, proc **supervisor.Process, spec supervisor.Spec) (string, error) {
+	conn, err := connect(ctx, sockDir, "postgres", "template1")
+	if err == nil {
+		defer conn.Close(ctx)
+		var super bool
+		if err := conn.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
+			return "", err
+		}
+		if super {
+			return "postgres", nil
+		}
+	} else if !isMissingRole(err) {
+		return "", fmt.Errorf("connecting to the private postgres: %w", err)
+	}
+	if err := (*proc).Stop(ctx, supervisor.Fast, 5*time.Minute); err != nil {
+		return "", err
+	}
+	*proc = nil
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
+	cmd.Stdin = strings.NewReader("SELECT rolname FROM pg_authid WHERE oid = 10;\n")
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+		Uid: uint32(s.opts.Supervisor.UID()), Gid: uint32(s.opts.Supervisor.GID())}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("asking single-user postgres for the superuser: %w: %s", err, out)
+	}
+	m := regexp.MustCompile(`rolname = "([^"]+)"`).FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("could not find the bootstrap superuser in: %s", out)
+	}
+	p, err := s.opts.Supervisor.Start(ctx, spec)
+	if err != nil {
+		return "", unprocessable("the backup's postgres did not start again: %v", err)
+	}
+	*proc = p
+	return string(m[1]), nil
+}
+
+func isMissingRole(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "28000"
+}
+
+type databases struct {
+	all     []string // every database that accepts connections, templates excepted
+	first   string   // where the anonymisation script starts
+	largest string   // the largest non-system database: where instances land users
+}
+
+func listDatabases(ctx context.Context, sockDir, superuser string) (databases, error) {
+	var d databases
+	conn, err := connect(ctx, sockDir, superuser, "template1")
+	if err != nil {
+		return d, fmt.Errorf("connecting to the private postgres: %w", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database
+		WHERE datallowconn AND NOT datistemplate
+		ORDER BY datname = 'postgres' DESC, pg_database_size(oid) DESC, datname`)
+	if err != nil {
+		return d, fmt.Errorf("listing databases: %w", err)
+	}
+	d.all, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return d, fmt.Errorf("listing databases: %w", err)
+	}
+	d.first, d.largest = "template1", "postgres"
+	if len(d.all) > 0 {
+		d.first = d.all[0]
+		d.largest = d.all[0]
+		if d.all[0] == "postgres" && len(d.all) > 1 {
+			d.largest = d.all[1]
+		}
+	}
+	return d, nil
+}
+
+// prepareRole makes the instance role: a login that owns the data but not the
+// host. It owns every database, the objects superusers owned and is a member
+// of every application role, so it can do what a user expects with the data;
+// it is no superuser and cannot gain host access (no COPY … PROGRAM, no file
+// functions, no ALTER SYSTEM). Its password is set per instance at create.
+func prepareRole(ctx context.Context, sockDir, superuser string, dbs []string, superuserAccess bool) error {
+	if len(dbs) == 0 {
+		return unprocessable("the backup has no database that accepts connections")
+	}
+	conn, err := connect(ctx, sockDir, superuser, dbs[0])
+	if err != nil {
+		return fmt.Errorf("connecting to the private postgres: %w", err)
+	}
+	attrs := "NOSUPERUSER NOCREATEROLE CREATEDB NOREPLICATION NOBYPASSRLS"
+	if superuserAccess {
+		attrs = "SUPERUSER"
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf(globalRoleSQL, attrs))
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("creating the instance role: %w", err)
+	}
+	if superuserAccess {
+		return nil
+	}
+	for _, db := range dbs {
+		conn, err := connect(ctx, sockDir, superuser, db)
+		if err != nil {
+			return fmt.Errorf("connecting to database %s: %w", db, err)
+		}
+		_, err = conn.Exec(ctx, ownershipSQL)
+		conn.Close(ctx)
+		if err != nil {
+			return fmt.Errorf("handing the objects of database %s to the instance role: %w", db, err)
+		}
+	}
+	return nil
+}
+
+// globalRoleSQL creates the role and makes it a member of every application
+// role. Application roles lose CREATEROLE and the server-file roles first:
+// through SET ROLE they would otherwise be a way to the host.
+const globalRoleSQL = `DO $draupnir$
+DECLARE r record;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'draupnir') THEN
+    CREATE ROLE draupnir;
+  END IF;
+  ALTER ROLE draupnir WITH LOGIN %s PASSWORD NULL CONNECTION LIMIT -1 VALID UNTIL 'infinity';
+  FOR r IN SELECT m.rolname AS member, g.rolname AS grp FROM pg_auth_members am
+      JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
+      WHERE g.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')
+        AND NOT m.rolsuper LOOP
+    EXECUTE format('REVOKE %%I FROM %%I', r.grp, r.member);
+  END LOOP;
+  FOR r IN SELECT rolname FROM pg_roles
+      WHERE NOT rolsuper AND rolname <> 'draupnir' AND rolname NOT LIKE 'pg\_%%' LOOP
+    EXECUTE format('ALTER ROLE %%I NOCREATEROLE NOREPLICATION NOBYPASSRLS', r.rolname);
+    EXECUTE format('GRANT %%I TO draupnir', r.rolname);
+  END LOOP;
+END
+$draupnir$`
+
+// ownershipSQL runs in each database: the database, and every schema,
+// relation, routine and type that a superuser owned outside the system
+// schemas and extensions, go to the instance role. Sequences owned by a
+// column follow their table.
+const ownershipSQL = `DO $draupnir$
+DECLARE r record;
+BEGIN
+  EXECUTE format('ALTER DATABASE %I OWNER TO draupnir', current_database());
+  FOR r IN SELECT n.nspname FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+      WHERE o.rolsuper AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+        AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e') LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO draupnir', r.nspname);
+  END LOOP;
+  FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles o ON o.oid = c.relowner
+      WHERE o.rolsuper AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i')))) LOOP
+    EXECUTE format('ALTER %s %s OWNER TO draupnir',
+      CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                     WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles o ON o.oid = p.proowner
+      WHERE o.rolsuper AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+    EXECUTE format('ALTER %s %s OWNER TO draupnir',
+      CASE r.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.fn);
+  END LOOP;
+  FOR r IN SELECT t.oid::regtype AS typ FROM pg_type t
+      JOIN pg_namespace n ON n.oid = t.typnamespace JOIN pg_roles o ON o.oid = t.typowner
+      WHERE o.rolsuper AND t.typtype IN ('e', 'd', 'r', 'm') AND t.typrelid = 0
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO draupnir', r.typ);
+  END LOOP;
+END
+$draupnir$`

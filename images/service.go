@@ -1,0 +1,321 @@
+// Package images owns the lifecycle of images: a row and an empty upload
+// subvolume when one is created, the bytes that arrive by scp, sftp or a
+// streaming upload, and finalising — extracting the backup, booting it
+// privately, running the anonymisation script, preparing it for instances and
+// freezing it as a read-only btrfs snapshot. Finalising is a job owned by the
+// service, not by the request that asked for it.
+package images
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// InstanceDestroyer destroys every instance of an image; destroying an image
+// destroys its instances first.
+type InstanceDestroyer interface {
+	DestroyAllOfImage(ctx context.Context, imageID int64) error
+}
+
+// Options configures a Service.
+type Options struct {
+	Pool            *pgxpool.Pool
+	Supervisor      *supervisor.Supervisor
+	UploadsDir      string // data_path/image_uploads
+	SnapshotsDir    string // data_path/image_snapshots
+	RunDir          string // short directory for private unix sockets
+	SuperuserAccess bool   // hand out a superuser role instead of the restricted one
+	Log             *slog.Logger
+}
+
+// Service manages images.
+type Service struct {
+	opts  Options
+	store store
+	log   *slog.Logger
+
+	// base outlives requests: finalise jobs run on it.
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	jobs      map[int64]*job // finalise jobs in flight
+	uploads   map[int64]int  // open uploads per image
+	instances InstanceDestroyer
+}
+
+type job struct {
+	done chan struct{}
+	im   *draupnir.Image
+	err  error
+}
+
+// New returns a Service. Call Close to stop its jobs.
+func New(opts Options) *Service {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &Service{
+		opts:    opts,
+		store:   store{opts.Pool},
+		log:     opts.Log.With("component", "images"),
+		base:    base,
+		cancel:  cancel,
+		jobs:    map[int64]*job{},
+		uploads: map[int64]int{},
+	}
+}
+
+// SetInstances wires the instance service in (the two depend on each other).
+func (s *Service) SetInstances(d InstanceDestroyer) { s.instances = d }
+
+// Close cancels running finalise jobs (their images end up failed, as after a
+// crash) and waits for them.
+func (s *Service) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+func (s *Service) uploadDir(id int64) string {
+	return filepath.Join(s.opts.UploadsDir, strconv.FormatInt(id, 10))
+}
+
+// SnapshotDir is the read-only snapshot of a ready image.
+func (s *Service) SnapshotDir(id int64) string {
+	return filepath.Join(s.opts.SnapshotsDir, strconv.FormatInt(id, 10))
+}
+
+func (s *Service) workDir(id int64) string { return s.SnapshotDir(id) + ".work" }
+
+func requireUpload(p draupnir.Principal, what string) error {
+	if !p.Upload {
+		return draupnir.Errorf(draupnir.KindForbidden, "only the upload principal may %s", what)
+	}
+	return nil
+}
+
+// List returns every image.
+func (s *Service) List(ctx context.Context) ([]*draupnir.Image, error) {
+	rows, err := s.store.list(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Image, len(rows))
+	for i, r := range rows {
+		out[i] = &r.Image
+	}
+	return out, nil
+}
+
+// Get returns image id.
+func (s *Service) Get(ctx context.Context, id int64) (*draupnir.Image, error) {
+	r, err := s.store.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Image, nil
+}
+
+// Image is what the instance service needs of a ready image.
+type Image struct {
+	draupnir.Image
+	Snapshot  string // read-only snapshot directory
+	Superuser string // bootstrap superuser, reachable on the private socket
+}
+
+// Ready returns image id if instances can be made of it.
+func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
+	r, err := s.store.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State != draupnir.ImageReady {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s, not ready", id, r.State)
+	}
+	return &Image{Image: r.Image, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
+}
+
+// Create makes an image row and its empty upload subvolume.
+func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	if err := requireUpload(p, "create images"); err != nil {
+		return nil, err
+	}
+	if backedUpAt.IsZero() {
+		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "backed_up_at", Msg: "backed_up_at is required (RFC 3339, e.g. 2017-05-01T12:00:00Z)"}
+	}
+	r, err := s.store.insert(ctx, backedUpAt.UTC(), script)
+	if err != nil {
+		return nil, err
+	}
+	dir := s.uploadDir(r.ID)
+	if err := btrfs.CreateSubvolume(dir); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			// A leftover of an image whose row is gone: its data is nobody's.
+			if err = btrfs.Delete(dir); err == nil {
+				err = btrfs.CreateSubvolume(dir)
+			}
+		}
+		if err != nil {
+			s.store.delete(context.WithoutCancel(ctx), r.ID)
+			return nil, storageError(fmt.Errorf("creating the upload subvolume of image %d: %w", r.ID, err))
+		}
+	}
+	s.log.Info("image created", "image", r.ID)
+	return &r.Image, nil
+}
+
+// Update changes the script or backup time of an image that is not ready, so
+// a failed finalise can be fixed and retried.
+func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+	if err := requireUpload(p, "change images"); err != nil {
+		return nil, err
+	}
+	if patch.BackedUpAt != nil && patch.BackedUpAt.IsZero() {
+		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "backed_up_at", Msg: "backed_up_at must be a time"}
+	}
+	r, err := s.store.update(ctx, id, patch)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Image, nil
+}
+
+// Destroy removes an image: its instances, its snapshot, its upload and its row.
+func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+	if err := requireUpload(p, "destroy images"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	_, finalising := s.jobs[id]
+	s.mu.Unlock()
+	if finalising {
+		return draupnir.Errorf(draupnir.KindConflict, "image %d is being finalised; destroy it when that ends", id)
+	}
+	if _, err := s.store.get(ctx, id); err != nil {
+		return err
+	}
+	if s.instances != nil {
+		if err := s.instances.DestroyAllOfImage(ctx, id); err != nil {
+			return fmt.Errorf("destroying the instances of image %d: %w", id, err)
+		}
+	}
+	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
+		if err := btrfs.Delete(dir); err != nil {
+			return fmt.Errorf("destroying image %d: %w", id, err)
+		}
+	}
+	if err := s.store.delete(ctx, id); err != nil {
+		return fmt.Errorf("destroying image %d: %w", id, err)
+	}
+	s.log.Info("image destroyed", "image", id)
+	return nil
+}
+
+// storageError marks a full disk as such, so clients get 507 rather than 500.
+func storageError(err error) error {
+	if isNoSpace(err) {
+		return &draupnir.Error{Kind: draupnir.KindInsufficientStorage, Msg: "the data path is full", Err: err}
+	}
+	return err
+}
+
+// Reconcile repairs what a crash left: no image stays finalising, half-made
+// work directories go, and subvolumes that no row owns are deleted.
+func (s *Service) Reconcile(ctx context.Context) error {
+	rows, err := s.store.list(ctx, "")
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, r := range rows {
+		id := strconv.FormatInt(r.ID, 10)
+		known[id] = true
+		if r.State == draupnir.ImageFinalising {
+			s.log.Warn("image was finalising when the server stopped; marking it failed", "image", r.ID)
+			if err := s.discardWork(ctx, r.ID); err != nil {
+				return err
+			}
+			if err := s.store.fail(ctx, r.ID, "finalising was interrupted by a restart of the server; call done again"); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := s.discardWork(ctx, r.ID); err != nil {
+			return err
+		}
+		if r.State == draupnir.ImageReady {
+			if ok, _ := btrfs.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
+				s.log.Error("ready image has lost its snapshot; marking it failed", "image", r.ID)
+				s.store.fail(ctx, r.ID, "the image's snapshot is missing from the data path; upload and finalise it again")
+			}
+		} else if err := btrfs.Delete(s.SnapshotDir(r.ID)); err != nil {
+			return err
+		}
+		if ok, _ := btrfs.IsSubvolume(s.uploadDir(r.ID)); !ok && r.State != draupnir.ImageReady {
+			if err := btrfs.CreateSubvolume(s.uploadDir(r.ID)); err != nil {
+				return fmt.Errorf("recreating the upload subvolume of image %d: %w", r.ID, err)
+			}
+		}
+	}
+	for _, dir := range []string{s.opts.UploadsDir, s.opts.SnapshotsDir} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+		for _, e := range ents {
+			name := e.Name()
+			if base, ok := cutSuffix(name, ".work"); ok {
+				name = base
+			}
+			if known[name] {
+				continue
+			}
+			path := filepath.Join(dir, e.Name())
+			s.log.Warn("deleting a subvolume that no image owns", "path", path)
+			s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second)
+			if err := btrfs.Delete(path); err != nil {
+				s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+func cutSuffix(s, suffix string) (string, bool) {
+	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
+		return s[:len(s)-len(suffix)], true
+	}
+	return s, false
+}
+
+// discardWork stops any postgres left on image id's work directory and
+// deletes the directory.
+func (s *Service) discardWork(ctx context.Context, id int64) error {
+	work := s.workDir(id)
+	if _, err := os.Stat(work); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := s.opts.Supervisor.StopDataDir(ctx, work, supervisor.Immediate, 10*time.Second); err != nil {
+		return fmt.Errorf("stopping the private postgres of image %d: %w", id, err)
+	}
+	if err := btrfs.Delete(work); err != nil {
+		return fmt.Errorf("deleting the work directory of image %d: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package images
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// store is the images table.
+type store struct{ pool *pgxpool.Pool }
+
+const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
+	postgres_version, database_name, superuser_name, created_at, updated_at`
+
+// row is an image as stored, with the fields the API does not show.
+type row struct {
+	draupnir.Image
+	Superuser string
+}
+
+func scanImage(r pgx.Row) (*row, error) {
+	var im row
+	var state string
+	err := r.Scan(&im.ID, &state, &im.BackedUpAt, &im.AnonymisationScript, &im.Error, &im.SizeBytes,
+		&im.PostgresVersion, &im.Database, &im.Superuser, &im.CreatedAt, &im.UpdatedAt)
+	if err != nil {
+		return nil, err
+	}
+	im.State = draupnir.ImageState(state)
+	im.BackedUpAt = im.BackedUpAt.UTC()
+	im.CreatedAt = im.CreatedAt.UTC()
+	im.UpdatedAt = im.UpdatedAt.UTC()
+	return &im, nil
+}
+
+func notFound(id int64) error {
+	return draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+}
+
+func (s store) get(ctx context.Context, id int64) (*row, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading image %d: %w", id, err)
+	}
+	return im, nil
+}
+
+func (s store) list(ctx context.Context, where string, args ...any) ([]*row, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+imageColumns+` FROM images `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing images: %w", err)
+	}
+	defer rows.Close()
+	var out []*row
+	for rows.Next() {
+		im, err := scanImage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing images: %w", err)
+		}
+		out = append(out, im)
+	}
+	return out, rows.Err()
+}
+
+func (s store) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script)
+		VALUES ($1, $2) RETURNING `+imageColumns, backedUpAt, script))
+	if err != nil {
+		return nil, fmt.Errorf("creating image: %w", err)
+	}
+	return im, nil
+}
+
+// transition moves image id from one of the states in from to state to,
+// atomically. It returns the image before the change was refused (with ok
+// false) when the image is in another state.
+func (s store) transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (*row, bool, error) {
+	fromS := make([]string, len(from))
+	for i, f := range from {
+		fromS[i] = string(f)
+	}
+	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET state = $2, updated_at = now()
+		WHERE id = $1 AND state = ANY($3) RETURNING `+imageColumns, id, string(to), fromS))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, err := s.get(ctx, id)
+		return cur, false, err
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("updating image %d: %w", id, err)
+	}
+	return im, true, nil
+}
+
+func (s store) fail(ctx context.Context, id int64, reason string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE images SET state = 'failed', error = $2, updated_at = now() WHERE id = $1`, id, reason)
+	return err
+}
+
+func (s store) ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error) {
+	return scanImage(s.pool.QueryRow(ctx, `UPDATE images SET state = 'ready', error = '', size_bytes = $2,
+		postgres_version = $3, database_name = $4, superuser_name = $5, updated_at = now()
+		WHERE id = $1 RETURNING `+imageColumns, id, size, version, database, superuser))
+}
+
+func (s store) update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET
+		backed_up_at = coalesce($2, backed_up_at),
+		anonymisation_script = coalesce($3, anonymisation_script),
+		updated_at = now()
+		WHERE id = $1 AND state IN ('created', 'uploading', 'failed') RETURNING `+imageColumns,
+		id, patch.BackedUpAt, patch.AnonymisationScript))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, err := s.get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s; only an image that is not ready or finalising can be changed", id, cur.State)
+	}
+	return im, err
+}
+
+func (s store) delete(ctx context.Context, id int64) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1`, id)
+	return err
+}

@@ -1,0 +1,98 @@
+package images
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/images/extract"
+)
+
+// openUpload checks that p may write into image id now, marks the image
+// uploading and counts the upload as open, so finalise waits for it.
+func (s *Service) openUpload(ctx context.Context, p draupnir.Principal, id int64) (end func(), err error) {
+	if err := requireUpload(p, "upload into images"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, running := s.jobs[id]; running {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is being finalised; uploads are closed", id)
+	}
+	r, ok, err := s.store.transition(ctx, id,
+		[]draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading}, draupnir.ImageUploading)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		hint := ""
+		if r.State == draupnir.ImageFailed {
+			hint = "; destroy it and create a new image to upload again, or fix the script and call done"
+		}
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s; uploads are closed%s", id, r.State, hint)
+	}
+	s.uploads[id]++
+	var once bool
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !once {
+			once = true
+			if s.uploads[id]--; s.uploads[id] <= 0 {
+				delete(s.uploads, id)
+			}
+		}
+	}, nil
+}
+
+// BeginUpload returns the directory into which p may write files for image
+// id, and a func to call when the writing is over.
+func (s *Service) BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (dir string, end func(), err error) {
+	end, err = s.openUpload(ctx, p, id)
+	if err != nil {
+		return "", nil, err
+	}
+	return s.uploadDir(id), end, nil
+}
+
+// StreamUpload extracts a tar stream (plain or compressed, detected from its
+// bytes) straight into image id's upload, replacing whatever an earlier
+// upload left there, so finalising needs no extraction.
+func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+	start := time.Now()
+	end, err := s.openUpload(ctx, p, id)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer end()
+	dir := s.uploadDir(id)
+	// A fresh subvolume is the quickest way to drop a previous upload.
+	if err := btrfs.Delete(dir); err != nil {
+		return draupnir.UploadSummary{}, fmt.Errorf("clearing the upload of image %d: %w", id, err)
+	}
+	if err := btrfs.CreateSubvolume(dir); err != nil {
+		return draupnir.UploadSummary{}, storageError(fmt.Errorf("recreating the upload of image %d: %w", id, err))
+	}
+	cr := &countingReader{r: r}
+	st, err := extract.Tar(ctx, cr, dir, extract.Options{UID: -1, GID: -1})
+	sum := draupnir.UploadSummary{Bytes: cr.n, Files: st.Files, Duration: time.Since(start)}
+	if err != nil {
+		return sum, storageError(err)
+	}
+	s.log.Info("streaming upload done", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration)
+	return sum, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

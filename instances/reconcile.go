@@ -1,0 +1,153 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// track watches proc, the postgres of instance id, and restarts it if it
+// dies on its own.
+func (s *Service) track(id int64, proc *supervisor.Process) {
+	t := &tracked{proc: proc}
+	s.mu.Lock()
+	s.procs[id] = t
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-s.base.Done():
+			return
+		case <-proc.Done():
+		}
+		s.mu.Lock()
+		current := s.procs[id] == t
+		stopping := t.stopping
+		if current {
+			delete(s.procs, id)
+		}
+		s.mu.Unlock()
+		if current && !stopping {
+			s.recover(id)
+		}
+	}()
+}
+
+// untrack stops watching instance id ahead of a deliberate stop and returns
+// what was watched, if anything.
+func (s *Service) untrack(id int64) *tracked {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.procs[id]
+	if t != nil {
+		t.stopping = true
+		delete(s.procs, id)
+	}
+	return t
+}
+
+// restartBackoff spaces out restarts of a postgres that keeps dying.
+var restartBackoff = []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second}
+
+// recover restarts the postgres of instance id after it died, with a back-off;
+// after the last attempt the instance is marked failed with the reason.
+func (s *Service) recover(id int64) {
+	log := s.log.With("instance", id)
+	log.Warn("instance postgres exited unexpectedly; restarting it")
+	ctx := s.base
+	s.store.setState(ctx, id, draupnir.InstanceStopped, "postgres exited unexpectedly; restarting")
+	var err error
+	for _, wait := range restartBackoff {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		in, gerr := s.store.get(ctx, id)
+		if gerr != nil || in.State == draupnir.InstanceDestroying {
+			return // destroyed meanwhile
+		}
+		var proc *supervisor.Process
+		if proc, err = s.start(ctx, id, in.Port); err == nil {
+			s.store.setState(ctx, id, draupnir.InstanceRunning, "")
+			s.track(id, proc)
+			log.Info("instance restarted")
+			return
+		}
+		log.Warn("restarting instance failed", "err", err)
+	}
+	s.store.setState(ctx, id, draupnir.InstanceFailed, fmt.Sprintf("postgres keeps failing to start: %v", err))
+}
+
+// Reconcile brings processes and subvolumes in line with the rows at start-up:
+// it adopts instances whose postgres still runs, restarts those that should
+// run, finishes creates and destroys that a crash interrupted, and deletes
+// subvolumes that no row owns.
+func (s *Service) Reconcile(ctx context.Context) error {
+	list, err := s.store.list(ctx, "")
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, in := range list {
+		log := s.log.With("instance", in.ID)
+		if in.State == draupnir.InstanceCreating || in.State == draupnir.InstanceDestroying {
+			log.Warn("finishing an interrupted create or destroy by destroying the instance", "state", in.State)
+			if err := s.teardown(ctx, in.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		known[strconv.FormatInt(in.ID, 10)] = true
+		if ok, _ := btrfs.IsSubvolume(s.dir(in.ID)); !ok {
+			log.Error("instance has lost its data directory")
+			s.store.setState(ctx, in.ID, draupnir.InstanceFailed, "the instance's data directory is missing")
+			continue
+		}
+		proc, err := s.opts.Supervisor.Adopt(s.dir(in.ID))
+		if err == nil {
+			log.Info("adopted running instance", "pid", proc.PID())
+		} else if errors.Is(err, supervisor.ErrNotRunning) {
+			proc, err = s.start(ctx, in.ID, in.Port)
+			if err != nil {
+				log.Error("could not restart instance", "err", err)
+				s.store.setState(ctx, in.ID, draupnir.InstanceFailed, fmt.Sprintf("could not restart postgres: %v", err))
+				continue
+			}
+			log.Info("restarted instance", "pid", proc.PID())
+		} else {
+			return fmt.Errorf("adopting instance %d: %w", in.ID, err)
+		}
+		if in.State != draupnir.InstanceRunning {
+			s.store.setState(ctx, in.ID, draupnir.InstanceRunning, "")
+		}
+		s.track(in.ID, proc)
+	}
+	ents, err := os.ReadDir(s.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	for _, e := range ents {
+		if known[e.Name()] {
+			continue
+		}
+		path := s.opts.Dir + "/" + e.Name()
+		s.log.Warn("deleting an instance subvolume that no row owns", "path", path)
+		if err := s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second); err != nil {
+			s.log.Error("could not stop an orphaned postgres", "path", path, "err", err)
+			continue
+		}
+		if err := btrfs.Delete(path); err != nil {
+			s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
+		}
+	}
+	return nil
+}

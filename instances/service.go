@@ -1,0 +1,396 @@
+// Package instances owns the lifecycle of instances: a writable btrfs
+// snapshot of a ready image with its own postgres on its own port, a fresh
+// password for the instance role, and destruction. It keeps what runs in
+// line with what the state database says, at start-up (Reconcile) and while
+// running (a postgres that dies is restarted).
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/images"
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// Images is what instances need of the image service.
+type Images interface {
+	Ready(ctx context.Context, id int64) (*images.Image, error)
+}
+
+// Options configures a Service.
+type Options struct {
+	Pool            *pgxpool.Pool
+	Supervisor      *supervisor.Supervisor
+	Images          Images
+	Dir             string // data_path/instances
+	RunDir          string // short directory for unix sockets and the shared pg_hba.conf
+	MinPort         int
+	MaxPort         int
+	ListenAddresses string
+	Hostname        string
+	Settings        map[string]string // extra postgresql settings
+	StartTimeout    time.Duration
+	Log             *slog.Logger
+}
+
+// Service manages instances.
+type Service struct {
+	opts  Options
+	store store
+	log   *slog.Logger
+	hba   string
+
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	portMu sync.Mutex // serialises port allocation within this server
+
+	mu    sync.Mutex
+	procs map[int64]*tracked
+}
+
+// tracked is a postgres the service watches.
+type tracked struct {
+	proc     *supervisor.Process
+	stopping bool // set before a deliberate stop, so its exit is no crash
+}
+
+// New prepares the run directory and returns a Service.
+func New(opts Options) (*Service, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = time.Minute
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	if err := os.MkdirAll(opts.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", opts.RunDir, err)
+	}
+	hba := filepath.Join(opts.RunDir, "instance_pg_hba.conf")
+	// The superuser is reachable only through the private socket directory
+	// (0700, the postgres user's); TCP needs the instance role's password.
+	const rules = "# Written by draupnir for every instance.\n" +
+		"local all all trust\n" +
+		"host all all all scram-sha-256\n"
+	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", hba, err)
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &Service{
+		opts:   opts,
+		store:  store{opts.Pool},
+		log:    opts.Log.With("component", "instances"),
+		hba:    hba,
+		base:   base,
+		cancel: cancel,
+		procs:  map[int64]*tracked{},
+	}, nil
+}
+
+// Close stops watching the instances; their postgres processes keep running
+// and are adopted by the next server.
+func (s *Service) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+func (s *Service) dir(id int64) string { return filepath.Join(s.opts.Dir, strconv.FormatInt(id, 10)) }
+func (s *Service) sockDir(id int64) string {
+	return filepath.Join(s.opts.RunDir, strconv.FormatInt(id, 10))
+}
+
+func (s *Service) decorate(in *draupnir.Instance) *draupnir.Instance {
+	in.Hostname = s.opts.Hostname
+	return in
+}
+
+// List returns p's instances; the upload principal sees all.
+func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
+	var list []*draupnir.Instance
+	var err error
+	if p.Upload {
+		list, err = s.store.list(ctx, "")
+	} else {
+		list, err = s.store.list(ctx, "WHERE i.owner = $1", p.Name)
+	}
+	for _, in := range list {
+		s.decorate(in)
+	}
+	return list, err
+}
+
+// Get returns instance id if p may see it; someone else's is not found.
+func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error) {
+	in, err := s.store.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !p.CanSee(in.Owner) {
+		return nil, notFound(id)
+	}
+	return s.decorate(in), nil
+}
+
+// Create makes an instance of image imageID for p and returns once its
+// postgres accepts connections. Any failure undoes every step.
+func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int64) (_ *draupnir.Instance, err error) {
+	if p.Name == "" {
+		return nil, draupnir.Errorf(draupnir.KindUnauthorized, "no principal")
+	}
+	im, err := s.opts.Images.Ready(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	password, err := newPassword()
+	if err != nil {
+		return nil, err
+	}
+	in, err := s.allocate(ctx, imageID, p.Name, images.InstanceRole, password)
+	if err != nil {
+		return nil, err
+	}
+	log := s.log.With("instance", in.ID, "image", imageID, "owner", p.Name)
+	dir := s.dir(in.ID)
+	var proc *supervisor.Process
+	defer func() {
+		if err == nil {
+			return
+		}
+		log.Warn("instance create failed; undoing it", "err", err)
+		cleanup := context.WithoutCancel(ctx)
+		if proc != nil {
+			s.untrack(in.ID)
+			proc.Stop(cleanup, supervisor.Immediate, 10*time.Second)
+		}
+		if derr := btrfs.Delete(dir); derr != nil {
+			log.Error("could not delete the snapshot of a failed create", "err", derr)
+		}
+		os.RemoveAll(s.sockDir(in.ID))
+		if derr := s.store.delete(cleanup, in.ID); derr != nil {
+			log.Error("could not delete the row of a failed create", "err", derr)
+		}
+	}()
+
+	if err := btrfs.Snapshot(im.Snapshot, dir, false); err != nil {
+		return nil, storageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
+	}
+	skip := []int32{}
+	for attempt := 0; ; attempt++ {
+		proc, err = s.start(ctx, in.ID, in.Port)
+		if err == nil || !errors.Is(err, supervisor.ErrPortInUse) || attempt >= 5 {
+			break
+		}
+		log.Warn("port taken by another program; moving to another", "port", in.Port)
+		skip = append(skip, int32(in.Port))
+		s.portMu.Lock()
+		in.Port, err = s.freePort(ctx, in.ID, skip)
+		s.portMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("starting postgres for instance %d: %w", in.ID, err)
+	}
+	if err := setPassword(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
+		return nil, err
+	}
+	if err := s.store.setState(ctx, in.ID, draupnir.InstanceRunning, ""); err != nil {
+		return nil, err
+	}
+	in.State = draupnir.InstanceRunning
+	in.Database = im.Database
+	s.track(in.ID, proc)
+	log.Info("instance created", "port", in.Port)
+	return s.decorate(in), nil
+}
+
+// allocate inserts the instance row with a free port.
+func (s *Service) allocate(ctx context.Context, imageID int64, owner, username, password string) (*draupnir.Instance, error) {
+	s.portMu.Lock()
+	defer s.portMu.Unlock()
+	skip := []int32{}
+	for attempt := 0; attempt < 20; attempt++ {
+		in, err := s.store.insert(ctx, imageID, owner, username, password, s.opts.MinPort, s.opts.MaxPort, skip)
+		if err != nil {
+			return nil, err
+		}
+		if in == nil {
+			break
+		}
+		if portFree(in.Port) {
+			return in, nil
+		}
+		// Another program holds it: keep the row, take the next port.
+		skip = append(skip, int32(in.Port))
+		port, err := s.freePort(ctx, in.ID, skip)
+		if err != nil {
+			s.store.delete(context.WithoutCancel(ctx), in.ID)
+			return nil, err
+		}
+		in.Port = port
+		return in, nil
+	}
+	return nil, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d; destroy instances or widen instances.min_port/max_port",
+		s.opts.MinPort, s.opts.MaxPort)
+}
+
+// freePort moves instance id to a free port not in skip and not held by
+// another program. portMu must be held.
+func (s *Service) freePort(ctx context.Context, id int64, skip []int32) (int, error) {
+	for attempt := 0; attempt < 20; attempt++ {
+		port, err := s.store.movePort(ctx, id, s.opts.MinPort, s.opts.MaxPort, skip)
+		if err != nil {
+			return 0, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d", s.opts.MinPort, s.opts.MaxPort)
+		}
+		if portFree(port) {
+			return port, nil
+		}
+		skip = append(skip, int32(port))
+	}
+	return 0, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d", s.opts.MinPort, s.opts.MaxPort)
+}
+
+// portFree reports whether nothing listens on port. Postgres may still lose
+// a race for it; Create then moves on.
+func portFree(port int) bool {
+	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// start runs the postgres of instance id on port and waits until it accepts
+// connections.
+func (s *Service) start(ctx context.Context, id int64, port int) (*supervisor.Process, error) {
+	settings := map[string]string{}
+	for k, v := range s.opts.Settings {
+		settings[k] = v
+	}
+	settings["hba_file"] = s.hba
+	settings["cluster_name"] = "draupnir-" + strconv.FormatInt(id, 10)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.StartTimeout)
+	defer cancel()
+	return s.opts.Supervisor.Start(ctx, supervisor.Spec{
+		DataDir:         s.dir(id),
+		SocketDir:       s.sockDir(id),
+		Port:            port,
+		ListenAddresses: s.opts.ListenAddresses,
+		Settings:        settings,
+		LogFile:         filepath.Join(s.dir(id), "draupnir.log"),
+	})
+}
+
+// setPassword gives the instance role its password, as a SCRAM verifier, and
+// commits it synchronously: the instance runs with synchronous_commit off,
+// and a password lost in a crash would lock the owner out.
+func setPassword(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error {
+	verifier, err := scramVerifier(password)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return err
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
+	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on"}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connecting to the instance as its superuser: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	// The verifier holds only base64 characters, '$' and ':'.
+	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", pgx.Identifier{role}.Sanitize(), verifier),
+		pgx.QueryExecModeSimpleProtocol); err != nil {
+		return fmt.Errorf("setting the instance role's password: %w", err)
+	}
+	return nil
+}
+
+// Destroy stops instance id and deletes its snapshot and row.
+func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+	in, err := s.store.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !p.CanSee(in.Owner) {
+		return notFound(id)
+	}
+	ok, err := s.store.claimDestroy(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed", id)
+	}
+	return s.teardown(context.WithoutCancel(ctx), id)
+}
+
+// DestroyAllOfImage destroys every instance of image imageID.
+func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
+	list, err := s.store.list(ctx, "WHERE i.image_id = $1", imageID)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, in := range list {
+		if _, err := s.store.claimDestroy(ctx, in.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, s.teardown(context.WithoutCancel(ctx), in.ID))
+	}
+	return errors.Join(errs...)
+}
+
+// teardown stops the postgres of instance id (immediately: its data is about
+// to go), deletes the snapshot and socket directory, then the row.
+func (s *Service) teardown(ctx context.Context, id int64) error {
+	dir := s.dir(id)
+	if t := s.untrack(id); t != nil {
+		if err := t.proc.Stop(ctx, supervisor.Immediate, 10*time.Second); err != nil {
+			return fmt.Errorf("stopping instance %d: %w", id, err)
+		}
+	} else if err := s.opts.Supervisor.StopDataDir(ctx, dir, supervisor.Immediate, 10*time.Second); err != nil {
+		return fmt.Errorf("stopping instance %d: %w", id, err)
+	}
+	if err := btrfs.Delete(dir); err != nil {
+		return fmt.Errorf("deleting the snapshot of instance %d: %w", id, err)
+	}
+	os.RemoveAll(s.sockDir(id))
+	if err := s.store.delete(ctx, id); err != nil {
+		return err
+	}
+	s.log.Info("instance destroyed", "instance", id)
+	return nil
+}
+
+// storageError marks a full disk as such, so clients get 507 rather than 500.
+func storageError(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &draupnir.Error{Kind: draupnir.KindInsufficientStorage, Msg: "the data path is full", Err: err}
+	}
+	return err
+}

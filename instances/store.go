@@ -1,0 +1,127 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// store is the instances table.
+type store struct{ pool *pgxpool.Pool }
+
+const instanceColumns = `i.id, i.image_id, i.owner, i.state, i.port, i.username, i.password, i.error,
+	i.created_at, i.updated_at, im.database_name`
+
+const fromInstances = ` FROM instances i JOIN images im ON im.id = i.image_id `
+
+func scanInstance(r pgx.Row) (*draupnir.Instance, error) {
+	var in draupnir.Instance
+	var state string
+	if err := r.Scan(&in.ID, &in.ImageID, &in.Owner, &state, &in.Port, &in.Username, &in.Password, &in.Error,
+		&in.CreatedAt, &in.UpdatedAt, &in.Database); err != nil {
+		return nil, err
+	}
+	in.State = draupnir.InstanceState(state)
+	in.CreatedAt = in.CreatedAt.UTC()
+	in.UpdatedAt = in.UpdatedAt.UTC()
+	return &in, nil
+}
+
+func notFound(id int64) error {
+	return draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+}
+
+func (s store) get(ctx context.Context, id int64) (*draupnir.Instance, error) {
+	in, err := scanInstance(s.pool.QueryRow(ctx, `SELECT `+instanceColumns+fromInstances+`WHERE i.id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading instance %d: %w", id, err)
+	}
+	return in, nil
+}
+
+func (s store) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+instanceColumns+fromInstances+where+` ORDER BY i.id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing instances: %w", err)
+	}
+	defer rows.Close()
+	var out []*draupnir.Instance
+	for rows.Next() {
+		in, err := scanInstance(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing instances: %w", err)
+		}
+		out = append(out, in)
+	}
+	return out, rows.Err()
+}
+
+// insert creates an instance row on the lowest port of [min, max] that no
+// other instance holds and that is not in skip. It returns nil, nil when no
+// port is free.
+func (s store) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
+	var id int64
+	err := s.pool.QueryRow(ctx, `INSERT INTO instances (image_id, owner, port, username, password)
+		SELECT $1, $2, p, $3, $4 FROM generate_series($5::int, $6::int) AS p
+		WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
+		ORDER BY p LIMIT 1
+		ON CONFLICT (port) DO NOTHING
+		RETURNING id`, imageID, owner, username, password, min, max, skip).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating an instance row: %w", err)
+	}
+	return s.get(ctx, id)
+}
+
+// movePort gives instance id another free port, not in skip.
+func (s store) movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error) {
+	var port int
+	err := s.pool.QueryRow(ctx, `UPDATE instances SET port = (
+			SELECT p FROM generate_series($2::int, $3::int) AS p
+			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($4::int[])
+			ORDER BY p LIMIT 1), updated_at = now()
+		WHERE id = $1 RETURNING port`, id, min, max, skip).Scan(&port)
+	if err != nil {
+		return 0, fmt.Errorf("moving instance %d to another port: %w", id, err)
+	}
+	return port, nil
+}
+
+func (s store) setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now() WHERE id = $1`,
+		id, string(state), reason)
+	if err != nil {
+		return fmt.Errorf("recording instance %d as %s: %w", id, state, err)
+	}
+	return nil
+}
+
+// claimDestroy marks instance id as being destroyed, unless another request
+// got there first.
+func (s store) claimDestroy(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', updated_at = now()
+		WHERE id = $1 AND state <> 'destroying'`, id)
+	if err != nil {
+		return false, fmt.Errorf("destroying instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (s store) delete(ctx context.Context, id int64) error {
+	_, err := s.pool.Exec(ctx, `DELETE FROM instances WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("deleting the row of instance %d: %w", id, err)
+	}
+	return nil
+}
