@@ -1,0 +1,173 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// Error codes, stable for clients to branch on.
+const (
+	codeBadRequest          = "bad_request"
+	codeInvalidJSON         = "invalid_json"
+	codeUnsupportedMedia    = "unsupported_media_type"
+	codeMissingVersion      = "missing_version"
+	codeIncompatibleVersion = "incompatible_version"
+	codeUnauthorized        = "unauthorized"
+	codeForbidden           = "forbidden"
+	codeNotFound            = "not_found"
+	codeMethodNotAllowed    = "method_not_allowed"
+	codeConflict            = "conflict"
+	codeUnprocessable       = "unprocessable_entity"
+	codePayloadTooLarge     = "payload_too_large"
+	codeInsufficientStorage = "insufficient_storage"
+	codeUnavailable         = "service_unavailable"
+	codeInternal            = "internal_server_error"
+)
+
+// apiError is one JSON:API error object, and an error the handlers return
+// to have it rendered.
+type apiError struct {
+	Status  int
+	Code    string
+	Detail  string
+	Pointer string // JSON pointer into the request document, if a member is at fault
+	cause   error  // for the log only
+}
+
+func (e *apiError) Error() string { return e.Detail }
+func (e *apiError) Unwrap() error { return e.cause }
+
+func newError(status int, code, format string, args ...any) *apiError {
+	return &apiError{Status: status, Code: code, Detail: fmt.Sprintf(format, args...)}
+}
+
+// errorObject is the wire form of an apiError.
+type errorObject struct {
+	Status string       `json:"status"`
+	Code   string       `json:"code"`
+	Title  string       `json:"title"`
+	Detail string       `json:"detail"`
+	Source *errorSource `json:"source,omitempty"`
+}
+
+type errorSource struct {
+	Pointer string `json:"pointer"`
+}
+
+type errorDocument struct {
+	Errors []errorObject `json:"errors"`
+}
+
+func (e *apiError) document() errorDocument {
+	o := errorObject{
+		Status: fmt.Sprint(e.Status),
+		Code:   e.Code,
+		Title:  http.StatusText(e.Status),
+		Detail: e.Detail,
+	}
+	if e.Pointer != "" {
+		o.Source = &errorSource{Pointer: e.Pointer}
+	}
+	return errorDocument{Errors: []errorObject{o}}
+}
+
+// fromDomain maps an error from the core to the API error a client sees.
+// Internal errors keep their cause for the log and show a generic detail.
+func fromDomain(err error) *apiError {
+	kind := draupnir.KindOf(err)
+	e := &apiError{Detail: draupnir.ClientMessage(err), cause: err}
+	switch kind {
+	case draupnir.KindNotFound:
+		e.Status, e.Code = http.StatusNotFound, codeNotFound
+	case draupnir.KindConflict:
+		e.Status, e.Code = http.StatusConflict, codeConflict
+	case draupnir.KindInvalid:
+		e.Status, e.Code = http.StatusBadRequest, codeBadRequest
+		var de *draupnir.Error
+		if errors.As(err, &de) && de.Field != "" {
+			e.Status, e.Code = http.StatusUnprocessableEntity, codeUnprocessable
+			e.Pointer = "/data/attributes/" + de.Field
+		}
+	case draupnir.KindUnprocessable:
+		e.Status, e.Code = http.StatusUnprocessableEntity, codeUnprocessable
+	case draupnir.KindForbidden:
+		e.Status, e.Code = http.StatusForbidden, codeForbidden
+	case draupnir.KindUnauthorized:
+		e.Status, e.Code = http.StatusUnauthorized, codeUnauthorized
+	case draupnir.KindUnavailable:
+		e.Status, e.Code = http.StatusServiceUnavailable, codeUnavailable
+	case draupnir.KindInsufficientStorage:
+		e.Status, e.Code = http.StatusInsufficientStorage, codeInsufficientStorage
+	default:
+		e.Status, e.Code = http.StatusInternalServerError, codeInternal
+	}
+	return e
+}
+
+// fromEcho maps the errors Echo's router and helpers produce.
+func fromEcho(he *echo.HTTPError, c echo.Context) *apiError {
+	r := c.Request()
+	switch he.Code {
+	case http.StatusNotFound:
+		return newError(http.StatusNotFound, codeNotFound, "no route for %s %s", r.Method, truncate(r.URL.Path, 200))
+	case http.StatusMethodNotAllowed:
+		return newError(http.StatusMethodNotAllowed, codeMethodNotAllowed, "%s is not allowed on %s", r.Method, truncate(r.URL.Path, 200))
+	case http.StatusRequestEntityTooLarge:
+		return newError(http.StatusRequestEntityTooLarge, codePayloadTooLarge, "request body is too large")
+	case http.StatusUnsupportedMediaType:
+		return newError(http.StatusUnsupportedMediaType, codeUnsupportedMedia, "only application/json is supported")
+	}
+	if he.Code >= 400 && he.Code < 500 {
+		return &apiError{Status: he.Code, Code: codeBadRequest, Detail: http.StatusText(he.Code), cause: he}
+	}
+	return &apiError{Status: http.StatusInternalServerError, Code: codeInternal, cause: he}
+}
+
+// handleError is Echo's HTTPErrorHandler: every error, whether from a
+// handler, a middleware or the router, is rendered as a JSON:API errors
+// document.
+func (a *api) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &he):
+		ae = fromEcho(he, c)
+	default:
+		ae = fromDomain(err)
+	}
+	if ae.Status >= 500 && ae.Code == codeInternal {
+		id, _ := c.Get(ctxRequestID).(string)
+		a.log.ErrorContext(c.Request().Context(), "request failed",
+			"request_id", id, "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
+		// Never show the cause: it may name paths, queries or hosts.
+		ae = &apiError{Status: ae.Status, Code: ae.Code,
+			Detail: fmt.Sprintf("internal error; the server log has the details (request id %s)", id)}
+	}
+	if ae.Status == http.StatusUnauthorized {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="draupnir"`)
+	}
+	if c.Request().Method == http.MethodHead {
+		c.Response().WriteHeader(ae.Status)
+		return
+	}
+	if err := writeJSON(c, ae.Status, ae.document()); err != nil {
+		a.log.DebugContext(c.Request().Context(), "writing error response", "err", err)
+	}
+}
+
+// truncate shortens client-supplied text echoed in error details.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

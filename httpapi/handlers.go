@@ -1,0 +1,164 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// pathID parses the :id of the URL. Anything but a positive integer that
+// fits int64 names no resource, so it is a 404 like an id that is absent.
+func pathID(c echo.Context, kind string) (int64, error) {
+	raw := c.Param("id")
+	id, ok := parseID(raw)
+	if !ok {
+		return 0, newError(http.StatusNotFound, codeNotFound, "%s %q does not exist", kind, truncate(raw, 32))
+	}
+	return id, nil
+}
+
+func (a *api) listImages(c echo.Context) error {
+	list, err := a.images.List(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	data := make([]resource, 0, len(list))
+	for _, im := range list {
+		data = append(data, imageResource(im))
+	}
+	return writeJSON(c, http.StatusOK, document{Data: data})
+}
+
+func (a *api) getImage(c echo.Context) error {
+	id, err := pathID(c, "image")
+	if err != nil {
+		return err
+	}
+	im, err := a.images.Get(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+}
+
+func (a *api) createImage(c echo.Context) error {
+	req, err := decodeImageCreate(c.Request().Body)
+	if err != nil {
+		return err
+	}
+	im, err := a.images.Create(c.Request().Context(), principal(c), req.BackedUpAt, req.AnonymisationScript)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Location", fmt.Sprintf("/images/%d", im.ID))
+	return writeJSON(c, http.StatusCreated, document{Data: imageResource(im)})
+}
+
+// finaliseImage blocks until finalising ends. The service runs the job on
+// its own context, so a client that goes away does not abort it.
+func (a *api) finaliseImage(c echo.Context) error {
+	id, err := pathID(c, "image")
+	if err != nil {
+		return err
+	}
+	im, err := a.images.Finalise(c.Request().Context(), principal(c), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+}
+
+func (a *api) updateImage(c echo.Context) error {
+	id, err := pathID(c, "image")
+	if err != nil {
+		return err
+	}
+	patch, err := decodeImagePatch(c.Request().Body, id)
+	if err != nil {
+		return err
+	}
+	im, err := a.images.Update(c.Request().Context(), principal(c), id, patch)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+}
+
+func (a *api) destroyImage(c echo.Context) error {
+	id, err := pathID(c, "image")
+	if err != nil {
+		return err
+	}
+	if err := a.images.Destroy(c.Request().Context(), principal(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (a *api) listInstances(c echo.Context) error {
+	list, err := a.instances.List(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	data := make([]resource, 0, len(list))
+	for _, in := range list {
+		data = append(data, instanceResource(in))
+	}
+	return writeJSON(c, http.StatusOK, document{Data: data})
+}
+
+func (a *api) getInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	in, err := a.instances.Get(c.Request().Context(), principal(c), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, document{Data: instanceResource(in)})
+}
+
+func (a *api) createInstance(c echo.Context) error {
+	req, err := decodeInstanceCreate(c.Request().Body)
+	if err != nil {
+		return err
+	}
+	in, err := a.instances.Create(c.Request().Context(), principal(c), req.ImageID)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Location", fmt.Sprintf("/instances/%d", in.ID))
+	return writeJSON(c, http.StatusCreated, document{Data: instanceResource(in)})
+}
+
+func (a *api) destroyInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	if err := a.instances.Destroy(c.Request().Context(), principal(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+type healthDocument struct {
+	Status string `json:"status"`
+}
+
+// healthCheck answers load balancers and monitors; it needs neither a
+// version header nor a token, and says nothing beyond ok or not.
+func (a *api) healthCheck(c echo.Context) error {
+	if a.health != nil {
+		if err := a.health.Check(c.Request().Context()); err != nil {
+			a.log.WarnContext(c.Request().Context(), "health check failed", "err", err)
+			return newError(http.StatusServiceUnavailable, codeUnavailable, "the service is not healthy; the server log has the details")
+		}
+	}
+	if c.Request().Method == http.MethodHead {
+		return c.NoContent(http.StatusOK)
+	}
+	return writeJSON(c, http.StatusOK, healthDocument{Status: "ok"})
+}

@@ -1,0 +1,140 @@
+// Package httpapi is Draupnir's HTTP JSON API door: it turns JSON:API-style
+// requests into calls on the image and instance services and renders their
+// results and typed errors, enforcing the protocol rules (Draupnir-Version
+// negotiation, bearer authentication, content types, body limits) on the way.
+// It holds no business logic, and it is the only package that knows about
+// Echo, so that a move to another router touches nothing else.
+package httpapi
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// ImageService is the part of images.Service that the API calls.
+type ImageService interface {
+	List(ctx context.Context) ([]*draupnir.Image, error)
+	Get(ctx context.Context, id int64) (*draupnir.Image, error)
+	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
+	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
+	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
+	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
+}
+
+// InstanceService is the part of instances.Service that the API calls.
+type InstanceService interface {
+	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
+	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error)
+	Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error)
+	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
+}
+
+// Authenticator maps a bearer token to a principal. It returns an error of
+// kind draupnir.KindUnauthorized for unknown tokens.
+type Authenticator interface {
+	AuthenticateToken(ctx context.Context, token string) (draupnir.Principal, error)
+}
+
+// Health reports whether the service can do its work (state database and
+// data path usable).
+type Health interface {
+	Check(ctx context.Context) error
+}
+
+// DefaultMaxBodyBytes bounds request bodies when Options.MaxBodyBytes is not
+// positive. API documents are small; uploads go through the SSH door.
+const DefaultMaxBodyBytes = 1 << 20
+
+// Options configures the handler returned by New.
+type Options struct {
+	Images    ImageService
+	Instances InstanceService
+	Auth      Authenticator
+	// Health backs GET /health_check; nil reports healthy.
+	Health Health
+	// Log receives request and error logs; nil discards them.
+	Log *slog.Logger
+	// MaxBodyBytes bounds request bodies (413 above it); ≤ 0 means
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// Metrics serves GET /metrics; nil answers 404.
+	Metrics http.Handler
+}
+
+// api holds what the handlers share.
+type api struct {
+	images    ImageService
+	instances InstanceService
+	auth      Authenticator
+	health    Health
+	log       *slog.Logger
+	maxBody   int64
+	server    version
+	serverOK  bool // the server's own version parsed; otherwise only exact matches pass
+	serverRaw string
+}
+
+// New returns the API's http.Handler. The caller owns the http.Server (TLS,
+// listeners, timeouts).
+func New(opts Options) http.Handler {
+	a := &api{
+		images:    opts.Images,
+		instances: opts.Instances,
+		auth:      opts.Auth,
+		health:    opts.Health,
+		log:       opts.Log,
+		maxBody:   opts.MaxBodyBytes,
+		serverRaw: draupnir.Version,
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if a.maxBody <= 0 {
+		a.maxBody = DefaultMaxBodyBytes
+	}
+	if v, err := parseVersion(draupnir.Version); err == nil {
+		a.server, a.serverOK = v, true
+	} else {
+		a.log.Warn("server version is not of the form X.Y.Z; only clients of exactly the same version are accepted",
+			"version", draupnir.Version)
+	}
+
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Logger.SetOutput(io.Discard) // everything worth saying goes through slog
+	e.HTTPErrorHandler = a.handleError
+	e.Use(a.base)
+
+	// API routes: version first (cheap, reveals nothing), then the bearer
+	// token, then body rules, so that nothing about a body is judged for a
+	// stranger.
+	std := []echo.MiddlewareFunc{a.checkVersion, a.authenticate, a.checkBody}
+	upload := []echo.MiddlewareFunc{a.checkVersion, a.authenticate, a.requireUpload, a.checkBody}
+
+	e.GET("/images", a.listImages, std...)
+	e.GET("/images/:id", a.getImage, std...)
+	e.POST("/images", a.createImage, upload...)
+	e.POST("/images/:id/done", a.finaliseImage, upload...)
+	e.PATCH("/images/:id", a.updateImage, upload...)
+	e.DELETE("/images/:id", a.destroyImage, upload...)
+
+	e.GET("/instances", a.listInstances, std...)
+	e.GET("/instances/:id", a.getInstance, std...)
+	e.POST("/instances", a.createInstance, std...)
+	e.DELETE("/instances/:id", a.destroyInstance, std...)
+
+	e.GET("/health_check", a.healthCheck)
+	e.HEAD("/health_check", a.healthCheck)
+	if opts.Metrics != nil {
+		e.GET("/metrics", echo.WrapHandler(opts.Metrics))
+	}
+	return e
+}

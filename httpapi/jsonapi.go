@@ -1,0 +1,391 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// Resource types.
+const (
+	typeImages    = "images"
+	typeInstances = "instances"
+)
+
+// resource is one JSON:API resource object. Ids are rendered as numbers, as
+// the original API's documentation shows them.
+type resource struct {
+	Type       string `json:"type"`
+	ID         int64  `json:"id"`
+	Attributes any    `json:"attributes"`
+}
+
+type document struct {
+	Data any `json:"data"`
+}
+
+type imageAttributes struct {
+	BackedUpAt          *string `json:"backed_up_at"`
+	CreatedAt           *string `json:"created_at"`
+	UpdatedAt           *string `json:"updated_at"`
+	Ready               bool    `json:"ready"`
+	AnonymisationScript string  `json:"anonymisation_script"`
+	State               string  `json:"state"`
+	Error               string  `json:"error"`
+	SizeBytes           int64   `json:"size_bytes"`
+	PostgresVersion     string  `json:"postgres_version"`
+}
+
+type instanceAttributes struct {
+	CreatedAt     *string `json:"created_at"`
+	UpdatedAt     *string `json:"updated_at"`
+	ImageID       int64   `json:"image_id"`
+	Port          string  `json:"port"` // a string, as in the original API
+	Hostname      string  `json:"hostname"`
+	State         string  `json:"state"`
+	Username      string  `json:"username"`
+	Password      string  `json:"password"`
+	Database      string  `json:"database"`
+	CACertificate string  `json:"ca_certificate,omitempty"`
+	Error         string  `json:"error,omitempty"`
+}
+
+// timestamp renders t as RFC 3339 in UTC, or null when unset.
+func timestamp(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339)
+	return &s
+}
+
+func imageResource(im *draupnir.Image) resource {
+	return resource{Type: typeImages, ID: im.ID, Attributes: imageAttributes{
+		BackedUpAt:          timestamp(im.BackedUpAt),
+		CreatedAt:           timestamp(im.CreatedAt),
+		UpdatedAt:           timestamp(im.UpdatedAt),
+		Ready:               im.Ready(),
+		AnonymisationScript: im.AnonymisationScript,
+		State:               string(im.State),
+		Error:               im.Error,
+		SizeBytes:           im.SizeBytes,
+		PostgresVersion:     im.PostgresVersion,
+	}}
+}
+
+func instanceResource(in *draupnir.Instance) resource {
+	return resource{Type: typeInstances, ID: in.ID, Attributes: instanceAttributes{
+		CreatedAt:     timestamp(in.CreatedAt),
+		UpdatedAt:     timestamp(in.UpdatedAt),
+		ImageID:       in.ImageID,
+		Port:          strconv.Itoa(in.Port),
+		Hostname:      in.Hostname,
+		State:         string(in.State),
+		Username:      in.Username,
+		Password:      in.Password,
+		Database:      in.Database,
+		CACertificate: in.CACertificate,
+		Error:         in.Error,
+	}}
+}
+
+// writeJSON renders v with the given status as application/json.
+func writeJSON(c echo.Context, status int, v any) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // scripts read better unescaped; this is not HTML
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("encoding a %d response: %w", status, err)
+	}
+	h := c.Response().Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	c.Response().WriteHeader(status)
+	_, err := c.Response().Write(buf.Bytes())
+	return err
+}
+
+// Request documents.
+
+// inDocument is the envelope of a request document. Members other than
+// these are refused, so that typos do not pass silently.
+type inDocument struct {
+	Data    *inResource     `json:"data"`
+	Meta    json.RawMessage `json:"meta"`
+	JSONAPI json.RawMessage `json:"jsonapi"`
+}
+
+type inResource struct {
+	Type       *string         `json:"type"`
+	ID         json.RawMessage `json:"id"`
+	Attributes json.RawMessage `json:"attributes"`
+	Meta       json.RawMessage `json:"meta"`
+}
+
+// imageCreate is a decoded POST /images document.
+type imageCreate struct {
+	BackedUpAt          time.Time
+	AnonymisationScript string
+}
+
+// instanceCreate is a decoded POST /instances document.
+type instanceCreate struct {
+	ImageID int64
+}
+
+type imageAttributesIn struct {
+	BackedUpAt          *string `json:"backed_up_at"`
+	AnonymisationScript *string `json:"anonymisation_script"`
+}
+
+type instanceAttributesIn struct {
+	ImageID json.RawMessage `json:"image_id"`
+}
+
+// decodeImageCreate decodes and validates a POST /images document. Errors
+// are *apiError client errors.
+func decodeImageCreate(r io.Reader) (imageCreate, error) {
+	res, err := decodeResource(r, typeImages)
+	if err != nil {
+		return imageCreate{}, err
+	}
+	if err := noClientID(res); err != nil {
+		return imageCreate{}, err
+	}
+	var attrs imageAttributesIn
+	if err := decodeAttributes(res, &attrs); err != nil {
+		return imageCreate{}, err
+	}
+	if attrs.BackedUpAt == nil {
+		return imageCreate{}, missing("backed_up_at")
+	}
+	t, err := parseTime("backed_up_at", *attrs.BackedUpAt)
+	if err != nil {
+		return imageCreate{}, err
+	}
+	out := imageCreate{BackedUpAt: t}
+	if attrs.AnonymisationScript != nil {
+		out.AnonymisationScript = *attrs.AnonymisationScript
+	}
+	return out, nil
+}
+
+// decodeImagePatch decodes a PATCH /images/:id document; a resource id, if
+// given, must be the one in the URL.
+func decodeImagePatch(r io.Reader, id int64) (draupnir.ImagePatch, error) {
+	res, err := decodeResource(r, typeImages)
+	if err != nil {
+		return draupnir.ImagePatch{}, err
+	}
+	if len(res.ID) > 0 {
+		got, ok := parseIDValue(res.ID)
+		if !ok || got != id {
+			return draupnir.ImagePatch{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+				Detail: fmt.Sprintf("data.id must be %d, the id in the URL", id), Pointer: "/data/id"}
+		}
+	}
+	var attrs imageAttributesIn
+	if err := decodeAttributes(res, &attrs); err != nil {
+		return draupnir.ImagePatch{}, err
+	}
+	var patch draupnir.ImagePatch
+	if attrs.BackedUpAt != nil {
+		t, err := parseTime("backed_up_at", *attrs.BackedUpAt)
+		if err != nil {
+			return draupnir.ImagePatch{}, err
+		}
+		patch.BackedUpAt = &t
+	}
+	patch.AnonymisationScript = attrs.AnonymisationScript
+	return patch, nil
+}
+
+// decodeInstanceCreate decodes a POST /instances document. image_id may be
+// a number or a numeric string.
+func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
+	res, err := decodeResource(r, typeInstances)
+	if err != nil {
+		return instanceCreate{}, err
+	}
+	if err := noClientID(res); err != nil {
+		return instanceCreate{}, err
+	}
+	var attrs instanceAttributesIn
+	if err := decodeAttributes(res, &attrs); err != nil {
+		return instanceCreate{}, err
+	}
+	if len(attrs.ImageID) == 0 || string(attrs.ImageID) == "null" {
+		return instanceCreate{}, missing("image_id")
+	}
+	id, ok := parseIDValue(attrs.ImageID)
+	if !ok {
+		return instanceCreate{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  "image_id must be a positive integer (a number or a numeric string)",
+			Pointer: "/data/attributes/image_id"}
+	}
+	return instanceCreate{ImageID: id}, nil
+}
+
+// decodeResource reads a whole request document and checks its envelope and
+// resource type.
+func decodeResource(r io.Reader, wantType string) (*inResource, error) {
+	var doc inDocument
+	if err := decodeStrict(r, &doc, ""); err != nil {
+		return nil, err
+	}
+	if doc.Data == nil {
+		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: "the document needs a data object", Pointer: "/data"}
+	}
+	switch {
+	case doc.Data.Type == nil:
+		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: fmt.Sprintf("data.type is required and must be %q", wantType), Pointer: "/data/type"}
+	case *doc.Data.Type != wantType:
+		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  fmt.Sprintf("data.type must be %q, not %q", wantType, truncate(*doc.Data.Type, 64)),
+			Pointer: "/data/type"}
+	}
+	return doc.Data, nil
+}
+
+// decodeAttributes strictly decodes the resource's attributes into v.
+func decodeAttributes(res *inResource, v any) error {
+	if len(res.Attributes) == 0 || string(res.Attributes) == "null" {
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: "data.attributes is required", Pointer: "/data/attributes"}
+	}
+	return decodeStrict(bytes.NewReader(res.Attributes), v, "/data/attributes")
+}
+
+// decodeStrict decodes exactly one JSON value from r into v, refusing
+// unknown members and trailing data. prefix is the JSON pointer of the value,
+// for error sources.
+func decodeStrict(r io.Reader, v any, prefix string) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		_, err = dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if e := tooLarge(err); e != nil {
+			return e
+		}
+		return newError(http.StatusBadRequest, codeInvalidJSON, "unexpected data after the JSON document")
+	}
+	if e := tooLarge(err); e != nil {
+		return e
+	}
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, io.EOF):
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the request body is empty; send a JSON document")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return newError(http.StatusBadRequest, codeInvalidJSON, "the JSON document is truncated")
+	case errors.As(err, &syntax):
+		return newError(http.StatusBadRequest, codeInvalidJSON, "malformed JSON at byte %d: %v", syntax.Offset, syntax)
+	case errors.As(err, &typ):
+		e := newError(http.StatusBadRequest, codeInvalidJSON, "%s has the wrong type: got a JSON %s", memberName(prefix, typ.Field), typ.Value)
+		if typ.Field != "" {
+			e.Pointer = prefix + "/" + strings.ReplaceAll(typ.Field, ".", "/")
+		}
+		return e
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		name, _ = strconv.Unquote(name)
+		e := newError(http.StatusBadRequest, codeInvalidJSON, "unknown member %q", truncate(name, 64))
+		if name != "" && !strings.ContainsAny(name, "/~") {
+			e.Pointer = prefix + "/" + name
+		}
+		return e
+	}
+	return newError(http.StatusBadRequest, codeInvalidJSON, "invalid JSON document: %v", err)
+}
+
+func memberName(prefix, field string) string {
+	p := strings.TrimPrefix(strings.ReplaceAll(prefix, "/", "."), ".")
+	switch {
+	case field == "":
+		if p == "" {
+			return "the document"
+		}
+		return p
+	case p == "":
+		return field
+	}
+	return p + "." + field
+}
+
+// tooLarge turns http.MaxBytesReader's error into a 413, and returns nil
+// for any other error.
+func tooLarge(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return newError(http.StatusRequestEntityTooLarge, codePayloadTooLarge,
+			"request body is larger than the limit of %d bytes", mbe.Limit)
+	}
+	return nil
+}
+
+func noClientID(res *inResource) error {
+	if len(res.ID) > 0 && string(res.ID) != "null" {
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: "client-generated ids are not supported; leave data.id out", Pointer: "/data/id"}
+	}
+	return nil
+}
+
+func missing(attr string) error {
+	return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+		Detail: attr + " is required", Pointer: "/data/attributes/" + attr}
+}
+
+func parseTime(attr, s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  fmt.Sprintf("%s must be an RFC 3339 timestamp such as 2017-05-01T12:00:00Z, not %q", attr, truncate(s, 64)),
+			Pointer: "/data/attributes/" + attr}
+	}
+	return t.UTC(), nil
+}
+
+// parseIDValue accepts a JSON number or string holding a positive integer
+// that fits int64.
+func parseIDValue(raw json.RawMessage) (int64, bool) {
+	s := string(raw)
+	if strings.HasPrefix(s, `"`) {
+		var str string
+		if err := json.Unmarshal(raw, &str); err != nil {
+			return 0, false
+		}
+		s = str
+	}
+	return parseID(s)
+}
+
+// parseID parses a positive decimal integer that fits int64; signs, spaces,
+// fractions and exponents are refused.
+func parseID(s string) (int64, bool) {
+	if s == "" || len(s) > 19 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	return n, true
+}
