@@ -137,7 +137,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Process, error) {
 	if err := s.mkdirOwned(spec.SocketDir); err != nil {
 		return nil, fmt.Errorf("start postgres for %s: socket directory: %w", dataDir, err)
 	}
-	if err := s.clearStaleLock(dataDir); err != nil {
+	if err := s.clearStaleLock(ctx, dataDir); err != nil {
 		return nil, fmt.Errorf("start postgres for %s: %w", dataDir, err)
 	}
 	logf, logStart, err := s.openLog(spec.LogFile)
@@ -563,28 +563,43 @@ func readPidFile(dir string) ([]string, error) {
 	return lines, nil
 }
 
-// clearStaleLock removes a postmaster.pid that postgres itself would refuse
-// to start over although no postmaster runs: its pid is a zombie (an orphan
-// PID 1 has not reaped yet) or was reused by an unrelated process. A pid that
-// is simply gone is left for postgres, which also cleans up its old shared
-// memory then.
-func (s *Supervisor) clearStaleLock(dir string) error {
+// clearStaleLock prepares a data directory whose postmaster.pid survived its
+// postmaster (a crash or SIGKILL). It waits for the old backends to finish
+// dying: postgres refuses to start while they still hold the old shared
+// memory. It removes the lock file when postgres itself would refuse to start
+// over it although no postmaster runs: its pid is a zombie (an orphan PID 1 has
+// not reaped yet) or was reused by an unrelated process. A pid that is simply
+// gone is left for postgres, which then also cleans up its old shared memory.
+func (s *Supervisor) clearStaleLock(ctx context.Context, dir string) error {
 	lines, err := readPidFile(dir)
 	if err != nil {
 		return nil
 	}
 	pid, err := strconv.Atoi(lines[0])
 	if err != nil || pid <= 0 {
+		pid = 0
+	}
+	if pid > 0 && isPostmasterOf(pid, dir) == nil {
+		return fmt.Errorf("%w as pid %d", ErrAlreadyRunning, pid)
+	}
+	delay := 100 * time.Microsecond
+	deadline := time.Now().Add(staleWait)
+	for {
+		pids := postgresIn(dir)
+		if len(pids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("postgres processes %v still use the data directory although its postmaster is gone", pids)
+		}
+		time.Sleep(delay)
+		delay = min(delay*2, 10*time.Millisecond)
+	}
+	if pid == 0 {
 		return nil
 	}
 	if _, err := procStat(pid); err != nil {
 		return nil
-	}
-	if isPostmasterOf(pid, dir) == nil {
-		return fmt.Errorf("%w as pid %d", ErrAlreadyRunning, pid)
-	}
-	if pids := postgresIn(dir); len(pids) > 0 {
-		return fmt.Errorf("postgres processes %v still use the data directory although its postmaster is gone", pids)
 	}
 	s.log.Info("removing stale postmaster.pid", "data_dir", dir, "pid", pid)
 	if err := os.Remove(filepath.Join(dir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -592,6 +607,10 @@ func (s *Supervisor) clearStaleLock(dir string) error {
 	}
 	return nil
 }
+
+// staleWait bounds how long Start waits for the backends of a dead
+// postmaster to exit; after a SIGKILL they take milliseconds.
+const staleWait = 5 * time.Second
 
 // postgresIn lists live postgres processes working in dir (zombies have no
 // working directory and do not count).

@@ -247,7 +247,7 @@ func TestStartFailures(t *testing.T) {
 			ctx := context.Background()
 			if tt.name == "ctx ends" {
 				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, time.Microsecond)
+				ctx, cancel = context.WithTimeout(ctx, 2*time.Millisecond)
 				defer cancel()
 			}
 			p, err := s.Start(ctx, sp)
