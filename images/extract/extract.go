@@ -160,7 +160,7 @@ func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
 				return x.stats, draupnir.Errorf(draupnir.KindUnprocessable,
 					"truncated archive: it ends without tar's end-of-archive marker (was the upload complete?)")
 			}
-			return x.stats, nil
+			return x.stats, x.drain(cr, src)
 		}
 		if err != nil {
 			return x.stats, classifyRead(x.ctx, src, err)
@@ -177,6 +177,34 @@ func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
 			return x.stats, err
 		}
 		endOfLast = cr.n
+	}
+}
+
+// maxTrailing bounds the bytes read after tar's end-of-archive marker. tar
+// pads archives to its record size (10 KiB by default); more than this is
+// not padding.
+const maxTrailing = 64 << 20
+
+// drain reads the plain stream to its end, so that the decompressor verifies
+// its checksums over everything extracted: a corrupt upload must fail even
+// when the damage did not break the tar structure.
+func (x *extractor) drain(cr *countingReader, src *sourceReader) error {
+	lr := &io.LimitedReader{R: cr, N: maxTrailing + 1}
+	for {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		_, err := lr.Read(x.buf)
+		if err == io.EOF {
+			if lr.N <= 0 {
+				return draupnir.Errorf(draupnir.KindUnprocessable,
+					"more than %d MiB of data after the end of the tar archive", maxTrailing>>20)
+			}
+			return nil
+		}
+		if err != nil {
+			return classifyRead(x.ctx, src, fmt.Errorf("after the end of the tar archive: %w", err))
+		}
 	}
 }
 
@@ -603,7 +631,7 @@ func (x *extractor) open(dir string) (int, error) {
 func (x *extractor) mkdirAll(dir string) (int, error) { return x.walk(dir, true) }
 
 // walk opens dir one component at a time with O_NOFOLLOW, creating missing
-// components (mode 0700, owned like everything else) if create is set.
+// components (mode 0755 less the umask, as tar does; owned like everything else) if create is set.
 func (x *extractor) walk(dir string, create bool) (int, error) {
 	cur := x.root
 	for _, c := range strings.Split(dir, "/") {
@@ -613,7 +641,7 @@ func (x *extractor) walk(dir string, create bool) (int, error) {
 		}
 		made := false
 		if create {
-			err := unix.Mkdirat(cur, c, 0o700)
+			err := unix.Mkdirat(cur, c, 0o755)
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				x.release(cur)
 				return -1, err
@@ -621,6 +649,9 @@ func (x *extractor) walk(dir string, create bool) (int, error) {
 			made = err == nil
 		}
 		next, err := unix.Openat(cur, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOTDIR) && isSymlink(cur, c) {
+			err = unix.ELOOP // say what openat2 would say
+		}
 		x.release(cur)
 		if err != nil {
 			return -1, err
@@ -634,6 +665,11 @@ func (x *extractor) walk(dir string, create bool) (int, error) {
 		cur = next
 	}
 	return cur, nil
+}
+
+func isSymlink(dirfd int, name string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK
 }
 
 // currentUmask reads the process umask without changing it (umask(2) would

@@ -1,0 +1,41 @@
+package extract
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// FuzzTar extracts arbitrary bytes: it must never panic, never write outside
+// the target directory, never leave a symlink that resolves outside it, and
+// classify every failure as the archive's fault (or the disk's).
+// Seeds: the hostile corpus and some valid archives, plain and gzipped.
+// Run longer with: go test -run '^$' -fuzz FuzzTar ./images/extract
+func FuzzTar(f *testing.F) {
+	for _, tc := range hostileCorpus() {
+		if tc.name == "enormous-name" {
+			continue // 2 MiB: too big a seed to mutate usefully
+		}
+		f.Add(tc.archive(f, "/tmp/draupnir-fuzz-outside"))
+	}
+	valid := tarOf(f, dirm("d"), file("d/f", "hello"), symlink("d/l", "f"), hardlink("h", "d/f"),
+		symlink("s", "."), file("a/b/c", strings.Repeat("z", 1000)))
+	f.Add(valid)
+	f.Add(gzipped(f, valid))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		base, dir := sandbox(t)
+		_, err := Tar(context.Background(), bytes.NewReader(data), dir,
+			Options{UID: -1, GID: -1, MaxEntries: 100, MaxBytes: 1 << 20})
+		if err != nil {
+			switch draupnir.KindOf(err) {
+			case draupnir.KindUnprocessable, draupnir.KindInsufficientStorage:
+			default:
+				t.Errorf("error of kind %d: %v", draupnir.KindOf(err), err)
+			}
+		}
+		checkConfined(t, base)
+	})
+}
