@@ -1,0 +1,380 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/testenv"
+)
+
+// fakeUploads keeps upload directories under base/image_uploads. Images 1 and
+// 2 accept uploads, 3 is ready, others do not exist.
+type fakeUploads struct {
+	base string
+	open atomic.Int64 // uploads begun and not ended
+}
+
+func (u *fakeUploads) dir(id int64) string {
+	return filepath.Join(u.base, "image_uploads", strconv.FormatInt(id, 10))
+}
+
+func (u *fakeUploads) check(p draupnir.Principal, id int64) error {
+	if !p.Upload {
+		return draupnir.Errorf(draupnir.KindForbidden, "only the upload principal may upload")
+	}
+	switch id {
+	case 1, 2:
+		return nil
+	case 3:
+		return draupnir.Errorf(draupnir.KindConflict, "image 3 is ready; uploads are closed")
+	}
+	return draupnir.Errorf(draupnir.KindNotFound, "image %d not found", id)
+}
+
+func (u *fakeUploads) BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (string, func(), error) {
+	if err := u.check(p, id); err != nil {
+		return "", nil, err
+	}
+	d := u.dir(id)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return "", nil, err
+	}
+	u.open.Add(1)
+	var once sync.Once
+	return d, func() { once.Do(func() { u.open.Add(-1) }) }, nil
+}
+
+func (u *fakeUploads) StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+	if err := u.check(p, id); err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	start := time.Now()
+	d := u.dir(id)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	f, err := os.Create(filepath.Join(d, "stream.tar"))
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer f.Close()
+	n, err := io.Copy(f, r)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	return draupnir.UploadSummary{Bytes: n, Files: 1, Duration: time.Since(start)}, f.Close()
+}
+
+// commandLog records what the fake CommandRunner was asked.
+type commandLog struct {
+	mu    sync.Mutex
+	calls []commandCall
+}
+
+type commandCall struct {
+	p    draupnir.Principal
+	args []string
+}
+
+func (l *commandLog) run(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	l.mu.Lock()
+	l.calls = append(l.calls, commandCall{p, args})
+	l.mu.Unlock()
+	if len(args) > 0 && args[0] == "fail" {
+		fmt.Fprintln(stderr, "draupnir: failing as asked")
+		return 3
+	}
+	fmt.Fprintf(stdout, "ran %q as %s\n", args, p.Name)
+	return 0
+}
+
+func (l *commandLog) last() commandCall {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.calls) == 0 {
+		return commandCall{}
+	}
+	return l.calls[len(l.calls)-1]
+}
+
+// env is a running server with keys and an OpenSSH client setup.
+type env struct {
+	t          *testing.T
+	dir        string // client-side scratch space
+	uploads    *fakeUploads
+	commands   *commandLog
+	srv        *Server
+	port       int
+	knownHosts string
+	keys       map[string]string // identity → private key file
+	hostKey    string
+}
+
+type envOption func(*Options)
+
+func newEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	e := &env{t: t, dir: testenv.TempDir(t), commands: &commandLog{}, keys: map[string]string{}}
+	e.uploads = &fakeUploads{base: testenv.TempDir(t)}
+	var uploadKeys, userKeys bytes.Buffer
+	for _, id := range []string{"upload", "alice", "stranger"} {
+		priv, pub := writeClientKey(t, filepath.Join(e.dir, id))
+		e.keys[id] = priv
+		switch id {
+		case "upload":
+			fmt.Fprintf(&uploadKeys, "%s\n", pub)
+		case "alice":
+			fmt.Fprintf(&userKeys, "%s alice@example.com\n", pub)
+		}
+	}
+	upath, apath := filepath.Join(e.dir, "upload_keys"), filepath.Join(e.dir, "user_keys")
+	mustWrite(t, upath, uploadKeys.Bytes())
+	mustWrite(t, apath, userKeys.Bytes())
+	keys, err := LoadFileKeys(upath, apath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.hostKey = filepath.Join(e.dir, "hostkeys", "ssh_host_ed25519_key")
+	o := Options{
+		HostKeyPath: e.hostKey,
+		Uploads:     e.uploads,
+		Keys:        keys,
+		Commands:    e.commands.run,
+		IdleTimeout: time.Minute,
+		MaxTimeout:  10 * time.Minute,
+		Log:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.start(o)
+	t.Cleanup(func() {
+		if n := e.uploads.open.Load(); n != 0 {
+			t.Errorf("%d uploads were begun and never ended", n)
+		}
+	})
+	return e
+}
+
+// start runs a server with o on a fresh port and writes known_hosts for it.
+func (e *env) start(o Options) {
+	t := e.t
+	srv, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	e.srv = srv
+	e.port = l.Addr().(*net.TCPAddr).Port
+	e.knownHosts = filepath.Join(e.dir, "known_hosts")
+	line := fmt.Sprintf("[127.0.0.1]:%d %s", e.port, gossh.MarshalAuthorizedKey(srv.PublicKey()))
+	mustWrite(t, e.knownHosts, []byte(line))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func mustWrite(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeClientKey writes an ed25519 key in OpenSSH format and returns its
+// path and its authorized_keys form (without comment).
+func writeClientKey(t testing.TB, path string) (string, string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := gossh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, path, pem.EncodeToMemory(block))
+	sp, err := gossh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(sp)))
+}
+
+// common OpenSSH client options: no config, no agent, strict host key check.
+func (e *env) sshOpts(who string) []string {
+	return []string{
+		"-F", "/dev/null",
+		"-o", "BatchMode=yes",
+		"-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile=" + e.knownHosts,
+		"-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "IdentitiesOnly=yes",
+		"-o", "IdentityAgent=none",
+		"-o", "ConnectTimeout=20",
+		"-o", "LogLevel=ERROR",
+		"-c", "aes128-gcm@openssh.com",
+		"-i", e.keys[who],
+	}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (e *env) exec(stdin io.Reader, name string, args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = e.dir
+	cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
+	if stdin == nil {
+		cmd.Stdin = strings.NewReader("")
+	}
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("%s: %v", name, err)
+	}
+	return result{stdout.String(), stderr.String(), code}
+}
+
+// ssh runs `ssh who@127.0.0.1 args…` (args are joined by ssh with spaces).
+func (e *env) ssh(who string, stdin io.Reader, extra []string, args ...string) result {
+	a := append(e.sshOpts(who), extra...)
+	a = append(a, "-p", strconv.Itoa(e.port), who+"@127.0.0.1")
+	return e.exec(stdin, "ssh", append(a, args...)...)
+}
+
+// scp runs scp with flags, copying srcs to the remote target.
+func (e *env) scp(who string, flags []string, target string, srcs ...string) result {
+	a := append(e.sshOpts(who), "-P", strconv.Itoa(e.port))
+	a = append(a, flags...)
+	a = append(a, srcs...)
+	return e.exec(nil, "scp", append(a, who+"@127.0.0.1:"+target)...)
+}
+
+// sftp runs an sftp batch.
+func (e *env) sftp(who string, batch string) result {
+	bf := filepath.Join(e.dir, "batch")
+	mustWrite(e.t, bf, []byte(batch))
+	a := append(e.sshOpts(who), "-P", strconv.Itoa(e.port), "-b", bf, who+"@127.0.0.1")
+	return e.exec(nil, "sftp", a...)
+}
+
+// randomFile writes size random bytes and returns the path and its sha256.
+func randomFile(t testing.TB, path string, size int64) string {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(io.MultiWriter(f, h), rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func fileSum(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// treeSums maps every entry below root to a description (dir, or file sum).
+func treeSums(t testing.TB, root string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		switch {
+		case d.IsDir():
+			m[rel] = "dir"
+		case d.Type().IsRegular():
+			m[rel] = fileSum(t, p)
+		default:
+			m[rel] = d.Type().String()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// listAll returns every path below root (for "nothing was written" checks).
+func listAll(t testing.TB, root string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && p != root {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out
+}

@@ -1,0 +1,420 @@
+// Package sshd is Draupnir's SSH door: an embedded SSH server (gliderlabs/ssh)
+// that authenticates clients by public key only and lets the upload principal
+// deliver base backups into an image's upload directory by SFTP (and
+// OpenSSH's default scp), by legacy scp (scp -O) or as a streamed tar
+// ("images upload <id>"), while any other command line runs through the
+// shared CLI command tree as the authenticated principal. SSH clients see a
+// virtual namespace, /draupnir/image_uploads/<id>[/…], and nothing of the
+// real filesystem; there are no PTYs, no forwarding of any kind and no shell.
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// Uploads receives uploads into images; *images.Service satisfies it.
+type Uploads interface {
+	// BeginUpload checks that p may write into image id now and returns
+	// the real directory to write into, and a func to call when done.
+	BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (dir string, end func(), err error)
+	// StreamUpload extracts a (compressed) tar stream into image id.
+	StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error)
+}
+
+// Keys maps a verified public key to a principal (KindUnauthorized if unknown).
+type Keys interface {
+	PrincipalForKey(ctx context.Context, key gossh.PublicKey) (draupnir.Principal, error)
+}
+
+// CommandRunner runs a command line (the shared CLI command tree) as
+// principal p and returns its exit status. args is nil for a plain `ssh host`.
+type CommandRunner func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int
+
+// Options configure a Server.
+type Options struct {
+	Addr string // listen address for ListenAndServe, e.g. ":2222"
+	// HostKeyPath is the server's ed25519 host key (OpenSSH PEM format); it
+	// is created, 0600, if missing, and then kept so that clients'
+	// known_hosts stay valid.
+	HostKeyPath string
+	Uploads     Uploads
+	Keys        Keys
+	Commands    CommandRunner // nil: other commands are refused
+
+	IdleTimeout      time.Duration // close a connection idle this long; 0: never
+	MaxTimeout       time.Duration // close any connection after this long; 0: never
+	MaxConnections   int           // concurrent connections; default 64
+	HandshakeTimeout time.Duration // to finish key exchange and authentication; default 30s
+	Log              *slog.Logger  // default slog.Default()
+}
+
+// Defaults for zero Options fields.
+const (
+	defaultMaxConnections   = 64
+	defaultHandshakeTimeout = 30 * time.Second
+	// maxSessionsPerConn matches OpenSSH's MaxSessions default.
+	maxSessionsPerConn = 10
+)
+
+// ErrServerClosed is returned by Serve and ListenAndServe after Shutdown.
+var ErrServerClosed = ssh.ErrServerClosed
+
+// Server is the SSH server. Create it with New.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	signer gossh.Signer
+	srv    *ssh.Server
+	conns  atomic.Int64
+}
+
+// ciphers offers AES-GCM first: it is markedly faster than
+// chacha20-poly1305 in Go on machines with AES instructions.
+var ciphers = []string{
+	gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305,
+	gossh.CipherAES128CTR, gossh.CipherAES192CTR, gossh.CipherAES256CTR,
+}
+
+// ctxKeySessions holds a connection's *atomic.Int32 count of open sessions.
+type ctxKey int
+
+const ctxKeySessions ctxKey = 1
+
+// New checks opts, loads (or creates) the host key and returns a server that
+// is not yet listening.
+func New(opts Options) (*Server, error) {
+	if opts.Uploads == nil || opts.Keys == nil {
+		return nil, errors.New("sshd: Options.Uploads and Options.Keys are required")
+	}
+	if opts.HostKeyPath == "" {
+		return nil, errors.New("sshd: Options.HostKeyPath is required")
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = defaultMaxConnections
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	signer, err := loadOrCreateHostKey(opts.HostKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: opts.Log, signer: signer}
+	hostSigner, ok := signer.(ssh.Signer)
+	if !ok {
+		return nil, errors.New("sshd: host key is not a signer")
+	}
+	s.srv = &ssh.Server{
+		Addr:             opts.Addr,
+		Handler:          s.handleSession,
+		HostSigners:      []ssh.Signer{hostSigner},
+		Version:          "Draupnir",
+		PublicKeyHandler: s.authKey,
+		// Refusing the PTY still runs the command (`ssh -tt` prints
+		// "PTY allocation request failed").
+		PtyCallback:  func(ssh.Context, ssh.Pty) bool { return false },
+		ConnCallback: s.acceptConn,
+		// nil forwarding callbacks deny; no tcpip-forward request handler
+		// and no direct-tcpip channel handler exist either.
+		LocalPortForwardingCallback:   nil,
+		ReversePortForwardingCallback: nil,
+		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
+			cfg := &gossh.ServerConfig{}
+			cfg.Ciphers = ciphers
+			return cfg
+		},
+		ConnectionFailedCallback: func(c net.Conn, err error) {
+			s.log.Debug("ssh connection failed", "remote", c.RemoteAddr().String(), "err", err)
+		},
+		IdleTimeout:       opts.IdleTimeout,
+		MaxTimeout:        opts.MaxTimeout,
+		ChannelHandlers:   map[string]ssh.ChannelHandler{"session": s.sessionChannel},
+		RequestHandlers:   map[string]ssh.RequestHandler{},
+		SubsystemHandlers: map[string]ssh.SubsystemHandler{"sftp": s.handleSFTP},
+	}
+	return s, nil
+}
+
+// PublicKey returns the server's host key (for known_hosts lines).
+func (s *Server) PublicKey() gossh.PublicKey { return s.signer.PublicKey() }
+
+// Serve accepts connections on l until Shutdown; it then returns
+// ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	s.log.Info("ssh server listening", "addr", l.Addr().String(), "host_key", gossh.FingerprintSHA256(s.signer.PublicKey()))
+	return s.srv.Serve(l)
+}
+
+// ListenAndServe listens on Options.Addr and serves.
+func (s *Server) ListenAndServe() error {
+	addr := s.opts.Addr
+	if addr == "" {
+		addr = ":2222"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("ssh server: %w", err)
+	}
+	return s.Serve(l)
+}
+
+// Shutdown stops listening and waits for open connections to end until ctx
+// is done; then it closes them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.srv.Close()
+	}
+	return err
+}
+
+// acceptConn enforces the connection limit and the handshake timeout.
+func (s *Server) acceptConn(ctx ssh.Context, c net.Conn) net.Conn {
+	if n := s.conns.Add(1); n > int64(s.opts.MaxConnections) {
+		s.conns.Add(-1)
+		s.log.Warn("ssh connection refused: too many connections", "remote", c.RemoteAddr().String(), "max", s.opts.MaxConnections)
+		return nil // the caller closes c
+	}
+	lc := &limitedConn{Conn: c, release: func() { s.conns.Add(-1) }}
+	// gliderlabs sets ContextKeyConn once the handshake (with
+	// authentication) is complete.
+	lc.timer = time.AfterFunc(s.opts.HandshakeTimeout, func() {
+		if ctx.Value(ssh.ContextKeyConn) == nil {
+			s.log.Info("ssh handshake timed out", "remote", c.RemoteAddr().String())
+			c.Close()
+		}
+	})
+	ctx.SetValue(ctxKeySessions, new(atomic.Int32))
+	return lc
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	timer   *time.Timer
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.timer.Stop()
+		c.release()
+	})
+	return err
+}
+
+// authKey only checks that the key is known. Who the client is gets decided
+// again from the session's verified key (CVE-2024-45337: the callback also
+// sees keys the client merely offers).
+func (s *Server) authKey(ctx ssh.Context, key ssh.PublicKey) bool {
+	_, err := s.opts.Keys.PrincipalForKey(ctx, key)
+	if err != nil {
+		if draupnir.KindOf(err) == draupnir.KindUnauthorized {
+			s.log.Debug("ssh key refused", "remote", ctx.RemoteAddr().String(), "user", ctx.User(), "key", gossh.FingerprintSHA256(key))
+		} else {
+			s.log.Error("ssh key lookup failed", "remote", ctx.RemoteAddr().String(), "err", err)
+		}
+		return false
+	}
+	return true
+}
+
+// sessionChannel limits sessions per connection and refuses agent and X11
+// forwarding requests (gliderlabs would acknowledge agent requests).
+func (s *Server) sessionChannel(srv *ssh.Server, conn *gossh.ServerConn, newChan gossh.NewChannel, ctx ssh.Context) {
+	if n, ok := ctx.Value(ctxKeySessions).(*atomic.Int32); ok {
+		if n.Add(1) > maxSessionsPerConn {
+			n.Add(-1)
+			newChan.Reject(gossh.ResourceShortage, "too many sessions on one connection")
+			return
+		}
+		defer n.Add(-1)
+	}
+	ssh.DefaultSessionHandler(srv, conn, restrictedChannel{newChan}, ctx)
+}
+
+type restrictedChannel struct{ gossh.NewChannel }
+
+func (c restrictedChannel) Accept() (gossh.Channel, <-chan *gossh.Request, error) {
+	ch, reqs, err := c.NewChannel.Accept()
+	if err != nil {
+		return ch, reqs, err
+	}
+	out := make(chan *gossh.Request)
+	go func() {
+		defer close(out)
+		for r := range reqs {
+			switch r.Type {
+			case "auth-agent-req@openssh.com", "x11-req":
+				r.Reply(false, nil)
+				continue
+			}
+			out <- r
+		}
+	}()
+	return ch, out, nil
+}
+
+// principal re-derives the session's principal from its verified key; on
+// failure it ends the session.
+func (s *Server) principal(sess ssh.Session) (draupnir.Principal, bool) {
+	key := sess.PublicKey()
+	if key == nil {
+		fmt.Fprintln(sess.Stderr(), "draupnir: permission denied: no public key")
+		sess.Exit(1)
+		return draupnir.Principal{}, false
+	}
+	p, err := s.opts.Keys.PrincipalForKey(sess.Context(), key)
+	if err != nil {
+		s.log.Warn("ssh session refused", "remote", sess.RemoteAddr().String(), "key", gossh.FingerprintSHA256(key), "err", err)
+		fmt.Fprintln(sess.Stderr(), "draupnir: permission denied: this key is not authorised")
+		sess.Exit(1)
+		return draupnir.Principal{}, false
+	}
+	return p, true
+}
+
+func (s *Server) namespace(sess ssh.Session, p draupnir.Principal) *namespace {
+	return &namespace{
+		ctx:     sess.Context(),
+		p:       p,
+		uploads: s.opts.Uploads,
+		log:     s.log.With("principal", p.Name, "remote", sess.RemoteAddr().String()),
+	}
+}
+
+// handleSFTP serves the "sftp" subsystem.
+func (s *Server) handleSFTP(sess ssh.Session) {
+	p, ok := s.principal(sess)
+	if !ok {
+		return
+	}
+	s.log.Info("ssh sftp session", "principal", p.Name, "remote", sess.RemoteAddr().String())
+	if err := serveSFTP(s.namespace(sess, p), sess); err != nil {
+		s.log.Info("ssh sftp session ended with an error", "principal", p.Name, "err", err)
+		sess.Exit(1)
+		return
+	}
+	// The exit status must precede the channel's close, or scp fails.
+	sess.Exit(0)
+}
+
+// handleSession serves exec and shell requests.
+func (s *Server) handleSession(sess ssh.Session) {
+	p, ok := s.principal(sess)
+	if !ok {
+		return
+	}
+	sess.Exit(s.run(sess, p))
+}
+
+func (s *Server) run(sess ssh.Session, p draupnir.Principal) int {
+	args, err := splitCommand(sess.RawCommand())
+	if err != nil {
+		return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "%v", err))
+	}
+	verb := ""
+	if len(args) > 0 {
+		verb = args[0]
+		if len(args) > 1 {
+			verb += " " + args[1]
+		}
+	}
+	s.log.Info("ssh command", "principal", p.Name, "remote", sess.RemoteAddr().String(), "command", verb)
+	switch {
+	case len(args) > 0 && args[0] == "scp":
+		return s.runSCP(sess, p, args[1:])
+	case len(args) == 3 && args[0] == "images" && args[1] == "upload" && isDigits(args[2]):
+		id, err := strconv.ParseInt(args[2], 10, 64)
+		if err != nil || id <= 0 {
+			return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "invalid image id %q", args[2]))
+		}
+		return s.streamUpload(sess, p, id)
+	}
+	if s.opts.Commands == nil {
+		if len(args) == 0 {
+			return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "no interactive shell; upload with scp or sftp to %s/<image id>", uploadsRoot))
+		}
+		return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "unknown command %q", args[0]))
+	}
+	return s.opts.Commands(sess.Context(), p, args, sess, sess, sess.Stderr())
+}
+
+// fail prints err as one line on stderr and returns exit status 1.
+func (s *Server) fail(sess ssh.Session, p draupnir.Principal, err error) int {
+	if draupnir.KindOf(err) == draupnir.KindInternal {
+		s.log.Error("ssh command failed", "principal", p.Name, "err", err)
+	}
+	fmt.Fprintf(sess.Stderr(), "draupnir: %s\n", draupnir.ClientMessage(err))
+	return 1
+}
+
+// runSCP serves `scp -t` (legacy scp -O uploads).
+func (s *Server) runSCP(sess ssh.Session, p draupnir.Principal, args []string) int {
+	opts, target, err := parseSCPArgs(args)
+	if err != nil {
+		// Tell the client in the protocol too: an scp sink (scp -f) or
+		// source waits for a status byte.
+		fmt.Fprintf(sess, "\x01draupnir: %s\n", draupnir.ClientMessage(err))
+		return s.fail(sess, p, err)
+	}
+	ns := s.namespace(sess, p)
+	status, err := runSCPSink(nsSinkFS{ns}, sess, sess, opts, target)
+	if err != nil {
+		ns.log.Info("scp upload failed", "target", target, "err", err)
+	}
+	return status
+}
+
+// streamUpload serves "images upload <id>": a tar stream on stdin.
+func (s *Server) streamUpload(sess ssh.Session, p draupnir.Principal, id int64) int {
+	if !p.Upload {
+		return s.fail(sess, p, draupnir.Errorf(draupnir.KindForbidden, "permission denied: only the upload principal may upload images"))
+	}
+	start := time.Now()
+	sum, err := s.opts.Uploads.StreamUpload(sess.Context(), p, id, sess)
+	if err != nil {
+		s.log.Info("ssh stream upload failed", "image", id, "err", err)
+		return s.fail(sess, p, err)
+	}
+	d := sum.Duration
+	if d <= 0 {
+		d = time.Since(start)
+	}
+	fmt.Fprintf(sess, "uploaded %s (%d files) into image %d in %.1fs\n", humanBytes(sum.Bytes), sum.Files, id, d.Seconds())
+	s.log.Info("ssh stream upload", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", d)
+	return 0
+}
+
+// humanBytes formats n in binary units: "123.4 MiB".
+func humanBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n) / 1024
+	for _, unit := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if v < 1024 || unit == "TiB" {
+			return fmt.Sprintf("%.1f %s", v, unit)
+		}
+		v /= 1024
+	}
+	return ""
+}

@@ -1,0 +1,181 @@
+package sshd
+
+import (
+	"bytes"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSCPUpload(t *testing.T) {
+	e := newEnv(t)
+	src := filepath.Join(e.dir, "base.tar")
+	sum := randomFile(t, src, 100<<20)
+	mtime := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := os.Chtimes(src, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(src, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		flags  []string
+		target string
+		image  int64
+		dest   string // below the image's dir
+	}{
+		{"sftp mode into dir", nil, "/draupnir/image_uploads/1", 1, "base.tar"},
+		{"sftp mode preserve, new name", []string{"-p"}, "/draupnir/image_uploads/2/renamed.tar", 2, "renamed.tar"},
+		{"legacy into dir", []string{"-O"}, "/draupnir/image_uploads/1/", 1, "base.tar"},
+		{"legacy preserve, relative target", []string{"-O", "-p"}, "draupnir/image_uploads/2/legacy.tar", 2, "legacy.tar"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := filepath.Join(e.uploads.dir(tt.image), tt.dest)
+			os.Remove(dest)
+			r := e.scp("upload", tt.flags, tt.target, src)
+			if r.code != 0 {
+				t.Fatalf("scp exited %d: %s", r.code, r.stderr)
+			}
+			if got := fileSum(t, dest); got != sum {
+				t.Fatalf("checksum of upload %s, want %s", got, sum)
+			}
+			if len(tt.flags) > 0 && tt.flags[len(tt.flags)-1] == "-p" {
+				fi, err := os.Stat(dest)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !fi.ModTime().Equal(mtime) || fi.Mode().Perm() != 0o640 {
+					t.Errorf("scp -p: got mtime %v mode %v, want %v %v", fi.ModTime(), fi.Mode().Perm(), mtime, os.FileMode(0o640))
+				}
+			}
+		})
+	}
+}
+
+// makeTree creates a small data-directory-like tree.
+func makeTree(t *testing.T, root string) {
+	t.Helper()
+	for _, d := range []string{"base/1", "base/5", "global", "pg_wal/archive_status", "empty"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	randomFile(t, filepath.Join(root, "base/1/1259"), 3<<20+17)
+	randomFile(t, filepath.Join(root, "base/5/2608"), 8192)
+	randomFile(t, filepath.Join(root, "global/pg_control"), 8192)
+	randomFile(t, filepath.Join(root, "pg_wal/000000010000000000000001"), 1<<20)
+	mustWrite(t, filepath.Join(root, "PG_VERSION"), []byte("15\n"))
+	mustWrite(t, filepath.Join(root, "empty file"), nil)
+}
+
+func TestSCPRecursive(t *testing.T) {
+	e := newEnv(t)
+	src := filepath.Join(e.dir, "pgdata")
+	makeTree(t, src)
+	want := treeSums(t, src)
+	for _, tt := range []struct {
+		name  string
+		flags []string
+		image int64
+	}{
+		{"sftp mode", []string{"-r"}, 1},
+		{"legacy", []string{"-O", "-r", "-p"}, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.scp("upload", tt.flags, "/draupnir/image_uploads/"+map[int64]string{1: "1", 2: "2"}[tt.image], src)
+			if r.code != 0 {
+				t.Fatalf("scp exited %d: %s", r.code, r.stderr)
+			}
+			got := treeSums(t, filepath.Join(e.uploads.dir(tt.image), "pgdata"))
+			if !maps.Equal(got, want) {
+				t.Errorf("uploaded tree differs:\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
+
+func TestSFTPBatch(t *testing.T) {
+	e := newEnv(t)
+	src := filepath.Join(e.dir, "backup.tar.gz")
+	sum := randomFile(t, src, 5<<20)
+	r := e.sftp("upload", strings.Join([]string{
+		"ls /",
+		"ls /draupnir",
+		"cd /draupnir/image_uploads/1",
+		"mkdir wal",
+		"put " + src,
+		"put " + src + " wal/second.gz",
+		// sftp sends the unnormalised path after cd.
+		"cd ../2",
+		"put " + src + " ../1/third.gz",
+		"cd /draupnir/image_uploads/1",
+		"ls -l",
+		"ls wal",
+		"rename third.gz wal/third.gz",
+		"get backup.tar.gz " + filepath.Join(e.dir, "back.gz"),
+	}, "\n")+"\n")
+	if r.code != 0 {
+		t.Fatalf("sftp exited %d:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	dir := e.uploads.dir(1)
+	for _, p := range []string{"backup.tar.gz", "wal/second.gz", "wal/third.gz"} {
+		if got := fileSum(t, filepath.Join(dir, p)); got != sum {
+			t.Errorf("%s: checksum %s, want %s", p, got, sum)
+		}
+	}
+	if got := fileSum(t, filepath.Join(e.dir, "back.gz")); got != sum {
+		t.Errorf("downloaded copy differs")
+	}
+	for _, want := range []string{"draupnir", "image_uploads", "backup.tar.gz", "second.gz"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("sftp output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+func TestStreamUpload(t *testing.T) {
+	e := newEnv(t)
+	data := bytes.Repeat([]byte("draupnir"), 256<<10) // 2 MiB
+	tests := []struct {
+		name    string
+		who     string
+		image   string
+		code    int
+		stdout  string
+		stderr  string
+		written bool
+	}{
+		{"upload principal", "upload", "1", 0, `^uploaded 2\.0 MiB \(1 files\) into image 1 in [0-9.]+s\n$`, "", true},
+		{"user key", "alice", "2", 1, "", "draupnir: permission denied: only the upload principal may upload images", false},
+		{"ready image", "upload", "3", 1, "", "draupnir: image 3 is ready; uploads are closed", false},
+		{"unknown image", "upload", "9", 1, "", "draupnir: image 9 not found", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.ssh(tt.who, bytes.NewReader(data), nil, "images", "upload", tt.image)
+			if r.code != tt.code {
+				t.Fatalf("exit %d, want %d; stderr %s", r.code, tt.code, r.stderr)
+			}
+			if tt.stdout != "" && !regexp.MustCompile(tt.stdout).MatchString(r.stdout) {
+				t.Errorf("stdout %q does not match %q", r.stdout, tt.stdout)
+			}
+			if tt.stderr != "" && strings.TrimSpace(r.stderr) != tt.stderr {
+				t.Errorf("stderr %q, want %q", r.stderr, tt.stderr)
+			}
+			p := filepath.Join(e.uploads.base, "image_uploads", tt.image, "stream.tar")
+			got, err := os.ReadFile(p)
+			if tt.written && !bytes.Equal(got, data) {
+				t.Errorf("streamed data differs (%d bytes, err %v)", len(got), err)
+			}
+			if !tt.written && err == nil {
+				t.Errorf("%s was written", p)
+			}
+		})
+	}
+}
