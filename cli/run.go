@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -83,6 +84,18 @@ type exitError struct{ code int }
 
 func (e *exitError) Error() string { return "exit status " + strconv.Itoa(e.code) }
 
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
 // app is the state of one Run: the tree is built per call so that concurrent
 // SSH sessions share nothing.
 type app struct {
@@ -99,7 +112,8 @@ type app struct {
 // returns the exit code: 0 on success, 1 when the command failed, 2 for
 // usage errors. Errors are reported as one line on stderr.
 func Run(ctx context.Context, b Backend, env Env, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	a := &app{ctx: ctx, b: b, env: env, stdin: stdin, stdout: stdout, stderr: stderr}
+	// stderr is shared by spinners, progress bars and subprocesses.
+	a := &app{ctx: ctx, b: b, env: env, stdin: stdin, stdout: stdout, stderr: &lockedWriter{w: stderr}}
 	root := a.root()
 	if args == nil {
 		args = []string{} // cobra reads os.Args when given nil
@@ -107,7 +121,7 @@ func Run(ctx context.Context, b Backend, env Env, args []string, stdin io.Reader
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetErr(a.stderr)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return ExitOK
@@ -194,7 +208,16 @@ destroy them, print connection settings.`,
 		a.envCmd(),
 		a.versionCmd(),
 	)
-	if !a.env.SSH {
+	if a.env.SSH {
+		root.AddCommand(&cobra.Command{
+			Use:                "authenticate",
+			Hidden:             true,
+			DisableFlagParsing: true,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				return usagef(cmd.Root(), "authenticate is a draupnir-client command; over SSH, your key says who you are")
+			},
+		})
+	} else {
 		root.AddCommand(a.authenticateCmd())
 	}
 	return root

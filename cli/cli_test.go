@@ -1,0 +1,895 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+var t0 = time.Date(2017, 5, 1, 12, 0, 0, 0, time.UTC)
+
+// fake is a Backend with a few images and instances. err, when set, is
+// returned by every call.
+type fake struct {
+	mu        sync.Mutex
+	images    []*draupnir.Image
+	instances []*draupnir.Instance
+	err       error
+	calls     []string
+	created   struct {
+		backedUpAt time.Time
+		script     string
+	}
+	patch    draupnir.ImagePatch
+	uploaded string
+}
+
+func newFakeBackend() *fake {
+	return &fake{
+		images: []*draupnir.Image{
+			{ID: 1, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0, SizeBytes: 3 << 30, PostgresVersion: "15", AnonymisationScript: "DELETE FROM users;"},
+			{ID: 2, State: draupnir.ImageReady, BackedUpAt: t0.Add(48 * time.Hour), CreatedAt: t0, UpdatedAt: t0, PostgresVersion: "15"},
+			{ID: 3, State: draupnir.ImageFailed, BackedUpAt: t0.Add(72 * time.Hour), CreatedAt: t0, UpdatedAt: t0, Error: "ERROR:  relation \"users\" does not exist\nLINE 1"},
+		},
+		instances: []*draupnir.Instance{
+			{ID: 4, ImageID: 1, State: draupnir.InstanceRunning, Port: 6001, Hostname: "db.example.com",
+				Username: "draupnir", Password: `it's a "pa$$ word"`, Database: "app", CreatedAt: t0},
+		},
+	}
+}
+
+func (f *fake) call(name string, args ...any) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, strings.TrimSpace(name+" "+fmt.Sprintln(args...)))
+	return f.err
+}
+
+func notFound(what string, id int64) error {
+	return draupnir.Errorf(draupnir.KindNotFound, "%s %d does not exist", what, id)
+}
+
+func (f *fake) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
+	if err := f.call("ListImages"); err != nil {
+		return nil, err
+	}
+	return f.images, nil
+}
+
+func (f *fake) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+	if err := f.call("GetImage", id); err != nil {
+		return nil, err
+	}
+	for _, img := range f.images {
+		if img.ID == id {
+			return img, nil
+		}
+	}
+	return nil, notFound("image", id)
+}
+
+func (f *fake) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	if err := f.call("CreateImage"); err != nil {
+		return nil, err
+	}
+	f.created.backedUpAt, f.created.script = backedUpAt, script
+	return &draupnir.Image{ID: 9, State: draupnir.ImageCreated, BackedUpAt: backedUpAt, AnonymisationScript: script, CreatedAt: t0, UpdatedAt: t0}, nil
+}
+
+func (f *fake) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+	if err := f.call("UpdateImage", id); err != nil {
+		return nil, err
+	}
+	f.patch = patch
+	return f.GetImage(ctx, id)
+}
+
+func (f *fake) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+	if err := f.call("FinaliseImage", id); err != nil {
+		return nil, err
+	}
+	return f.GetImage(ctx, id)
+}
+
+func (f *fake) DestroyImage(ctx context.Context, id int64) error {
+	if err := f.call("DestroyImage", id); err != nil {
+		return err
+	}
+	_, err := f.GetImage(ctx, id)
+	return err
+}
+
+func (f *fake) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
+	if err := f.call("ListInstances"); err != nil {
+		return nil, err
+	}
+	return f.instances, nil
+}
+
+func (f *fake) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
+	if err := f.call("GetInstance", id); err != nil {
+		return nil, err
+	}
+	for _, inst := range f.instances {
+		if inst.ID == id {
+			return inst, nil
+		}
+	}
+	return nil, notFound("instance", id)
+}
+
+func (f *fake) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
+	if err := f.call("CreateInstance", imageID); err != nil {
+		return nil, err
+	}
+	return &draupnir.Instance{ID: 5, ImageID: imageID, State: draupnir.InstanceRunning, Port: 6002, Hostname: "db.example.com", CreatedAt: t0}, nil
+}
+
+func (f *fake) DestroyInstance(ctx context.Context, id int64) error {
+	if err := f.call("DestroyInstance", id); err != nil {
+		return err
+	}
+	_, err := f.GetInstance(ctx, id)
+	return err
+}
+
+func (f *fake) ServerVersion(context.Context) (string, error) { return "9.9.9", nil }
+
+func (f *fake) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	f.uploaded = string(b)
+	return draupnir.UploadSummary{Bytes: int64(len(b)), Files: 1, Duration: time.Second}, nil
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, b Backend, env Env, stdin string, args ...string) result {
+	t.Helper()
+	if env.ConfigDir == "" {
+		env.ConfigDir = t.TempDir()
+	}
+	if env.CacheDir == "" {
+		env.CacheDir = t.TempDir()
+	}
+	if env.Getenv == nil {
+		env.Getenv = func(string) string { return "" }
+	}
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), b, env, args, strings.NewReader(stdin), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestCommands(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "anon.sql")
+	if err := os.WriteFile(script, []byte("UPDATE users SET email = 'x';\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		ssh       bool
+		stdin     string
+		args      []string
+		code      int
+		stdout    []string // substrings, in order
+		stderr    string   // substring; "" means stderr must be empty
+		wantCalls string   // calls made, space separated ("" → not checked)
+	}{
+		{name: "images list", args: []string{"images", "list"},
+			stdout: []string{"ID", "STATE", "BACKED UP AT", "1", "ready", "2017-05-01T12:00:00Z", "3.0 GiB", "15", "3", "failed"}},
+		{name: "images ls alias", args: []string{"images", "ls"}, stdout: []string{"BACKED UP AT"}},
+		{name: "images show", args: []string{"images", "show", "1"},
+			stdout: []string{"ID:", "1", "State:", "ready", "Anonymisation script:", "    DELETE FROM users;"}},
+		{name: "failed image error on one line", args: []string{"images", "show", "3"},
+			stdout: []string{"Error:", `relation "users" does not exist LINE 1`}},
+		{name: "images show missing", args: []string{"images", "show", "7"}, code: 1,
+			stderr: "draupnir-client: image 7 does not exist\n"},
+		{name: "images create", args: []string{"images", "create", "--backed-up-at", "2017-05-01T12:00:00Z", "--anonymisation-script", script},
+			stdout: []string{"ID:", "9", "created"}, wantCalls: "CreateImage"},
+		{name: "images create from stdin", stdin: "SELECT 1;", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-"},
+			stdout: []string{"SELECT 1;"}},
+		{name: "images create missing file", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "/nonexistent/x.sql"},
+			code: 1, stderr: "/nonexistent/x.sql"},
+		{name: "images create without time", args: []string{"images", "create", "--anonymisation-script", script}, code: 2, stderr: "--backed-up-at is required"},
+		{name: "images create without script", args: []string{"images", "create", "--backed-up-at", "2017-05-01"}, code: 2, stderr: "--anonymisation-script is required"},
+		{name: "images create bad time", args: []string{"images", "create", "--backed-up-at", "yesterday", "--anonymisation-script", script}, code: 2, stderr: `"yesterday"`},
+		{name: "images create over ssh reads no server file", ssh: true, args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "/etc/shadow"},
+			code: 2, stderr: "standard input", wantCalls: "-"},
+		{name: "images create over ssh from stdin", ssh: true, stdin: "SELECT 2;", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-"},
+			stdout: []string{"SELECT 2;"}},
+		{name: "images update", stdin: "fixed", args: []string{"images", "update", "3", "--anonymisation-script", "-"}, stdout: []string{"ID:", "3"}, wantCalls: "UpdateImage 3 GetImage 3"},
+		{name: "images update nothing", args: []string{"images", "update", "3"}, code: 2, stderr: "nothing to change", wantCalls: "-"},
+		{name: "images done", args: []string{"images", "done", "1"}, stdout: []string{"State:", "ready"}, wantCalls: "FinaliseImage 1 GetImage 1"},
+		{name: "images destroy", args: []string{"images", "destroy", "2"}, stdout: []string{"Destroyed image 2."}},
+		{name: "images destroy json is silent", args: []string{"images", "destroy", "2", "--json"}},
+		{name: "instances list", args: []string{"instances", "list"},
+			stdout: []string{"ID", "IMAGE", "STATE", "HOST", "PORT", "4", "1", "running", "db.example.com", "6001", "app"}},
+		{name: "instances show", args: []string{"instances", "show", "4"}, stdout: []string{"Port:", "6001", "Password:", `it's a "pa$$ word"`, "env 4"}},
+		{name: "instances show someone else's", args: []string{"instances", "show", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
+		{name: "instances create", args: []string{"instances", "create", "2"}, stdout: []string{"ID:", "5", "Image:", "2"}, wantCalls: "CreateInstance 2"},
+		{name: "instances destroy", args: []string{"instances", "destroy", "4"}, stdout: []string{"Destroyed instance 4."}},
+		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
+		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},
+		{name: "version over ssh", ssh: true, args: []string{"version"}, stdout: []string{"server 9.9.9"}},
+		{name: "upload over ssh streams stdin", ssh: true, stdin: "tarball", args: []string{"images", "upload", "1"}, stdout: []string{"Uploaded 7 B (1 files) into image 1"}},
+
+		// Usage errors: exit 2, nothing called.
+		{name: "unknown command", args: []string{"imagez"}, code: 2, stderr: `unknown command "imagez"`, wantCalls: "-"},
+		{name: "unknown subcommand", args: []string{"images", "frobnicate"}, code: 2, stderr: `unknown command "frobnicate"`, wantCalls: "-"},
+		{name: "unknown flag", args: []string{"images", "list", "--frob"}, code: 2, stderr: "unknown flag: --frob", wantCalls: "-"},
+		{name: "too many args", args: []string{"images", "list", "1"}, code: 2, stderr: "takes 0 arguments", wantCalls: "-"},
+		{name: "missing id", args: []string{"instances", "show"}, code: 2, stderr: "takes 1 argument, got 0", wantCalls: "-"},
+		{name: "non-numeric id", args: []string{"instances", "destroy", "four"}, code: 2, stderr: `instance id must be a positive integer, not "four"`, wantCalls: "-"},
+		{name: "negative id", args: []string{"env", "-1"}, code: 2, wantCalls: "-", stderr: "unknown shorthand flag"},
+		{name: "zero id", args: []string{"images", "done", "0"}, code: 2, stderr: "positive integer", wantCalls: "-"},
+		{name: "authenticate is local only", ssh: true, args: []string{"authenticate", "--token", "x"}, code: 2, stderr: "your key says who you are"},
+		{name: "completion is local only", ssh: true, args: []string{"completion", "bash"}, code: 2, stderr: `unknown command "completion"`},
+		{name: "upload needs a file locally", args: []string{"images", "upload", "1"}, code: 2, stderr: "takes 2 arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newFakeBackend()
+			r := run(t, b, Env{SSH: tt.ssh}, tt.stdin, tt.args...)
+			if r.code != tt.code {
+				t.Errorf("exit %d, want %d; stderr: %s", r.code, tt.code, r.stderr)
+			}
+			rest := r.stdout
+			for _, s := range tt.stdout {
+				i := strings.Index(rest, s)
+				if i < 0 {
+					t.Errorf("stdout lacks %q (in order); stdout:\n%s", s, r.stdout)
+					break
+				}
+				rest = rest[i+len(s):]
+			}
+			if len(tt.stdout) == 0 && tt.code == 0 && r.stdout != "" && tt.name == "images destroy json is silent" {
+				t.Errorf("stdout %q, want nothing", r.stdout)
+			}
+			switch {
+			case tt.stderr == "" && r.stderr != "":
+				t.Errorf("stderr %q, want none", r.stderr)
+			case !strings.Contains(r.stderr, tt.stderr):
+				t.Errorf("stderr %q lacks %q", r.stderr, tt.stderr)
+			}
+			if tt.code != 0 && strings.Count(strings.TrimSpace(r.stderr), "\n") > 2 {
+				t.Errorf("error report is too long:\n%s", r.stderr)
+			}
+			if tt.code == 2 && !strings.Contains(r.stderr, "Usage: ") {
+				t.Errorf("usage error without a usage line: %s", r.stderr)
+			}
+			switch got := strings.Join(b.calls, " "); tt.wantCalls {
+			case "":
+			case "-":
+				if got != "" {
+					t.Errorf("usage error still called the backend: %s", got)
+				}
+			default:
+				if got != tt.wantCalls {
+					t.Errorf("calls %q, want %q", got, tt.wantCalls)
+				}
+			}
+		})
+	}
+}
+
+func TestCreateSendsScriptAndTime(t *testing.T) {
+	b := newFakeBackend()
+	r := run(t, b, Env{}, "\\c app\nDELETE FROM tokens;\n", "images", "create", "--backed-up-at", "2017-05-01T14:00:00+02:00", "--anonymisation-script", "-")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if !b.created.backedUpAt.Equal(t0) || b.created.script != "\\c app\nDELETE FROM tokens;\n" {
+		t.Errorf("created with %v, %q", b.created.backedUpAt, b.created.script)
+	}
+}
+
+func TestJSONOutput(t *testing.T) {
+	tests := []struct {
+		args  []string
+		check func(t *testing.T, v map[string]any)
+	}{
+		{[]string{"images", "list", "--json"}, func(t *testing.T, v map[string]any) {
+			data := v["data"].([]any)
+			if len(data) != 3 || data[0].(map[string]any)["id"] != float64(1) {
+				t.Errorf("data %v", data)
+			}
+		}},
+		{[]string{"--json", "images", "show", "1"}, func(t *testing.T, v map[string]any) {
+			attrs := v["data"].(map[string]any)["attributes"].(map[string]any)
+			if attrs["ready"] != true || attrs["backed_up_at"] != "2017-05-01T12:00:00Z" || attrs["state"] != "ready" {
+				t.Errorf("attributes %v", attrs)
+			}
+		}},
+		{[]string{"instances", "show", "4", "--json"}, func(t *testing.T, v map[string]any) {
+			d := v["data"].(map[string]any)
+			attrs := d["attributes"].(map[string]any)
+			if d["type"] != "instances" || attrs["port"] != "6001" || attrs["image_id"] != float64(1) {
+				t.Errorf("data %v", d)
+			}
+		}},
+		{[]string{"instances", "list", "--json"}, func(t *testing.T, v map[string]any) {
+			if len(v["data"].([]any)) != 1 {
+				t.Errorf("data %v", v["data"])
+			}
+		}},
+		{[]string{"env", "4", "--json"}, func(t *testing.T, v map[string]any) {
+			if v["PGPORT"] != "6001" || v["PGPASSWORD"] != `it's a "pa$$ word"` {
+				t.Errorf("env %v", v)
+			}
+		}},
+		{[]string{"version", "--json"}, func(t *testing.T, v map[string]any) {
+			if v["client"] != draupnir.Version || v["server"] != "9.9.9" {
+				t.Errorf("version %v", v)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := run(t, newFakeBackend(), Env{}, "", tt.args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			var v map[string]any
+			if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+				t.Fatalf("stdout is not JSON: %v\n%s", err, r.stdout)
+			}
+			tt.check(t, v)
+		})
+	}
+}
+
+func TestBackendErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		ssh  bool
+		err  error
+		want string
+	}{
+		{"client error shown", false, draupnir.Errorf(draupnir.KindConflict, "image 3 is finalising"), "draupnir-client: image 3 is finalising\n"},
+		{"local internal error shown", false, errors.New("decoding the answer: EOF"), "draupnir-client: decoding the answer: EOF\n"},
+		{"ssh client error shown", true, draupnir.Errorf(draupnir.KindForbidden, "only the upload principal may create images"), "draupnir: only the upload principal may create images\n"},
+		{"ssh internal error hidden", true, errors.New("open /var/lib/draupnir/secret: permission denied"), "draupnir: internal error; the server log has the details\n"},
+		{"multi-line message kept on one line", false, draupnir.Errorf(draupnir.KindUnprocessable, "ERROR: syntax error\nLINE 1: DELET"), "draupnir-client: ERROR: syntax error LINE 1: DELET\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newFakeBackend()
+			b.err = tt.err
+			r := run(t, b, Env{SSH: tt.ssh}, "", "instances", "list")
+			if r.code != 1 || r.stderr != tt.want || r.stdout != "" {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 1, nothing, %q", r.code, r.stdout, r.stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestNoReadyImage(t *testing.T) {
+	b := newFakeBackend()
+	b.images = b.images[2:] // only the failed one
+	r := run(t, b, Env{}, "", "new")
+	if r.code != 1 || !strings.Contains(r.stderr, "no image is ready") {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestHelp checks that every command has help, reachable as `X --help`,
+// `help X` and (for groups) `group help`, and that it exits 0.
+func TestHelp(t *testing.T) {
+	for _, ssh := range []bool{false, true} {
+		a := &app{env: Env{SSH: ssh}}
+		var walk func(c *cobra.Command)
+		var paths [][]string
+		walk = func(c *cobra.Command) {
+			if c.Hidden || c.Name() == "help" {
+				return
+			}
+			if c.Short == "" {
+				t.Errorf("%s has no short help", c.CommandPath())
+			}
+			p := strings.Fields(c.CommandPath())[1:]
+			paths = append(paths, p)
+			for _, sub := range c.Commands() {
+				walk(sub)
+			}
+		}
+		root := a.root()
+		root.InitDefaultHelpCmd()
+		root.InitDefaultCompletionCmd()
+		walk(root)
+		if len(paths) < 15 {
+			t.Fatalf("only %d commands found", len(paths))
+		}
+		for _, p := range paths {
+			forms := [][]string{append(append([]string{}, p...), "--help"), append([]string{"help"}, p...)}
+			for _, args := range forms {
+				r := run(t, newFakeBackend(), Env{SSH: ssh}, "", args...)
+				if r.code != 0 || !strings.Contains(r.stdout, "Usage:") || r.stderr != "" {
+					t.Errorf("ssh=%v %q: exit %d, stdout %q, stderr %q", ssh, args, r.code, r.stdout, r.stderr)
+				}
+			}
+		}
+	}
+	for _, args := range [][]string{{}, {"images"}, {"images", "help"}, {"instances", "help"}, {"images", "help", "create"}} {
+		r := run(t, newFakeBackend(), Env{}, "", args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "Usage:") {
+			t.Errorf("%q: exit %d, stdout %q", args, r.code, r.stdout)
+		}
+	}
+	r := run(t, newFakeBackend(), Env{}, "", "images", "help", "create")
+	if !strings.Contains(r.stdout, "--backed-up-at") {
+		t.Errorf("images help create does not describe create:\n%s", r.stdout)
+	}
+	r = run(t, newFakeBackend(), Env{SSH: true}, "")
+	if !strings.Contains(r.stdout, "ssh HOST") || strings.Contains(r.stdout, "authenticate") {
+		t.Errorf("ssh help should speak of ssh and not offer authenticate:\n%s", r.stdout)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		r := run(t, newFakeBackend(), Env{}, "", "completion", sh)
+		if r.code != 0 || !strings.Contains(r.stdout, "draupnir-client") {
+			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", sh, r.code, len(r.stdout), r.stderr)
+		}
+	}
+}
+
+func TestSpinnerOnlyOnTerminal(t *testing.T) {
+	for _, term := range []bool{false, true} {
+		r := run(t, newFakeBackend(), Env{Terminal: term}, "", "images", "done", "1")
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		if got := strings.Contains(r.stderr, "finalising image 1"); got != term {
+			t.Errorf("terminal=%v: stderr %q", term, r.stderr)
+		}
+		if strings.Contains(r.stdout, "finalising") {
+			t.Errorf("spinner on stdout: %q", r.stdout)
+		}
+	}
+}
+
+// TestConcurrentRuns checks that runs share no state (run with -race).
+func TestConcurrentRuns(t *testing.T) {
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(json bool) {
+			defer wg.Done()
+			args := []string{"instances", "list"}
+			if json {
+				args = append(args, "--json")
+			}
+			var out, errb bytes.Buffer
+			if code := Run(context.Background(), newFakeBackend(), Env{SSH: true}, args, strings.NewReader(""), &out, &errb); code != 0 {
+				t.Errorf("exit %d: %s", code, errb.String())
+			}
+			if got := strings.HasPrefix(out.String(), "{"); got != json {
+				t.Errorf("--json=%v leaked between runs: %q", json, out.String())
+			}
+		}(i%2 == 0)
+	}
+	wg.Wait()
+}
+
+func TestAuthenticateAndConfig(t *testing.T) {
+	dir := t.TempDir()
+	env := Env{ConfigDir: dir, Getenv: func(string) string { return "" }}
+	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	path := filepath.Join(dir, "draupnir", "config.json")
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("config mode %v, want 0600", st.Mode().Perm())
+	}
+	if strings.Contains(r.stderr+r.stdout, "tok-from-stdin") {
+		t.Error("the token was printed")
+	}
+	cfg, err := LoadConfig(env)
+	if err != nil || cfg != (Config{URL: "https://draupnir.example.com", Token: "tok-from-stdin"}) {
+		t.Fatalf("LoadConfig = %+v, %v", cfg, err)
+	}
+
+	// --token replaces the token and keeps the URL.
+	if r := run(t, newFakeBackend(), env, "", "authenticate", "--token", "tok2"); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if cfg, _ := LoadConfig(env); cfg.Token != "tok2" || cfg.URL != "https://draupnir.example.com" {
+		t.Errorf("after --token: %+v", cfg)
+	}
+
+	// The environment wins over the file.
+	env.Getenv = func(k string) string {
+		return map[string]string{"DRAUPNIR_URL": "http://other:1", "DRAUPNIR_TOKEN": "envtok"}[k]
+	}
+	if cfg, _ := LoadConfig(env); cfg != (Config{URL: "http://other:1", Token: "envtok"}) {
+		t.Errorf("env override: %+v", cfg)
+	}
+
+	// Nothing anywhere: the default URL.
+	if cfg, err := LoadConfig(Env{ConfigDir: t.TempDir(), Getenv: func(string) string { return "" }}); err != nil || cfg.URL != DefaultURL || cfg.Token != "" {
+		t.Errorf("defaults: %+v, %v", cfg, err)
+	}
+
+	for _, tt := range []struct {
+		stdin string
+		args  []string
+	}{
+		{"", []string{"authenticate"}},
+		{"x\n", []string{"authenticate", "--url", "ftp://x"}},
+		{"", []string{"authenticate", "--token", "  "}},
+	} {
+		if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, tt.stdin, tt.args...); r.code == 0 {
+			t.Errorf("%q with stdin %q succeeded", tt.args, tt.stdin)
+		}
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", "''"},
+		{"abc", "abc"},
+		{"db.example.com", "db.example.com"},
+		{"a b", "'a b'"},
+		{"it's", `'it'\''s'`},
+		{"$HOME", "'$HOME'"},
+		{"~", "'~'"},
+		{"#x", "'#x'"},
+		{"a=b", "'a=b'"},
+		{"*", "'*'"},
+	}
+	for _, tt := range tests {
+		if got := ShellQuote(tt.in); got != tt.want {
+			t.Errorf("ShellQuote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestShellQuoteRoundTrip has real shells read quoted words back.
+func TestShellQuoteRoundTrip(t *testing.T) {
+	words := []string{
+		"", "plain", "two words", "it's", `"double"`, "$HOME", "${X:-y}", "`id`", "$(id)", "a\\b", "\\",
+		"tab\there", "new\nline", "trailing\n", "*", "?", "[a]", "~root", "#comment", ";&|<>()", "!", "'", "''",
+		"ünïcødé", "-n", "-e", "a=b", "{a,b}", "\x01\x7f", "%s",
+	}
+	for _, sh := range []string{"sh", "bash", "dash", "zsh"} {
+		path, err := exec.LookPath(sh)
+		if err != nil {
+			continue
+		}
+		t.Run(sh, func(t *testing.T) {
+			var script strings.Builder
+			for _, w := range words {
+				script.WriteString("printf '%s\\0' " + ShellQuote(w) + "\n")
+			}
+			out, err := exec.Command(path, "-c", script.String()).Output()
+			if err != nil {
+				t.Fatalf("%s: %v", sh, err)
+			}
+			got := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+			if len(got) != len(words) {
+				t.Fatalf("%s printed %d words, want %d: %q", sh, len(got), len(words), got)
+			}
+			for i := range words {
+				if got[i] != words[i] {
+					t.Errorf("%s read %s back as %q, want %q", sh, ShellQuote(words[i]), got[i], words[i])
+				}
+			}
+		})
+	}
+}
+
+const testPEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUZ2x+/AbC=\n-----END CERTIFICATE-----\n"
+
+func TestEnvPlain(t *testing.T) {
+	r := run(t, newFakeBackend(), Env{}, "", "env", "4")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	want := `export PGHOST=db.example.com PGPORT=6001 PGUSER=draupnir PGPASSWORD='it'\''s a "pa$$ word"' PGDATABASE=app` + "\n"
+	if r.stdout != want {
+		t.Errorf("env printed\n%s\nwant\n%s", r.stdout, want)
+	}
+	got := evalEnv(t, "bash", `eval "$(cat env.out)"`, r.stdout, nil)
+	for k, v := range map[string]string{"PGHOST": "db.example.com", "PGPORT": "6001", "PGUSER": "draupnir", "PGPASSWORD": `it's a "pa$$ word"`, "PGDATABASE": "app"} {
+		if got[k] != v {
+			t.Errorf("after eval %s=%q, want %q", k, got[k], v)
+		}
+	}
+}
+
+func TestEnvHostFallback(t *testing.T) {
+	b := newFakeBackend()
+	b.instances[0].Hostname = ""
+	r := run(t, b, Env{Host: "from-url.example.com"}, "", "env", "4")
+	if !strings.Contains(r.stdout, "PGHOST=from-url.example.com ") {
+		t.Errorf("env printed %s", r.stdout)
+	}
+}
+
+func TestEnvLocalCA(t *testing.T) {
+	b := newFakeBackend()
+	b.instances[0].CACertificate = testPEM
+	cache := filepath.Join(t.TempDir(), "cache with space")
+	r := run(t, b, Env{CacheDir: cache}, "", "env", "4")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	path := filepath.Join(cache, "draupnir", "instance-4-ca.pem")
+	if b, err := os.ReadFile(path); err != nil || string(b) != testPEM {
+		t.Fatalf("CA file: %q, %v", b, err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("CA file mode %v", st.Mode().Perm())
+	}
+	got := evalEnv(t, "sh", `eval "$(cat env.out)"`, r.stdout, nil)
+	if got["PGSSLMODE"] != "verify-full" || got["PGSSLROOTCERT"] != path {
+		t.Errorf("after eval: %v", got)
+	}
+}
+
+// TestEnvSSHCA evaluates what an SSH session prints, quoted and unquoted as
+// the original documents, and checks the CA file lands on the "client".
+func TestEnvSSHCA(t *testing.T) {
+	b := newFakeBackend()
+	b.instances[0].CACertificate = testPEM
+	b.instances[0].Password = "simple-pw" // unquoted eval squeezes blanks, so keep it plain here
+	r := run(t, b, Env{SSH: true}, "", "env", "4")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, tt := range []struct{ sh, eval string }{
+		{"bash", `eval "$(cat env.out)"`},
+		{"bash", `eval $(cat env.out)`},
+		{"sh", `eval "$(cat env.out)"`},
+		{"sh", `eval $(cat env.out)`},
+	} {
+		t.Run(tt.sh+" "+tt.eval, func(t *testing.T) {
+			home := filepath.Join(t.TempDir(), "my home")
+			if err := os.Mkdir(home, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			got := evalEnv(t, tt.sh, tt.eval, r.stdout, []string{"HOME=" + home, "XDG_CACHE_HOME="})
+			path := filepath.Join(home, ".cache", "draupnir", "instance-4-ca.pem")
+			if got["PGSSLROOTCERT"] != path || got["PGSSLMODE"] != "verify-full" || got["PGPASSWORD"] != "simple-pw" {
+				t.Errorf("after eval: %v", got)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil || string(data) != testPEM {
+				t.Fatalf("CA file %q, %v", data, err)
+			}
+			if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+				t.Errorf("CA file mode %v, want 0600", st.Mode().Perm())
+			}
+			if st, _ := os.Stat(filepath.Dir(path)); st.Mode().Perm() != 0o700 {
+				t.Errorf("CA dir mode %v, want 0700", st.Mode().Perm())
+			}
+			if got["UMASK"] != "0022" {
+				t.Errorf("eval changed the shell's umask to %s", got["UMASK"])
+			}
+		})
+	}
+}
+
+// evalEnv evaluates out in a shell as the user would and returns the PG*
+// variables (and the umask) it leaves behind.
+func evalEnv(t *testing.T, sh, eval, out string, extraEnv []string) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "env.out"), []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script := "umask 022; " + eval + `
+for v in PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT; do
+	eval "printf '%s=%s\\0' $v \"\${$v}\""
+done
+printf 'UMASK=%s\0' "$(umask)"
+`
+	cmd := exec.Command(sh, "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), extraEnv...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("%s: %v; stderr: %s", sh, err, stderr.String())
+	}
+	got := map[string]string{}
+	for _, kv := range strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00") {
+		k, v, _ := strings.Cut(kv, "=")
+		got[k] = v
+	}
+	return got
+}
+
+func TestParseSSHTarget(t *testing.T) {
+	tests := []struct {
+		in, host string
+		want     sshTarget
+		err      bool
+	}{
+		{"", "db.example.com", sshTarget{"upload", "db.example.com", 2222}, false},
+		{"", "", sshTarget{}, true},
+		{"upload@host:2200", "x", sshTarget{"upload", "host", 2200}, false},
+		{"me@host", "x", sshTarget{"me", "host", 2222}, false},
+		{"host:22", "x", sshTarget{"upload", "host", 22}, false},
+		{"[::1]:2222", "x", sshTarget{"upload", "::1", 2222}, false},
+		{"-oProxyCommand=x", "x", sshTarget{}, true},
+		{"host:0", "x", sshTarget{}, true},
+		{"host:abc", "x", sshTarget{}, true},
+		{"a b@host", "x", sshTarget{}, true},
+	}
+	for _, tt := range tests {
+		got, err := parseSSHTarget(tt.in, tt.host)
+		if (err != nil) != tt.err || (!tt.err && got != tt.want) {
+			t.Errorf("parseSSHTarget(%q, %q) = %+v, %v; want %+v, error %v", tt.in, tt.host, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+// TestUploadRunsSSH runs `images upload` with a stand-in ssh that records
+// its arguments and standard input.
+func TestUploadRunsSSH(t *testing.T) {
+	dir := t.TempDir()
+	fakeSSH := filepath.Join(dir, "ssh")
+	script := "#!/bin/sh\nprintf '%s\\n' \"$@\" > " + filepath.Join(dir, "args") + "\ncat > " + filepath.Join(dir, "stdin") + "\necho uploaded\nexit ${FAKE_SSH_EXIT:-0}\n"
+	if err := os.WriteFile(fakeSSH, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	payload := filepath.Join(dir, "base.tar.gz")
+	if err := os.WriteFile(payload, bytes.Repeat([]byte("x"), 100000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, term := range []bool{false, true} {
+		env := Env{SSHCommand: fakeSSH, Terminal: term, Host: "db.example.com",
+			Getenv: func(k string) string { return map[string]string{"DRAUPNIR_SSH": "up@ssh.example.com:2200"}[k] }}
+		r := run(t, newFakeBackend(), env, "", "images", "upload", "3", payload)
+		if r.code != 0 || r.stdout != "uploaded\n" {
+			t.Fatalf("terminal=%v: exit %d, stdout %q, stderr %q", term, r.code, r.stdout, r.stderr)
+		}
+		args, _ := os.ReadFile(filepath.Join(dir, "args"))
+		if want := "-T\n-p\n2200\nup@ssh.example.com\nimages\nupload\n3\n"; string(args) != want {
+			t.Errorf("ssh args %q, want %q", args, want)
+		}
+		if st, err := os.Stat(filepath.Join(dir, "stdin")); err != nil || st.Size() != 100000 {
+			t.Errorf("ssh got %v bytes on stdin (%v), want 100000", st, err)
+		}
+		if term != strings.Contains(r.stderr, "100%") {
+			t.Errorf("terminal=%v: progress %q", term, r.stderr)
+		}
+	}
+
+	// A failing ssh: exit 1, and ssh's own message is the only one.
+	env := Env{SSHCommand: fakeSSH, Host: "h", Getenv: func(k string) string {
+		return map[string]string{"FAKE_SSH_EXIT": "5"}[k]
+	}}
+	os.Setenv("FAKE_SSH_EXIT", "5")
+	defer os.Unsetenv("FAKE_SSH_EXIT")
+	if r := run(t, newFakeBackend(), env, "", "images", "upload", "3", payload); r.code != 1 {
+		t.Errorf("failing ssh: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := run(t, newFakeBackend(), env, "", "images", "upload", "3", filepath.Join(dir, "missing.tar")); r.code != 1 || !strings.Contains(r.stderr, "missing.tar") {
+		t.Errorf("missing file: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestCoreBackend(t *testing.T) {
+	p := draupnir.Principal{Name: "alice@example.com"}
+	imgs := &fakeImages{}
+	insts := &fakeInstances{}
+	b := CoreBackend(imgs, insts, p)
+	ctx := context.Background()
+	b.ListImages(ctx)
+	b.GetImage(ctx, 1)
+	b.CreateImage(ctx, t0, "s")
+	b.UpdateImage(ctx, 1, draupnir.ImagePatch{})
+	b.FinaliseImage(ctx, 1)
+	b.DestroyImage(ctx, 1)
+	b.ListInstances(ctx)
+	b.GetInstance(ctx, 2)
+	b.CreateInstance(ctx, 1)
+	b.DestroyInstance(ctx, 2)
+	if want := "List Get Create Update Finalise Destroy"; strings.Join(imgs.calls, " ") != want {
+		t.Errorf("image calls %v, want %s", imgs.calls, want)
+	}
+	if want := "List Get Create Destroy"; strings.Join(insts.calls, " ") != want {
+		t.Errorf("instance calls %v, want %s", insts.calls, want)
+	}
+	for _, got := range append(imgs.principals, insts.principals...) {
+		if got != p {
+			t.Errorf("core called as %+v, want %+v", got, p)
+		}
+	}
+	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, strings.NewReader("")); err == nil {
+		t.Error("StreamUpload without support in the image service succeeded")
+	}
+	if v, _ := b.(ServerVersioner).ServerVersion(ctx); v != draupnir.Version {
+		t.Errorf("server version %q", v)
+	}
+}
+
+type fakeImages struct {
+	calls      []string
+	principals []draupnir.Principal
+}
+
+func (f *fakeImages) rec(name string, p *draupnir.Principal) {
+	f.calls = append(f.calls, name)
+	if p != nil {
+		f.principals = append(f.principals, *p)
+	}
+}
+func (f *fakeImages) List(context.Context) ([]*draupnir.Image, error) {
+	f.rec("List", nil)
+	return nil, nil
+}
+func (f *fakeImages) Get(context.Context, int64) (*draupnir.Image, error) {
+	f.rec("Get", nil)
+	return nil, nil
+}
+func (f *fakeImages) Create(_ context.Context, p draupnir.Principal, _ time.Time, _ string) (*draupnir.Image, error) {
+	f.rec("Create", &p)
+	return nil, nil
+}
+func (f *fakeImages) Update(_ context.Context, p draupnir.Principal, _ int64, _ draupnir.ImagePatch) (*draupnir.Image, error) {
+	f.rec("Update", &p)
+	return nil, nil
+}
+func (f *fakeImages) Finalise(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Image, error) {
+	f.rec("Finalise", &p)
+	return nil, nil
+}
+func (f *fakeImages) Destroy(_ context.Context, p draupnir.Principal, _ int64) error {
+	f.rec("Destroy", &p)
+	return nil
+}
+
+type fakeInstances struct {
+	calls      []string
+	principals []draupnir.Principal
+}
+
+func (f *fakeInstances) rec(name string, p draupnir.Principal) {
+	f.calls = append(f.calls, name)
+	f.principals = append(f.principals, p)
+}
+func (f *fakeInstances) List(_ context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
+	f.rec("List", p)
+	return nil, nil
+}
+func (f *fakeInstances) Get(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Instance, error) {
+	f.rec("Get", p)
+	return nil, nil
+}
+func (f *fakeInstances) Create(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Instance, error) {
+	f.rec("Create", p)
+	return nil, nil
+}
+func (f *fakeInstances) Destroy(_ context.Context, p draupnir.Principal, _ int64) error {
+	f.rec("Destroy", p)
+	return nil
+}
