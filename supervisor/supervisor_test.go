@@ -126,11 +126,19 @@ func waitDone(t testing.TB, p *Process) {
 func TestStartQueryStop(t *testing.T) {
 	for _, mode := range []StopMode{Fast, Immediate} {
 		t.Run(mode.String(), func(t *testing.T) {
+			t.Setenv("DRAUPNIR_SHARED_SECRET", "do-not-leak-this-secret")
 			s := newSupervisor(t)
 			dir := cluster(t, s)
 			sp := spec(t, dir)
 			p := start(t, s, sp)
 
+			env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.PID()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(env), "do-not-leak") {
+				t.Errorf("our environment leaked into postgres: %q", env)
+			}
 			if got := query(t, sp.SocketDir, sp.Port, "SELECT current_setting('listen_addresses') || '/' || current_user"); got != "/postgres" {
 				t.Errorf("listen_addresses/current_user = %q, want no TCP and postgres", got)
 			}
@@ -174,6 +182,46 @@ func TestStartQueryStop(t *testing.T) {
 			if err := p2.Stop(context.Background(), Fast, time.Second); err != nil {
 				t.Errorf("second Stop: %v", err)
 			}
+		})
+	}
+}
+
+// TestStopEscalates stops a postmaster that cannot act on signals (SIGSTOP):
+// Stop must escalate to SIGKILL of the whole group, and return once all is gone.
+func TestStopEscalates(t *testing.T) {
+	tests := []struct {
+		name   string
+		mode   StopMode
+		cancel bool // ctx ended: straight to SIGKILL
+	}{
+		{"fast", Fast, false},
+		{"immediate", Immediate, false},
+		{"ctx ended", Fast, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSupervisor(t)
+			dir := cluster(t, s)
+			sp := spec(t, dir)
+			p := start(t, s, sp)
+			if err := syscall.Kill(p.PID(), syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tt.cancel {
+				cancel()
+			}
+			if err := p.Stop(ctx, tt.mode, 50*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			if p.Alive() {
+				t.Error("Stop returned while the postmaster is alive")
+			}
+			if pids := postgresIn(p.DataDir()); len(pids) > 0 {
+				t.Errorf("postgres processes left: %v", pids)
+			}
+			start(t, s, sp)
 		})
 	}
 }
@@ -609,4 +657,33 @@ func BenchmarkStart(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestPidfdPollable checks that exit watching rides on the runtime's poller
+// (no thread blocked per process) and notices a non-child's exit.
+func TestPidfdPollable(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	p := &Process{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), done: make(chan struct{})}
+	if p.pidfd == nil {
+		t.Fatal("pidfd_open failed")
+	}
+	if err := p.pidfd.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatalf("pidfd is not pollable by the runtime: %v", err)
+	}
+	go func() {
+		p.waitExit()
+		close(p.done)
+		p.closePidfd()
+	}()
+	if !p.Alive() {
+		t.Fatal("Done closed while the process runs")
+	}
+	if err := p.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, p) // readable already as a zombie: nobody has reaped it yet
 }
