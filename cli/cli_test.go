@@ -549,6 +549,31 @@ func TestAuthenticateAndConfig(t *testing.T) {
 	}
 }
 
+func TestBrokenConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "draupnir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "draupnir", "config.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := Env{ConfigDir: dir, Getenv: func(k string) string { return map[string]string{"DRAUPNIR_TOKEN": "t"}[k] }}
+	cfg, err := LoadConfig(env)
+	if err == nil || !strings.Contains(err.Error(), "authenticate") {
+		t.Errorf("error %v, want one that says to authenticate again", err)
+	}
+	if cfg != (Config{URL: DefaultURL, Token: "t"}) {
+		t.Errorf("config %+v, want defaults and the environment", cfg)
+	}
+	// authenticate repairs it.
+	if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, "", "authenticate", "--token", "new"); r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if cfg, err := LoadConfig(Env{ConfigDir: dir, Getenv: func(string) string { return "" }}); err != nil || cfg.Token != "new" {
+		t.Errorf("after authenticate: %+v, %v", cfg, err)
+	}
+}
+
 func TestShellQuote(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"", "''"},

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultURL is the server the client talks to when nothing says otherwise.
@@ -47,22 +48,14 @@ func getenv(env Env) func(string) string {
 
 // LoadConfig returns the local client's configuration: DRAUPNIR_URL and
 // DRAUPNIR_TOKEN from the environment, else what `authenticate` stored, else
-// DefaultURL and no token.
+// DefaultURL and no token. If the stored file cannot be read, the error says
+// why and the returned Config still holds the environment and defaults, so
+// that help and `authenticate` keep working.
 func LoadConfig(env Env) (Config, error) {
 	var cfg Config
-	path, err := configPath(env)
-	if err != nil {
-		return cfg, err
-	}
-	b, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return cfg, fmt.Errorf("reading the client configuration: %w", err)
-	default:
-		if err := json.Unmarshal(b, &cfg); err != nil {
-			return cfg, fmt.Errorf("%s is not valid JSON (run authenticate again): %w", path, err)
-		}
+	fileErr := loadConfigFile(env, &cfg)
+	if fileErr != nil {
+		cfg = Config{}
 	}
 	get := getenv(env)
 	if v := get("DRAUPNIR_URL"); v != "" {
@@ -74,7 +67,25 @@ func LoadConfig(env Env) (Config, error) {
 	if cfg.URL == "" {
 		cfg.URL = DefaultURL
 	}
-	return cfg, nil
+	return cfg, fileErr
+}
+
+func loadConfigFile(env Env, cfg *Config) error {
+	path, err := configPath(env)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading the client configuration: %w", err)
+	}
+	if err := json.Unmarshal(b, cfg); err != nil {
+		return fmt.Errorf("%s is not valid JSON (run authenticate again): %w", path, err)
+	}
+	return nil
 }
 
 // HostOf returns the host name of a server URL, for Env.Host.
@@ -113,7 +124,7 @@ set, take precedence over the stored values.`,
 				if a.env.Terminal {
 					fmt.Fprint(a.stderr, "Access token: ")
 				}
-				token, err = readLine(a.stdin)
+				token, err = readSecret(a.stdin, a.stderr)
 				if err != nil {
 					return fmt.Errorf("reading the token: %w", err)
 				}
@@ -144,6 +155,25 @@ set, take precedence over the stored values.`,
 	cmd.Flags().StringVar(&token, "token", "", "the access token (default: read from standard input)")
 	cmd.Flags().StringVar(&serverURL, "url", "", "the server's URL (default: the stored one, or "+DefaultURL+")")
 	return cmd
+}
+
+// readSecret reads one line from r without echoing it when r is a terminal.
+func readSecret(r io.Reader, echo io.Writer) (string, error) {
+	if f, ok := r.(*os.File); ok {
+		fd := int(f.Fd())
+		if old, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+			quiet := *old
+			quiet.Lflag &^= unix.ECHO
+			quiet.Lflag |= unix.ICANON | unix.ISIG
+			if err := unix.IoctlSetTermios(fd, unix.TCSETS, &quiet); err == nil {
+				defer func() {
+					_ = unix.IoctlSetTermios(fd, unix.TCSETS, old)
+					fmt.Fprintln(echo) // the user's Enter was not echoed
+				}()
+			}
+		}
+	}
+	return readLine(r)
 }
 
 // readLine reads one line without buffering beyond it.

@@ -20,9 +20,9 @@ func main() {
 	env := cli.Env{Terminal: isTerminal(os.Stderr)}
 	cfg, err := cli.LoadConfig(env)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "draupnir-client: %v\n", err)
-		stop()
-		os.Exit(cli.ExitFailure)
+		// Carry on with the environment and defaults: help and authenticate
+		// must work to repair a broken configuration.
+		fmt.Fprintf(os.Stderr, "draupnir-client: warning: %v\n", err)
 	}
 	env.Host = cli.HostOf(cfg.URL)
 	code := cli.Run(ctx, client.New(cfg.URL, cfg.Token), env, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
