@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,6 +29,10 @@ const (
 	codeUnavailable         = "service_unavailable"
 	codeInternal            = "internal_server_error"
 )
+
+// statusClientClosed is logged for requests whose client disconnected
+// before the answer was ready; it is never sent.
+const statusClientClosed = 499
 
 // apiError is one JSON:API error object, and an error the handlers return
 // to have it rendered.
@@ -133,6 +138,12 @@ func fromEcho(he *echo.HTTPError, c echo.Context) *apiError {
 // document.
 func (a *api) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
+		return
+	}
+	if errors.Is(err, context.Canceled) && c.Request().Context().Err() != nil {
+		// The client went away; there is no one to answer. Record nginx's
+		// "client closed request" so the request log does not say 200.
+		c.Response().Status = statusClientClosed
 		return
 	}
 	var ae *apiError

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -470,17 +471,17 @@ func TestRendering(t *testing.T) {
 		{
 			name: "image",
 			req:  req{method: "GET", path: "/images/1"},
-			want: `{"data":{"type":"images","id":1,"attributes":{"backed_up_at":"2017-05-01T12:00:00Z","created_at":"2017-05-01T12:00:00Z","updated_at":"2017-05-01T12:00:00Z","ready":true,"anonymisation_script":"\\c db\nDELETE FROM secrets;","state":"ready","error":"","size_bytes":4096,"postgres_version":"15"}}}`,
+			want: `{"data":{"type":"images","id":1,"attributes":{"backed_up_at":"2017-05-01T12:00:00Z","created_at":"2017-05-01T12:00:00Z","updated_at":"2017-05-01T12:00:00Z","ready":true,"anonymisation_script":"\\c db\nDELETE FROM secrets;","state":"ready","error":"","size_bytes":4096,"postgres_version":"15","database":"db"}}}`,
 		},
 		{
 			name: "instance with a CA",
 			req:  req{method: "GET", path: "/instances/1"},
-			want: `{"data":{"type":"instances","id":1,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5678","hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"}}}`,
+			want: `{"data":{"type":"instances","id":1,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5678","hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","owner":"alice@example.com","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"}}}`,
 		},
 		{
 			name: "instances as a user",
 			req:  req{method: "GET", path: "/instances", token: bobToken},
-			want: `{"data":[{"type":"instances","id":2,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5679","hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db"}}]}`,
+			want: `{"data":[{"type":"instances","id":2,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5679","hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db","owner":"bob@example.com"}}]}`,
 		},
 		{
 			name: "no instances",
@@ -873,4 +874,26 @@ func FuzzDecodeInstanceCreate(f *testing.F) {
 			t.Errorf("accepted image_id %d from %q", got.ImageID, b)
 		}
 	})
+}
+
+func TestClientGone(t *testing.T) {
+	e := newEnv(t, nil)
+	e.images.err = fmt.Errorf("waiting for the finalise job of image 2: %w", context.Canceled)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	hr := httptest.NewRequest("POST", "/images/2/done", nil).WithContext(ctx)
+	hr.Header.Set(HeaderVersion, draupnir.Version)
+	hr.Header.Set("Authorization", "Bearer "+uploadToken)
+	rec := httptest.NewRecorder()
+	e.h.ServeHTTP(rec, hr)
+	if rec.Body.Len() != 0 {
+		t.Errorf("answered a client that went away: %s", rec.Body)
+	}
+	logs := e.logs.String()
+	if !strings.Contains(logs, "status=499") || strings.Contains(logs, "request failed") {
+		t.Errorf("want a 499 request log and no error log:\n%s", logs)
+	}
+	if got := e.images.Calls(); !slices.Equal(got, []string{"Finalise"}) {
+		t.Errorf("calls = %q", got)
+	}
 }

@@ -44,6 +44,7 @@ type imageAttributes struct {
 	Error               string  `json:"error"`
 	SizeBytes           int64   `json:"size_bytes"`
 	PostgresVersion     string  `json:"postgres_version"`
+	Database            string  `json:"database,omitempty"` // where instances land users; known once finalised
 }
 
 type instanceAttributes struct {
@@ -56,6 +57,7 @@ type instanceAttributes struct {
 	Username      string  `json:"username"`
 	Password      string  `json:"password"`
 	Database      string  `json:"database"`
+	Owner         string  `json:"owner,omitempty"` // the principal's name; tells the upload principal whose it is
 	CACertificate string  `json:"ca_certificate,omitempty"`
 	Error         string  `json:"error,omitempty"`
 }
@@ -80,6 +82,7 @@ func imageResource(im *draupnir.Image) resource {
 		Error:               im.Error,
 		SizeBytes:           im.SizeBytes,
 		PostgresVersion:     im.PostgresVersion,
+		Database:            im.Database,
 	}}
 }
 
@@ -94,6 +97,7 @@ func instanceResource(in *draupnir.Instance) resource {
 		Username:      in.Username,
 		Password:      in.Password,
 		Database:      in.Database,
+		Owner:         in.Owner,
 		CACertificate: in.CACertificate,
 		Error:         in.Error,
 	}}
