@@ -28,7 +28,8 @@ import (
 // DefaultBinDirGlobs is where Debian and Ubuntu install PostgreSQL binaries.
 var DefaultBinDirGlobs = []string{"/usr/lib/postgresql/*/bin"}
 
-// Supervisor runs PostgreSQL programs as one unprivileged OS user.
+// Supervisor runs PostgreSQL programs as one unprivileged OS user. It is safe
+// for concurrent use.
 type Supervisor struct {
 	// NoSync trades durability for speed and is meant for tests only: initdb
 	// runs with --no-sync and the state cluster with fsync=off.
