@@ -25,8 +25,8 @@ import (
 	"syscall"
 )
 
-// DefaultBinDirGlobs is where Debian and Ubuntu install PostgreSQL binaries.
-var DefaultBinDirGlobs = []string{"/usr/lib/postgresql/*/bin"}
+// DefaultBinDirGlob is where Debian and Ubuntu install PostgreSQL binaries.
+const DefaultBinDirGlob = "/usr/lib/postgresql/*/bin"
 
 // Supervisor runs PostgreSQL programs as one unprivileged OS user. It is safe
 // for concurrent use.
@@ -49,7 +49,7 @@ type Supervisor struct {
 
 // New looks up osUser, which must exist and must not be root (postgres refuses
 // to run as root). binDirGlobs name the directories holding PostgreSQL binaries;
-// nil means DefaultBinDirGlobs.
+// nil means DefaultBinDirGlob.
 func New(osUser string, binDirGlobs []string, log *slog.Logger) (*Supervisor, error) {
 	u, err := user.Lookup(osUser)
 	if err != nil {
@@ -78,7 +78,7 @@ func New(osUser string, binDirGlobs []string, log *slog.Logger) (*Supervisor, er
 		}
 	}
 	if len(binDirGlobs) == 0 {
-		binDirGlobs = DefaultBinDirGlobs
+		binDirGlobs = []string{DefaultBinDirGlob}
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
