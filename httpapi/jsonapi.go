@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -122,9 +124,10 @@ func writeJSON(c echo.Context, status int, v any) error {
 // Request documents.
 
 // inDocument is the envelope of a request document. Members other than
-// these are refused, so that typos do not pass silently.
+// these are refused, so that typos do not pass silently; meta and jsonapi
+// are allowed by JSON:API and ignored.
 type inDocument struct {
-	Data    *inResource     `json:"data"`
+	Data    json.RawMessage `json:"data"`
 	Meta    json.RawMessage `json:"meta"`
 	JSONAPI json.RawMessage `json:"jsonapi"`
 }
@@ -244,23 +247,27 @@ func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
 // resource type.
 func decodeResource(r io.Reader, wantType string) (*inResource, error) {
 	var doc inDocument
-	if err := decodeStrict(r, &doc, ""); err != nil {
+	if err := decodeStrict(r, &doc); err != nil {
 		return nil, err
 	}
-	if doc.Data == nil {
+	if len(doc.Data) == 0 || string(doc.Data) == "null" {
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail: "the document needs a data object", Pointer: "/data"}
 	}
+	var res inResource
+	if err := decodeValue(doc.Data, &res, "/data"); err != nil {
+		return nil, err
+	}
 	switch {
-	case doc.Data.Type == nil:
+	case res.Type == nil:
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail: fmt.Sprintf("data.type is required and must be %q", wantType), Pointer: "/data/type"}
-	case *doc.Data.Type != wantType:
+	case *res.Type != wantType:
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
-			Detail:  fmt.Sprintf("data.type must be %q, not %q", wantType, truncate(*doc.Data.Type, 64)),
+			Detail:  fmt.Sprintf("data.type must be %q, not %q", wantType, truncate(*res.Type, 64)),
 			Pointer: "/data/type"}
 	}
-	return doc.Data, nil
+	return &res, nil
 }
 
 // decodeAttributes strictly decodes the resource's attributes into v.
@@ -269,20 +276,19 @@ func decodeAttributes(res *inResource, v any) error {
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail: "data.attributes is required", Pointer: "/data/attributes"}
 	}
-	return decodeStrict(bytes.NewReader(res.Attributes), v, "/data/attributes")
+	return decodeValue(res.Attributes, v, "/data/attributes")
 }
 
-// decodeStrict decodes exactly one JSON value from r into v, refusing
-// unknown members and trailing data. prefix is the JSON pointer of the value,
-// for error sources.
-func decodeStrict(r io.Reader, v any, prefix string) error {
+// decodeStrict decodes the request body, which must hold exactly one JSON
+// value, into the struct v (see decodeValue).
+func decodeStrict(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	var raw json.RawMessage
+	err := dec.Decode(&raw)
 	if err == nil {
 		_, err = dec.Token()
 		if err == io.EOF {
-			return nil
+			return decodeValue(raw, v, "")
 		}
 		if e := tooLarge(err); e != nil {
 			return e
@@ -293,7 +299,6 @@ func decodeStrict(r io.Reader, v any, prefix string) error {
 		return e
 	}
 	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
 	switch {
 	case errors.Is(err, io.EOF):
 		return newError(http.StatusBadRequest, codeInvalidJSON, "the request body is empty; send a JSON document")
@@ -301,22 +306,69 @@ func decodeStrict(r io.Reader, v any, prefix string) error {
 		return newError(http.StatusBadRequest, codeInvalidJSON, "the JSON document is truncated")
 	case errors.As(err, &syntax):
 		return newError(http.StatusBadRequest, codeInvalidJSON, "malformed JSON at byte %d: %v", syntax.Offset, syntax)
-	case errors.As(err, &typ):
+	}
+	return newError(http.StatusBadRequest, codeInvalidJSON, "invalid JSON document: %v", err)
+}
+
+// decodeValue decodes the valid JSON value raw into the struct v. Unlike
+// encoding/json, member names must match v's json tags exactly (JSON:API
+// names are case-sensitive), and unknown members are refused. prefix is the
+// JSON pointer of raw in the document, for error sources.
+func decodeValue(raw json.RawMessage, v any, prefix string) error {
+	if t := bytes.TrimLeft(raw, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &members); err == nil {
+			known := jsonMembers(v)
+			names := make([]string, 0, len(members))
+			for name := range members {
+				names = append(names, name)
+			}
+			slices.Sort(names) // report the same member every time
+			for _, name := range names {
+				if !slices.Contains(known, name) {
+					e := newError(http.StatusBadRequest, codeInvalidJSON, "unknown member %q in %s", truncate(name, 64), memberName(prefix, ""))
+					e.Pointer = prefix + "/" + escapePointer(name)
+					return e
+				}
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		return nil
+	}
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &typ) {
 		e := newError(http.StatusBadRequest, codeInvalidJSON, "%s has the wrong type: got a JSON %s", memberName(prefix, typ.Field), typ.Value)
+		e.Pointer = prefix
 		if typ.Field != "" {
 			e.Pointer = prefix + "/" + strings.ReplaceAll(typ.Field, ".", "/")
 		}
 		return e
 	}
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		name, _ = strconv.Unquote(name)
-		e := newError(http.StatusBadRequest, codeInvalidJSON, "unknown member %q", truncate(name, 64))
-		if name != "" && !strings.ContainsAny(name, "/~") {
-			e.Pointer = prefix + "/" + name
-		}
-		return e
+	return newError(http.StatusBadRequest, codeInvalidJSON, "invalid %s: %v", memberName(prefix, ""), err)
+}
+
+// jsonMembers lists the json tag names of the struct v points to.
+func jsonMembers(v any) []string {
+	t := reflect.TypeOf(v)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
-	return newError(http.StatusBadRequest, codeInvalidJSON, "invalid JSON document: %v", err)
+	var names []string
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// escapePointer escapes a member name for a JSON pointer (RFC 6901).
+func escapePointer(name string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(name)
 }
 
 func memberName(prefix, field string) string {
