@@ -27,6 +27,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/images/extract"
 	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
@@ -76,16 +77,20 @@ func (u *fakeUploads) StreamUpload(ctx context.Context, p draupnir.Principal, id
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return draupnir.UploadSummary{}, err
 	}
-	f, err := os.Create(filepath.Join(d, "stream.tar"))
-	if err != nil {
-		return draupnir.UploadSummary{}, err
-	}
-	defer f.Close()
-	n, err := io.Copy(f, r)
-	if err != nil {
-		return draupnir.UploadSummary{}, err
-	}
-	return draupnir.UploadSummary{Bytes: n, Files: 1, Duration: time.Since(start)}, f.Close()
+	cr := &countingReader{r: r}
+	st, err := extract.Tar(ctx, cr, d, extract.Options{UID: -1, GID: -1})
+	return draupnir.UploadSummary{Bytes: cr.n, Files: st.Files, Duration: time.Since(start)}, err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // commandLog records what the fake CommandRunner was asked.
@@ -109,6 +114,12 @@ func (l *commandLog) run(ctx context.Context, p draupnir.Principal, args []strin
 	}
 	fmt.Fprintf(stdout, "ran %q as %s\n", args, p.Name)
 	return 0
+}
+
+func (l *commandLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = nil
 }
 
 func (l *commandLog) last() commandCall {

@@ -1,7 +1,6 @@
 package sshd
 
 import (
-	"bytes"
 	"maps"
 	"os"
 	"path/filepath"
@@ -141,24 +140,40 @@ func TestSFTPBatch(t *testing.T) {
 
 func TestStreamUpload(t *testing.T) {
 	e := newEnv(t)
-	data := bytes.Repeat([]byte("draupnir"), 256<<10) // 2 MiB
+	src := filepath.Join(e.dir, "pgdata")
+	makeTree(t, src)
+	want := treeSums(t, src)
+	plain := filepath.Join(e.dir, "backup.tar")
+	gz := filepath.Join(e.dir, "backup.tar.gz")
+	e.exec(nil, "tar", "-C", src, "-cf", plain, ".")
+	e.exec(nil, "tar", "-C", src, "-czf", gz, ".")
 	tests := []struct {
 		name    string
 		who     string
+		file    string
 		image   string
 		code    int
 		stdout  string
 		stderr  string
 		written bool
 	}{
-		{"upload principal", "upload", "1", 0, `^uploaded 2\.0 MiB \(1 files\) into image 1 in [0-9.]+s\n$`, "", true},
-		{"user key", "alice", "2", 1, "", "draupnir: permission denied: only the upload principal may upload images", false},
-		{"ready image", "upload", "3", 1, "", "draupnir: image 3 is ready; uploads are closed", false},
-		{"unknown image", "upload", "9", 1, "", "draupnir: image 9 not found", false},
+		{"plain tar", "upload", plain, "1", 0, `^uploaded 4\.[0-9] MiB \(6 files\) into image 1 in [0-9.]+s\n$`, "", true},
+		{"gzip", "upload", gz, "2", 0, `^uploaded 4\.[0-9] MiB \(6 files\) into image 2 in [0-9.]+s\n$`, "", true},
+		{"user key", "alice", plain, "2", 1, "", "draupnir: permission denied: only the upload principal may upload images", false},
+		{"ready image", "upload", plain, "3", 1, "", "draupnir: image 3 is ready; uploads are closed", false},
+		{"unknown image", "upload", plain, "9", 1, "", "draupnir: image 9 not found", false},
+		{"not a tar", "upload", filepath.Join(src, "PG_VERSION"), "1", 1, "", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := e.ssh(tt.who, bytes.NewReader(data), nil, "images", "upload", tt.image)
+			dir := filepath.Join(e.uploads.base, "image_uploads", tt.image)
+			os.RemoveAll(dir)
+			f, err := os.Open(tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			r := e.ssh(tt.who, f, nil, "images", "upload", tt.image)
 			if r.code != tt.code {
 				t.Fatalf("exit %d, want %d; stderr %s", r.code, tt.code, r.stderr)
 			}
@@ -168,13 +183,19 @@ func TestStreamUpload(t *testing.T) {
 			if tt.stderr != "" && strings.TrimSpace(r.stderr) != tt.stderr {
 				t.Errorf("stderr %q, want %q", r.stderr, tt.stderr)
 			}
-			p := filepath.Join(e.uploads.base, "image_uploads", tt.image, "stream.tar")
-			got, err := os.ReadFile(p)
-			if tt.written && !bytes.Equal(got, data) {
-				t.Errorf("streamed data differs (%d bytes, err %v)", len(got), err)
+			if tt.code != 0 && (!strings.HasPrefix(r.stderr, "draupnir: ") || strings.Count(r.stderr, "\n") != 1) {
+				t.Errorf("stderr is not one line starting with \"draupnir: \": %q", r.stderr)
 			}
-			if !tt.written && err == nil {
-				t.Errorf("%s was written", p)
+			if tt.written {
+				got := treeSums(t, dir)
+				delete(got, ".")
+				w := maps.Clone(want)
+				delete(w, ".")
+				if !maps.Equal(got, w) {
+					t.Errorf("extracted tree differs:\n got %v\nwant %v", got, w)
+				}
+			} else if n := listAll(t, dir); len(n) != 0 && tt.name != "not a tar" {
+				t.Errorf("refused upload wrote %v", n)
 			}
 		})
 	}
