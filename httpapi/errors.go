@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -155,11 +156,12 @@ func (a *api) handleError(err error, c echo.Context) {
 	default:
 		ae = fromDomain(err)
 	}
-	if ae.Status >= 500 && ae.Code == codeInternal {
-		id, _ := c.Get(ctxRequestID).(string)
-		a.log.ErrorContext(c.Request().Context(), "request failed",
-			"request_id", id, "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
+	if ae.Status >= 500 {
+		a.logFailure(c, ae, err)
+	}
+	if ae.Code == codeInternal {
 		// Never show the cause: it may name paths, queries or hosts.
+		id, _ := c.Get(ctxRequestID).(string)
 		ae = &apiError{Status: ae.Status, Code: ae.Code,
 			Detail: fmt.Sprintf("internal error; the server log has the details (request id %s)", id)}
 	}
@@ -173,6 +175,29 @@ func (a *api) handleError(err error, c echo.Context) {
 	if err := writeJSON(c, ae.Status, ae.document()); err != nil {
 		a.log.DebugContext(c.Request().Context(), "writing error response", "err", err)
 	}
+}
+
+// logFailure logs a server-side failure with its cause: at error level for
+// internal errors, at warning level for the expected ones (port pool
+// exhausted, disk full, state database down).
+func (a *api) logFailure(c echo.Context, ae *apiError, err error) {
+	id, _ := c.Get(ctxRequestID).(string)
+	level := slog.LevelWarn
+	if ae.Code == codeInternal {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", id),
+		slog.String("method", c.Request().Method),
+		slog.String("path", c.Request().URL.Path),
+		slog.Int("status", ae.Status),
+		slog.String("err", err.Error()),
+	}
+	var de *draupnir.Error
+	if errors.As(err, &de) && de.Err != nil {
+		attrs = append(attrs, slog.String("cause", de.Err.Error()))
+	}
+	a.log.LogAttrs(c.Request().Context(), level, "request failed", attrs...)
 }
 
 // truncate shortens client-supplied text echoed in error details.

@@ -914,3 +914,20 @@ func TestClientGone(t *testing.T) {
 		t.Errorf("calls = %q", got)
 	}
 }
+
+func TestServerFailuresLogTheirCause(t *testing.T) {
+	e := newEnv(t, nil)
+	e.instances.err = &draupnir.Error{Kind: draupnir.KindUnavailable, Msg: "no free port; try again later",
+		Err: errors.New("reserving a port: all of 5600-5699 taken")}
+	rec := e.do(t, req{method: "POST", path: "/instances", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`})
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("status = %d: %s", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "5600") {
+		t.Errorf("cause shown to the client: %s", rec.Body)
+	}
+	logs := e.logs.String()
+	if !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "all of 5600-5699 taken") {
+		t.Errorf("want a warning with the cause:\n%s", logs)
+	}
+}
