@@ -140,6 +140,9 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) (*Process, error) {
 	if err := s.clearStaleLock(ctx, dataDir); err != nil {
 		return nil, fmt.Errorf("start postgres for %s: %w", dataDir, err)
 	}
+	if err := clearStaleSocketLocks(spec.SocketDir); err != nil {
+		return nil, fmt.Errorf("start postgres for %s: %w", dataDir, err)
+	}
 	logf, logStart, err := s.openLog(spec.LogFile)
 	if err != nil {
 		return nil, fmt.Errorf("start postgres for %s: %w", dataDir, err)
@@ -606,6 +609,36 @@ func (s *Supervisor) clearStaleLock(ctx context.Context, dir string) error {
 	s.log.Info("removing stale postmaster.pid", "data_dir", dir, "pid", pid)
 	if err := os.Remove(filepath.Join(dir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove stale postmaster.pid: %w", err)
+	}
+	return nil
+}
+
+// clearStaleSocketLocks removes the socket lock files (.s.PGSQL.N.lock) in
+// a socket directory whose postmaster is gone. Postgres checks their pid
+// with kill(pid, 0), which a zombie passes, so after a crash it would refuse
+// to start until PID 1 reaps the orphan. The directory is private to one
+// postgres, so a lock there whose pid is not a live postgres is stale.
+func clearStaleSocketLocks(dir string) error {
+	locks, _ := filepath.Glob(filepath.Join(dir, ".s.PGSQL.*.lock"))
+	for _, lock := range locks {
+		b, err := os.ReadFile(lock)
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+		if pid > 0 {
+			if st, err := procStat(pid); err == nil && st.state != 'Z' {
+				comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+				if strings.HasPrefix(string(comm), "postgres") {
+					continue // a live postgres owns it
+				}
+			}
+		}
+		for _, f := range []string{lock, strings.TrimSuffix(lock, ".lock")} {
+			if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("removing stale socket lock: %w", err)
+			}
+		}
 	}
 	return nil
 }

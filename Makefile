@@ -1,0 +1,39 @@
+# Draupnir's build, run and test entry points. Everything needs root: btrfs,
+# loop devices and running postgres as the postgres user.
+GO        ?= go
+VERSION   ?=
+LDFLAGS   := $(if $(VERSION),-X github.com/draupnir-db/draupnir.Version=$(VERSION))
+DATA_PATH ?= /var/lib/draupnir-dev
+DEV_DIR   ?= .dev
+# Fuzz targets run briefly in `make test`; longer by hand: make fuzz FUZZTIME=10m
+FUZZTIME  ?= 5s
+
+.PHONY: build run test unit fuzz bench migrate clean
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/draupnir ./cmd/draupnir
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/draupnir-client ./cmd/draupnir-client
+
+# Build, loop-mount a btrfs data path if needed, write a dev config and serve
+# with the embedded state cluster and a demo image.
+run: build
+	DATA_PATH=$(DATA_PATH) DEV_DIR=$(DEV_DIR) ./scripts/dev-run.sh
+
+# Unit and integration tests (real btrfs, postgres and OpenSSH), then each
+# fuzz target briefly.
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+bench: build
+	$(GO) run ./cmd/draupnir-bench
+
+migrate: build
+	./bin/draupnir migrate
+
+clean:
+	rm -rf bin

@@ -1,0 +1,299 @@
+// Package e2e drives the real draupnir binaries through their real doors —
+// HTTP, SSH and the CLI — on a loop-mounted btrfs with real postgres.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/client"
+	"github.com/draupnir-db/draupnir/internal/testenv"
+)
+
+const sharedSecret = "e2e-shared-secret-0123456789"
+
+// bins holds the binaries built once for all tests.
+var bins struct {
+	once   sync.Once
+	dir    string
+	err    error
+	server string
+	client string
+}
+
+func build(t testing.TB) {
+	t.Helper()
+	bins.once.Do(func() {
+		bins.dir, bins.err = os.MkdirTemp("", "draupnir-e2e-bin-")
+		if bins.err != nil {
+			return
+		}
+		os.Chmod(bins.dir, 0o755)
+		bins.server = filepath.Join(bins.dir, "draupnir")
+		bins.client = filepath.Join(bins.dir, "draupnir-client")
+		for pkg, out := range map[string]string{"../cmd/draupnir": bins.server, "../cmd/draupnir-client": bins.client} {
+			if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+				bins.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if bins.err != nil {
+		t.Fatal(bins.err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bins.dir != "" {
+		os.RemoveAll(bins.dir)
+	}
+	os.Exit(code)
+}
+
+// server is a running draupnir serve.
+type server struct {
+	t        testing.TB
+	dataPath string
+	runPath  string
+	config   string
+	httpPort int
+	sshPort  int
+	minPort  int
+	url      string
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	logMu    *sync.Mutex
+	exited   chan struct{}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startServer mounts a fresh btrfs, writes a test config (extra is appended
+// to it) and starts draupnir serve on it; everything goes at cleanup.
+func startServer(t testing.TB, extra string) *server {
+	t.Helper()
+	build(t)
+	mnt := testenv.Btrfs(t, 6<<30)
+	s := &server{
+		t:        t,
+		dataPath: mnt,
+		runPath:  "/run/draupnir-e2e-" + randomHex(4),
+		httpPort: freePort(t),
+		sshPort:  freePort(t),
+		// A range of our own, away from other tests running at once.
+		minPort: 20000 + int(time.Now().UnixNano()%400)*100,
+	}
+	s.url = "http://127.0.0.1:" + strconv.Itoa(s.httpPort)
+	t.Cleanup(func() { os.RemoveAll(s.runPath) })
+	s.config = filepath.Join(testenv.TempDir(t), "config.toml")
+	conf := fmt.Sprintf(`data_path = %q
+run_path = %q
+environment = "test"
+shared_secret = %q
+public_hostname = "localhost"
+[http]
+address = "127.0.0.1"
+insecure_port = %d
+port = 0
+[ssh]
+port = 0
+[instances]
+min_port = %d
+max_port = %d
+%s`, s.dataPath, s.runPath, sharedSecret, s.httpPort, s.minPort, s.minPort+99, extra)
+	if err := os.WriteFile(s.config, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	// Registered after the mount's cleanup, so it runs before the unmount.
+	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
+	return s
+}
+
+// start runs draupnir serve and waits for its health check.
+func (s *server) start() {
+	t := s.t
+	t.Helper()
+	s.log = &bytes.Buffer{}
+	s.logMu = &sync.Mutex{}
+	s.cmd = exec.Command(bins.server, "--config", s.config, "serve")
+	w := &lockedWriter{mu: s.logMu, w: s.log}
+	s.cmd.Stdout, s.cmd.Stderr = w, w
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.exited = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/health_check")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("draupnir serve exited during start-up:\n%s", s.logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("draupnir serve did not become healthy:\n%s", s.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop signals the server and waits for it to exit.
+func (s *server) stop(sig syscall.Signal) {
+	if s.cmd == nil {
+		return
+	}
+	select {
+	case <-s.exited:
+	default:
+		s.cmd.Process.Signal(sig)
+		select {
+		case <-s.exited:
+		case <-time.After(60 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.exited
+			s.t.Errorf("draupnir serve did not stop on %v", sig)
+		}
+	}
+	if sig == syscall.SIGTERM && s.cmd.ProcessState != nil && !s.cmd.ProcessState.Success() {
+		s.t.Errorf("draupnir serve exited with %v after SIGTERM:\n%s", s.cmd.ProcessState, s.logs())
+	}
+	s.cmd = nil
+}
+
+func (s *server) logs() string {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.log.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// upload and user are API clients for the two kinds of principal.
+func (s *server) upload() *client.Client { return client.New(s.url, sharedSecret) }
+func (s *server) user() *client.Client   { return client.New(s.url, "the-integration-access-token") }
+
+func (s *server) uploadDir(id int64) string {
+	return filepath.Join(s.dataPath, "image_uploads", strconv.FormatInt(id, 10))
+}
+
+// copyInto copies files into image id's upload directory, as scp would.
+func (s *server) copyInto(t testing.TB, id int64, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		testenv.Run(t, "cp", "-r", f, s.uploadDir(id)+"/")
+	}
+}
+
+// readyImage creates an image with script, uploads files into it and
+// finalises it, failing the test unless it becomes ready.
+func (s *server) readyImage(t testing.TB, script string, files ...string) *draupnir.Image {
+	t.Helper()
+	ctx := context.Background()
+	im, err := s.upload().CreateImage(ctx, time.Now(), script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.copyInto(t, im.ID, files...)
+	done, err := s.upload().FinaliseImage(ctx, im.ID)
+	if err != nil {
+		t.Fatalf("finalising image %d: %v\n%s", im.ID, err, s.logs())
+	}
+	if !done.Ready() {
+		t.Fatalf("image %d is %s after done", im.ID, done.State)
+	}
+	return done
+}
+
+// psql runs sql on an instance over TCP with its credentials and returns
+// the unaligned output.
+func psql(t testing.TB, in *draupnir.Instance, sql string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+		"-h", "127.0.0.1", "-p", strconv.Itoa(in.Port), "-U", in.Username, "-d", in.Database, "-c", sql)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+in.Password, "PGCONNECT_TIMEOUT=10")
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func mustPSQL(t testing.TB, in *draupnir.Instance, sql string) string {
+	t.Helper()
+	out, err := psql(t, in, sql)
+	if err != nil {
+		t.Fatalf("psql on instance %d (port %d): %v\n%s", in.ID, in.Port, err, out)
+	}
+	return out
+}
+
+// shopSQL is the data every image test starts from: an application
+// database with a secret to anonymise, owned by an application role.
+
+const shopSQL = `SET ROLE app;
+CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL);
+INSERT INTO customers (email) SELECT 'person' || n || '@real.example' FROM generate_series(1, 1000) n;
+CREATE TABLE secret_tokens (token text);
+INSERT INTO secret_tokens VALUES ('s3cr3t-production-token');
+RESET ROLE;
+CREATE TABLE audit (at timestamptz DEFAULT now(), what text);
+INSERT INTO audit (what) VALUES ('made by the superuser');`
+
+// anonymise is a script of the kind the original README shows.
+const anonymise = `\c shop
+DELETE FROM secret_tokens;
+UPDATE customers SET email = 'customer' || id || '@example.com';`
+
+func newSource(t testing.TB) *testenv.Source {
+	t.Helper()
+	src := testenv.SourceCluster(t, "CREATE ROLE app LOGIN")
+	src.SQL(t, "postgres", "CREATE DATABASE shop OWNER app")
+	src.SQL(t, "shop", shopSQL)
+	return src
+}
