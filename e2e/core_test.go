@@ -150,6 +150,25 @@ func TestInstances(t *testing.T) {
 		}
 	})
 
+	t.Run("TLS is required and verifiable", func(t *testing.T) {
+		in := ins[0]
+		if !strings.Contains(in.CACertificate, "BEGIN CERTIFICATE") {
+			t.Fatalf("instance has no CA certificate: %q", in.CACertificate)
+		}
+		ca := filepath.Join(testenv.TempDir(t), "ca.pem")
+		os.WriteFile(ca, []byte(in.CACertificate), 0o600)
+		if got := mustPSQL(t, in, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"); got != "t" {
+			t.Errorf("connection not encrypted: ssl = %q", got)
+		}
+		// verify-full checks the certificate chain and that it names the host.
+		if out, err := psql(t, in, "SELECT 1", "PGSSLMODE=verify-full", "PGSSLROOTCERT="+ca, "PGHOST=localhost"); err != nil {
+			t.Errorf("verify-full with the returned CA: %v %s", err, out)
+		}
+		if out, err := psql(t, in, "SELECT 1", "PGSSLMODE=disable"); err == nil {
+			t.Errorf("an unencrypted connection was accepted: %s", out)
+		}
+	})
+
 	t.Run("a fresh instance uses almost no disk", func(t *testing.T) {
 		fresh, err := s.user().CreateInstance(ctx, im.ID)
 		if err != nil {

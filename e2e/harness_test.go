@@ -255,11 +255,12 @@ func (s *server) readyImage(t testing.TB, script string, files ...string) *draup
 
 // psql runs sql on an instance over TCP with its credentials and returns
 // the unaligned output.
-func psql(t testing.TB, in *draupnir.Instance, sql string) (string, error) {
+func psql(t testing.TB, in *draupnir.Instance, sql string, env ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-		"-h", "127.0.0.1", "-p", strconv.Itoa(in.Port), "-U", in.Username, "-d", in.Database, "-c", sql)
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+in.Password, "PGCONNECT_TIMEOUT=10")
+		"-p", strconv.Itoa(in.Port), "-U", in.Username, "-d", in.Database, "-c", sql)
+	// Later entries win, so env can override these.
+	cmd.Env = append(append(os.Environ(), "PGHOST=127.0.0.1", "PGPASSWORD="+in.Password, "PGCONNECT_TIMEOUT=10", "PGSSLMODE=require"), env...)
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }

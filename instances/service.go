@@ -38,6 +38,7 @@ type Options struct {
 	Supervisor      *supervisor.Supervisor
 	Images          Images
 	Dir             string // data_path/instances
+	KeysDir         string // data_path/keys: the instance CA lives there
 	RunDir          string // short directory for unix sockets and the shared pg_hba.conf
 	MinPort         int
 	MaxPort         int
@@ -54,6 +55,7 @@ type Service struct {
 	store store
 	log   *slog.Logger
 	hba   string
+	tls   *certs
 
 	base   context.Context
 	cancel context.CancelFunc
@@ -87,12 +89,18 @@ func New(opts Options) (*Service, error) {
 	}
 	hba := filepath.Join(opts.RunDir, "instance_pg_hba.conf")
 	// The superuser is reachable only through the private socket directory
-	// (0700, the postgres user's); TCP needs the instance role's password.
+	// (0700, the postgres user's); TCP needs TLS and the instance role's
+	// password. No plain "host" line exists, so unencrypted TCP is refused.
 	const rules = "# Written by draupnir for every instance.\n" +
 		"local all all trust\n" +
-		"host all all all scram-sha-256\n"
+		"hostssl all all all scram-sha-256\n"
 	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", hba, err)
+	}
+	tls, err := issueServerCert(opts.KeysDir, filepath.Join(opts.RunDir, "tls"), certNames(opts.Hostname),
+		opts.Supervisor.UID(), opts.Supervisor.GID())
+	if err != nil {
+		return nil, fmt.Errorf("preparing the instances' TLS certificate: %w", err)
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
@@ -100,6 +108,7 @@ func New(opts Options) (*Service, error) {
 		store:  store{opts.Pool},
 		log:    opts.Log.With("component", "instances"),
 		hba:    hba,
+		tls:    tls,
 		base:   base,
 		cancel: cancel,
 		procs:  map[int64]*tracked{},
@@ -120,6 +129,7 @@ func (s *Service) sockDir(id int64) string {
 
 func (s *Service) decorate(in *draupnir.Instance) *draupnir.Instance {
 	in.Hostname = s.opts.Hostname
+	in.CACertificate = s.tls.caPEM
 	return in
 }
 
@@ -289,6 +299,9 @@ func (s *Service) start(ctx context.Context, id int64, port int) (*supervisor.Pr
 		settings[k] = v
 	}
 	settings["hba_file"] = s.hba
+	settings["ssl"] = "on"
+	settings["ssl_cert_file"] = s.tls.certFile
+	settings["ssl_key_file"] = s.tls.keyFile
 	settings["cluster_name"] = "draupnir-" + strconv.FormatInt(id, 10)
 	ctx, cancel := context.WithTimeout(ctx, s.opts.StartTimeout)
 	defer cancel()

@@ -115,6 +115,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Supervisor:      sup,
 		Images:          c.images,
 		Dir:             cfg.InstancesDir(),
+		KeysDir:         cfg.KeysDir(),
 		RunDir:          cfg.RunPath,
 		MinPort:         cfg.Instances.MinPort,
 		MaxPort:         cfg.Instances.MaxPort,
