@@ -371,10 +371,10 @@ func (s *Server) fail(sess ssh.Session, p draupnir.Principal, err error) int {
 func (s *Server) runSCP(sess ssh.Session, p draupnir.Principal, args []string) int {
 	opts, target, err := parseSCPArgs(args)
 	if err != nil {
-		// Tell the client in the protocol too: an scp sink (scp -f) or
-		// source waits for a status byte.
+		// Tell the client in the protocol, which it prints: the scp on
+		// the other side waits for a status byte, not for stderr.
 		fmt.Fprintf(sess, "\x01draupnir: %s\n", draupnir.ClientMessage(err))
-		return s.fail(sess, p, err)
+		return 1
 	}
 	ns := s.namespace(sess, p)
 	status, err := runSCPSink(nsSinkFS{ns}, sess, sess, opts, target)
