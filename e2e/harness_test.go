@@ -103,6 +103,21 @@ func randomHex(n int) string {
 // to it) and starts draupnir serve on it; everything goes at cleanup.
 func startServer(t testing.TB, extra string) *server {
 	t.Helper()
+	return startServerSSH(t, extra, nil)
+}
+
+// sshKeys are the client keys of an SSH-enabled test server.
+type sshKeys struct {
+	dir                    string
+	upload, user, stranger string // private key files
+	knownHosts             string
+}
+
+// startServerSSH is startServer with the SSH door on when keys is not nil:
+// keys.upload is an upload key, keys.user a key of the user named in its
+// comment, keys.stranger a key the server does not know.
+func startServerSSH(t testing.TB, extra string, keys *sshKeys) *server {
+	t.Helper()
 	build(t)
 	mnt := testenv.Btrfs(t, 6<<30)
 	s := &server{
@@ -126,12 +141,11 @@ public_hostname = "localhost"
 address = "127.0.0.1"
 insecure_port = %d
 port = 0
-[ssh]
-port = 0
+%s
 [instances]
 min_port = %d
 max_port = %d
-%s`, s.dataPath, s.runPath, sharedSecret, s.httpPort, s.minPort, s.minPort+99, extra)
+%s`, s.dataPath, s.runPath, sharedSecret, s.httpPort, s.sshSection(t, keys), s.minPort, s.minPort+99, extra)
 	if err := os.WriteFile(s.config, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +153,49 @@ max_port = %d
 	// Registered after the mount's cleanup, so it runs before the unmount.
 	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
 	return s
+}
+
+// sshSection makes the client keys and returns the config's [ssh] table.
+func (s *server) sshSection(t testing.TB, keys *sshKeys) string {
+	if keys == nil {
+		return "[ssh]\nport = 0"
+	}
+	keys.dir = testenv.TempDir(t)
+	gen := func(name, comment string) string {
+		path := filepath.Join(keys.dir, name)
+		testenv.Run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path)
+		return path
+	}
+	keys.upload = gen("upload", "uploader")
+	keys.user = gen("user", "integration-test@draupnir.test")
+	keys.stranger = gen("stranger", "stranger@example.com")
+	keys.knownHosts = filepath.Join(keys.dir, "known_hosts")
+	uploadKeys := filepath.Join(keys.dir, "upload_authorized_keys")
+	userKeys := filepath.Join(keys.dir, "authorized_keys")
+	pub := func(path string) []byte {
+		b, err := os.ReadFile(path + ".pub")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	os.WriteFile(uploadKeys, pub(keys.upload), 0o600)
+	os.WriteFile(userKeys, pub(keys.user), 0o600)
+	return fmt.Sprintf("[ssh]\nport = %d\naddress = \"127.0.0.1\"\nupload_authorized_keys = %q\nauthorized_keys = %q",
+		s.sshPort, uploadKeys, userKeys)
+}
+
+// ssh runs an OpenSSH client (ssh, scp or sftp) against the server with the
+// given key, trusting the host key on first use.
+func (s *server) ssh(t testing.TB, keys *sshKeys, key, prog string, args ...string) *exec.Cmd {
+	portFlag := "-p"
+	if prog != "ssh" {
+		portFlag = "-P"
+	}
+	base := []string{"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+		"-o", "UserKnownHostsFile=" + keys.knownHosts, "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+		"-i", key, portFlag, strconv.Itoa(s.sshPort)}
+	return exec.Command(prog, append(base, args...)...)
 }
 
 // start runs draupnir serve and waits for its health check.

@@ -2,12 +2,63 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
 
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/cli"
 	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/sshd"
 )
 
-// startSSH starts the SSH door when ssh.port is set and returns its stop func.
+// startSSH starts the SSH door when ssh.port is set and returns its stop
+// func. SSH sessions run the same command tree as draupnir-client, in
+// process, as the principal of the verified key.
 func startSSH(ctx context.Context, cfg *config.Config, c *core, log *slog.Logger) (func(context.Context), error) {
-	return func(context.Context) {}, nil
+	if cfg.SSH.Port == 0 {
+		return func(context.Context) {}, nil
+	}
+	keys, err := sshd.LoadFileKeys(cfg.SSH.UploadAuthorizedKeys, cfg.SSH.AuthorizedKeys)
+	if err != nil {
+		return nil, fmt.Errorf("ssh keys: %w", err)
+	}
+	hostKey := cfg.SSH.HostKey
+	if hostKey == "" {
+		hostKey = filepath.Join(cfg.KeysDir(), "ssh_host_ed25519_key")
+	}
+	sshLog := log.With("component", "ssh")
+	run := func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+		env := cli.Env{SSH: true, Name: "draupnir", Logger: sshLog, Host: cfg.PublicHostname}
+		return cli.Run(ctx, cli.CoreBackend(c.images, c.instances, p), env, args, stdin, stdout, stderr)
+	}
+	srv, err := sshd.New(sshd.Options{
+		HostKeyPath:    hostKey,
+		Uploads:        c.images,
+		Keys:           keys,
+		Commands:       run,
+		IdleTimeout:    cfg.SSH.IdleTimeout.Duration,
+		MaxTimeout:     cfg.SSH.MaxTimeout.Duration,
+		MaxConnections: cfg.SSH.MaxConnections,
+		Log:            sshLog,
+	})
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort(cfg.SSH.Address, strconv.Itoa(cfg.SSH.Port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("ssh: %w", err)
+	}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, sshd.ErrServerClosed) {
+			sshLog.Error("ssh server stopped", "err", err)
+		}
+	}()
+	sshLog.Info("ssh listening", "addr", l.Addr().String())
+	return func(ctx context.Context) { srv.Shutdown(ctx) }, nil
 }
