@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"net/mail"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -181,6 +183,14 @@ func Load(path string, optional bool, environ []string) (*Config, error) {
 }
 
 func decode(data []byte, cfg *Config) error {
+	// go-toml hands a number meant for a Duration to UnmarshalText without
+	// saying which key it came from; catch that first so the error names it.
+	var raw map[string]any
+	if toml.Unmarshal(data, &raw) == nil {
+		if err := checkDurations(raw); err != nil {
+			return err
+		}
+	}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(cfg)
@@ -202,6 +212,31 @@ func decode(data []byte, cfg *Config) error {
 		return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
 	}
 	return err
+}
+
+// checkDurations reports a duration key of raw (the document as generic
+// TOML) whose value is not a string.
+func checkDurations(raw map[string]any) error {
+	var zero Config
+	return walk(reflect.ValueOf(&zero).Elem(), "", func(key string, f reflect.Value) error {
+		if f.Type() != reflect.TypeOf(Duration{}) {
+			return nil
+		}
+		var v any = raw
+		for _, part := range strings.Split(key, ".") {
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			if v, ok = m[part]; !ok {
+				return nil
+			}
+		}
+		if _, ok := v.(string); !ok {
+			return fmt.Errorf("key %s: want a duration string with a unit such as \"30s\" or \"10m\", got %v", key, v)
+		}
+		return nil
+	})
 }
 
 // applyEnv sets every key that has a DRAUPNIR_… variable in environ.
@@ -274,9 +309,20 @@ func setFromString(f reflect.Value, s string) error {
 		}
 		f.Set(reflect.ValueOf(Duration{d}))
 	case []string:
-		f.Set(reflect.ValueOf(strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ':' })))
+		// PATH-like: "/a:/b" or "/a,/b".
+		var list []string
+		for _, e := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ':' }) {
+			if e = strings.TrimSpace(e); e != "" {
+				list = append(list, e)
+			}
+		}
+		f.Set(reflect.ValueOf(list))
 	case map[string]string:
 		m := map[string]string{}
+		if strings.TrimSpace(s) == "" { // an empty variable clears the file's table
+			f.Set(reflect.ValueOf(m))
+			return nil
+		}
 		for _, kv := range strings.Split(s, ",") {
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok || strings.TrimSpace(k) == "" {
@@ -313,6 +359,16 @@ func (c *Config) Validate() error {
 	if c.SharedSecret != "" && len(c.SharedSecret) < 16 {
 		bad("shared_secret", "must be at least 16 characters")
 	}
+	if u := c.DatabaseURL; u != "" {
+		// Never echo the value: it usually holds a password.
+		if strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://") {
+			if _, err := url.Parse(u); err != nil {
+				bad("database_url", "is not a valid postgres:// URL")
+			}
+		} else if !strings.Contains(u, "=") {
+			bad("database_url", "must be a postgres:// URL or a key=value connection string")
+		}
+	}
 	if d := c.TrustedUserEmailDomain; d != "" {
 		if !strings.HasPrefix(d, "@") || len(d) < 4 || strings.ContainsAny(d[1:], "@ ") {
 			bad("trusted_user_email_domain", "must look like \"@example.com\", got %q", d)
@@ -347,27 +403,76 @@ func (c *Config) Validate() error {
 	if c.HTTP.MaxBodyBytes <= 0 {
 		bad("http.max_body_bytes", "must be positive")
 	}
+	for _, u := range []struct{ key, val string }{{"oauth.issuer_url", c.OAuth.IssuerURL}, {"oauth.redirect_url", c.OAuth.RedirectURL}} {
+		if u.val == "" {
+			continue
+		}
+		if p, err := url.Parse(u.val); err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+			bad(u.key, "must be an absolute http(s) URL, got %q", u.val)
+		}
+	}
+	if (c.OAuth.ClientID == "") != (c.OAuth.ClientSecret == "") {
+		bad("oauth.client_id", "oauth.client_id and oauth.client_secret go together")
+	}
+	for _, d := range []struct {
+		key string
+		d   Duration
+	}{
+		{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout},
+		{"ssh.idle_timeout", c.SSH.IdleTimeout}, {"ssh.max_timeout", c.SSH.MaxTimeout},
+	} {
+		if d.d.Duration < 0 {
+			bad(d.key, "must not be negative (0 means no limit), got %s", d.d)
+		}
+	}
+	if c.Instances.StartTimeout.Duration <= 0 {
+		bad("instances.start_timeout", "must be positive, got %s", c.Instances.StartTimeout)
+	}
 	if c.Instances.PostgresUser == "" || c.Instances.PostgresUser == "root" {
 		bad("instances.postgres_user", "must name an unprivileged OS user (postgres refuses to run as root)")
 	}
-	for k := range c.Instances.Settings {
-		switch k {
+	for k, v := range c.Instances.Settings {
+		if !validSettingName(k) {
+			bad("instances.settings", "invalid setting name %q", k)
+			continue
+		}
+		// Postgres setting names are case-insensitive: "Port" is port.
+		switch strings.ToLower(k) {
 		case "port", "listen_addresses", "unix_socket_directories", "hba_file", "ident_file", "data_directory",
-			"ssl_cert_file", "ssl_key_file", "ssl_ca_file", "archive_command", "restore_command",
-			"shared_preload_libraries", "log_directory":
+			"config_file", "cluster_name", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "archive_command",
+			"restore_command", "shared_preload_libraries", "log_directory":
 			bad("instances.settings."+k, "is managed by draupnir and cannot be set")
 		}
-		if strings.ContainsAny(k, " =\n'") || k == "" {
-			bad("instances.settings", "invalid setting name %q", k)
+		if strings.ContainsFunc(v, unicode.IsControl) {
+			bad("instances.settings."+k, "value must not contain control characters")
 		}
 	}
 	if len(c.Postgres.BinDirs) == 0 {
 		bad("postgres.bin_dirs", "must name at least one directory")
 	}
+	for _, d := range c.Postgres.BinDirs {
+		if !filepath.IsAbs(d) {
+			bad("postgres.bin_dirs", "must hold absolute paths, got %q", d)
+		}
+	}
 	if c.SSH.MaxConnections <= 0 {
 		bad("ssh.max_connections", "must be positive")
 	}
 	return errors.Join(errs...)
+}
+
+// validSettingName reports whether k looks like a postgres parameter name
+// (letters, digits, '_', and '.' for extensions' parameters).
+func validSettingName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for _, r := range k {
+		if !(r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // Embedded reports whether Draupnir runs its own state cluster under
