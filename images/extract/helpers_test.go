@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 )
 
 // member is one entry of a test archive.
@@ -112,6 +114,31 @@ func paxNamed(name string) []byte {
 	out = append(out, rawBlock("placeholder", '0', 1)...)
 	out = append(out, pad([]byte("x"))...)
 	return append(out, make([]byte, 1024)...)
+}
+
+func zstdOf(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, err := zstd.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func lz4Of(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := lz4.NewWriter(&buf)
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 func gzipped(t testing.TB, b []byte) []byte {

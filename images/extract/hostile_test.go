@@ -92,6 +92,16 @@ func hostileCorpus() []hostileCase {
 			archive: func(t testing.TB, _ string) []byte {
 				return gzipped(t, append(tarOf(t, file("a", "x")), make([]byte, maxTrailing+1)...))
 			}},
+		{name: "truncated-zstd", want: draupnir.KindUnprocessable, reason: "truncated archive",
+			archive: func(t testing.TB, _ string) []byte {
+				b := zstdOf(t, tarOf(t, file("a", strings.Repeat("xyz", 10000))))
+				return b[:len(b)/2]
+			}},
+		{name: "truncated-lz4", want: draupnir.KindUnprocessable, reason: "truncated archive",
+			archive: func(t testing.TB, _ string) []byte {
+				b := lz4Of(t, tarOf(t, file("a", strings.Repeat("xyz", 10000))))
+				return b[:len(b)/2]
+			}},
 		{name: "empty", want: draupnir.KindUnprocessable, reason: "truncated archive",
 			archive: func(testing.TB, string) []byte { return nil }},
 		{name: "garbage", want: draupnir.KindUnprocessable, reason: "invalid archive",
