@@ -97,6 +97,10 @@ func New(opts Options) (*Service, error) {
 	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", hba, err)
 	}
+	// WriteFile keeps the mode of an existing file; postgres must read it.
+	if err := os.Chmod(hba, 0o644); err != nil {
+		return nil, err
+	}
 	tls, err := issueServerCert(opts.KeysDir, filepath.Join(opts.RunDir, "tls"), certNames(opts.Hostname),
 		opts.Supervisor.UID(), opts.Supervisor.GID())
 	if err != nil {

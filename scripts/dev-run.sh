@@ -15,8 +15,7 @@ mkdir -p "$DEV_DIR"
 config="$DEV_DIR/config.toml"
 if [ ! -f "$config" ]; then
   secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-  umask 077
-  cat >"$config" <<TOML
+  (umask 077; cat >"$config") <<TOML
 # Development configuration written by make run. See draupnir.example.toml.
 data_path = "$DATA_PATH"
 environment = "development"

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,8 +51,14 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	if !ok {
 		return nil, fmt.Errorf("data_path %s is not on a btrfs filesystem; run `draupnir setup --data-path %s` to loop-mount one there", cfg.DataPath, cfg.DataPath)
 	}
+	// Modes below are meant as written, whatever umask the server got.
+	syscall.Umask(0o022)
 	for _, d := range []string{cfg.UploadsDir(), cfg.SnapshotsDir(), cfg.InstancesDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		// The postgres user must reach the snapshots inside.
+		if err := os.Chmod(d, 0o711); err != nil {
 			return nil, err
 		}
 	}
