@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -156,6 +157,9 @@ func (a *api) handleError(err error, c echo.Context) {
 	default:
 		ae = fromDomain(err)
 	}
+	if ae.Code == codeInternal {
+		ae = a.unavailable(c, ae)
+	}
 	if ae.Status >= 500 {
 		a.logFailure(c, ae, err)
 	}
@@ -175,6 +179,24 @@ func (a *api) handleError(err error, c echo.Context) {
 	if err := writeJSON(c, ae.Status, ae.document()); err != nil {
 		a.log.DebugContext(c.Request().Context(), "writing error response", "err", err)
 	}
+}
+
+// unavailable turns an internal error into 503 when the service is
+// unhealthy (the state database is down, say): the request failed because
+// of that, and the client should try again rather than report a bug.
+func (a *api) unavailable(c echo.Context, ae *apiError) *apiError {
+	if a.health == nil {
+		return ae
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
+	defer cancel()
+	herr := a.health.Check(ctx)
+	if herr == nil {
+		return ae
+	}
+	return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable,
+		Detail: "the service is temporarily unavailable (" + draupnir.ClientMessage(herr) + "); try again shortly",
+		cause:  ae.cause}
 }
 
 // logFailure logs a server-side failure with its cause: at error level for

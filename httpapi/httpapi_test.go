@@ -754,6 +754,42 @@ func TestHealthCheck(t *testing.T) {
 	}
 }
 
+// TestInternalErrorWhileUnhealthy: an internal error while the health check
+// fails (the state database is down) is a 503 the client may retry, not a
+// 500; while healthy it stays a 500.
+func TestInternalErrorWhileUnhealthy(t *testing.T) {
+	tests := []struct {
+		name       string
+		coreErr    error
+		health     Health
+		wantStatus int
+		wantCode   string
+	}{
+		{"healthy", errors.New("boom"), fakeHealth{}, 500, "internal_server_error"},
+		{"no health", errors.New("boom"), nil, 500, "internal_server_error"},
+		{"unhealthy", errors.New("dial unix /run/state/.s.PGSQL.5432: connect: no such file"),
+			fakeHealth{err: draupnir.Errorf(draupnir.KindUnavailable, "the state database does not answer")}, 503, "service_unavailable"},
+		{"unhealthy, client error", draupnir.Errorf(draupnir.KindNotFound, "image 3 does not exist"),
+			fakeHealth{err: errors.New("down")}, 404, "not_found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.Health = tt.health })
+			e.images.err = tt.coreErr
+			rec := e.do(t, req{method: "GET", path: "/images", token: uploadToken})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if got := decodeErrors(t, rec).Errors[0].Code; got != tt.wantCode {
+				t.Errorf("code = %q, want %q", got, tt.wantCode)
+			}
+			if strings.Contains(rec.Body.String(), "/run/state") {
+				t.Errorf("the cause leaked: %s", rec.Body)
+			}
+		})
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
