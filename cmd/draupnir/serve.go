@@ -39,6 +39,7 @@ type core struct {
 	pool      *pgxpool.Pool
 	images    *images.Service
 	instances *instances.Service
+	lock      *os.File // held while the server runs
 }
 
 // openCore checks the data path, brings up the state database and migrates
@@ -53,6 +54,16 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	// Modes below are meant as written, whatever umask the server got.
 	syscall.Umask(0o022)
+	// One server per data path: a second one would fight the first over
+	// instances and, on its way out, stop the state cluster they share.
+	lock, err := os.OpenFile(filepath.Join(cfg.DataPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data_path: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("another draupnir is already serving data_path %s", cfg.DataPath)
+	}
 	for _, d := range []string{cfg.UploadsDir(), cfg.SnapshotsDir(), cfg.InstancesDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -77,9 +88,10 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	sup, err := supervisor.New(cfg.Instances.PostgresUser, cfg.Postgres.BinDirs, log)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
-	c := &core{cfg: cfg, log: log, sup: sup}
+	c := &core{cfg: cfg, log: log, sup: sup, lock: lock}
 	url := cfg.DatabaseURL
 	if cfg.Embedded() {
 		url, c.state, err = sup.StateCluster(ctx, cfg.StateDir(), filepath.Join(cfg.RunPath, "state"))
@@ -164,6 +176,7 @@ func (c *core) Close(ctx context.Context) {
 			c.log.Error("stopping the state cluster", "err", err)
 		}
 	}
+	c.lock.Close()
 }
 
 // Check backs GET /health_check: the state database answers and the data
