@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -280,9 +281,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 		for _, e := range ents {
 			name := e.Name()
-			if base, ok := cutSuffix(name, ".work"); ok {
-				name = base
-			}
+			name, _ = strings.CutSuffix(name, ".work")
 			if known[name] {
 				continue
 			}
@@ -295,13 +294,6 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func cutSuffix(s, suffix string) (string, bool) {
-	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
-		return s[:len(s)-len(suffix)], true
-	}
-	return s, false
 }
 
 // discardWork stops any postgres left on image id's work directory and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -54,9 +55,6 @@ func (s *Service) untrack(id int64) *tracked {
 	return t
 }
 
-// restartBackoff spaces out restarts of a postgres that keeps dying.
-var restartBackoff = []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second}
-
 // recover restarts the postgres of instance id after it died, with a back-off;
 // after the last attempt the instance is marked failed with the reason.
 func (s *Service) recover(id int64) {
@@ -65,7 +63,8 @@ func (s *Service) recover(id int64) {
 	ctx := s.base
 	s.store.setState(ctx, id, draupnir.InstanceStopped, "postgres exited unexpectedly; restarting")
 	var err error
-	for _, wait := range restartBackoff {
+	// Space out restarts of a postgres that keeps dying.
+	for _, wait := range []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second} {
 		select {
 		case <-ctx.Done():
 			return
@@ -139,7 +138,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		if known[e.Name()] {
 			continue
 		}
-		path := s.opts.Dir + "/" + e.Name()
+		path := filepath.Join(s.opts.Dir, e.Name())
 		s.log.Warn("deleting an instance subvolume that no row owns", "path", path)
 		if err := s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second); err != nil {
 			s.log.Error("could not stop an orphaned postgres", "path", path, "err", err)
