@@ -66,6 +66,8 @@ type Options struct {
 	MaxBodyBytes int64
 	// Metrics serves GET /metrics; nil answers 404.
 	Metrics http.Handler
+	// Requests, if not nil, is told about every answered request.
+	Requests RequestObserver
 }
 
 // api holds what the handlers share.
@@ -111,6 +113,9 @@ func New(opts Options) http.Handler {
 	e.HidePort = true
 	e.Logger.SetOutput(io.Discard) // everything worth saying goes through slog
 	e.HTTPErrorHandler = a.handleError
+	if opts.Requests != nil {
+		e.Use(observeRequests(opts.Requests, e)) // outermost: sees the final status
+	}
 	e.Use(a.base)
 
 	// API routes: version first (cheap, reveals nothing), then the bearer
