@@ -68,6 +68,11 @@ type Options struct {
 	Metrics http.Handler
 	// Requests, if not nil, is told about every answered request.
 	Requests RequestObserver
+	// Login runs people's OIDC login (/authenticate, /oauth_callback,
+	// /authenticate/token); nil answers 503 there.
+	Login Login
+	// People serves /tokens and /keys; nil leaves them out.
+	People People
 }
 
 // api holds what the handlers share.
@@ -76,6 +81,8 @@ type api struct {
 	instances InstanceService
 	auth      Authenticator
 	health    Health
+	login     Login
+	people    People
 	log       *slog.Logger
 	maxBody   int64
 	server    version
@@ -135,6 +142,8 @@ func New(opts Options) http.Handler {
 	e.GET("/instances/:id", a.getInstance, std...)
 	e.POST("/instances", a.createInstance, std...)
 	e.DELETE("/instances/:id", a.destroyInstance, std...)
+
+	a.routePeople(e, opts.Login, opts.People)
 
 	e.GET("/health_check", a.healthCheck)
 	e.HEAD("/health_check", a.healthCheck)
