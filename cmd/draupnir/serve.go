@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/auth"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/config"
 	"github.com/draupnir-db/draupnir/httpapi"
@@ -235,10 +234,16 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	}
 	defer c.Close(context.WithoutCancel(ctx))
 
+	people, login, err := openPeople(ctx, cfg, c, log)
+	if err != nil {
+		return err
+	}
 	handler := httpapi.New(httpapi.Options{
 		Images:       c.images,
 		Instances:    c.instances,
-		Auth:         auth.NewTokens(cfg.SharedSecret, cfg.Environment),
+		Auth:         people,
+		Login:        login,
+		People:       people,
 		Health:       c,
 		Log:          log.With("component", "http"),
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
@@ -292,7 +297,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 			return err
 		}
 	}
-	stopSSH, err := startSSH(ctx, cfg, c, log)
+	stopSSH, err := startSSH(ctx, cfg, c, people, log)
 	if err != nil {
 		return err
 	}

@@ -19,13 +19,11 @@ import (
 // startSSH starts the SSH door when ssh.port is set and returns its stop
 // func. SSH sessions run the same command tree as draupnir-client, in
 // process, as the principal of the verified key.
-func startSSH(ctx context.Context, cfg *config.Config, c *core, log *slog.Logger) (func(context.Context), error) {
+// keys maps verified keys to principals: the configured key files and the
+// keys people registered.
+func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, log *slog.Logger) (func(context.Context), error) {
 	if cfg.SSH.Port == 0 {
 		return func(context.Context) {}, nil
-	}
-	keys, err := sshd.LoadFileKeys(cfg.SSH.UploadAuthorizedKeys, cfg.SSH.AuthorizedKeys)
-	if err != nil {
-		return nil, fmt.Errorf("ssh keys: %w", err)
 	}
 	hostKey := cfg.SSH.HostKey
 	if hostKey == "" {
