@@ -42,6 +42,8 @@ type Config struct {
 	// PortBase is the first instance port; the range is sized from Idle and
 	// Concurrent.
 	PortBase int `json:"port_base"`
+	// ServerLog, if set, is where the server's log is copied at the end.
+	ServerLog string `json:"server_log,omitempty"`
 	// DiskBytes overrides the size of the loop btrfs; 0 sizes it from the
 	// scales.
 	DiskBytes int64 `json:"disk_bytes"`

@@ -60,8 +60,10 @@ type env struct {
 	srv     *server
 	upload  *client.Client
 	user    *client.Client
-	image   int64 // the main image
-	backup  string
+	image   int64  // the main image
+	backup  string // pg_basebackup -Ft -X stream of the main image
+	keys    *sshKeys
+	openssh *openSSHd
 }
 
 func randomHex(n int) string {
@@ -138,6 +140,9 @@ func setup(ctx context.Context, cfg Config, undo *cleanups, log *slog.Logger) (*
 	if e.src, err = startSource(ctx, e, undo); err != nil {
 		return nil, err
 	}
+	if e.keys, err = makeSSHKeys(ctx, e.work); err != nil {
+		return nil, err
+	}
 	if e.srv, err = startServer(ctx, e, undo); err != nil {
 		return nil, err
 	}
@@ -202,7 +207,9 @@ func startSource(ctx context.Context, e *env, undo *cleanups) (*source, error) {
 	if _, err := e.asPostgres(ctx, filepath.Join(e.bin, "initdb"), "-D", s.dir, "-A", "trust", "-U", "postgres", "--no-sync"); err != nil {
 		return nil, err
 	}
-	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories='%s' -c port=%d -c fsync=off -c max_wal_size=2GB -c checkpoint_timeout=30min",
+	// fsync is switched off through ALTER SYSTEM (not -c, which would win
+	// over it) for loading, and back on for the alternatives.
+	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories='%s' -c port=%d -c max_wal_size=2GB -c checkpoint_timeout=30min",
 		s.sock, s.port)
 	if _, err := e.asPostgres(ctx, filepath.Join(e.bin, "pg_ctl"), "-D", s.dir, "-w", "-t", "120", "-l", log, "-o", opts, "start"); err != nil {
 		return nil, err
@@ -211,7 +218,22 @@ func startSource(ctx context.Context, e *env, undo *cleanups) (*source, error) {
 		_, err := e.asPostgres(ctx, filepath.Join(e.bin, "pg_ctl"), "-D", s.dir, "-m", "immediate", "-w", "stop")
 		return err
 	})
+	if err := s.setFsync(ctx, false); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// setFsync switches fsync on the source, for all sessions.
+func (s *source) setFsync(ctx context.Context, on bool) error {
+	stmt := "ALTER SYSTEM SET fsync = off"
+	if on {
+		stmt = "ALTER SYSTEM RESET fsync"
+	}
+	if err := s.sql(ctx, "postgres", stmt); err != nil {
+		return err
+	}
+	return s.sql(ctx, "postgres", "SELECT pg_reload_conf()")
 }
 
 // sql runs a script on the source with psql.
@@ -231,9 +253,10 @@ func (s *source) pgbench(ctx context.Context, db string, scale int) error {
 	return err
 }
 
-// baseBackup takes pg_basebackup -Ft -X stream into a fresh directory on the
-// btrfs and returns it.
-func (s *source) baseBackup(ctx context.Context, name string) (string, error) {
+// baseBackup takes pg_basebackup -Ft -X wal into a fresh directory on the
+// btrfs and returns it; wal is stream (base.tar + pg_wal.tar) or fetch (the
+// WAL inside base.tar).
+func (s *source) baseBackup(ctx context.Context, name, wal string) (string, error) {
 	parent := filepath.Join(s.e.mnt, "backups")
 	if _, err := os.Stat(parent); err != nil {
 		if err := s.e.mkdirPostgres(parent, 0o755); err != nil {
@@ -242,7 +265,7 @@ func (s *source) baseBackup(ctx context.Context, name string) (string, error) {
 	}
 	out := filepath.Join(parent, name)
 	_, err := s.e.asPostgres(ctx, filepath.Join(s.e.bin, "pg_basebackup"), "-h", s.sock, "-p", strconv.Itoa(s.port),
-		"-U", "postgres", "-D", out, "-Ft", "-X", "stream", "-c", "fast")
+		"-U", "postgres", "-D", out, "-Ft", "-X", wal, "-c", "fast")
 	return out, err
 }
 
@@ -279,7 +302,12 @@ func startServer(ctx context.Context, e *env, undo *cleanups) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	sshPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	s := &server{
+		sshPort: sshPort,
 		url:     "http://127.0.0.1:" + strconv.Itoa(httpPort),
 		secret:  "bench-" + randomHex(16),
 		logPath: filepath.Join(e.work, "draupnir.log"),
@@ -296,12 +324,14 @@ address = "127.0.0.1"
 insecure_port = %d
 port = 0
 [ssh]
-port = 0
+port = %d
+address = "127.0.0.1"
+upload_authorized_keys = %q
 [instances]
 min_port = %d
 max_port = %d
 listen_addresses = "127.0.0.1"
-`, e.mnt, e.runPath, s.secret, httpPort, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
+`, e.mnt, e.runPath, s.secret, httpPort, sshPort, e.keys.authKey, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
 	confPath := filepath.Join(e.work, "config.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -321,6 +351,15 @@ listen_addresses = "127.0.0.1"
 	}
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.exited) }()
+	if e.cfg.ServerLog != "" {
+		undo.push(func(context.Context) error {
+			b, err := os.ReadFile(s.logPath)
+			if err == nil {
+				err = os.WriteFile(e.cfg.ServerLog, b, 0o644)
+			}
+			return err
+		})
+	}
 	undo.push(s.stop)
 	e.log.Info("waiting for draupnir serve", "url", s.url, "log", s.logPath)
 	deadline := time.Now().Add(2 * time.Minute)

@@ -39,7 +39,7 @@ func (e *env) makeImage(ctx context.Context) error {
 	}
 	e.rep.Values["pgbench_init_ms"] = ms(time.Since(t0))
 	t0 = time.Now()
-	backup, err := e.src.baseBackup(ctx, "main")
+	backup, err := e.src.baseBackup(ctx, "main", "stream")
 	if err != nil {
 		return err
 	}
@@ -370,6 +370,10 @@ func waitQuery(ctx context.Context, cfg *pgx.ConnConfig, exited <-chan struct{})
 // alternatives measures figure (3): what users do without draupnir, on the
 // same data, on the same filesystem.
 func (e *env) alternatives(ctx context.Context) error {
+	// As users run them: with Postgres' default fsync = on.
+	if err := e.src.setFsync(ctx, true); err != nil {
+		return err
+	}
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
 		return err
@@ -380,6 +384,10 @@ func (e *env) alternatives(ctx context.Context) error {
 		return fmt.Errorf("connecting to the source cluster: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	var fsync string
+	if err := conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync); err != nil || fsync != "on" {
+		return fmt.Errorf("the source's fsync is %q after turning it on (%v)", fsync, err)
+	}
 	exec := func(sql string) error {
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("%s: %w", sql, err)
@@ -419,7 +427,7 @@ func (e *env) alternatives(ctx context.Context) error {
 		speedup := s.P50 / create
 		e.rep.Values[alt.key[:len(alt.key)-3]+"_speedup"] = speedup
 		e.rep.add(Figure{
-			Name:     fmt.Sprintf("%s of the same data, n=%d", alt.name, s.N),
+			Name:     fmt.Sprintf("%s of the same data (fsync on), n=%d", alt.name, s.N),
 			Goal:     "our create → first query ≥ 50× faster",
 			Measured: fmt.Sprintf("p50 %s", fmtMS(s.P50)),
 			Ratio:    fmt.Sprintf("%.0f× slower than ours", speedup),
@@ -736,20 +744,6 @@ func (e *env) finaliseBaseline(ctx context.Context) error {
 	return nil
 }
 
-// uploads reports the SSH upload figures. The SSH door is not wired into
-// draupnir serve yet (ssh.port does nothing), so there is nothing to time.
-func (e *env) uploads(ctx context.Context) error {
-	for _, name := range []string{"upload by scp (SFTP)", "upload by scp -O", "streaming upload … | ssh host images upload N"} {
-		e.rep.add(Figure{
-			Name:     name,
-			Goal:     "≥ 0.9× OpenSSH sshd on loopback, same client and cipher",
-			Measured: "not measured (SSH door not wired into draupnir serve)",
-			Status:   NotMeasured,
-		})
-	}
-	return nil
-}
-
 // large measures size independence on an image LargeScale/Scale times
 // bigger, if asked for.
 func (e *env) large(ctx context.Context) error {
@@ -762,10 +756,13 @@ func (e *env) large(ctx context.Context) error {
 		})
 		return nil
 	}
+	if err := e.src.setFsync(ctx, false); err != nil {
+		return err
+	}
 	if err := e.src.pgbench(ctx, largeDB, e.cfg.LargeScale); err != nil {
 		return err
 	}
-	backup, err := e.src.baseBackup(ctx, "large")
+	backup, err := e.src.baseBackup(ctx, "large", "stream")
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,7 @@ func run() int {
 	flag.IntVar(&cfg.ListSamples, "list-samples", cfg.ListSamples, "timed GET /instances")
 	flag.IntVar(&cfg.PortBase, "port-base", cfg.PortBase, "first instance port")
 	disk := flag.String("disk", "", "size of the loop btrfs, e.g. 20G (default: from the scales)")
+	flag.StringVar(&cfg.ServerLog, "server-log", "", "copy the server's log here at the end")
 	out := flag.String("out", "bench-results.json", "where to write the JSON report")
 	check := flag.Bool("check", false, "exit 1 when a goal is missed")
 	verbose := flag.Bool("v", false, "log the server's supervisor debug lines too")
