@@ -124,6 +124,8 @@ func TestInstances(t *testing.T) {
 			"ALTER SYSTEM SET work_mem = '1GB'",
 			"CREATE ROLE boss SUPERUSER",
 			"SET ROLE app; COPY (SELECT 1) TO PROGRAM 'id'",
+			"SET ROLE admins", // a superuser role the application role was in
+			"SET ROLE postgres",
 			"CREATE ROLE x; GRANT pg_execute_server_program TO x",
 		} {
 			if out, err := psql(t, ins[2], sql); err == nil {

@@ -118,8 +118,14 @@ type sshKeys struct {
 // comment, keys.stranger a key the server does not know.
 func startServerSSH(t testing.TB, extra string, keys *sshKeys) *server {
 	t.Helper()
+	return startServerSize(t, 6<<30, extra, keys)
+}
+
+// startServerSize is startServerSSH on a btrfs of size bytes.
+func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *server {
+	t.Helper()
 	build(t)
-	mnt := testenv.Btrfs(t, 6<<30)
+	mnt := testenv.Btrfs(t, size)
 	s := &server{
 		t:        t,
 		dataPath: mnt,
@@ -334,7 +340,9 @@ func mustPSQL(t testing.TB, in *draupnir.Instance, sql string) string {
 // shopSQL is the data every image test starts from: an application
 // database with a secret to anonymise, owned by an application role.
 
-const shopSQL = `SET ROLE app;
+const shopSQL = `CREATE ROLE admins SUPERUSER NOLOGIN;
+GRANT admins TO app;
+SET ROLE app;
 CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL);
 INSERT INTO customers (email) SELECT 'person' || n || '@real.example' FROM generate_series(1, 1000) n;
 CREATE TABLE secret_tokens (token text);

@@ -214,8 +214,9 @@ func prepareRole(ctx context.Context, sockDir, superuser string, dbs []string, s
 }
 
 // globalRoleSQL creates the role and makes it a member of every application
-// role. Application roles lose CREATEROLE and the server-file roles first:
-// through SET ROLE they would otherwise be a way to the host.
+// role. Application roles first lose CREATEROLE and their memberships in
+// superuser and server-file roles: through SET ROLE they would otherwise be a
+// way to the host.
 const globalRoleSQL = `DO $draupnir$
 DECLARE r record;
 BEGIN
@@ -223,9 +224,10 @@ BEGIN
     CREATE ROLE draupnir;
   END IF;
   ALTER ROLE draupnir WITH LOGIN %s PASSWORD NULL CONNECTION LIMIT -1 VALID UNTIL 'infinity';
+  -- A non-superuser in a superuser role could SET ROLE to it.
   FOR r IN SELECT m.rolname AS member, g.rolname AS grp FROM pg_auth_members am
       JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
-      WHERE g.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')
+      WHERE (g.rolsuper OR g.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files'))
         AND NOT m.rolsuper LOOP
     EXECUTE format('REVOKE %%I FROM %%I', r.grp, r.member);
   END LOOP;
