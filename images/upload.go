@@ -80,6 +80,13 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 	st, err := extract.Tar(ctx, cr, dir, extract.Options{UID: -1, GID: -1})
 	sum := draupnir.UploadSummary{Bytes: cr.n, Files: st.Files, Duration: time.Since(start)}
 	if err != nil {
+		// A half-extracted tree cannot be finalised, and after a full disk
+		// it keeps the disk full: drop it, leaving the upload empty.
+		if cerr := btrfs.Delete(dir); cerr != nil {
+			s.log.Error("could not clear a failed streaming upload", "image", id, "err", cerr)
+		} else if cerr := btrfs.CreateSubvolume(dir); cerr != nil {
+			s.log.Error("could not recreate the upload after a failed streaming upload", "image", id, "err", cerr)
+		}
 		return sum, storageError(err)
 	}
 	s.log.Info("streaming upload done", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration)
