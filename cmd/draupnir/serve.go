@@ -233,6 +233,9 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
+	// Deferred after Close, so it runs first: the watch ends before the
+	// state cluster is stopped.
+	defer c.watchState(ctx)()
 
 	people, login, err := openPeople(ctx, cfg, c, log)
 	if err != nil {
