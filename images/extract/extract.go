@@ -93,18 +93,16 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 		buf:     make([]byte, copyBufferSize),
 		umask:   currentUmask(),
 		openat2: !opts.walkOnly,
+		seed:    maphash.MakeSeed(),
+		files:   make(map[uint64]struct{}),
 	}
-	x.seed = maphash.MakeSeed()
-	x.files = make(map[uint64]struct{})
 	if x.opts.MaxEntries <= 0 {
 		x.opts.MaxEntries = DefaultMaxEntries
 	}
 	x.chown = (opts.UID >= 0 && opts.UID != os.Geteuid()) || (opts.GID >= 0 && opts.GID != os.Getegid())
 	defer x.close()
 
-	cr := &countingReader{r: plain}
-	stats, err := x.run(cr, src)
-	return stats, err
+	return x.run(&countingReader{r: plain}, src)
 }
 
 // extractor holds the state of one Tar call.
