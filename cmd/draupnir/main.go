@@ -94,13 +94,18 @@ func loadConfig(explicit string) (*config.Config, error) {
 }
 
 // newLogger logs text on a terminal and JSON otherwise, tagged with the
-// environment.
-func newLogger(w io.Writer, environment string) *slog.Logger {
+// environment. Each wrap, in order, wraps the handler (to count records, to
+// report errors to Sentry) before the environment attribute is added, so
+// that the wrappers see it too.
+func newLogger(w io.Writer, environment string, wrap ...func(slog.Handler) slog.Handler) *slog.Logger {
 	var h slog.Handler
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		h = slog.NewTextHandler(w, nil)
 	} else {
 		h = slog.NewJSONHandler(w, nil)
+	}
+	for _, wr := range wrap {
+		h = wr(h)
 	}
 	return slog.New(h).With("environment", environment)
 }

@@ -39,6 +39,10 @@ type core struct {
 	images    *images.Service
 	instances *instances.Service
 	lock      *os.File // held while the server runs
+	// doorImages and doorInstances are the services as the doors see
+	// them: measured.
+	doorImages    imageService
+	doorInstances instanceService
 }
 
 // openCore checks the data path, brings up the state database and migrates
@@ -210,7 +214,7 @@ func migrateCmd(ctx context.Context, configPath string, args []string, stdout, s
 	return nil
 }
 
-func serveCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
+func serveCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	demo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
@@ -224,7 +228,16 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.Environment)
+	log, m, flush, err := newOps(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	defer func() {
+		if err != nil { // start-up failures reach Sentry too
+			log.Error("draupnir serve failed", "err", err)
+		}
+	}()
 	if cfg.Environment == "test" {
 		log.Warn("environment is test: the integration-test token is accepted")
 	}
@@ -241,9 +254,15 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
+	c.doorImages, c.doorInstances = c.observed(m)
+	if err := m.CollectState(c.images, c.instances, log.With("component", "metrics")); err != nil {
+		return err
+	}
 	handler := httpapi.New(httpapi.Options{
-		Images:       c.images,
-		Instances:    c.instances,
+		Images:       c.doorImages,
+		Instances:    c.doorInstances,
+		Metrics:      m.Handler(),
+		Requests:     m,
 		Auth:         people,
 		Login:        login,
 		People:       people,

@@ -32,11 +32,11 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	sshLog := log.With("component", "ssh")
 	run := func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		env := cli.Env{SSH: true, Name: "draupnir", Logger: sshLog, Host: cfg.PublicHostname}
-		return cli.Run(ctx, cli.CoreBackend(c.images, c.instances, p), env, args, stdin, stdout, stderr)
+		return cli.Run(ctx, cli.CoreBackend(c.doorImages, c.doorInstances, p), env, args, stdin, stdout, stderr)
 	}
 	srv, err := sshd.New(sshd.Options{
 		HostKeyPath:    hostKey,
-		Uploads:        c.images,
+		Uploads:        c.doorImages,
 		Keys:           keys,
 		Commands:       run,
 		IdleTimeout:    cfg.SSH.IdleTimeout.Duration,
