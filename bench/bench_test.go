@@ -179,3 +179,23 @@ func TestMarkdown(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestRequestDurations(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "log")
+	lines := `{"msg":"http request","method":"POST","path":"/instances","status":201,"duration":41000000}
+{"msg":"http request","method":"GET","path":"/instances","status":200,"duration":1000000}
+{"msg":"http request","method":"POST","path":"/instances","status":503,"duration":2000000}
+not json
+{"msg":"instance created","method":"POST","path":"/instances","status":201,"duration":5}
+{"msg":"http request","method":"POST","path":"/instances","status":201,"duration":39500000}
+`
+	if err := os.WriteFile(log, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{logPath: log}
+	got := s.requestDurations("POST", "/instances")
+	want := []float64{41, 39.5}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("requestDurations = %v, want %v", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -486,4 +487,28 @@ func describeMachine(ctx context.Context) Machine {
 		}
 	}
 	return m
+}
+
+// requestDurations returns, in ms, the durations the server logged for its
+// answers to method path (its JSON log lines "http request").
+func (s *server) requestDurations(method, path string) []float64 {
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return nil
+	}
+	var out []float64
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var rec struct {
+			Msg      string  `json:"msg"`
+			Method   string  `json:"method"`
+			Path     string  `json:"path"`
+			Status   int     `json:"status"`
+			Duration float64 `json:"duration"` // ns
+		}
+		if json.Unmarshal(line, &rec) != nil || rec.Msg != "http request" || rec.Method != method || rec.Path != path || rec.Status >= 300 {
+			continue
+		}
+		out = append(out, rec.Duration/1e6)
+	}
+	return out
 }

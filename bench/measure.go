@@ -245,12 +245,17 @@ func (e *env) createVsFloor(ctx context.Context) error {
 	api := Summarize(e.rep.Samples["create_api_ms"])
 	conn := Summarize(e.rep.Samples["connect_query_running_ms"])
 	destroy := Summarize(e.rep.Samples["destroy_ms"])
+	server := e.srv.requestDurations("POST", "/instances")
+	for _, d := range server {
+		e.rep.Samples["server_post_instances_ms"] = append(e.rep.Samples["server_post_instances_ms"], d)
+	}
+	srv := Summarize(server)
 	ratio := create.P50 / floor.P50
 	e.rep.Values["create_over_floor_p50"] = ratio
 	e.rep.add(Figure{
 		Name:     fmt.Sprintf("POST /instances → first query (TCP, TLS, SCRAM), scale %d image, n=%d", e.cfg.Scale, create.N),
 		Goal:     "p50 ≤ 100 ms, p95 ≤ 200 ms",
-		Measured: fmt.Sprintf("p50 %s, p95 %s (API call p50 %s; connect+query on a running instance p50 %s)", fmtMS(create.P50), fmtMS(create.P95), fmtMS(api.P50), fmtMS(conn.P50)),
+		Measured: fmt.Sprintf("p50 %s, p95 %s (API call p50 %s, of which in the server %s; connect+query on a running instance p50 %s)", fmtMS(create.P50), fmtMS(create.P95), fmtMS(api.P50), fmtMS(srv.P50), fmtMS(conn.P50)),
 		Status:   verdict(create.P50 <= 100 && create.P95 <= 200),
 	})
 	e.rep.add(Figure{
@@ -727,6 +732,13 @@ func (e *env) finaliseBaseline(ctx context.Context) error {
 	}
 	tStop := time.Since(t2)
 	total := time.Since(t0)
+	// Not part of the goal's baseline, but finalise pays it: freezing the
+	// image (a btrfs snapshot) makes btrfs write back the extracted data.
+	t3 := time.Now()
+	if err := syncfs(e.mnt); err != nil {
+		return err
+	}
+	e.rep.sample("extract_writeback_ms", time.Since(t3))
 	e.rep.sample("extract_ms", tExtract)
 	e.rep.sample("private_start_ms", tStart)
 	e.rep.sample("clean_stop_ms", tStop)
@@ -736,8 +748,9 @@ func (e *env) finaliseBaseline(ctx context.Context) error {
 	e.rep.add(Figure{
 		Name: fmt.Sprintf("finalise of the %s backup, trivial script", fmtBytes(e.rep.Values["backup_bytes"])),
 		Goal: "≤ 1.5× (extract + one postgres start and clean stop) timed alone",
-		Measured: fmt.Sprintf("finalise %s; alone %s (extract %s, start %s, stop %s)",
-			fmtMS(fin), fmtMS(ms(total)), fmtMS(ms(tExtract)), fmtMS(ms(tStart)), fmtMS(ms(tStop))),
+		Measured: fmt.Sprintf("finalise %s; alone %s (extract %s, start %s, stop %s); writing the extracted data back to disk, which finalise's read-only snapshot forces, adds %s",
+			fmtMS(fin), fmtMS(ms(total)), fmtMS(ms(tExtract)), fmtMS(ms(tStart)), fmtMS(ms(tStop)),
+			fmtMS(e.rep.Samples["extract_writeback_ms"][0])),
 		Ratio:  fmt.Sprintf("%.2f×", ratio),
 		Status: verdict(ratio <= 1.5),
 	})
@@ -787,5 +800,18 @@ func (e *env) large(ctx context.Context) error {
 		Ratio:    fmt.Sprintf("%.2f×", ratio),
 		Status:   verdict(ratio <= 1.2),
 	})
+	return nil
+}
+
+// syncfs writes back the dirty data of the filesystem holding dir.
+func syncfs(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
 	return nil
 }
