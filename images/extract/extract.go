@@ -40,6 +40,11 @@ type Options struct {
 	walkOnly bool
 }
 
+// ErrTooLarge is wrapped by the error for an archive that expands beyond
+// Options.MaxBytes, so that a caller who derived the limit from free disk
+// space can say so.
+var ErrTooLarge = errors.New("size limit reached")
+
 // DefaultMaxEntries is the member limit when Options.MaxEntries is 0.
 const DefaultMaxEntries = 10_000_000
 
@@ -332,7 +337,7 @@ func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string, mode uint
 	}
 	if x.opts.MaxBytes > 0 && hdr.Size > x.opts.MaxBytes-x.stats.Bytes {
 		return draupnir.Errorf(draupnir.KindUnprocessable,
-			"archive expands beyond %d bytes (at tar member %s)", x.opts.MaxBytes, quote(hdr.Name))
+			"archive expands beyond %d bytes (at tar member %s): %w", x.opts.MaxBytes, quote(hdr.Name), ErrTooLarge)
 	}
 	parent, base := path.Split(name)
 	pfd, err := x.parent(hdr.Name, parent)

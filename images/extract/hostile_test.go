@@ -269,8 +269,8 @@ func TestTarGzipBomb(t *testing.T) {
 		base, dir := sandbox(t)
 		b := newBomb(t, size)
 		_, err := Tar(context.Background(), b, dir, Options{UID: -1, GID: -1, MaxBytes: 1 << 30})
-		if draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), "expands beyond") {
-			t.Fatalf("got %v, want the size limit error", err)
+		if draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), "expands beyond") || !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("got %v, want the size limit error (ErrTooLarge)", err)
 		}
 		if b.emitted > 1 {
 			t.Errorf("read %d MiB of zeros before refusing; the header alone should do", b.emitted)
