@@ -296,8 +296,12 @@ func extractFile(ctx context.Context, archive, dst string) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := extract.Tar(ctx, f, dst, extract.Options{UID: -1, GID: -1}); err != nil {
-		return fmt.Errorf("extracting %s: %w", filepath.Base(archive), err)
+	limit, err := extractLimit(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := extract.Tar(ctx, f, dst, extract.Options{UID: -1, GID: -1, MaxBytes: limit}); err != nil {
+		return fmt.Errorf("extracting %s: %w", filepath.Base(archive), spaceError(dst, err))
 	}
 	f.Close()
 	// The archive's extents stay shared with the upload; removing it here

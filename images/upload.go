@@ -2,8 +2,11 @@ package images
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/draupnir-db/draupnir"
@@ -76,16 +79,21 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 	if err := btrfs.CreateSubvolume(dir); err != nil {
 		return draupnir.UploadSummary{}, storageError(fmt.Errorf("recreating the upload of image %d: %w", id, err))
 	}
+	limit, err := extractLimit(dir)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
 	cr := &countingReader{r: r}
-	st, err := extract.Tar(ctx, cr, dir, extract.Options{UID: -1, GID: -1})
+	st, err := extract.Tar(ctx, cr, dir, extract.Options{UID: -1, GID: -1, MaxBytes: limit})
+	err = spaceError(dir, err)
 	sum := draupnir.UploadSummary{Bytes: cr.n, Files: st.Files, Duration: time.Since(start)}
 	if err != nil {
 		// A half-extracted tree cannot be finalised, and after a full disk
-		// it keeps the disk full: drop it, leaving the upload empty.
-		if cerr := btrfs.Delete(dir); cerr != nil {
+		// it keeps the disk full: drop it, leaving the upload empty. File by
+		// file, because btrfs frees a deleted subvolume's space only when
+		// its cleaner gets to it, up to half a minute later.
+		if cerr := emptyDir(dir); cerr != nil {
 			s.log.Error("could not clear a failed streaming upload", "image", id, "err", cerr)
-		} else if cerr := btrfs.CreateSubvolume(dir); cerr != nil {
-			s.log.Error("could not recreate the upload after a failed streaming upload", "image", id, "err", cerr)
 		}
 		return sum, storageError(err)
 	}
@@ -102,4 +110,17 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// emptyDir removes everything inside dir.
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
 }

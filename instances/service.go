@@ -174,6 +174,11 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 	if err != nil {
 		return nil, err
 	}
+	// A new instance on a full disk could not write, and would eat into
+	// the room the state database and the running instances need.
+	if err := images.EnsureRoom(s.opts.Dir); err != nil {
+		return nil, err
+	}
 	password, err := newPassword()
 	if err != nil {
 		return nil, err
