@@ -91,9 +91,7 @@ func (s *Service) runFinalise(r *row, j *job) {
 			reason = "finalising was interrupted by a shutdown of the server; call done again"
 		}
 		log.Error("finalising failed", "err", err, "duration", time.Since(start))
-		if ferr := s.store.fail(context.WithoutCancel(ctx), r.ID, reason); ferr != nil {
-			log.Error("could not record the failure", "err", ferr)
-		}
+		s.recordFailure(r.ID, reason)
 		kind := draupnir.KindUnprocessable
 		if isNoSpace(err) {
 			kind = draupnir.KindInsufficientStorage
@@ -107,6 +105,30 @@ func (s *Service) runFinalise(r *row, j *job) {
 	delete(s.jobs, r.ID)
 	s.mu.Unlock()
 	close(j.done)
+}
+
+// recordFailure marks image id failed with reason. The state database may
+// be what failed (down, or its disk full): keep trying, with a back-off,
+// since an image left finalising without a job could not be finalised again
+// until the next restart. The job stays registered meanwhile, so done
+// answers that it is still finalising.
+func (s *Service) recordFailure(id int64, reason string) {
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.base), 10*time.Second)
+		err := s.store.fail(ctx, id, reason)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Error("could not record a failed finalise; retrying", "image", id, "err", err, "retry_in", wait)
+		select {
+		case <-s.base.Done():
+			return // the next start's Reconcile fails it
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
 }
 
 func unprocessable(format string, args ...any) error {
