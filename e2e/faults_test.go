@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
 // TestFaults is the crash and fault suite: kill -9 of the server in the
@@ -233,9 +234,25 @@ func TestFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		freeBefore := freeBytes(t, s.dataPath)
+
+		// scp of a file larger than the disk stops at the reserve: the
+		// state database keeps room and the API stays up.
+		big := filepath.Join(testenv.TempDir(t), "big")
+		writeFile(t, big, io.LimitReader(rand.NewChaCha8([32]byte{2}), 600<<20))
+		out, err := s.ssh(t, keys, keys.upload, "scp", big, "upload@127.0.0.1:/draupnir/image_uploads/"+strconv.FormatInt(im.ID, 10)+"/").CombinedOutput()
+		if err == nil {
+			t.Fatalf("scp of 600 MiB into a 400 MiB disk succeeded:\n%s", out)
+		}
+		os.Remove(big)
+		if status, code := rawRequest(t, s, "GET", "/health_check"); status != 200 {
+			t.Errorf("health check after an scp filled the disk: %d %s\n%s", status, code, s.logs())
+		}
+		os.Remove(filepath.Join(s.uploadDir(im.ID), "big"))
+		syscall.Sync()
+
 		cmd := s.ssh(t, keys, keys.upload, "ssh", "upload@127.0.0.1", "images", "upload", strconv.FormatInt(im.ID, 10))
 		cmd.Stdin = bigTar(64, 16<<20, false)
-		out, err := cmd.CombinedOutput()
+		out, err = cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "full") {
 			t.Fatalf("streaming 1 GiB into a 400 MiB disk: %v\n%s; want a failure saying the disk is full", err, out)
 		}

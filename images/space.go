@@ -3,6 +3,7 @@ package images
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -25,9 +26,48 @@ func room(dir string) (free, reserve, avail int64, err error) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, 0, 0, fmt.Errorf("checking the free space of %s: %w", dir, err)
 	}
+	free, reserve, avail = roomOf(&st)
+	return free, reserve, avail, nil
+}
+
+func roomOf(st *unix.Statfs_t) (free, reserve, avail int64) {
 	free = int64(st.Bavail) * st.Bsize
 	reserve = reserveBytes(int64(st.Blocks) * st.Bsize)
-	return free, reserve, free - reserve, nil
+	return free, reserve, free - reserve
+}
+
+// WriteBudget is what one upload may write into the data path before it
+// reaches the reserve, measured when the upload opens. Free space cannot be
+// polled as bytes arrive: statfs counts them only once they leave the page
+// cache, by which time they may have filled the disk.
+type WriteBudget struct {
+	free, reserve int64
+	left          atomic.Int64
+}
+
+// NewWriteBudget measures the filesystem of the open file fd; with no room
+// above the reserve it returns an insufficient-storage error.
+func NewWriteBudget(fd int) (*WriteBudget, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return nil, fmt.Errorf("checking the free space: %w", err)
+	}
+	free, reserve, avail := roomOf(&st)
+	if avail <= 0 {
+		return nil, fullError(free, reserve, nil)
+	}
+	b := &WriteBudget{free: free, reserve: reserve}
+	b.left.Store(avail)
+	return b, nil
+}
+
+// Spend takes n bytes from the budget, or returns an insufficient-storage
+// error once it is used up. It is safe for concurrent use.
+func (b *WriteBudget) Spend(n int) error {
+	if b.left.Add(-int64(n)) < 0 {
+		return fullError(b.free, b.reserve, nil)
+	}
+	return nil
 }
 
 // extractLimit is the MaxBytes for an extraction into dir: what fits above

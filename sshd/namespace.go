@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/images"
 )
 
 // uploadsRoot is the virtual directory that holds one directory per image.
@@ -423,10 +424,16 @@ func (n *namespace) OpenFile(p string, flags int, mode fs.FileMode) (*uploadFile
 		release()
 		return nil, draupnir.Errorf(draupnir.KindInvalid, "%s: not a regular file", loc.vpath)
 	}
+	var budget *images.WriteBudget
 	if flags&(os.O_WRONLY|os.O_RDWR) != 0 {
+		if budget, err = images.NewWriteBudget(fd); err != nil {
+			unix.Close(fd)
+			release()
+			return nil, err
+		}
 		n.log.Debug("ssh upload open", "principal", n.p.Name, "path", loc.vpath)
 	}
-	return &uploadFile{File: os.NewFile(uintptr(fd), loc.vpath), loc: loc, release: release}, nil
+	return &uploadFile{File: os.NewFile(uintptr(fd), loc.vpath), loc: loc, release: release, budget: budget}, nil
 }
 
 // uploadFile is an open file in an upload directory; closing it ends the
@@ -436,9 +443,23 @@ type uploadFile struct {
 	loc     location
 	once    sync.Once
 	release func()
+	// budget stops writes short of the data path's free-space reserve, so
+	// that an upload larger than the disk cannot fill it and take the
+	// state database down with it. Nil for files opened read-only.
+	budget *images.WriteBudget
+}
+
+func (f *uploadFile) spend(n int) error {
+	if f.budget == nil {
+		return nil
+	}
+	return f.budget.Spend(n)
 }
 
 func (f *uploadFile) WriteAt(b []byte, off int64) (int, error) {
+	if err := f.spend(len(b)); err != nil {
+		return 0, err
+	}
 	n, err := f.File.WriteAt(b, off)
 	if err != nil {
 		err = fsError(f.loc, err)
@@ -447,6 +468,9 @@ func (f *uploadFile) WriteAt(b []byte, off int64) (int, error) {
 }
 
 func (f *uploadFile) Write(b []byte) (int, error) {
+	if err := f.spend(len(b)); err != nil {
+		return 0, err
+	}
 	n, err := f.File.Write(b)
 	if err != nil {
 		err = fsError(f.loc, err)
