@@ -8,7 +8,7 @@ DEV_DIR   ?= .dev
 # Fuzz targets run briefly in `make test`; longer by hand: make fuzz FUZZTIME=10m
 FUZZTIME  ?= 5s
 
-.PHONY: build run test unit fuzz bench migrate clean
+.PHONY: build run test unit fuzz bench loadtest migrate clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/draupnir ./cmd/draupnir
@@ -28,6 +28,12 @@ test: build
 
 fuzz:
 	./scripts/fuzz.sh $(FUZZTIME)
+
+# The load test at full size (go test runs it short: 10 clients for 10s).
+LOAD_DURATION ?= 60s
+LOAD_CLIENTS  ?= 50
+loadtest:
+	$(GO) test -count=1 -timeout 30m -v -run '^TestLoad$$' ./e2e/ -load.duration=$(LOAD_DURATION) -load.clients=$(LOAD_CLIENTS)
 
 bench: build
 	$(GO) run ./cmd/draupnir-bench
