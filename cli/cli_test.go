@@ -494,7 +494,7 @@ func TestConcurrentRuns(t *testing.T) {
 func TestAuthenticateAndConfig(t *testing.T) {
 	dir := t.TempDir()
 	env := Env{ConfigDir: dir, Getenv: func(string) string { return "" }}
-	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/")
+	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/", "--token", "-")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -539,8 +539,10 @@ func TestAuthenticateAndConfig(t *testing.T) {
 		stdin string
 		args  []string
 	}{
-		{"", []string{"authenticate"}},
-		{"x\n", []string{"authenticate", "--url", "ftp://x"}},
+		{"", []string{"authenticate", "--token", "-"}},
+		{"x\n", []string{"authenticate", "--url", "ftp://x", "--token", "-"}},
+		{"", []string{"authenticate", "--token", "x", "--no-browser"}},
+		{"", []string{"authenticate", "--url", "http://127.0.0.1:1", "--no-browser"}}, // nothing listens there
 		{"", []string{"authenticate", "--token", "  "}},
 	} {
 		if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, tt.stdin, tt.args...); r.code == 0 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -99,13 +100,23 @@ func HostOf(serverURL string) string {
 
 func (a *app) authenticateCmd() *cobra.Command {
 	var token, serverURL string
+	var noBrowser bool
+	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "authenticate [--url URL] [--token TOKEN]",
-		Short: "Store the server URL and your access token",
-		Long: `Store the server's URL and your access token in a file only you can read
-(` + "`draupnir/config.json`" + ` under your configuration directory). Without --token,
-the token is read from standard input. DRAUPNIR_URL and DRAUPNIR_TOKEN, when
-set, take precedence over the stored values.`,
+		Use:   "authenticate [--url URL] [--no-browser | --token TOKEN]",
+		Short: "Log in and store your access token",
+		Long: `Log in through your organisation's identity provider and store the server's
+URL and your access token in a file only you can read (` + "`draupnir/config.json`" + `
+under your configuration directory).
+
+The login runs in a browser: $BROWSER if set, else the system's browser. With
+--no-browser, or when no browser can be started (a machine without a
+display), the URL to open is printed instead; open it in a browser on this
+machine, since the login ends with a redirect to a listener on 127.0.0.1.
+
+--token stores a token you already have instead ("-" reads it from standard
+input). DRAUPNIR_URL and DRAUPNIR_TOKEN, when set, take precedence over the
+stored values.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := LoadConfig(a.env)
@@ -120,41 +131,70 @@ set, take precedence over the stored values.`,
 				}
 				cfg.URL = strings.TrimRight(serverURL, "/")
 			}
-			if !cmd.Flags().Changed("token") {
-				if a.env.Terminal {
-					fmt.Fprint(a.stderr, "Access token: ")
+			who := ""
+			if cmd.Flags().Changed("token") {
+				if token == "-" {
+					if a.env.Terminal {
+						fmt.Fprint(a.stderr, "Access token: ")
+					}
+					token, err = readSecret(a.stdin, a.stderr)
+					if err != nil {
+						return fmt.Errorf("reading the token: %w", err)
+					}
 				}
-				token, err = readSecret(a.stdin, a.stderr)
+				token = strings.TrimSpace(token)
+				if token == "" {
+					return usagef(cmd, "the token is empty")
+				}
+			} else {
+				if timeout <= 0 {
+					return usagef(cmd, "--timeout must be positive")
+				}
+				t, err := a.browserLogin(cmd.Context(), cfg.URL, noBrowser, timeout)
 				if err != nil {
-					return fmt.Errorf("reading the token: %w", err)
+					return err
 				}
-			}
-			token = strings.TrimSpace(token)
-			if token == "" {
-				return usagef(cmd, "the token is empty")
+				token, who = t.Secret, t.Principal
 			}
 			cfg.Token = token
-			path, err := configPath(a.env)
+			path, err := storeConfig(a.env, cfg)
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-				return fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
-			}
-			b, err := json.MarshalIndent(cfg, "", "  ")
-			if err != nil {
+			if who != "" {
+				_, err = fmt.Fprintf(a.stderr, "Logged in to %s as %s; the token is stored in %s.\n", cfg.URL, who, path)
 				return err
-			}
-			if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
-				return fmt.Errorf("storing the token: %w", err)
 			}
 			_, err = fmt.Fprintf(a.stderr, "Stored the token for %s in %s.\n", cfg.URL, path)
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&token, "token", "", "the access token (default: read from standard input)")
+	cmd.Flags().StringVar(&token, "token", "", `store this access token instead of logging in ("-": read it from standard input)`)
 	cmd.Flags().StringVar(&serverURL, "url", "", "the server's URL (default: the stored one, or "+DefaultURL+")")
+	cmd.Flags().BoolVar(&noBrowser, "no-browser", false, "print the login URL instead of opening a browser")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long to wait for the login to finish")
+	cmd.MarkFlagsMutuallyExclusive("token", "no-browser")
 	return cmd
+}
+
+// storeConfig writes cfg to the client's configuration file (0600) and
+// returns its path.
+func storeConfig(env Env, cfg Config) (string, error) {
+	path, err := configPath(env)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+		return "", fmt.Errorf("storing the token: %w", err)
+	}
+	return path, nil
 }
 
 // readSecret reads one line from r without echoing it when r is a terminal.

@@ -207,6 +207,9 @@ destroy them, print connection settings.`,
 		a.newCmd(),
 		a.envCmd(),
 		a.versionCmd(),
+		a.tokensCmd(),
+		a.keysCmd(),
+		a.logoutCmd(),
 	)
 	if a.env.SSH {
 		root.AddCommand(&cobra.Command{

@@ -1,0 +1,182 @@
+package client
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Token describes one of the caller's access tokens. Secret is set only in
+// the answer to RedeemLogin: the server never shows a token again.
+type Token struct {
+	ID          int64
+	Secret      string
+	Principal   string
+	Description string
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+	LastUsedAt  time.Time // zero if never used
+	Current     bool      // the token this client authenticated with
+}
+
+// SSHKey is a registered SSH public key.
+type SSHKey struct {
+	ID          int64
+	Fingerprint string // SHA256:…
+	PublicKey   string // authorized_keys form
+	Comment     string
+	Principal   string
+	CreatedAt   time.Time
+}
+
+// TokenResource is the wire form of a Token.
+type TokenResource struct {
+	Type       string `json:"type"`
+	ID         ID     `json:"id"`
+	Attributes struct {
+		Token       string     `json:"token,omitempty"`
+		Principal   string     `json:"principal"`
+		Description string     `json:"description"`
+		CreatedAt   *time.Time `json:"created_at"`
+		ExpiresAt   *time.Time `json:"expires_at"`
+		LastUsedAt  *time.Time `json:"last_used_at"`
+		Current     bool       `json:"current"`
+	} `json:"attributes"`
+}
+
+// Token converts the resource.
+func (r TokenResource) Token() Token {
+	a := r.Attributes
+	return Token{ID: int64(r.ID), Secret: a.Token, Principal: a.Principal, Description: a.Description,
+		CreatedAt: deref(a.CreatedAt), ExpiresAt: deref(a.ExpiresAt), LastUsedAt: deref(a.LastUsedAt), Current: a.Current}
+}
+
+// SSHKeyResource is the wire form of an SSHKey.
+type SSHKeyResource struct {
+	Type       string `json:"type"`
+	ID         ID     `json:"id"`
+	Attributes struct {
+		Fingerprint string     `json:"fingerprint"`
+		PublicKey   string     `json:"public_key"`
+		Comment     string     `json:"comment"`
+		Principal   string     `json:"principal"`
+		CreatedAt   *time.Time `json:"created_at"`
+	} `json:"attributes"`
+}
+
+// SSHKey converts the resource.
+func (r SSHKeyResource) SSHKey() SSHKey {
+	a := r.Attributes
+	return SSHKey{ID: int64(r.ID), Fingerprint: a.Fingerprint, PublicKey: a.PublicKey, Comment: a.Comment,
+		Principal: a.Principal, CreatedAt: deref(a.CreatedAt)}
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+// LoginURL is the page the browser opens to log in: the server sends it on
+// to the identity provider, and in the end back to redirectURI (the CLI's
+// loopback listener) with state and a one-time code for RedeemLogin, whose
+// verifier has the S256 challenge given here.
+func (c *Client) LoginURL(redirectURI, state, challenge string) string {
+	q := url.Values{
+		"redirect_uri":          {redirectURI},
+		"state":                 {state},
+		"code_challenge":        {challenge},
+		"code_challenge_method": {"S256"},
+	}
+	return c.base + "/authenticate?" + q.Encode()
+}
+
+// RedeemLogin exchanges the one-time code of a login for an access token
+// (Token.Secret). description says where the token is used.
+func (c *Client) RedeemLogin(ctx context.Context, code, verifier, redirectURI, description string) (Token, error) {
+	var body struct {
+		Data struct {
+			Type       string `json:"type"`
+			Attributes struct {
+				Code         string `json:"code"`
+				CodeVerifier string `json:"code_verifier"`
+				RedirectURI  string `json:"redirect_uri"`
+				Description  string `json:"description"`
+			} `json:"attributes"`
+		} `json:"data"`
+	}
+	body.Data.Type = "token_requests"
+	body.Data.Attributes.Code = code
+	body.Data.Attributes.CodeVerifier = verifier
+	body.Data.Attributes.RedirectURI = redirectURI
+	body.Data.Attributes.Description = description
+	var doc Document[TokenResource]
+	if err := c.do(ctx, http.MethodPost, "/authenticate/token", &body, http.StatusCreated, &doc); err != nil {
+		return Token{}, err
+	}
+	return doc.Data.Token(), nil
+}
+
+// ListTokens returns the caller's unexpired access tokens.
+func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
+	var doc Document[[]TokenResource]
+	if err := c.do(ctx, http.MethodGet, "/tokens", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]Token, len(doc.Data))
+	for i, r := range doc.Data {
+		out[i] = r.Token()
+	}
+	return out, nil
+}
+
+// RevokeToken revokes the caller's token id.
+func (c *Client) RevokeToken(ctx context.Context, id int64) error {
+	return c.do(ctx, http.MethodDelete, "/tokens/"+strconv.FormatInt(id, 10), nil, http.StatusNoContent, nil)
+}
+
+// Logout revokes the token this client authenticates with.
+func (c *Client) Logout(ctx context.Context) error {
+	return c.do(ctx, http.MethodDelete, "/tokens/current", nil, http.StatusNoContent, nil)
+}
+
+// ListKeys returns the caller's registered SSH keys.
+func (c *Client) ListKeys(ctx context.Context) ([]SSHKey, error) {
+	var doc Document[[]SSHKeyResource]
+	if err := c.do(ctx, http.MethodGet, "/keys", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]SSHKey, len(doc.Data))
+	for i, r := range doc.Data {
+		out[i] = r.SSHKey()
+	}
+	return out, nil
+}
+
+// AddKey registers an SSH public key (a line of a .pub file) for the
+// caller, so that `ssh` sessions with it act as the caller.
+func (c *Client) AddKey(ctx context.Context, publicKey string) (SSHKey, error) {
+	var body struct {
+		Data struct {
+			Type       string `json:"type"`
+			Attributes struct {
+				PublicKey string `json:"public_key"`
+			} `json:"attributes"`
+		} `json:"data"`
+	}
+	body.Data.Type = "keys"
+	body.Data.Attributes.PublicKey = publicKey
+	var doc Document[SSHKeyResource]
+	if err := c.do(ctx, http.MethodPost, "/keys", &body, http.StatusCreated, &doc); err != nil {
+		return SSHKey{}, err
+	}
+	return doc.Data.SSHKey(), nil
+}
+
+// RemoveKey removes the caller's registered key id.
+func (c *Client) RemoveKey(ctx context.Context, id int64) error {
+	return c.do(ctx, http.MethodDelete, "/keys/"+strconv.FormatInt(id, 10), nil, http.StatusNoContent, nil)
+}
