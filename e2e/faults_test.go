@@ -199,7 +199,9 @@ func TestFaults(t *testing.T) {
 		// One instance's postgres dies while the server runs: it is
 		// restarted and the API says so.
 		victim := ins[0]
-		killPostmaster(t, filepath.Join(s.dataPath, "instances", strconv.FormatInt(victim.ID, 10)))
+		victimDir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(victim.ID, 10))
+		oldPID := pidOfPostmaster(t, victimDir)
+		killPostmaster(t, victimDir)
 		waitFor(t, 30*time.Second, "the killed instance to run again", func() bool {
 			in, err := s.user().GetInstance(ctx, victim.ID)
 			if err != nil || in.State != draupnir.InstanceRunning {
@@ -208,6 +210,9 @@ func TestFaults(t *testing.T) {
 			_, err = psql(t, victim, "SELECT 1")
 			return err == nil
 		})
+		if pid := pidOfPostmaster(t, victimDir); pid == oldPID {
+			t.Errorf("instance %d answers, but still from postmaster %d that was killed", victim.ID, pid)
+		}
 		if got := mustPSQL(t, victim, "SELECT id FROM kept"); got != strconv.FormatInt(victim.ID, 10) {
 			t.Errorf("restarted instance lost its data: kept = %q", got)
 		}
@@ -449,6 +454,17 @@ func scriptRunning(dir string) bool {
 	return false
 }
 
+// pidOfPostmaster reads the postmaster's pid from dataDir/postmaster.pid.
+func pidOfPostmaster(t testing.TB, dataDir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	return pid
+}
+
 // killAll SIGKILLs every process running under dir, as a reboot would.
 func killAll(t testing.TB, dir string) {
 	t.Helper()
@@ -461,11 +477,7 @@ func killAll(t testing.TB, dir string) {
 // stopPostmaster sends sig to the postmaster of dataDir and waits for it to go.
 func stopPostmaster(t testing.TB, dataDir string, sig syscall.Signal) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	pid := pidOfPostmaster(t, dataDir)
 	if err := syscall.Kill(pid, sig); err != nil {
 		t.Fatal(err)
 	}
