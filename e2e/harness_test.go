@@ -132,8 +132,9 @@ func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *ser
 		runPath:  "/run/draupnir-e2e-" + randomHex(4),
 		httpPort: freePort(t),
 		sshPort:  freePort(t),
-		// A range of our own, away from other tests running at once.
-		minPort: 20000 + int(time.Now().UnixNano()%400)*100,
+		// A range of our own, away from other tests running at once and below
+		// the ephemeral ports (32768+) that client connections take.
+		minPort: 20000 + int(time.Now().UnixNano()%120)*100,
 	}
 	s.url = "http://127.0.0.1:" + strconv.Itoa(s.httpPort)
 	t.Cleanup(func() { os.RemoveAll(s.runPath) })
