@@ -113,6 +113,23 @@ type sshKeys struct {
 	knownHosts             string
 }
 
+// portRanges hands each server of this test process its own block of 100
+// instance ports, starting at a random block.
+var portRanges struct {
+	sync.Mutex
+	next int
+}
+
+func nextPortRange() int {
+	portRanges.Lock()
+	defer portRanges.Unlock()
+	if portRanges.next == 0 {
+		portRanges.next = int(time.Now().UnixNano() % 120)
+	}
+	portRanges.next = (portRanges.next + 1) % 120
+	return 20000 + portRanges.next*100
+}
+
 // startServerSSH is startServer with the SSH door on when keys is not nil:
 // keys.upload is an upload key, keys.user a key of the user named in its
 // comment, keys.stranger a key the server does not know.
@@ -134,7 +151,7 @@ func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *ser
 		sshPort:  freePort(t),
 		// A range of our own, away from other tests running at once and below
 		// the ephemeral ports (32768+) that client connections take.
-		minPort: 20000 + int(time.Now().UnixNano()%120)*100,
+		minPort: nextPortRange(),
 	}
 	s.url = "http://127.0.0.1:" + strconv.Itoa(s.httpPort)
 	t.Cleanup(func() { os.RemoveAll(s.runPath) })
