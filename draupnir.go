@@ -72,6 +72,9 @@ const (
 	InstanceStopped    InstanceState = "stopped" // its postgres died and has not been restarted yet
 	InstanceFailed     InstanceState = "failed"  // could not be (re)started; Error says why
 	InstanceDestroying InstanceState = "destroying"
+	// InstanceWarm is a started instance in the warm pool: nobody's yet,
+	// invisible to everyone, handed out whole by the next create.
+	InstanceWarm InstanceState = "warm"
 )
 
 // Instance is a writable snapshot of a ready image with its own postgres.

@@ -89,6 +89,9 @@ type Instances struct {
 	Settings        map[string]string `toml:"settings"`
 	SuperuserAccess bool              `toml:"superuser_access"`
 	StartTimeout    Duration          `toml:"start_timeout"`
+	// WarmPool is how many started, unassigned instances to keep ready per
+	// ready image, so that a create only hands one out.
+	WarmPool int `toml:"warm_pool"`
 }
 
 // Postgres says where the PostgreSQL binaries are.
@@ -427,6 +430,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Instances.StartTimeout.Duration <= 0 {
 		bad("instances.start_timeout", "must be positive, got %s", c.Instances.StartTimeout)
+	}
+	if c.Instances.WarmPool < 0 || c.Instances.WarmPool > 100 {
+		bad("instances.warm_pool", "must be between 0 and 100, got %d", c.Instances.WarmPool)
 	}
 	if c.Instances.PostgresUser == "" || c.Instances.PostgresUser == "root" {
 		bad("instances.postgres_user", "must name an unprivileged OS user (postgres refuses to run as root)")

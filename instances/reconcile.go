@@ -76,7 +76,7 @@ func (s *Service) recover(id int64) {
 		}
 		var proc *supervisor.Process
 		if proc, err = s.start(ctx, id, in.Port); err == nil {
-			s.store.setState(ctx, id, draupnir.InstanceRunning, "")
+			s.store.setState(ctx, id, liveState(in), "")
 			s.track(id, proc)
 			log.Info("instance restarted")
 			return
@@ -125,8 +125,8 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		} else {
 			return fmt.Errorf("adopting instance %d: %w", in.ID, err)
 		}
-		if in.State != draupnir.InstanceRunning {
-			s.store.setState(ctx, in.ID, draupnir.InstanceRunning, "")
+		if want := liveState(in); in.State != want {
+			s.store.setState(ctx, in.ID, want, "")
 		}
 		s.track(in.ID, proc)
 	}

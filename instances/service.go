@@ -46,6 +46,7 @@ type Options struct {
 	Hostname        string
 	Settings        map[string]string // extra postgresql settings
 	StartTimeout    time.Duration
+	WarmPool        int // started, unassigned instances to keep per ready image
 	Log             *slog.Logger
 }
 
@@ -65,6 +66,11 @@ type Service struct {
 
 	mu    sync.Mutex
 	procs map[int64]*tracked
+
+	// poolMu keeps refills and image destruction apart, so no warm
+	// instance is made of an image being destroyed.
+	poolMu     sync.Mutex
+	refillWake chan struct{}
 }
 
 // tracked is a postgres the service watches.
@@ -116,6 +122,8 @@ func New(opts Options) (*Service, error) {
 		base:   base,
 		cancel: cancel,
 		procs:  map[int64]*tracked{},
+		// One pending wake-up is enough: a refill tops up every image.
+		refillWake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -142,9 +150,9 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 	var list []*draupnir.Instance
 	var err error
 	if p.Upload {
-		list, err = s.store.list(ctx, "")
+		list, err = s.store.list(ctx, "WHERE true"+visible)
 	} else {
-		list, err = s.store.list(ctx, "WHERE i.owner = $1", p.Name)
+		list, err = s.store.list(ctx, "WHERE i.owner = $1"+visible, p.Name)
 	}
 	for _, in := range list {
 		s.decorate(in)
@@ -158,7 +166,7 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*dra
 	if err != nil {
 		return nil, err
 	}
-	if !p.CanSee(in.Owner) {
+	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return nil, notFound(id)
 	}
 	return s.decorate(in), nil
@@ -166,10 +174,27 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*dra
 
 // Create makes an instance of image imageID for p and returns once its
 // postgres accepts connections. Any failure undoes every step.
-func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int64) (_ *draupnir.Instance, err error) {
+func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
 	if p.Name == "" {
 		return nil, draupnir.Errorf(draupnir.KindUnauthorized, "no principal")
 	}
+	if s.opts.WarmPool > 0 {
+		in, err := s.store.claimWarm(ctx, imageID, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		if in != nil {
+			s.refill()
+			s.log.Info("instance created from the warm pool", "instance", in.ID, "image", imageID, "owner", p.Name, "port", in.Port)
+			return s.decorate(in), nil
+		}
+	}
+	return s.create(ctx, imageID, p.Name, draupnir.InstanceRunning)
+}
+
+// create makes an instance of image imageID for owner from scratch and
+// leaves it in state (running, or warm for the pool).
+func (s *Service) create(ctx context.Context, imageID int64, owner string, state draupnir.InstanceState) (_ *draupnir.Instance, err error) {
 	im, err := s.opts.Images.Ready(ctx, imageID)
 	if err != nil {
 		return nil, err
@@ -183,11 +208,11 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 	if err != nil {
 		return nil, err
 	}
-	in, err := s.allocate(ctx, imageID, p.Name, images.InstanceRole, password)
+	in, err := s.allocate(ctx, imageID, owner, images.InstanceRole, password)
 	if err != nil {
 		return nil, err
 	}
-	log := s.log.With("instance", in.ID, "image", imageID, "owner", p.Name)
+	log := s.log.With("instance", in.ID, "image", imageID, "owner", owner)
 	dir := s.dir(in.ID)
 	var proc *supervisor.Process
 	defer func() {
@@ -233,13 +258,13 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 	if err := setPassword(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
 		return nil, err
 	}
-	if err := s.store.setState(ctx, in.ID, draupnir.InstanceRunning, ""); err != nil {
+	if err := s.store.setState(ctx, in.ID, state, ""); err != nil {
 		return nil, err
 	}
-	in.State = draupnir.InstanceRunning
+	in.State = state
 	in.Database = im.Database
 	s.track(in.ID, proc)
-	log.Info("instance created", "port", in.Port)
+	log.Info("instance created", "port", in.Port, "state", state)
 	return s.decorate(in), nil
 }
 
@@ -357,7 +382,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if err != nil {
 		return err
 	}
-	if !p.CanSee(in.Owner) {
+	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return notFound(id)
 	}
 	ok, err := s.store.claimDestroy(ctx, id)
@@ -372,6 +397,8 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 
 // DestroyAllOfImage destroys every instance of image imageID.
 func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
 	list, err := s.store.list(ctx, "WHERE i.image_id = $1", imageID)
 	if err != nil {
 		return err

@@ -47,6 +47,10 @@ func (s store) get(ctx context.Context, id int64) (*draupnir.Instance, error) {
 	return in, nil
 }
 
+// visible restricts a query to instances somebody owns: the warm pool's,
+// starting or waiting, are nobody's.
+const visible = ` AND i.owner <> ''`
+
 func (s store) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+instanceColumns+fromInstances+where+` ORDER BY i.id`, args...)
 	if err != nil {
@@ -96,6 +100,46 @@ func (s store) movePort(ctx context.Context, id int64, min, max int, skip []int3
 		return 0, fmt.Errorf("moving instance %d to another port: %w", id, err)
 	}
 	return port, nil
+}
+
+// claimWarm hands a warm instance of image imageID to owner, or returns nil
+// when the pool has none. SKIP LOCKED lets concurrent creates take different
+// ones without waiting on each other.
+func (s store) claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error) {
+	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
+			UPDATE instances SET owner = $2, state = 'running', created_at = now(), updated_at = now()
+			WHERE id = (SELECT id FROM instances WHERE image_id = $1 AND state = 'warm'
+			            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+			RETURNING *)
+		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`, imageID, owner))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("taking an instance from the warm pool: %w", err)
+	}
+	return in, nil
+}
+
+// poolSizes returns, for every ready image, how many warm instances it has.
+func (s store) poolSizes(ctx context.Context) (map[int64]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT im.id, count(i.id) FROM images im
+		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm'
+		WHERE im.state = 'ready' GROUP BY im.id`)
+	if err != nil {
+		return nil, fmt.Errorf("counting warm instances: %w", err)
+	}
+	defer rows.Close()
+	sizes := map[int64]int{}
+	for rows.Next() {
+		var id int64
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		sizes[id] = n
+	}
+	return sizes, rows.Err()
 }
 
 func (s store) setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error {

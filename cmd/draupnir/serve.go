@@ -145,6 +145,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Hostname:        cfg.PublicHostname,
 		Settings:        cfg.Instances.Settings,
 		StartTimeout:    cfg.Instances.StartTimeout.Duration,
+		WarmPool:        cfg.Instances.WarmPool,
 		Log:             log,
 	})
 	if err != nil {
@@ -160,6 +161,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.Close(ctx)
 		return nil, fmt.Errorf("reconciling instances: %w", err)
 	}
+	c.instances.StartPool()
 	return c, nil
 }
 
