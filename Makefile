@@ -8,7 +8,7 @@ DEV_DIR   ?= .dev
 # Fuzz targets run briefly in `make test`; longer by hand: make fuzz FUZZTIME=10m
 FUZZTIME  ?= 5s
 
-.PHONY: build run test unit fuzz bench loadtest migrate clean
+.PHONY: build run test unit fuzz bench loadtest migrate clean deb
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/draupnir ./cmd/draupnir
@@ -43,3 +43,8 @@ migrate: build
 
 clean:
 	rm -rf bin
+
+# The Debian package (bin/ binaries, systemd unit, example config, docs) into
+# build/; VERSION sets both the binaries' and the package's version.
+deb: build
+	$(GO) run ./cmd/draupnir-deb -out build $(if $(VERSION),-version $(VERSION))
