@@ -194,41 +194,40 @@ func (e *env) createAndQuery(ctx context.Context, image int64) (in *draupnir.Ins
 	return in, api, total, nil
 }
 
-// createSeries times n create → first query → destroy cycles on image,
-// after one warm-up, under keys prefixed with prefix.
-func (e *env) createSeries(ctx context.Context, image int64, n int, prefix string) error {
-	for i := -1; i < n; i++ {
-		in, api, total, err := e.createAndQuery(ctx, image)
-		if err != nil {
-			if in != nil {
-				e.user.DestroyInstance(context.WithoutCancel(ctx), in.ID)
-			}
-			return err
+// createOnce times one create → first query → destroy cycle of image,
+// recorded under keys prefixed with prefix, or as a warm-up.
+func (e *env) createOnce(ctx context.Context, image int64, prefix string, record bool) error {
+	in, api, total, err := e.createAndQuery(ctx, image)
+	if err != nil {
+		if in != nil {
+			e.user.DestroyInstance(context.WithoutCancel(ctx), in.ID)
 		}
-		// A second connection to the now running instance: what the
-		// client side of a first query costs (TLS + SCRAM + SELECT 1).
-		var connect time.Duration
-		if cfg, err := connConfig(in); err == nil {
-			t0 := time.Now()
-			if err := firstQuery(ctx, cfg); err != nil {
-				return err
-			}
-			connect = time.Since(t0)
-		}
-		t0 := time.Now()
-		if err := e.user.DestroyInstance(ctx, in.ID); err != nil {
-			return fmt.Errorf("destroying instance %d: %w", in.ID, err)
-		}
-		destroy := time.Since(t0)
-		if i < 0 {
-			e.rep.sample(prefix+"warmup_create_first_query_ms", total)
-			continue
-		}
-		e.rep.sample(prefix+"create_first_query_ms", total)
-		e.rep.sample(prefix+"create_api_ms", api)
-		e.rep.sample(prefix+"connect_query_running_ms", connect)
-		e.rep.sample(prefix+"destroy_ms", destroy)
+		return err
 	}
+	// A second connection to the now running instance: what the client
+	// side of a first query costs (TLS + SCRAM + SELECT 1).
+	cfg, err := connConfig(in)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := firstQuery(ctx, cfg); err != nil {
+		return err
+	}
+	connect := time.Since(t0)
+	t0 = time.Now()
+	if err := e.user.DestroyInstance(ctx, in.ID); err != nil {
+		return fmt.Errorf("destroying instance %d: %w", in.ID, err)
+	}
+	destroy := time.Since(t0)
+	if !record {
+		e.rep.sample(prefix+"warmup_create_first_query_ms", total)
+		return nil
+	}
+	e.rep.sample(prefix+"create_first_query_ms", total)
+	e.rep.sample(prefix+"create_api_ms", api)
+	e.rep.sample(prefix+"connect_query_running_ms", connect)
+	e.rep.sample(prefix+"destroy_ms", destroy)
 	return nil
 }
 
@@ -252,7 +251,7 @@ func (e *env) createVsFloor(ctx context.Context) error {
 	e.rep.add(Figure{
 		Name:     fmt.Sprintf("POST /instances → first query (TCP, TLS, SCRAM), scale %d image, n=%d", e.cfg.Scale, create.N),
 		Goal:     "p50 ≤ 100 ms, p95 ≤ 200 ms",
-		Measured: fmt.Sprintf("p50 %s, p95 %s (API call p50 %s, of which in the server %s; connect+query on a running instance p50 %s)", fmtMS(create.P50), fmtMS(create.P95), fmtMS(api.P50), fmtMS(srv.P50), fmtMS(conn.P50)),
+		Measured: fmt.Sprintf("p50 %s, p95 %s (API call p50 %s, server-side p50 %s; connect+query on a running instance p50 %s)", fmtMS(create.P50), fmtMS(create.P95), fmtMS(api.P50), fmtMS(srv.P50), fmtMS(conn.P50)),
 		Status:   verdict(create.P50 <= 100 && create.P95 <= 200),
 	})
 	e.rep.add(Figure{
@@ -276,14 +275,19 @@ func (e *env) createAndFloor(ctx context.Context, image int64, db, prefix string
 	if err := e.quiesce(ctx); err != nil {
 		return err
 	}
-	n := e.cfg.Samples
-	// Interleave in halves so that drift (page cache, btrfs background
-	// work) hits both series alike.
-	for _, half := range []int{n / 2, n - n/2} {
-		if err := e.createSeries(ctx, image, half, prefix); err != nil {
+	// One unrecorded warm-up each, then alternate, so that drift and the
+	// load of anything else on the machine hit both series alike.
+	if err := e.createOnce(ctx, image, prefix, false); err != nil {
+		return err
+	}
+	if err := e.floorSeries(ctx, image, db, 1, prefix, false); err != nil {
+		return err
+	}
+	for i := 0; i < e.cfg.Samples; i++ {
+		if err := e.createOnce(ctx, image, prefix, true); err != nil {
 			return err
 		}
-		if err := e.floorSeries(ctx, image, db, half, prefix); err != nil {
+		if err := e.floorSeries(ctx, image, db, 1, prefix, true); err != nil {
 			return err
 		}
 	}
@@ -307,7 +311,7 @@ func (e *env) quiesce(ctx context.Context) error {
 // floorSeries times n bare starts: a writable btrfs snapshot of the image,
 // postgres exec'd as the postgres user, connect attempts every 250 µs until
 // SELECT 1 is answered. Nothing of draupnir is in the path.
-func (e *env) floorSeries(ctx context.Context, image int64, db string, n int, prefix string) error {
+func (e *env) floorSeries(ctx context.Context, image int64, db string, n int, prefix string, record bool) error {
 	snap := filepath.Join(e.mnt, "image_snapshots", strconv.FormatInt(image, 10))
 	parent := filepath.Join(e.mnt, "floor")
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -374,6 +378,9 @@ func (e *env) floorSeries(ctx context.Context, image int64, db string, n int, pr
 			return fmt.Errorf("floor start %d: %w: %s", i, err, tail(b))
 		}
 		os.Remove(logf.Name())
+		if !record {
+			continue
+		}
 		e.rep.sample(prefix+"floor_ms", total)
 		e.rep.sample(prefix+"floor_snapshot_ms", tSnap)
 	}
@@ -423,7 +430,7 @@ func (e *env) alternatives(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync); err != nil || fsync != "on" {
 		return fmt.Errorf("the source's fsync is %q after turning it on (%v)", fsync, err)
 	}
-	exec := func(sql string) error {
+	run := func(sql string) error {
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("%s: %w", sql, err)
 		}
@@ -432,23 +439,23 @@ func (e *env) alternatives(ctx context.Context) error {
 	for i := 0; i < e.cfg.CompareSamples; i++ {
 		for _, strategy := range []string{"wal_log", "file_copy"} {
 			t0 := time.Now()
-			if err := exec(fmt.Sprintf("CREATE DATABASE bench_copy TEMPLATE %s STRATEGY %s", benchDB, strategy)); err != nil {
+			if err := run(fmt.Sprintf("CREATE DATABASE bench_copy TEMPLATE %s STRATEGY %s", benchDB, strategy)); err != nil {
 				return err
 			}
 			e.rep.sample("template_"+strategy+"_ms", time.Since(t0))
-			if err := exec("DROP DATABASE bench_copy"); err != nil {
+			if err := run("DROP DATABASE bench_copy"); err != nil {
 				return err
 			}
 		}
 		t0 := time.Now()
-		if err := exec("CREATE DATABASE bench_restore"); err != nil {
+		if err := run("CREATE DATABASE bench_restore"); err != nil {
 			return err
 		}
 		if err := e.dumpRestore(ctx, benchDB, "bench_restore"); err != nil {
 			return err
 		}
 		e.rep.sample("dump_restore_ms", time.Since(t0))
-		if err := exec("DROP DATABASE bench_restore"); err != nil {
+		if err := run("DROP DATABASE bench_restore"); err != nil {
 			return err
 		}
 	}
@@ -833,18 +840,31 @@ func (e *env) large(ctx context.Context) error {
 	e.rep.sample("large_finalise_ms", fin)
 	// The backup is no longer needed; give the disk back.
 	os.RemoveAll(backup)
-	if err := e.createAndFloor(ctx, id, largeDB, "large_"); err != nil {
+	// Creates of both images and starts of the large one's floor, in turn,
+	// so that the ratio compares like with like on a busy machine too.
+	if err := e.quiesce(ctx); err != nil {
 		return err
 	}
+	for i := -1; i < e.cfg.Samples; i++ {
+		if err := e.createOnce(ctx, e.image, "pair_", i >= 0); err != nil {
+			return err
+		}
+		if err := e.createOnce(ctx, id, "large_", i >= 0); err != nil {
+			return err
+		}
+		if err := e.floorSeries(ctx, id, largeDB, 1, "large_", i >= 0); err != nil {
+			return err
+		}
+	}
 	big := Summarize(e.rep.Samples["large_create_first_query_ms"])
-	small := Summarize(e.rep.Samples["create_first_query_ms"])
+	small := Summarize(e.rep.Samples["pair_create_first_query_ms"])
 	bigFloor := Summarize(e.rep.Samples["large_floor_ms"])
 	ratio := big.P50 / small.P50
 	e.rep.add(Figure{
 		Name: fmt.Sprintf("create → first query, scale %d image (%s backup), n=%d", e.cfg.LargeScale, fmtBytes(float64(size)), big.N),
 		Goal: "≤ 1.2× the main figure",
-		Measured: fmt.Sprintf("p50 %s, p95 %s; its floor p50 %s (%.2f× the main image's floor); finalise %s", fmtMS(big.P50), fmtMS(big.P95),
-			fmtMS(bigFloor.P50), bigFloor.P50/Summarize(e.rep.Samples["floor_ms"]).P50, fmtMS(ms(fin))),
+		Measured: fmt.Sprintf("p50 %s, p95 %s vs the main image's p50 %s in turn with it; the large image's floor p50 %s; its finalise %s",
+			fmtMS(big.P50), fmtMS(big.P95), fmtMS(small.P50), fmtMS(bigFloor.P50), fmtMS(ms(fin))),
 		Ratio:  fmt.Sprintf("%.2f×", ratio),
 		Status: verdict(ratio <= 1.2),
 	})
