@@ -86,7 +86,7 @@ func TestInstances(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if in.State != draupnir.InstanceRunning || in.Port < s.minPort || in.Port >= s.minPort+100 {
+		if in.State != draupnir.InstanceRunning || in.Port < s.minPort || in.Port >= s.minPort+instancePorts {
 			t.Fatalf("instance %+v: want running on a port of the range", in)
 		}
 		ins = append(ins, in)

@@ -113,6 +113,10 @@ type sshKeys struct {
 	knownHosts             string
 }
 
+// instancePorts is the size of a test server's instance port range; the
+// two ports after it are the server's HTTP and SSH ports.
+const instancePorts = 90
+
 // portRanges hands each server of this test process its own block of 100
 // instance ports, starting at a random block.
 var portRanges struct {
@@ -143,15 +147,18 @@ func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *ser
 	t.Helper()
 	build(t)
 	mnt := testenv.Btrfs(t, size)
+	minPort := nextPortRange()
 	s := &server{
 		t:        t,
 		dataPath: mnt,
 		runPath:  "/run/draupnir-e2e-" + randomHex(4),
-		httpPort: freePort(t),
-		sshPort:  freePort(t),
+		// The server's own ports too, so that a restart finds them free: a
+		// port from the ephemeral range may meanwhile be a client's.
+		httpPort: minPort + instancePorts,
+		sshPort:  minPort + instancePorts + 1,
 		// A range of our own, away from other tests running at once and below
 		// the ephemeral ports (32768+) that client connections take.
-		minPort: nextPortRange(),
+		minPort: minPort,
 	}
 	s.url = "http://127.0.0.1:" + strconv.Itoa(s.httpPort)
 	t.Cleanup(func() { os.RemoveAll(s.runPath) })
@@ -169,7 +176,7 @@ port = 0
 [instances]
 min_port = %d
 max_port = %d
-%s`, s.dataPath, s.runPath, sharedSecret, s.httpPort, s.sshSection(t, keys), s.minPort, s.minPort+99, extra)
+%s`, s.dataPath, s.runPath, sharedSecret, s.httpPort, s.sshSection(t, keys), s.minPort, s.minPort+instancePorts-1, extra)
 	if err := os.WriteFile(s.config, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

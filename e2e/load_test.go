@@ -199,7 +199,7 @@ func TestLoad(t *testing.T) {
 	if pids := postgresUnder(filepath.Join(s.dataPath, "instances")); len(pids) != 0 {
 		t.Errorf("postgres processes left under instances/: %v", pids)
 	}
-	for p := s.minPort; p < s.minPort+100; p++ {
+	for p := s.minPort; p < s.minPort+instancePorts; p++ {
 		l, err := net.Listen("tcp", ":"+strconv.Itoa(p))
 		if err != nil {
 			t.Errorf("port %d of the instance range is still taken: %v", p, err)
