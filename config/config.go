@@ -417,6 +417,15 @@ func (c *Config) Validate() error {
 	if (c.OAuth.ClientID == "") != (c.OAuth.ClientSecret == "") {
 		bad("oauth.client_id", "oauth.client_id and oauth.client_secret go together")
 	}
+	if c.OAuth.ClientID != "" {
+		// Without them every login would fail, or be refused, at run time.
+		if c.OAuth.RedirectURL == "" {
+			bad("oauth.redirect_url", "is required with oauth.client_id (the server's /oauth_callback URL)")
+		}
+		if c.TrustedUserEmailDomain == "" {
+			bad("trusted_user_email_domain", "is required with oauth.client_id: it says whose logins are accepted")
+		}
+	}
 	for _, d := range []struct {
 		key string
 		d   Duration

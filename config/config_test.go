@@ -141,6 +141,9 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 	}
 }
 
+// oauthLogin is the least configuration that turns on the login of people.
+const oauthLogin = "trusted_user_email_domain = \"@corp.example\"\n[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://d.example/oauth_callback\""
+
 // TestLoadOriginalKeys checks that every key of the original Draupnir's
 // config is honoured on its own, on top of the defaults.
 func TestLoadOriginalKeys(t *testing.T) {
@@ -161,8 +164,8 @@ func TestLoadOriginalKeys(t *testing.T) {
 		{"http.tls_certificate", "[http]\ntls_certificate = \"/c.pem\"\ntls_private_key = \"/k.pem\"", func(c *Config) any { return c.HTTP.TLSCertificate }, "/c.pem"},
 		{"http.tls_private_key", "[http]\ntls_certificate = \"/c.pem\"\ntls_private_key = \"/k.pem\"", func(c *Config) any { return c.HTTP.TLSPrivateKey }, "/k.pem"},
 		{"oauth.redirect_url", "[oauth]\nredirect_url = \"https://d.example/cb\"", func(c *Config) any { return c.OAuth.RedirectURL }, "https://d.example/cb"},
-		{"oauth.client_id", "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"", func(c *Config) any { return c.OAuth.ClientID }, "id"},
-		{"oauth.client_secret", "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"", func(c *Config) any { return c.OAuth.ClientSecret }, "s"},
+		{"oauth.client_id", oauthLogin, func(c *Config) any { return c.OAuth.ClientID }, "id"},
+		{"oauth.client_secret", oauthLogin, func(c *Config) any { return c.OAuth.ClientSecret }, "s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {
@@ -356,6 +359,12 @@ func TestValidate(t *testing.T) {
 		{"database_url nonsense", func(c *Config) { c.DatabaseURL = "db.example.com" }, "database_url"},
 		{"database_url bad URL", func(c *Config) { c.DatabaseURL = "postgres://u:p@h:port/db" }, "database_url"},
 		{"domain without @", func(c *Config) { c.TrustedUserEmailDomain = "example.com" }, "trusted_user_email_domain"},
+		{"login without redirect_url", func(c *Config) {
+			c.OAuth.ClientID, c.OAuth.ClientSecret, c.TrustedUserEmailDomain = "id", "s", "@example.com"
+		}, "oauth.redirect_url"},
+		{"login without trusted domain", func(c *Config) {
+			c.OAuth.ClientID, c.OAuth.ClientSecret, c.OAuth.RedirectURL = "id", "s", "https://d.example/oauth_callback"
+		}, "trusted_user_email_domain"},
 		{"domain with two @", func(c *Config) { c.TrustedUserEmailDomain = "@a@example.com" }, "trusted_user_email_domain"},
 		{"domain with space", func(c *Config) { c.TrustedUserEmailDomain = "@exa mple.com" }, "trusted_user_email_domain"},
 		{"domain not a domain", func(c *Config) { c.TrustedUserEmailDomain = "@ex<>ample" }, "trusted_user_email_domain"},
