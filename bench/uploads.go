@@ -99,15 +99,16 @@ Subsystem sftp internal-sftp
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.exited) }()
 	undo.push(func(context.Context) error {
-		// The whole group: per-connection children too.
-		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+		// SIGKILL, to the whole group (per-connection children too): the
+		// listener of OpenSSH 9.2 started this way ignored SIGTERM, and it
+		// keeps no state worth a clean exit.
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		select {
 		case <-s.exited:
+			return nil
 		case <-time.After(10 * time.Second):
-			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-s.exited
+			return fmt.Errorf("sshd (pid %d) did not exit on SIGKILL", s.cmd.Process.Pid)
 		}
-		return nil
 	})
 	if err := waitListening(ctx, port, s.exited); err != nil {
 		b, _ := os.ReadFile(filepath.Join(dir, "log"))
