@@ -234,10 +234,12 @@ func TestCommands(t *testing.T) {
 
 		// Usage errors: exit 2, nothing called.
 		{name: "unknown command", args: []string{"imagez"}, code: 2, stderr: `unknown command "imagez"`, wantCalls: "-"},
+		{name: "suggestion by distance", args: []string{"instanses", "list"}, code: 2, stderr: `did you mean "instances"?`, wantCalls: "-"},
+		{name: "suggestion over ssh", ssh: true, args: []string{"instances", "shwo", "1"}, code: 2, stderr: `did you mean "show"?`, wantCalls: "-"},
 		{name: "unknown subcommand", args: []string{"images", "frobnicate"}, code: 2, stderr: `unknown command "frobnicate"`, wantCalls: "-"},
 		{name: "unknown flag", args: []string{"images", "list", "--frob"}, code: 2, stderr: "unknown flag: --frob", wantCalls: "-"},
 		{name: "too many args", args: []string{"images", "list", "1"}, code: 2, stderr: "takes 0 arguments", wantCalls: "-"},
-		{name: "missing id", args: []string{"instances", "show"}, code: 2, stderr: "takes 1 argument, got 0", wantCalls: "-"},
+		{name: "missing id", args: []string{"instances", "show"}, code: 2, stderr: "draupnir-client: instances show takes 1 argument, got 0\n", wantCalls: "-"},
 		{name: "non-numeric id", args: []string{"instances", "destroy", "four"}, code: 2, stderr: `instance id must be a positive integer, not "four"`, wantCalls: "-"},
 		{name: "negative id", args: []string{"env", "-1"}, code: 2, wantCalls: "-", stderr: "unknown shorthand flag"},
 		{name: "zero id", args: []string{"images", "done", "0"}, code: 2, stderr: "positive integer", wantCalls: "-"},

@@ -247,6 +247,11 @@ func (a *app) noSubcommand(cmd *cobra.Command, args []string) error {
 		return nil
 	}
 	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		// cobra defaults this only on its own error path; SuggestionsFor
+		// alone would suggest by prefix only.
+		cmd.SuggestionsMinimumDistance = 2
+	}
 	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 		msg += fmt.Sprintf("; did you mean %q?", s[0])
 	}
@@ -280,7 +285,10 @@ func (a *app) group(use, short string) *cobra.Command {
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usagef(cmd, "%s takes %d argument%s, got %d", cmd.CommandPath(), n, plural(n), len(args))
+			// The path without the program: the message is already
+			// prefixed with its name.
+			path := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+			return usagef(cmd, "%s takes %d argument%s, got %d", path, n, plural(n), len(args))
 		}
 		return nil
 	}
