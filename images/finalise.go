@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/images/extract"
@@ -168,6 +170,10 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if err := s.prepareData(ctx, work); err != nil {
 		return nil, err
 	}
+	// The read-only snapshot at the end must wait for every dirty page of
+	// the extracted data to reach the disk; start that writeback now, so it
+	// overlaps the boot, the script and the role setup.
+	go syncfs(work)
 	version, err := supervisor.DataVersion(work)
 	if err != nil {
 		return nil, unprocessable("the upload is not a PostgreSQL data directory or base backup: no PG_VERSION found (upload base.tar[.gz] and pg_wal.tar[.gz] from pg_basebackup -Ft, another tarball of a data directory, or the data directory itself)")
@@ -406,6 +412,16 @@ func treeSize(root string) (int64, error) {
 		return nil
 	})
 	return total, err
+}
+
+// syncfs flushes the filesystem holding dir; errors only cost time later.
+func syncfs(dir string) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	unix.Syncfs(int(f.Fd()))
 }
 
 func isNoSpace(err error) bool {
