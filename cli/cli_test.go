@@ -440,6 +440,9 @@ func TestHelp(t *testing.T) {
 	if !strings.Contains(r.stdout, "--backed-up-at") {
 		t.Errorf("images help create does not describe create:\n%s", r.stdout)
 	}
+	if want := run(t, newFakeBackend(), Env{}, "", "help", "images", "create"); r.stdout != want.stdout {
+		t.Errorf("images help create differs from help images create:\n%s\n---\n%s", r.stdout, want.stdout)
+	}
 	r = run(t, newFakeBackend(), Env{SSH: true}, "")
 	if !strings.Contains(r.stdout, "ssh HOST") || strings.Contains(r.stdout, "authenticate") {
 		t.Errorf("ssh help should speak of ssh and not offer authenticate:\n%s", r.stdout)

@@ -268,6 +268,9 @@ func (a *app) helpOrUnknown(cmd *cobra.Command, args []string) error {
 		}
 		cmd = sub
 	}
+	// As cobra's help command does: the flag is added lazily, and its line
+	// belongs in the text.
+	cmd.InitDefaultHelpFlag()
 	return cmd.Help()
 }
 

@@ -407,6 +407,29 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 }
 
+// TestResourcesAsTheAPI checks that the documents the CLI prints with --json
+// for objects it did not get over HTTP (SSH sessions) are the API's: whole
+// seconds, and the image attributes the API always sends.
+func TestResourcesAsTheAPI(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 987654321, time.FixedZone("CET", 3600))
+	b, err := json.Marshal(NewImageResource(&draupnir.Image{ID: 1, State: draupnir.ImageCreated, BackedUpAt: at, CreatedAt: at, UpdatedAt: at}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"backed_up_at":"2026-01-02T02:04:05Z"`, `"created_at":"2026-01-02T02:04:05Z"`, `"error":""`, `"postgres_version":""`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("image JSON %s lacks %s", b, want)
+		}
+	}
+	b, err = json.Marshal(NewInstanceResource(&draupnir.Instance{ID: 1, CreatedAt: at, UpdatedAt: at}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"created_at":"2026-01-02T02:04:05Z","updated_at":"2026-01-02T02:04:05Z"`) {
+		t.Errorf("instance JSON %s: want timestamps in whole seconds, UTC", b)
+	}
+}
+
 func TestOriginalImageWithoutState(t *testing.T) {
 	var r ImageResource
 	if err := json.Unmarshal([]byte(`{"type":"images","id":1,"attributes":{"ready":true}}`), &r); err != nil {

@@ -89,11 +89,14 @@ type ImageAttributes struct {
 	Ready               bool      `json:"ready"`
 	AnonymisationScript string    `json:"anonymisation_script"`
 	State               string    `json:"state"`
-	Error               string    `json:"error,omitempty"`
+	Error               string    `json:"error"`
 	SizeBytes           int64     `json:"size_bytes"`
-	PostgresVersion     string    `json:"postgres_version,omitempty"`
+	PostgresVersion     string    `json:"postgres_version"`
 	Database            string    `json:"database,omitempty"`
 }
+
+// apiTime is t as the API renders timestamps: UTC, whole seconds.
+func apiTime(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
 
 // ImageResource is an image as the API renders it.
 type ImageResource struct {
@@ -108,9 +111,9 @@ func NewImageResource(img *draupnir.Image) ImageResource {
 		Type: "images",
 		ID:   ID(img.ID),
 		Attributes: ImageAttributes{
-			BackedUpAt:          img.BackedUpAt.UTC(),
-			CreatedAt:           img.CreatedAt.UTC(),
-			UpdatedAt:           img.UpdatedAt.UTC(),
+			BackedUpAt:          apiTime(img.BackedUpAt),
+			CreatedAt:           apiTime(img.CreatedAt),
+			UpdatedAt:           apiTime(img.UpdatedAt),
 			Ready:               img.Ready(),
 			AnonymisationScript: img.AnonymisationScript,
 			State:               string(img.State),
@@ -176,8 +179,8 @@ func NewInstanceResource(inst *draupnir.Instance) InstanceResource {
 		Type: "instances",
 		ID:   ID(inst.ID),
 		Attributes: InstanceAttributes{
-			CreatedAt:     inst.CreatedAt.UTC(),
-			UpdatedAt:     inst.UpdatedAt.UTC(),
+			CreatedAt:     apiTime(inst.CreatedAt),
+			UpdatedAt:     apiTime(inst.UpdatedAt),
 			ImageID:       ID(inst.ImageID),
 			Port:          Port(inst.Port),
 			Hostname:      inst.Hostname,
