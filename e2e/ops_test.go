@@ -113,7 +113,7 @@ func TestOperations(t *testing.T) {
 		`draupnir_images{state="finalising"}`: 0,
 		`draupnir_instances{state="running"}`: 1,
 		`draupnir_instance_ports_in_use`:      1,
-		`draupnir_instance_ports_total`:       100,
+		`draupnir_instance_ports_total`:       instancePorts,
 		`draupnir_state_database_up`:          1,
 		`draupnir_operation_duration_seconds_count{operation="image_create",outcome="ok"}`:           1,
 		`draupnir_operation_duration_seconds_count{operation="image_finalise",outcome="ok"}`:         1,
