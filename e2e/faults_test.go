@@ -527,7 +527,11 @@ func checkConsistent(t testing.TB, s *server) []*draupnir.Instance {
 		if !rows[id] {
 			t.Errorf("process %d (%s) runs in %s, which has no row", pid, p.comm, p.cwd)
 		}
-		if _, child := procs[parentOf(pid)]; !child {
+		ppid := parentOf(pid)
+		if ppid == 0 {
+			continue // exited since it was listed, e.g. the backend of the last query
+		}
+		if _, child := procs[ppid]; !child {
 			postmasters[id]++
 		}
 	}
