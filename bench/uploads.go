@@ -99,9 +99,8 @@ Subsystem sftp internal-sftp
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.exited) }()
 	undo.push(func(context.Context) error {
-		// SIGKILL, to the whole group (per-connection children too): the
-		// listener of OpenSSH 9.2 started this way ignored SIGTERM, and it
-		// keeps no state worth a clean exit.
+		// The whole group (per-connection children too); it keeps no state
+		// worth a clean exit.
 		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 		select {
 		case <-s.exited:
@@ -179,7 +178,8 @@ func runTimed(cmd *exec.Cmd, in string) (time.Duration, error) {
 // two so that drift hits both alike.
 func (e *env) uploads(ctx context.Context) error {
 	var undo cleanups
-	defer undo.run(context.WithoutCancel(ctx), e.log)
+	// A closure: a deferred method value would copy the empty slice now.
+	defer func() { undo.run(context.WithoutCancel(ctx), e.log) }()
 	var err error
 	if e.openssh, err = startOpenSSHd(ctx, e, &undo); err != nil {
 		return err
