@@ -72,20 +72,23 @@ func (s store) list(ctx context.Context, where string, args ...any) ([]*draupnir
 // other instance holds and that is not in skip. It returns nil, nil when no
 // port is free.
 func (s store) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
-	var id int64
-	err := s.pool.QueryRow(ctx, `INSERT INTO instances (image_id, owner, port, username, password)
-		SELECT $1, $2, p, $3, $4 FROM generate_series($5::int, $6::int) AS p
-		WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
-		ORDER BY p LIMIT 1
-		ON CONFLICT (port) DO NOTHING
-		RETURNING id`, imageID, owner, username, password, min, max, skip).Scan(&id)
+	// One round trip: instance create is on the hot path.
+	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
+			INSERT INTO instances (image_id, owner, port, username, password)
+			SELECT $1, $2, p, $3, $4 FROM generate_series($5::int, $6::int) AS p
+			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
+			ORDER BY p LIMIT 1
+			ON CONFLICT (port) DO NOTHING
+			RETURNING *)
+		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
+		imageID, owner, username, password, min, max, skip))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("creating an instance row: %w", err)
 	}
-	return s.get(ctx, id)
+	return in, nil
 }
 
 // movePort gives instance id another free port, not in skip.
