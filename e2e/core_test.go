@@ -196,6 +196,32 @@ func TestInstances(t *testing.T) {
 		}
 	})
 
+	t.Run("secrets stay out of the logs", func(t *testing.T) {
+		caKey, err := os.ReadFile(filepath.Join(s.dataPath, "keys", "instance-ca.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyBody := strings.Split(strings.TrimSpace(string(caKey)), "\n")[1]
+		logs := map[string]string{"server": s.logs()}
+		for _, in := range ins {
+			b, _ := os.ReadFile(filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10), "draupnir.log"))
+			logs["instance "+strconv.FormatInt(in.ID, 10)] = string(b)
+		}
+		for name, log := range logs {
+			if strings.Contains(log, keyBody) {
+				t.Errorf("the %s log holds the instance CA's key", name)
+			}
+			for _, in := range ins {
+				if strings.Contains(log, in.Password) {
+					t.Errorf("the %s log holds instance %d's password", name, in.ID)
+				}
+			}
+			if strings.Contains(log, sharedSecret) {
+				t.Errorf("the %s log holds the shared secret", name)
+			}
+		}
+	})
+
 	t.Run("destroy stops postgres and deletes everything", func(t *testing.T) {
 		in := ins[2]
 		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
