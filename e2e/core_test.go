@@ -117,6 +117,14 @@ func TestInstances(t *testing.T) {
 			CREATE INDEX ON customers (email); TRUNCATE audit`)
 	})
 
+	t.Run("large objects are the role's", func(t *testing.T) {
+		// The superuser made it in the source, as pg_dump/lo_import jobs do.
+		if got := mustPSQL(t, ins[1], "SELECT convert_from(lo_get(90001), 'UTF8')"); got != "a large object" {
+			t.Errorf("large object reads %q", got)
+		}
+		mustPSQL(t, ins[1], "SELECT lo_put(90001, 0, 'A'); SELECT lo_unlink(90001)")
+	})
+
 	t.Run("the role cannot reach the host", func(t *testing.T) {
 		for _, sql := range []string{
 			"COPY (SELECT 1) TO PROGRAM 'id'",

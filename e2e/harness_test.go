@@ -374,7 +374,8 @@ CREATE TABLE secret_tokens (token text);
 INSERT INTO secret_tokens VALUES ('s3cr3t-production-token');
 RESET ROLE;
 CREATE TABLE audit (at timestamptz DEFAULT now(), what text);
-INSERT INTO audit (what) VALUES ('made by the superuser');`
+INSERT INTO audit (what) VALUES ('made by the superuser');
+SELECT lo_from_bytea(90001, 'a large object');`
 
 // anonymise is a script of the kind the original README shows.
 const anonymise = `\c shop

@@ -240,8 +240,8 @@ END
 $draupnir$`
 
 // ownershipSQL runs in each database: the database, and every schema,
-// relation, routine and type that a superuser owned outside the system
-// schemas and extensions, go to the instance role. Sequences owned by a
+// relation, routine, type and large object that a superuser owned outside the
+// system schemas and extensions, go to the instance role. Sequences owned by a
 // column follow their table.
 const ownershipSQL = `DO $draupnir$
 DECLARE r record;
@@ -276,6 +276,11 @@ BEGIN
         AND n.nspname NOT IN ('pg_catalog', 'information_schema')
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') LOOP
     EXECUTE format('ALTER TYPE %s OWNER TO draupnir', r.typ);
+  END LOOP;
+  -- Large objects have owners too: without this a superuser's are unreadable.
+  FOR r IN SELECT m.oid FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner
+      WHERE o.rolsuper LOOP
+    EXECUTE format('ALTER LARGE OBJECT %s OWNER TO draupnir', r.oid);
   END LOOP;
 END
 $draupnir$`
