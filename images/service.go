@@ -160,6 +160,9 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 	if backedUpAt.IsZero() {
 		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "backed_up_at", Msg: "backed_up_at is required (RFC 3339, e.g. 2017-05-01T12:00:00Z)"}
 	}
+	if err := checkScript(script); err != nil {
+		return nil, err
+	}
 	r, err := s.store.insert(ctx, backedUpAt.UTC(), script)
 	if err != nil {
 		return nil, err
@@ -181,6 +184,15 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 	return &r.Image, nil
 }
 
+// checkScript refuses what neither the state database (text) nor psql can
+// hold, so it is the client's mistake (422) and not a server error.
+func checkScript(script string) error {
+	if strings.ContainsRune(script, 0) {
+		return &draupnir.Error{Kind: draupnir.KindInvalid, Field: "anonymisation_script", Msg: "anonymisation_script must not contain NUL characters"}
+	}
+	return nil
+}
+
 // Update changes the script or backup time of an image that is not ready, so
 // a failed finalise can be fixed and retried.
 func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
@@ -189,6 +201,11 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 	}
 	if patch.BackedUpAt != nil && patch.BackedUpAt.IsZero() {
 		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "backed_up_at", Msg: "backed_up_at must be a time"}
+	}
+	if patch.AnonymisationScript != nil {
+		if err := checkScript(*patch.AnonymisationScript); err != nil {
+			return nil, err
+		}
 	}
 	r, err := s.store.update(ctx, id, patch)
 	if err != nil {
