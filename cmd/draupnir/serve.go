@@ -39,6 +39,7 @@ type core struct {
 	images    *images.Service
 	instances *instances.Service
 	lock      *os.File // held while the server runs
+	runLock   *os.File // the same, on run_path
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -89,12 +90,26 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 			return nil, err
 		}
 	}
+	// One server per run path too: two servers on different data paths but
+	// the same (default) run_path would share socket directories, the
+	// instances' TLS files and the state cluster's socket.
+	runLock, err := os.OpenFile(filepath.Join(cfg.RunPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("run_path: %w", err)
+	}
+	if err := syscall.Flock(int(runLock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		runLock.Close()
+		lock.Close()
+		return nil, fmt.Errorf("another draupnir is already using run_path %s; give each server its own run_path", cfg.RunPath)
+	}
 	sup, err := supervisor.New(cfg.Instances.PostgresUser, cfg.Postgres.BinDirs, log)
 	if err != nil {
+		runLock.Close()
 		lock.Close()
 		return nil, err
 	}
-	c := &core{cfg: cfg, log: log, sup: sup, lock: lock}
+	c := &core{cfg: cfg, log: log, sup: sup, lock: lock, runLock: runLock}
 	url := cfg.DatabaseURL
 	if cfg.Embedded() {
 		url, c.state, err = sup.StateCluster(ctx, cfg.StateDir(), filepath.Join(cfg.RunPath, "state"))
@@ -181,6 +196,7 @@ func (c *core) Close(ctx context.Context) {
 			c.log.Error("stopping the state cluster", "err", err)
 		}
 	}
+	c.runLock.Close()
 	c.lock.Close()
 }
 
