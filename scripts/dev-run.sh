@@ -35,13 +35,18 @@ TOML
 fi
 ./bin/draupnir --config "$config" setup --size "${SIZE:-20G}"
 secret=$(sed -n 's/^shared_secret = "\(.*\)"/\1/p' "$config")
+# The ports as the config has them (edited configs choose their own).
+http_port=$(sed -n '/^\[http\]/,/^\[/s/^insecure_port *= *\([0-9]*\).*/\1/p' "$config")
+ssh_port=$(sed -n '/^\[ssh\]/,/^\[/s/^port *= *\([0-9]*\).*/\1/p' "$config")
+http_port=${DRAUPNIR_HTTP_INSECURE_PORT:-${http_port:-8080}}
+ssh_port=${DRAUPNIR_SSH_PORT:-${ssh_port:-2222}}
 cat <<MSG
 
-  Draupnir is starting on http://localhost:8080 (SSH on port 2222).
+  Draupnir is starting on http://localhost:$http_port (SSH on port $ssh_port).
   Upload principal token (shared_secret): $secret
   The first start builds a demo image (pgbench); then, for example:
 
-    export DRAUPNIR_URL=http://localhost:8080 DRAUPNIR_TOKEN=$secret
+    export DRAUPNIR_URL=http://localhost:$http_port DRAUPNIR_TOKEN=$secret
     ./bin/draupnir-client images list
     ./bin/draupnir-client instances create 1
     eval "\$(./bin/draupnir-client env 1)" && psql -c 'select count(*) from pgbench_accounts'
