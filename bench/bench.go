@@ -47,6 +47,8 @@ type Config struct {
 	// DiskBytes overrides the size of the loop btrfs; 0 sizes it from the
 	// scales.
 	DiskBytes int64 `json:"disk_bytes"`
+	// WarmPool is instances.warm_pool for the warm-pool series; 0 skips it.
+	WarmPool int `json:"warm_pool"`
 }
 
 // Defaults finish in a few minutes on a 2-core machine.
@@ -59,6 +61,7 @@ func Defaults() Config {
 		Concurrent:     20,
 		ListSamples:    50,
 		PortBase:       41000,
+		WarmPool:       2,
 	}
 }
 
@@ -67,6 +70,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Scale < 1:
 		return fmt.Errorf("scale must be at least 1, got %d", c.Scale)
+	case c.WarmPool < 0 || c.WarmPool > 20:
+		return fmt.Errorf("warm pool must be between 0 and 20, got %d", c.WarmPool)
 	case c.LargeScale < 0:
 		return fmt.Errorf("large scale must not be negative, got %d", c.LargeScale)
 	case c.Samples < 2:
@@ -294,6 +299,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		return rep, err
 	}
 	e.rep = rep
+	e.undo = &undo
 	for _, step := range []struct {
 		name string
 		fn   func(context.Context) error
@@ -306,6 +312,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"finalise alone", e.finaliseBaseline},
 		{"uploads", e.uploads},
 		{"large image", e.large},
+		{"warm pool", e.warmPool},
 	} {
 		log.Info("measuring", "step", step.name)
 		if err := step.fn(ctx); err != nil {

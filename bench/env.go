@@ -65,6 +65,9 @@ type env struct {
 	backup  string // pg_basebackup -Ft -X stream of the main image
 	keys    *sshKeys
 	openssh *openSSHd
+	undo    *cleanups
+	// serverEnv is added to the server's environment (config overrides).
+	serverEnv []string
 }
 
 func randomHex(n int) string {
@@ -343,6 +346,7 @@ listen_addresses = "127.0.0.1"
 	}
 	defer logf.Close()
 	s.cmd = exec.Command(binary, "--config", confPath, "serve")
+	s.cmd.Env = append(os.Environ(), e.serverEnv...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C at the terminal reaches only us, and we
 	// stop it in order.

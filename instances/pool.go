@@ -33,6 +33,9 @@ func (s *Service) StartPool() {
 	}()
 }
 
+// refillDelay separates a take from the pool and its replacement.
+const refillDelay = 250 * time.Millisecond
+
 // refill asks the pool loop for a pass soon, without waiting for it.
 func (s *Service) refill() {
 	select {

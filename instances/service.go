@@ -184,7 +184,9 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 			return nil, err
 		}
 		if in != nil {
-			s.refill()
+			// Refill a moment later: starting the replacement right away
+			// competes with the owner's first connection for the CPU.
+			time.AfterFunc(refillDelay, s.refill)
 			s.log.Info("instance created from the warm pool", "instance", in.ID, "image", imageID, "owner", p.Name, "port", in.Port)
 			return s.decorate(in), nil
 		}

@@ -29,6 +29,7 @@ func run() int {
 	flag.StringVar(&cfg.Server, "server", "bin/draupnir", "draupnir server binary (empty: go build ./cmd/draupnir)")
 	flag.IntVar(&cfg.Scale, "scale", cfg.Scale, "pgbench scale of the main image (70 ≈ 1 GiB on disk)")
 	gib := flag.Bool("gib", false, "use a ~1 GiB image (pgbench scale 70), the size the goals are stated for")
+	flag.IntVar(&cfg.WarmPool, "warm-pool", cfg.WarmPool, "instances.warm_pool for the warm-pool series (0: skip)")
 	flag.IntVar(&cfg.LargeScale, "large-scale", cfg.LargeScale, "pgbench scale of a larger image for the size-independence figure (0: skip; 10× -scale is the goal's)")
 	flag.IntVar(&cfg.Samples, "samples", cfg.Samples, "timed creates, and floor starts")
 	flag.IntVar(&cfg.CompareSamples, "compare-samples", cfg.CompareSamples, "timed CREATE DATABASE … TEMPLATE and dump/restore runs of each kind")
