@@ -94,12 +94,12 @@ func (e *env) warmPool(ctx context.Context) error {
 	ratio := total.P50 / floor.P50
 	e.rep.Values["warm_create_over_floor_p50"] = ratio
 	e.rep.add(Figure{
-		Name:     fmt.Sprintf("POST /instances → first query with the warm pool (instances.warm_pool = %d), n=%d", e.cfg.WarmPool, total.N),
-		Goal:     "p50 ≤ 15 ms",
+		Name: fmt.Sprintf("POST /instances → first query with the warm pool (instances.warm_pool = %d), n=%d", e.cfg.WarmPool, total.N),
+		Goal: "p50 ≤ 15 ms",
 		Measured: fmt.Sprintf("p50 %s, p95 %s (API call p50 %s; a second connect+query p50 %s)", fmtMS(total.P50), fmtMS(total.P95), fmtMS(api.P50),
 			fmtMS(Summarize(e.rep.Samples["warm_connect_again_ms"]).P50)),
-		Ratio:    fmt.Sprintf("%.2f× the floor", ratio),
-		Status:   verdict(total.P50 <= 15),
+		Ratio:  fmt.Sprintf("%.2f× the floor", ratio),
+		Status: verdict(total.P50 <= 15),
 	})
 	return nil
 }
