@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
@@ -45,5 +49,77 @@ func TestSharedRunPath(t *testing.T) {
 	}
 	if _, err := s.upload().ListImages(ctx); err != nil {
 		t.Errorf("the first server suffered: %v", err)
+	}
+}
+
+// TestDestroyImageWhileCreating destroys an image while users keep creating
+// instances of it. Whatever wins, the result must be consistent: either the
+// image is gone with all its instances, or it is still there, ready and
+// usable; no request fails with a server error.
+func TestDestroyImageWhileCreating(t *testing.T) {
+	s := startServer(t, "")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.logs())
+		}
+	})
+	b := newSource(t).BaseBackup(t, "-X", "fetch")
+	ctx := context.Background()
+	for round := 0; round < 3; round++ {
+		im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var created []*draupnir.Instance
+		for w := 0; w < 3; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					in, err := s.user().CreateInstance(ctx, im.ID)
+					switch {
+					case err == nil:
+						mu.Lock()
+						created = append(created, in)
+						mu.Unlock()
+					case draupnir.KindOf(err) == draupnir.KindInternal:
+						t.Errorf("create during destroy: %v", err)
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(100 * time.Millisecond)
+		derr := s.upload().DestroyImage(ctx, im.ID)
+		close(stop)
+		wg.Wait()
+		if derr != nil && draupnir.KindOf(derr) == draupnir.KindInternal {
+			t.Errorf("round %d: destroy: %v", round, derr)
+		}
+		_, gerr := s.upload().GetImage(ctx, im.ID)
+		switch {
+		case errors.Is(gerr, draupnir.ErrNotFound):
+			for _, in := range created {
+				if _, err := s.user().GetInstance(ctx, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
+					t.Errorf("round %d: instance %d of destroyed image %d survives (%v)", round, in.ID, im.ID, err)
+				}
+			}
+		case gerr == nil:
+			in, err := s.user().CreateInstance(ctx, im.ID)
+			if err != nil {
+				t.Fatalf("round %d: image %d survived its destroy (%v) but cannot be used: %v", round, im.ID, derr, err)
+			}
+			mustPSQL(t, in, "SELECT 1")
+			if err := s.upload().DestroyImage(ctx, im.ID); err != nil {
+				t.Fatalf("round %d: destroying image %d again: %v", round, im.ID, err)
+			}
+		default:
+			t.Fatal(gerr)
+		}
 	}
 }

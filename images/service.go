@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/draupnir-db/draupnir"
@@ -56,6 +57,7 @@ type Service struct {
 
 	mu        sync.Mutex
 	jobs      map[int64]*job // finalise jobs in flight
+	destroys  map[int64]bool // images being destroyed: no new instances
 	uploads   map[int64]int  // open uploads per image
 	instances InstanceDestroyer
 }
@@ -73,13 +75,14 @@ func New(opts Options) *Service {
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
-		opts:    opts,
-		store:   store{opts.Pool},
-		log:     opts.Log.With("component", "images"),
-		base:    base,
-		cancel:  cancel,
-		jobs:    map[int64]*job{},
-		uploads: map[int64]int{},
+		opts:     opts,
+		store:    store{opts.Pool},
+		log:      opts.Log.With("component", "images"),
+		base:     base,
+		cancel:   cancel,
+		jobs:     map[int64]*job{},
+		destroys: map[int64]bool{},
+		uploads:  map[int64]int{},
 	}
 }
 
@@ -149,6 +152,12 @@ func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
 	if r.State != draupnir.ImageReady {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s, not ready", id, r.State)
 	}
+	s.mu.Lock()
+	destroying := s.destroys[id]
+	s.mu.Unlock()
+	if destroying {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is being destroyed", id)
+	}
 	return &Image{Image: r.Image, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
 }
 
@@ -214,17 +223,34 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 	return &r.Image, nil
 }
 
-// Destroy removes an image: its instances, its snapshot, its upload and its row.
+// Destroy removes an image: its instances, its row, its snapshot and its
+// upload. New instances of it are refused meanwhile; one whose create was
+// already past that check keeps the image (the row cannot go while an
+// instance refers to it), and the destroy answers a conflict to retry. The
+// row goes before the subvolumes, so an image is never left ready without
+// its snapshot; a subvolume left behind by a crash is reconciled away.
 func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
 	if err := requireUpload(p, "destroy images"); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	_, finalising := s.jobs[id]
+	destroying := s.destroys[id]
+	if !finalising && !destroying {
+		s.destroys[id] = true
+	}
 	s.mu.Unlock()
 	if finalising {
 		return draupnir.Errorf(draupnir.KindConflict, "image %d is being finalised; destroy it when that ends", id)
 	}
+	if destroying {
+		return draupnir.Errorf(draupnir.KindConflict, "image %d is already being destroyed", id)
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.destroys, id)
+		s.mu.Unlock()
+	}()
 	if _, err := s.store.get(ctx, id); err != nil {
 		return err
 	}
@@ -233,13 +259,22 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 			return fmt.Errorf("destroying the instances of image %d: %w", id, err)
 		}
 	}
+	if err := s.store.delete(ctx, id); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
+			return draupnir.Errorf(draupnir.KindConflict, "an instance of image %d was being created while it was destroyed; destroy it again", id)
+		}
+		return fmt.Errorf("destroying image %d: %w", id, err)
+	}
+	var errs []error
 	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
 		if err := btrfs.Delete(dir); err != nil {
-			return fmt.Errorf("destroying image %d: %w", id, err)
+			errs = append(errs, err)
 		}
 	}
-	if err := s.store.delete(ctx, id); err != nil {
-		return fmt.Errorf("destroying image %d: %w", id, err)
+	if err := errors.Join(errs...); err != nil {
+		// The row is gone: the next start's reconcile deletes what is left.
+		return fmt.Errorf("image %d is destroyed but its subvolumes are not all deleted: %w", id, err)
 	}
 	s.log.Info("image destroyed", "image", id)
 	return nil

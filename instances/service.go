@@ -260,6 +260,11 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	if err := setPassword(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
 		return nil, err
 	}
+	if state == draupnir.InstanceWarm {
+		// Pay the first login's cache loading now rather than in the
+		// owner's first connection.
+		warmUp(ctx, s.sockDir(in.ID), in.Port, in.Username, im.Database)
+	}
 	if err := s.store.setState(ctx, in.ID, state, ""); err != nil {
 		return nil, err
 	}
@@ -378,6 +383,22 @@ func setPassword(ctx context.Context, sockDir string, port int, superuser, db, r
 	return nil
 }
 
+// warmUp logs in once as the instance role on the private socket; a failure
+// only means the owner's first connection pays for it.
+func warmUp(ctx context.Context, sockDir string, port int, role, db string) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), role, db
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return
+	}
+	conn.Exec(ctx, "SELECT 1")
+	conn.Close(context.WithoutCancel(ctx))
+}
+
 // Destroy stops instance id and deletes its snapshot and row.
 func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
 	in, err := s.store.get(ctx, id)
@@ -401,7 +422,10 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 	s.poolMu.Lock()
 	defer s.poolMu.Unlock()
-	list, err := s.store.list(ctx, "WHERE i.image_id = $1", imageID)
+	// Creates in flight are left to finish: the image's row cannot go while
+	// they refer to it, so its destroy answers a conflict to retry instead
+	// of failing them half-way.
+	list, err := s.store.list(ctx, "WHERE i.image_id = $1 AND i.state <> 'creating'", imageID)
 	if err != nil {
 		return err
 	}
