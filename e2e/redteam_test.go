@@ -123,3 +123,58 @@ func TestDestroyImageWhileCreating(t *testing.T) {
 		}
 	}
 }
+
+// TestDestroyInstanceWhileCreating destroys an instance that its owner sees
+// in the list while its create is still running: the destroy may be refused
+// (409), but the create must not fail half-way with a server error.
+func TestDestroyInstanceWhileCreating(t *testing.T) {
+	s := startServer(t, "")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.logs())
+		}
+	})
+	b := newSource(t).BaseBackup(t, "-X", "fetch")
+	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
+	ctx := context.Background()
+	caught := 0
+	for round := 0; round < 10 && caught < 3; round++ {
+		created := make(chan error, 1)
+		go func() {
+			_, err := s.user().CreateInstance(ctx, im.ID)
+			created <- err
+		}()
+		var derr error
+		var destroyed bool
+	poll:
+		for {
+			select {
+			case err := <-created:
+				created <- err
+				break poll
+			default:
+			}
+			list, err := s.user().ListInstances(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range list {
+				if in.State == draupnir.InstanceCreating {
+					derr = s.user().DestroyInstance(ctx, in.ID)
+					destroyed = true
+					caught++
+					break poll
+				}
+			}
+		}
+		if err := <-created; err != nil && draupnir.KindOf(err) == draupnir.KindInternal {
+			t.Errorf("round %d: create whose instance was destroyed meanwhile: %v", round, err)
+		}
+		if destroyed && derr != nil && draupnir.KindOf(derr) == draupnir.KindInternal {
+			t.Errorf("round %d: destroy of a creating instance: %v", round, derr)
+		}
+	}
+	if caught == 0 {
+		t.Skip("never saw an instance while it was created")
+	}
+}

@@ -408,6 +408,11 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return notFound(id)
 	}
+	// Tearing it down under its create would fail that create half-way.
+	// The state only moves on from creating, so this check cannot go stale.
+	if in.State == draupnir.InstanceCreating {
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is still being created; destroy it when that ends", id)
+	}
 	ok, err := s.store.claimDestroy(ctx, id)
 	if err != nil {
 		return err
