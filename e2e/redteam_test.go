@@ -178,3 +178,45 @@ func TestDestroyInstanceWhileCreating(t *testing.T) {
 		t.Skip("never saw an instance while it was created")
 	}
 }
+
+// TestScriptEndsInTransaction: a script that leaves a transaction open has
+// its changes rolled back when psql exits; the image must fail rather than
+// be served unanonymised. A last statement without its semicolon still runs.
+func TestScriptEndsInTransaction(t *testing.T) {
+	s := startServer(t, "")
+	b := newSource(t).BaseBackup(t, "-X", "fetch")
+	ctx := context.Background()
+	up := s.upload()
+	im, err := up.CreateImage(ctx, time.Now(), "SELECT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.copyInto(t, im.ID, filepath.Join(b, "base.tar"))
+	for _, script := range []string{
+		"\\c shop\nBEGIN;\nDELETE FROM secret_tokens;\n",
+		"\\c shop\nBEGIN;\nDELETE FROM secret_tokens;\n\\set ON_ERROR_STOP 0\n",
+		"\\c shop\nSTART TRANSACTION; DELETE FROM secret_tokens; SAVEPOINT a; RELEASE a",
+	} {
+		if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := up.FinaliseImage(ctx, im.ID)
+		if !errors.Is(err, draupnir.ErrUnprocessable) || !strings.Contains(err.Error(), "transaction") {
+			t.Errorf("done with %q: %v; want 422 about the open transaction", script, err)
+		}
+	}
+	script := "\\c shop\nBEGIN;\nDELETE FROM secret_tokens;\nCOMMIT"
+	if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.FinaliseImage(ctx, im.ID); err != nil {
+		t.Fatalf("done with %q: %v", script, err)
+	}
+	in, err := s.user().CreateInstance(ctx, im.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPSQL(t, in, "SELECT count(*) FROM secret_tokens"); got != "0" {
+		t.Errorf("secret_tokens has %s rows after %q", got, script)
+	}
+}

@@ -210,7 +210,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		return nil, err
 	}
 	if script := r.AnonymisationScript; strings.TrimSpace(script) != "" {
-		out, err := sup.PSQL(ctx, bin, sockDir, privatePort, superuser, dbs.first, script)
+		out, err := sup.PSQL(ctx, bin, sockDir, privatePort, superuser, dbs.first, script+scriptEnd)
 		if err != nil {
 			return nil, unprocessable("the anonymisation script failed: %s", trimOutput(out, err))
 		}
@@ -251,6 +251,23 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 }
 
 const finaliseLog = "draupnir-finalise.log"
+
+// scriptEnd runs after the anonymisation script, on its last connection. A
+// script that ends inside a transaction block (BEGIN without COMMIT) would
+// have its changes rolled back, silently, when psql exits, and the image be
+// served unanonymised: fail it instead. In a transaction block now() is when
+// the block began, before this statement; outside one the two are equal. The
+// lone ";" ends a last statement written without one, and ON_ERROR_STOP comes
+// back on in case the script turned it off.
+const scriptEnd = `
+;
+\set ON_ERROR_STOP 1
+DO $draupnir$ BEGIN
+  IF now() <> statement_timestamp() THEN
+    RAISE EXCEPTION 'the anonymisation script ended inside a transaction block (BEGIN without COMMIT), so its changes would be rolled back: end it with COMMIT';
+  END IF;
+END $draupnir$;
+`
 
 // trimOutput keeps the part of psql's output that says what went wrong.
 func trimOutput(out string, err error) string {
