@@ -219,4 +219,8 @@ func TestScriptEndsInTransaction(t *testing.T) {
 	if got := mustPSQL(t, in, "SELECT count(*) FROM secret_tokens"); got != "0" {
 		t.Errorf("secret_tokens has %s rows after %q", got, script)
 	}
+	// The private socket directories of finalising go with it.
+	if left, _ := filepath.Glob(filepath.Join(s.runPath, "img-*")); len(left) > 0 {
+		t.Errorf("finalising left %v behind", left)
+	}
 }

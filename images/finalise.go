@@ -194,6 +194,9 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	}
 
 	sockDir := filepath.Join(s.opts.RunDir, "img-"+strconv.FormatInt(id, 10))
+	// Runs before the failure path's stop above; postgres minds only at its
+	// next check of the socket's lock file, by which time it is stopped.
+	defer os.RemoveAll(sockDir)
 	logFile := filepath.Join(work, finaliseLog)
 	spec := supervisor.Spec{DataDir: work, SocketDir: sockDir, Port: privatePort, LogFile: logFile}
 	proc, err = sup.Start(ctx, spec)
