@@ -272,6 +272,8 @@ func TestFaults(t *testing.T) {
 
 		// Finalise: the upload expands to more than the disk holds.
 		s.copyInto(t, im.ID, baseTar)
+		syscall.Sync()
+		freeWithBase := freeBytes(t, s.dataPath)
 		zeros := filepath.Join(s.uploadDir(im.ID), "zz.tar.gz")
 		writeFile(t, zeros, bigTar(8, 64<<20, true))
 		_, err = up.FinaliseImage(ctx, im.ID)
@@ -288,6 +290,12 @@ func TestFaults(t *testing.T) {
 			}
 		}
 		os.Remove(zeros)
+		// The failed finalise's work copy is a deleted subvolume whose space
+		// btrfs returns in the background.
+		waitFor(t, 60*time.Second, "the failed finalise's space to be freed", func() bool {
+			syscall.Sync()
+			return freeBytes(t, s.dataPath) > freeWithBase-(20<<20)
+		})
 		if got, err := up.FinaliseImage(ctx, im.ID); err != nil || !got.Ready() {
 			t.Fatalf("done after fixing the upload: %v %+v\n%s", err, got, s.logs())
 		}
@@ -298,11 +306,17 @@ func TestFaults(t *testing.T) {
 			t.Errorf("create on a full disk: %v; want insufficient storage\n%s", err, s.logs())
 		}
 		os.Remove(filler)
-		syscall.Sync()
-		in, err := s.user().CreateInstance(ctx, im.ID)
-		if err != nil {
-			t.Fatalf("create after freeing space: %v\n%s", err, s.logs())
-		}
+		// btrfs returns freed extents at a transaction commit, which a busy
+		// machine can delay past one sync: retry while the answer is 507.
+		var in *draupnir.Instance
+		waitFor(t, 60*time.Second, "a create to succeed after freeing space", func() bool {
+			syscall.Sync()
+			in, err = s.user().CreateInstance(ctx, im.ID)
+			if err != nil && !errors.Is(err, draupnir.ErrInsufficientStorage) {
+				t.Fatalf("create after freeing space: %v\n%s", err, s.logs())
+			}
+			return err == nil
+		})
 		mustPSQL(t, in, "SELECT count(*) FROM customers")
 		checkConsistent(t, s)
 	})
