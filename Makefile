@@ -5,8 +5,9 @@ VERSION   ?=
 LDFLAGS   := $(if $(VERSION),-X github.com/draupnir-db/draupnir.Version=$(VERSION))
 DATA_PATH ?= /var/lib/draupnir-dev
 DEV_DIR   ?= .dev
-# Fuzz targets run briefly in `make test`; longer by hand: make fuzz FUZZTIME=10m
-FUZZTIME  ?= 5s
+# Fuzz targets run briefly in `make test` (a count of inputs each; see
+# scripts/fuzz.sh); longer by hand: make fuzz FUZZTIME=10m
+FUZZTIME  ?= 20000x
 
 .PHONY: build run test unit fuzz bench loadtest migrate clean deb
 
