@@ -298,6 +298,39 @@ func TestConnectionLimits(t *testing.T) {
 			t.Errorf("after the first closed: exit %d; %s", r.code, r.stderr)
 		}
 	})
+	t.Run("unauthenticated connections per address", func(t *testing.T) {
+		// 8 connections in all, at most 4 from one address in the handshake.
+		e := newEnv(t, func(o *Options) { o.MaxConnections = 8 })
+		var idle []net.Conn
+		defer func() {
+			for _, c := range idle {
+				c.Close()
+			}
+		}()
+		for i := 0; i < 4; i++ {
+			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			idle = append(idle, c)
+		}
+		waitFor(t, func() bool { return e.srv.conns.Load() == 4 })
+		if r := e.ssh("upload", nil, nil, "hello"); r.code != 255 {
+			t.Errorf("a fifth handshake from the same address: exit %d, want 255; %s", r.code, r.stderr)
+		}
+		// Another address still gets in (the slots are not all taken).
+		if r := e.ssh("upload", nil, []string{"-b", "127.0.0.2"}, "hello"); r.code != 0 {
+			t.Errorf("from another address: exit %d; %s", r.code, r.stderr)
+		}
+		for _, c := range idle {
+			c.Close()
+		}
+		idle = nil
+		waitFor(t, func() bool { return e.srv.conns.Load() == 0 })
+		if r := e.ssh("upload", nil, nil, "hello"); r.code != 0 {
+			t.Errorf("after the idle handshakes went: exit %d; %s", r.code, r.stderr)
+		}
+	})
 	t.Run("handshake timeout", func(t *testing.T) {
 		e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 100 * time.Millisecond })
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))

@@ -80,6 +80,12 @@ type Server struct {
 	signer gossh.Signer
 	srv    *ssh.Server
 	conns  atomic.Int64
+
+	// preAuth counts connections per remote address that have not
+	// authenticated yet, so that one address cannot hold every slot with
+	// idle handshakes and lock everyone else out.
+	preAuthMu sync.Mutex
+	preAuth   map[string]int
 }
 
 // ciphers offers AES-GCM first: it is markedly faster than
@@ -93,6 +99,10 @@ var ciphers = []string{
 type ctxKey int
 
 const ctxKeySessions ctxKey = 1
+
+// ctxKeyPreAuth holds the func that ends a connection's pre-authentication
+// accounting (once).
+const ctxKeyPreAuth ctxKey = 2
 
 // New checks opts, loads (or creates) the host key and returns a server that
 // is not yet listening.
@@ -192,7 +202,31 @@ func (s *Server) acceptConn(ctx ssh.Context, c net.Conn) net.Conn {
 		s.log.Warn("ssh connection refused: too many connections", "remote", c.RemoteAddr().String(), "max", s.opts.MaxConnections)
 		return nil // the caller closes c
 	}
-	lc := &limitedConn{Conn: c, release: func() { s.conns.Add(-1) }}
+	host := remoteHost(c.RemoteAddr())
+	s.preAuthMu.Lock()
+	if s.preAuth == nil {
+		s.preAuth = map[string]int{}
+	}
+	if s.preAuth[host] >= s.maxPreAuthPerHost() {
+		s.preAuthMu.Unlock()
+		s.conns.Add(-1)
+		s.log.Warn("ssh connection refused: too many unauthenticated connections from one address", "remote", host)
+		return nil
+	}
+	s.preAuth[host]++
+	s.preAuthMu.Unlock()
+	var authOnce sync.Once
+	authenticated := func() {
+		authOnce.Do(func() {
+			s.preAuthMu.Lock()
+			if s.preAuth[host]--; s.preAuth[host] <= 0 {
+				delete(s.preAuth, host)
+			}
+			s.preAuthMu.Unlock()
+		})
+	}
+	ctx.SetValue(ctxKeyPreAuth, authenticated)
+	lc := &limitedConn{Conn: c, release: func() { authenticated(); s.conns.Add(-1) }}
 	// gliderlabs sets ContextKeyConn once the handshake (with
 	// authentication) is complete.
 	lc.timer = time.AfterFunc(s.opts.HandshakeTimeout, func() {
@@ -234,7 +268,21 @@ func (s *Server) authKey(ctx ssh.Context, key ssh.PublicKey) bool {
 		}
 		return false
 	}
+	if done, ok := ctx.Value(ctxKeyPreAuth).(func()); ok {
+		done()
+	}
 	return true
+}
+
+// maxPreAuthPerHost is how many connections one address may have in the
+// handshake at once: a quarter of all, at least 4.
+func (s *Server) maxPreAuthPerHost() int { return max(s.opts.MaxConnections/4, 4) }
+
+func remoteHost(a net.Addr) string {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.String()
+	}
+	return a.String()
 }
 
 // sessionChannel limits sessions per connection and refuses agent and X11
