@@ -44,6 +44,10 @@ func (s *Service) Finalise(ctx context.Context, p draupnir.Principal, id int64) 
 		s.mu.Unlock()
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is already being finalised", id)
 	}
+	if s.destroys[id] {
+		s.mu.Unlock()
+		return nil, destroyingError(id)
+	}
 	if s.uploads[id] > 0 {
 		s.mu.Unlock()
 		return nil, draupnir.Errorf(draupnir.KindConflict, "an upload into image %d is still in progress; finalise it when the upload ends", id)

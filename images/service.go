@@ -156,9 +156,16 @@ func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
 	destroying := s.destroys[id]
 	s.mu.Unlock()
 	if destroying {
-		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is being destroyed", id)
+		return nil, destroyingError(id)
 	}
 	return &Image{Image: r.Image, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
+}
+
+// destroyingError refuses work on an image whose destroy is under way: a
+// finalise or upload started now would write into subvolumes the destroy is
+// deleting, and recreate them after it.
+func destroyingError(id int64) error {
+	return draupnir.Errorf(draupnir.KindConflict, "image %d is being destroyed", id)
 }
 
 // Create makes an image row and its empty upload subvolume.

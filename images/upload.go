@@ -25,6 +25,9 @@ func (s *Service) openUpload(ctx context.Context, p draupnir.Principal, id int64
 	if _, running := s.jobs[id]; running {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is being finalised; uploads are closed", id)
 	}
+	if s.destroys[id] {
+		return nil, destroyingError(id)
+	}
 	r, ok, err := s.store.transition(ctx, id,
 		[]draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading}, draupnir.ImageUploading)
 	if err != nil {
