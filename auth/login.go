@@ -138,7 +138,11 @@ func (l *Login) discover(ctx context.Context) (*oidc.Provider, error) {
 	defer cancel()
 	p, err := oidc.NewProvider(dctx, l.opts.IssuerURL)
 	if err != nil {
-		return nil, draupnir.Errorf(draupnir.KindUnavailable, "the identity provider %s cannot be reached: %w", l.opts.IssuerURL, err)
+		// The issuer is public (browsers are sent there); the cause, which
+		// may name internal hosts and proxies, is for the log only.
+		l.log.WarnContext(ctx, "identity provider discovery failed", "issuer", l.opts.IssuerURL, "err", err)
+		return nil, &draupnir.Error{Kind: draupnir.KindUnavailable,
+			Msg: fmt.Sprintf("the identity provider %s cannot be reached; try again shortly", l.opts.IssuerURL), Err: err}
 	}
 	l.provider = p
 	return p, nil

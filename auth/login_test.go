@@ -176,3 +176,23 @@ func TestLoginFlow(t *testing.T) {
 		t.Errorf("issued %d tokens, want 1", len(issuer.issued))
 	}
 }
+
+// TestLoginProviderDownHidesCause checks that an unreachable identity
+// provider is reported as unavailable without the transport error.
+func TestLoginProviderDownHidesCause(t *testing.T) {
+	l, err := NewLogin(LoginOptions{
+		IssuerURL: "http://127.0.0.1:1/realms/x", ClientID: "id", ClientSecret: "secret",
+		RedirectURL: "http://127.0.0.1:8080/oauth_callback", Domain: "@example.com", Tokens: &Store{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	challenge := base64.RawURLEncoding.EncodeToString(make([]byte, 32))
+	_, err = l.Begin(context.Background(), "http://127.0.0.1:4321/callback", "state-state-state-state", challenge, "S256")
+	if draupnir.KindOf(err) != draupnir.KindUnavailable {
+		t.Fatalf("got %v, want an unavailable error", err)
+	}
+	if msg := draupnir.ClientMessage(err); strings.Contains(msg, "refused") || strings.Contains(msg, "dial") {
+		t.Errorf("client message %q carries the transport error", msg)
+	}
+}

@@ -157,7 +157,10 @@ func (s *Store) AuthenticateToken(ctx context.Context, token string) (draupnir.P
 		return draupnir.Principal{}, errBadToken
 	}
 	if err != nil {
-		return draupnir.Principal{}, draupnir.Errorf(draupnir.KindUnavailable, "cannot check the access token now: %w", err)
+		// The cause names the state database (host, user, socket): it is
+		// for the log, not for a client who may not even have a token.
+		return draupnir.Principal{}, &draupnir.Error{Kind: draupnir.KindUnavailable,
+			Msg: "cannot check the access token now; try again shortly", Err: fmt.Errorf("looking up an access token: %w", err)}
 	}
 	now := s.now()
 	if !now.Before(expiresAt) {
