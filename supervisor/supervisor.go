@@ -253,6 +253,13 @@ func (s *Supervisor) command(ctx context.Context, name string, args ...string) *
 	return cmd
 }
 
+// Command prepares name to run as the OS user with the minimal environment
+// the supervisor's own programs get, for callers that run other PostgreSQL
+// programs (a single-user postgres, say).
+func (s *Supervisor) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return s.command(ctx, name, args...)
+}
+
 // mkdirOwned creates dir (0700, owned by the OS user) if it is missing, and
 // its parents (0755, owned by root) as needed.
 func (s *Supervisor) mkdirOwned(dir string) error {

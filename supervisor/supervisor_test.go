@@ -687,3 +687,21 @@ func TestPidfdPollable(t *testing.T) {
 	}
 	waitDone(t, p) // readable already as a zombie: nobody has reaped it yet
 }
+
+// Command runs as the OS user and hands none of the server's environment,
+// which may hold secrets, to the program.
+func TestCommand(t *testing.T) {
+	s := newSupervisor(t)
+	t.Setenv("DRAUPNIR_TEST_SECRET", "hunter2")
+	out, err := s.Command(context.Background(), "/bin/sh", "-c", "id -u; env").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	uid, env, _ := strings.Cut(string(out), "\n")
+	if uid != strconv.Itoa(s.UID()) {
+		t.Errorf("ran as uid %s, want %d", uid, s.UID())
+	}
+	if strings.Contains(env, "hunter2") {
+		t.Errorf("the server's environment leaked into the command:\n%s", env)
+	}
+}
