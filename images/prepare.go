@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -114,11 +112,11 @@ func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, p
 		return "", err
 	}
 	*proc = nil
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
+	// Through the supervisor: the server's environment may hold secrets and
+	// must not reach a postgres booted from an uploaded backup.
+	cmd := s.opts.Supervisor.Command(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
 	cmd.Stdin = strings.NewReader("SELECT rolname FROM pg_authid WHERE oid = 10;\n")
 	cmd.Dir = dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
-		Uid: uint32(s.opts.Supervisor.UID()), Gid: uint32(s.opts.Supervisor.GID())}}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("asking single-user postgres for the superuser: %w: %s", err, out)
