@@ -279,30 +279,24 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 func (s *Service) allocate(ctx context.Context, imageID int64, owner, username, password string) (*draupnir.Instance, error) {
 	s.portMu.Lock()
 	defer s.portMu.Unlock()
-	skip := []int32{}
-	for attempt := 0; attempt < 20; attempt++ {
-		in, err := s.store.insert(ctx, imageID, owner, username, password, s.opts.MinPort, s.opts.MaxPort, skip)
-		if err != nil {
-			return nil, err
-		}
-		if in == nil {
-			break
-		}
-		if portFree(in.Port) {
-			return in, nil
-		}
+	in, err := s.store.insert(ctx, imageID, owner, username, password, s.opts.MinPort, s.opts.MaxPort, []int32{})
+	if err != nil {
+		return nil, err
+	}
+	if in == nil {
+		return nil, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d; destroy instances or widen instances.min_port/max_port",
+			s.opts.MinPort, s.opts.MaxPort)
+	}
+	if !portFree(in.Port) {
 		// Another program holds it: keep the row, take the next port.
-		skip = append(skip, int32(in.Port))
-		port, err := s.freePort(ctx, in.ID, skip)
+		port, err := s.freePort(ctx, in.ID, []int32{int32(in.Port)})
 		if err != nil {
 			s.store.delete(context.WithoutCancel(ctx), in.ID)
 			return nil, err
 		}
 		in.Port = port
-		return in, nil
 	}
-	return nil, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d; destroy instances or widen instances.min_port/max_port",
-		s.opts.MinPort, s.opts.MaxPort)
+	return in, nil
 }
 
 // freePort moves instance id to a free port not in skip and not held by
