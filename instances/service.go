@@ -414,7 +414,14 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if !ok {
 		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed", id)
 	}
-	return s.teardown(context.WithoutCancel(ctx), id)
+	ctx = context.WithoutCancel(ctx)
+	if err := s.teardown(ctx, id); err != nil {
+		// Out of "destroying", so that the owner can try again at once
+		// rather than after the next restart's reconcile.
+		s.store.setState(ctx, id, draupnir.InstanceFailed, fmt.Sprintf("destroying it failed: %v; destroy it again", err))
+		return err
+	}
+	return nil
 }
 
 // DestroyAllOfImage destroys every instance of image imageID.
