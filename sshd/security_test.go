@@ -331,6 +331,45 @@ func TestConnectionLimits(t *testing.T) {
 			t.Errorf("after the idle handshakes went: exit %d; %s", r.code, r.stderr)
 		}
 	})
+	t.Run("offering a known key is not authenticating", func(t *testing.T) {
+		// Public keys are public: a client that offers a registered key
+		// but never proves it holds the private key is still in the
+		// handshake and counts against its address's share.
+		e := newEnv(t, func(o *Options) { o.MaxConnections = 8 })
+		data, err := os.ReadFile(e.keys["upload"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := gossh.ParsePrivateKey(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release := make(chan struct{})
+		var stalled []net.Conn
+		defer func() {
+			for _, c := range stalled {
+				c.Close()
+			}
+			close(release)
+		}()
+		for i := 0; i < 4; i++ {
+			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stalled = append(stalled, c)
+			cfg := &gossh.ClientConfig{
+				User:            "upload",
+				Auth:            []gossh.AuthMethod{gossh.PublicKeys(stallingSigner{signer, release})},
+				HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+			}
+			go gossh.NewClientConn(c, "127.0.0.1", cfg) // ends when c closes
+		}
+		waitFor(t, func() bool { return e.srv.conns.Load() == 4 })
+		if r := e.ssh("upload", nil, nil, "hello"); r.code != 255 {
+			t.Errorf("a fifth handshake from an address whose four hold offered keys: exit %d, want 255; %s", r.code, r.stderr)
+		}
+	})
 	t.Run("handshake timeout", func(t *testing.T) {
 		e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 100 * time.Millisecond })
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
@@ -359,4 +398,16 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("condition not reached")
+}
+
+// stallingSigner offers its key (the server answers the query) but does not
+// sign until release is closed.
+type stallingSigner struct {
+	gossh.Signer
+	release chan struct{}
+}
+
+func (s stallingSigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
+	<-s.release
+	return nil, errors.New("released")
 }

@@ -145,9 +145,18 @@ func New(opts Options) (*Server, error) {
 		// and no direct-tcpip channel handler exist either.
 		LocalPortForwardingCallback:   nil,
 		ReversePortForwardingCallback: nil,
-		ServerConfigCallback: func(ssh.Context) *gossh.ServerConfig {
+		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {
 			cfg := &gossh.ServerConfig{}
 			cfg.Ciphers = ciphers
+			// Called with a nil error only once a method has really
+			// succeeded (a signature verified), unlike PublicKeyHandler,
+			// which also answers queries for keys the client merely
+			// offers: anyone can offer a known public key.
+			cfg.AuthLogCallback = func(_ gossh.ConnMetadata, _ string, err error) {
+				if done, ok := ctx.Value(ctxKeyPreAuth).(func()); ok && err == nil {
+					done()
+				}
+			}
 			return cfg
 		},
 		ConnectionFailedCallback: func(c net.Conn, err error) {
@@ -267,9 +276,6 @@ func (s *Server) authKey(ctx ssh.Context, key ssh.PublicKey) bool {
 			s.log.Error("ssh key lookup failed", "remote", ctx.RemoteAddr().String(), "err", err)
 		}
 		return false
-	}
-	if done, ok := ctx.Value(ctxKeyPreAuth).(func()); ok {
-		done()
 	}
 	return true
 }
