@@ -230,6 +230,27 @@ func TestInstances(t *testing.T) {
 		}
 	})
 
+	t.Run("a destroy that fails can be retried", func(t *testing.T) {
+		in := ins[1]
+		dir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10))
+		testenv.Run(t, "chattr", "+i", dir) // btrfs refuses to delete it now
+		defer exec.Command("chattr", "-i", dir).Run()
+		if err := s.user().DestroyInstance(ctx, in.ID); err == nil {
+			t.Fatal("destroying an immutable instance directory succeeded")
+		}
+		got, err := s.user().GetInstance(ctx, in.ID)
+		if err != nil || got.State != draupnir.InstanceFailed || got.Error == "" {
+			t.Fatalf("after a failed destroy: %v %+v; want failed with the reason", err, got)
+		}
+		testenv.Run(t, "chattr", "-i", dir)
+		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
+			t.Fatalf("destroying again: %v", err)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("the instance directory survived: %v", err)
+		}
+	})
+
 	t.Run("destroy stops postgres and deletes everything", func(t *testing.T) {
 		in := ins[2]
 		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
