@@ -61,7 +61,9 @@ func (s *Service) recover(id int64) {
 	log := s.log.With("instance", id)
 	log.Warn("instance postgres exited unexpectedly; restarting it")
 	ctx := s.base
-	s.store.setState(ctx, id, draupnir.InstanceStopped, "postgres exited unexpectedly; restarting")
+	if ok, _ := s.store.setLiveState(ctx, id, draupnir.InstanceStopped, "postgres exited unexpectedly; restarting"); !ok {
+		return // being destroyed, or gone
+	}
 	var err error
 	// Space out restarts of a postgres that keeps dying.
 	for _, wait := range []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second} {
@@ -76,14 +78,18 @@ func (s *Service) recover(id int64) {
 		}
 		var proc *supervisor.Process
 		if proc, err = s.start(ctx, id, in.Port); err == nil {
-			s.store.setState(ctx, id, liveState(in), "")
+			// A destroy may have claimed it while postgres started.
+			if ok, _ := s.store.setLiveState(ctx, id, liveState(in), ""); !ok {
+				proc.Stop(ctx, supervisor.Immediate, 10*time.Second)
+				return
+			}
 			s.track(id, proc)
 			log.Info("instance restarted")
 			return
 		}
 		log.Warn("restarting instance failed", "err", err)
 	}
-	s.store.setState(ctx, id, draupnir.InstanceFailed, fmt.Sprintf("postgres keeps failing to start: %v", err))
+	s.store.setLiveState(ctx, id, draupnir.InstanceFailed, fmt.Sprintf("postgres keeps failing to start: %v", err))
 }
 
 // Reconcile brings processes and subvolumes in line with the rows at start-up:

@@ -154,6 +154,18 @@ func (s store) setState(ctx context.Context, id int64, state draupnir.InstanceSt
 	return nil
 }
 
+// setLiveState is setState for the crash-recovery path: it leaves alone an
+// instance that is being destroyed (or is gone) and reports whether it
+// changed anything.
+func (s store) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now()
+		WHERE id = $1 AND state <> 'destroying'`, id, string(state), reason)
+	if err != nil {
+		return false, fmt.Errorf("recording instance %d as %s: %w", id, state, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 // claimDestroy marks instance id as being destroyed, unless another request
 // got there first.
 func (s store) claimDestroy(ctx context.Context, id int64) (bool, error) {
