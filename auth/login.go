@@ -236,8 +236,16 @@ func (l *Login) Begin(ctx context.Context, redirectURI, state, challenge, method
 	l.mu.Lock()
 	l.sweepLocked()
 	if len(l.pending) >= maxPending {
-		l.mu.Unlock()
-		return "", draupnir.Errorf(draupnir.KindUnavailable, "too many logins in progress; try again in a few minutes")
+		// Make room by forgetting the oldest login rather than refusing
+		// this one: a flood of /authenticate requests then only hurts a
+		// login that is slower than the flood is to fill the table.
+		var oldest string
+		for k, v := range l.pending {
+			if oldest == "" || v.expires.Before(l.pending[oldest].expires) {
+				oldest = k
+			}
+		}
+		delete(l.pending, oldest)
 	}
 	l.pending[providerState] = pl
 	l.mu.Unlock()

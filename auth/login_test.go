@@ -196,3 +196,44 @@ func TestLoginProviderDownHidesCause(t *testing.T) {
 		t.Errorf("client message %q carries the transport error", msg)
 	}
 }
+
+// TestLoginFloodEvictsOldest: a full table of logins in progress makes room
+// for a new login instead of refusing everyone for the login lifetime.
+func TestLoginFloodEvictsOldest(t *testing.T) {
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idp.Shutdown() })
+	l, err := NewLogin(LoginOptions{
+		IssuerURL: idp.Issuer(), ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
+		RedirectURL: "http://draupnir.test/oauth_callback", Domain: "@example.com", Tokens: &fakeIssuer{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("verifier-verifier-verifier-verifier-verifier"))
+	challenge := base64.RawURLEncoding.EncodeToString(sum[:])
+	begin := func() string {
+		t.Helper()
+		loc, err := l.Begin(context.Background(), "http://127.0.0.1:5555/callback", "state-state-state-state", challenge, "S256")
+		if err != nil {
+			t.Fatalf("Begin with %d logins in progress: %v", len(l.pending), err)
+		}
+		u, _ := url.Parse(loc)
+		return u.Query().Get("state")
+	}
+	first := begin()
+	for i := 1; i < maxPending; i++ {
+		begin()
+	}
+	last := begin() // the table is full here
+	l.mu.Lock()
+	_, firstKept := l.pending[first]
+	_, lastKept := l.pending[last]
+	n := len(l.pending)
+	l.mu.Unlock()
+	if firstKept || !lastKept || n != maxPending {
+		t.Errorf("after a flood: oldest kept %v, newest kept %v, %d pending (max %d)", firstKept, lastKept, n, maxPending)
+	}
+}
