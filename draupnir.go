@@ -9,6 +9,7 @@ package draupnir
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 )
 
@@ -186,4 +187,16 @@ func ClientMessage(err error) string {
 		return e.Msg
 	}
 	return "internal error; the server log has the details"
+}
+
+// StorageError marks err as KindInsufficientStorage when it comes from a full
+// disk (ENOSPC, EDQUOT), so that clients get 507 rather than 500.
+func StorageError(err error) error {
+	if KindOf(err) == KindInsufficientStorage {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &Error{Kind: KindInsufficientStorage, Msg: "the data path is full", Err: err}
+	}
+	return err
 }

@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -99,7 +98,7 @@ func (s *Service) runFinalise(r *row, j *job) {
 		log.Error("finalising failed", "err", err, "duration", time.Since(start))
 		s.recordFailure(r.ID, reason)
 		kind := draupnir.KindUnprocessable
-		if isNoSpace(err) {
+		if draupnir.KindOf(draupnir.StorageError(err)) == draupnir.KindInsufficientStorage {
 			kind = draupnir.KindInsufficientStorage
 		}
 		j.err = &draupnir.Error{Kind: kind, Msg: fmt.Sprintf("finalising image %d failed: %s", r.ID, reason), Err: err}
@@ -244,7 +243,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		return nil, err
 	}
 	if err := btrfs.Snapshot(work, s.SnapshotDir(id), true); err != nil {
-		return nil, storageError(fmt.Errorf("freezing the image: %w", err))
+		return nil, draupnir.StorageError(fmt.Errorf("freezing the image: %w", err))
 	}
 	if err := btrfs.Delete(work); err != nil {
 		s.log.Error("could not delete the work directory", "image", id, "err", err)
@@ -446,8 +445,4 @@ func syncfs(dir string) {
 	}
 	defer f.Close()
 	unix.Syncfs(int(f.Fd()))
-}
-
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || draupnir.KindOf(err) == draupnir.KindInsufficientStorage
 }

@@ -193,7 +193,7 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 		}
 		if err != nil {
 			s.store.delete(context.WithoutCancel(ctx), r.ID)
-			return nil, storageError(fmt.Errorf("creating the upload subvolume of image %d: %w", r.ID, err))
+			return nil, draupnir.StorageError(fmt.Errorf("creating the upload subvolume of image %d: %w", r.ID, err))
 		}
 	}
 	s.log.Info("image created", "image", r.ID)
@@ -285,14 +285,6 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	}
 	s.log.Info("image destroyed", "image", id)
 	return nil
-}
-
-// storageError marks a full disk as such, so clients get 507 rather than 500.
-func storageError(err error) error {
-	if isNoSpace(err) {
-		return &draupnir.Error{Kind: draupnir.KindInsufficientStorage, Msg: "the data path is full", Err: err}
-	}
-	return err
 }
 
 // Reconcile repairs what a crash left: no image stays finalising, half-made

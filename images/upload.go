@@ -80,7 +80,7 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 		return draupnir.UploadSummary{}, fmt.Errorf("clearing the upload of image %d: %w", id, err)
 	}
 	if err := btrfs.CreateSubvolume(dir); err != nil {
-		return draupnir.UploadSummary{}, storageError(fmt.Errorf("recreating the upload of image %d: %w", id, err))
+		return draupnir.UploadSummary{}, draupnir.StorageError(fmt.Errorf("recreating the upload of image %d: %w", id, err))
 	}
 	limit, err := extractLimit(dir)
 	if err != nil {
@@ -98,7 +98,7 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 		if cerr := emptyDir(dir); cerr != nil {
 			s.log.Error("could not clear a failed streaming upload", "image", id, "err", cerr)
 		}
-		return sum, storageError(err)
+		return sum, draupnir.StorageError(err)
 	}
 	s.log.Info("streaming upload done", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration)
 	return sum, nil

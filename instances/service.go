@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -237,7 +236,7 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	}()
 
 	if err := btrfs.Snapshot(im.Snapshot, dir, false); err != nil {
-		return nil, storageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
+		return nil, draupnir.StorageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
 	}
 	skip := []int32{}
 	for attempt := 0; ; attempt++ {
@@ -466,12 +465,4 @@ func (s *Service) teardown(ctx context.Context, id int64) error {
 	}
 	s.log.Info("instance destroyed", "instance", id)
 	return nil
-}
-
-// storageError marks a full disk as such, so clients get 507 rather than 500.
-func storageError(err error) error {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return &draupnir.Error{Kind: draupnir.KindInsufficientStorage, Msg: "the data path is full", Err: err}
-	}
-	return err
 }
