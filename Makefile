@@ -46,6 +46,7 @@ clean:
 	rm -rf bin
 
 # The Debian package (bin/ binaries, systemd unit, example config, docs) into
-# build/; VERSION sets both the binaries' and the package's version.
+# build/, written by dpkg-deb; VERSION sets both the binaries' and the
+# package's version.
 deb: build
 	$(GO) run ./cmd/draupnir-deb -out build $(if $(VERSION),-version $(VERSION))
