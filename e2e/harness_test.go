@@ -39,6 +39,7 @@ var bins struct {
 
 func build(t testing.TB) {
 	t.Helper()
+	testenv.RequireRoot(t) // every test that runs the server
 	bins.once.Do(func() {
 		bins.dir, bins.err = os.MkdirTemp("", "draupnir-e2e-bin-")
 		if bins.err != nil {

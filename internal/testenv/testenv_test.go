@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -26,5 +28,29 @@ func TestBtrfsAndSourceCluster(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// skipRecorder is a testing.TB that records Skipf instead of ending the test.
+type skipRecorder struct {
+	testing.TB
+	skipped string
+}
+
+func (r *skipRecorder) Helper()                          {}
+func (r *skipRecorder) Skipf(format string, args ...any) { r.skipped = fmt.Sprintf(format, args...) }
+
+// TestRequireRoot checks the branch the running user takes: root goes on,
+// anyone else is skipped with a reason that starts "needs root:". The
+// non-root branch runs in `go test ./...` as a normal user.
+func TestRequireRoot(t *testing.T) {
+	r := &skipRecorder{TB: t}
+	RequireRoot(r)
+	if os.Geteuid() == 0 {
+		if r.skipped != "" {
+			t.Errorf("root skipped: %s", r.skipped)
+		}
+	} else if !strings.HasPrefix(r.skipped, "needs root: ") {
+		t.Errorf("uid %d: skip reason %q, want one starting \"needs root: \"", os.Geteuid(), r.skipped)
 	}
 }
