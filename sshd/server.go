@@ -355,7 +355,7 @@ func (s *Server) handleSFTP(sess ssh.Session) {
 		return
 	}
 	s.log.Info("ssh sftp session", "principal", p.Name, "remote", sess.RemoteAddr().String())
-	if err := serveSFTP(s.namespace(sess, p), sess); err != nil {
+	if err := serveSFTP(s.namespace(sess, p), sess, sess.Stderr()); err != nil {
 		s.log.Info("ssh sftp session ended with an error", "principal", p.Name, "err", err)
 		sess.Exit(1)
 		return
