@@ -54,7 +54,6 @@ func sourceKey(a net.Addr) string {
 // counted against its principal.
 type limiter struct {
 	lim limits
-	now func() time.Time
 
 	mu       sync.Mutex
 	sources  map[string][]*slot // handshakes per source, oldest first
@@ -73,7 +72,7 @@ type limiter struct {
 const warnEvery = 10 * time.Second
 
 func newLimiter(lim limits) *limiter {
-	return &limiter{lim: lim, now: time.Now, sources: map[string][]*slot{}, byName: map[string]int{}}
+	return &limiter{lim: lim, sources: map[string][]*slot{}, byName: map[string]int{}}
 }
 
 type slotState int
@@ -225,7 +224,7 @@ func (l *limiter) noteRefusal() (n int, log bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.refused++
-	if now := l.now(); now.Sub(l.lastWarn) >= warnEvery {
+	if now := time.Now(); now.Sub(l.lastWarn) >= warnEvery {
 		n, l.refused, l.lastWarn = l.refused, 0, now
 		return n, true
 	}
