@@ -42,8 +42,8 @@ type StreamUploader interface {
 // ImageService is the part of the core image service (package images) that
 // the commands use.
 type ImageService interface {
-	List(ctx context.Context) ([]*draupnir.Image, error)
-	Get(ctx context.Context, id int64) (*draupnir.Image, error)
+	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
+	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
 	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
 	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
 	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
@@ -78,11 +78,11 @@ type core struct {
 }
 
 func (c *core) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
-	return c.images.List(ctx)
+	return c.images.List(ctx, c.p)
 }
 
 func (c *core) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
-	return c.images.Get(ctx, id)
+	return c.images.Get(ctx, c.p, id)
 }
 
 func (c *core) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {

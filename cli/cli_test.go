@@ -875,12 +875,12 @@ func (f *fakeImages) rec(name string, p *draupnir.Principal) {
 		f.principals = append(f.principals, *p)
 	}
 }
-func (f *fakeImages) List(context.Context) ([]*draupnir.Image, error) {
-	f.rec("List", nil)
+func (f *fakeImages) List(_ context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
+	f.rec("List", &p)
 	return nil, nil
 }
-func (f *fakeImages) Get(context.Context, int64) (*draupnir.Image, error) {
-	f.rec("Get", nil)
+func (f *fakeImages) Get(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Image, error) {
+	f.rec("Get", &p)
 	return nil, nil
 }
 func (f *fakeImages) Create(_ context.Context, p draupnir.Principal, _ time.Time, _ string) (*draupnir.Image, error) {

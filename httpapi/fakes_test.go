@@ -57,7 +57,7 @@ func (f *fakeImages) Calls() []string {
 	return append([]string(nil), f.calls...)
 }
 
-func (f *fakeImages) List(ctx context.Context) ([]*draupnir.Image, error) {
+func (f *fakeImages) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
 	if err := f.record("List"); err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func (f *fakeImages) List(ctx context.Context) ([]*draupnir.Image, error) {
 	return out, nil
 }
 
-func (f *fakeImages) Get(ctx context.Context, id int64) (*draupnir.Image, error) {
+func (f *fakeImages) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
 	if err := f.record("Get"); err != nil {
 		return nil, err
 	}
@@ -230,7 +230,7 @@ func (f *fakeInstances) Create(ctx context.Context, p draupnir.Principal, imageI
 	if err := f.record("Create"); err != nil {
 		return nil, err
 	}
-	im, err := f.images.Get(ctx, imageID)
+	im, err := f.images.Get(ctx, p, imageID)
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@ func pathID(c echo.Context, kind string) (int64, error) {
 }
 
 func (a *api) listImages(c echo.Context) error {
-	list, err := a.images.List(c.Request().Context())
+	list, err := a.images.List(c.Request().Context(), principal(c))
 	if err != nil {
 		return err
 	}
@@ -35,7 +35,7 @@ func (a *api) getImage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	im, err := a.images.Get(c.Request().Context(), id)
+	im, err := a.images.Get(c.Request().Context(), principal(c), id)
 	if err != nil {
 		return err
 	}

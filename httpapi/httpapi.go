@@ -20,8 +20,8 @@ import (
 
 // ImageService is the part of images.Service that the API calls.
 type ImageService interface {
-	List(ctx context.Context) ([]*draupnir.Image, error)
-	Get(ctx context.Context, id int64) (*draupnir.Image, error)
+	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
+	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
 	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
 	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
 	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)

@@ -114,26 +114,45 @@ func requireUpload(p draupnir.Principal, what string) error {
 	return nil
 }
 
-// List returns every image.
-func (s *Service) List(ctx context.Context) ([]*draupnir.Image, error) {
+// List returns every image as p sees it (see Get).
+func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
 	rows, err := s.store.list(ctx, "")
 	if err != nil {
 		return nil, err
 	}
 	out := make([]*draupnir.Image, len(rows))
 	for i, r := range rows {
-		out[i] = &r.Image
+		out[i] = visibleTo(p, &r.Image)
 	}
 	return out, nil
 }
 
-// Get returns image id.
-func (s *Service) Get(ctx context.Context, id int64) (*draupnir.Image, error) {
+// Get returns image id as p sees it: only the upload principal reads why
+// finalising failed.
+func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
 	r, err := s.store.get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	return &r.Image, nil
+	return visibleTo(p, &r.Image), nil
+}
+
+// FailedForOthers is the error of a failed image as principals other than
+// the upload principal read it.
+const FailedForOthers = "finalising failed; the upload principal can see why"
+
+// visibleTo returns im as p may see it. A failed finalise's error quotes
+// whatever the script or postgres said, which can be the source's data
+// (`invalid input syntax for type integer: "<a production value>"`): the
+// upload principal, who runs finalise, reads it; others learn only that it
+// failed.
+func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
+	if p.Upload || im.Error == "" {
+		return im
+	}
+	c := *im
+	c.Error = FailedForOthers
+	return &c
 }
 
 // Image is what the instance service needs of a ready image.

@@ -83,7 +83,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *stateCollector) collectImages(ctx context.Context, gauge gaugeFunc) error {
-	list, err := c.imageList.List(ctx)
+	list, err := c.imageList.List(ctx, draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true})
 	if err != nil {
 		return err
 	}

@@ -33,9 +33,10 @@ const (
 	OpInstanceDestroy = "instance_destroy"
 )
 
-// ImageLister lists every image (images.Service satisfies it).
+// ImageLister lists the images as a principal sees them (images.Service
+// satisfies it); the collector asks as the upload principal.
 type ImageLister interface {
-	List(ctx context.Context) ([]*draupnir.Image, error)
+	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
 }
 
 // InstanceLister lists the instances a principal sees (instances.Service

@@ -21,7 +21,9 @@ type fakeImages struct {
 	err  error
 }
 
-func (f fakeImages) List(context.Context) ([]*draupnir.Image, error) { return f.list, f.err }
+func (f fakeImages) List(context.Context, draupnir.Principal) ([]*draupnir.Image, error) {
+	return f.list, f.err
+}
 
 type fakeInstances struct {
 	list  []*draupnir.Instance

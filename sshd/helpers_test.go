@@ -135,6 +135,8 @@ func (l *commandLog) last() commandCall {
 type env struct {
 	t          *testing.T
 	dir        string // client-side scratch space
+	host       string // the server's address; default 127.0.0.1
+	ns         *netns // where server and clients run; nil: here
 	uploads    *fakeUploads
 	commands   *commandLog
 	srv        *Server
@@ -146,19 +148,30 @@ type env struct {
 
 type envOption func(*Options)
 
+// users have keys in the user key file, as <name>@example.com.
+var users = []string{"alice", "bob", "carol", "dave"}
+
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, dir: testenv.TempDir(t), commands: &commandLog{}, keys: map[string]string{}}
+	return newEnvIn(t, nil, "127.0.0.1", opts...)
+}
+
+// newEnvIn is newEnv with the server listening on host in network
+// namespace ns (nil: the test's own).
+func newEnvIn(t *testing.T, ns *netns, host string, opts ...envOption) *env {
+	t.Helper()
+	e := &env{t: t, dir: testenv.TempDir(t), host: host, ns: ns, commands: &commandLog{}, keys: map[string]string{}}
 	e.uploads = &fakeUploads{base: testenv.TempDir(t)}
 	var uploadKeys, userKeys bytes.Buffer
-	for _, id := range []string{"upload", "alice", "stranger"} {
+	for _, id := range append([]string{"upload", "stranger"}, users...) {
 		priv, pub := writeClientKey(t, filepath.Join(e.dir, id))
 		e.keys[id] = priv
 		switch id {
 		case "upload":
 			fmt.Fprintf(&uploadKeys, "%s\n", pub)
-		case "alice":
-			fmt.Fprintf(&userKeys, "%s alice@example.com\n", pub)
+		case "stranger":
+		default:
+			fmt.Fprintf(&userKeys, "%s %s@example.com\n", pub, id)
 		}
 	}
 	upath, apath := filepath.Join(e.dir, "upload_keys"), filepath.Join(e.dir, "user_keys")
@@ -197,7 +210,12 @@ func (e *env) start(o Options) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	var l net.Listener
+	err = e.ns.do(func() error {
+		var err error
+		l, err = net.Listen("tcp", net.JoinHostPort(e.host, "0"))
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +234,7 @@ func (e *env) start(o Options) {
 	e.srv = srv
 	e.port = l.Addr().(*net.TCPAddr).Port
 	e.knownHosts = filepath.Join(e.dir, "known_hosts")
-	line := fmt.Sprintf("[127.0.0.1]:%d %s", e.port, gossh.MarshalAuthorizedKey(srv.PublicKey()))
+	line := fmt.Sprintf("[%s]:%d %s", e.host, e.port, gossh.MarshalAuthorizedKey(srv.PublicKey()))
 	mustWrite(t, e.knownHosts, []byte(line))
 }
 
@@ -280,6 +298,9 @@ func (e *env) exec(stdin io.Reader, name string, args ...string) result {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	if e.ns != nil {
+		name, args = "nsenter", append([]string{"--net=" + e.ns.path, name}, args...)
+	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = e.dir
 	cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=")
@@ -299,10 +320,11 @@ func (e *env) exec(stdin io.Reader, name string, args ...string) result {
 	return result{stdout.String(), stderr.String(), code}
 }
 
-// ssh runs `ssh who@127.0.0.1 args…` (args are joined by ssh with spaces).
+// ssh runs `ssh who@host args…` (args are joined by ssh with spaces).
 func (e *env) ssh(who string, stdin io.Reader, extra []string, args ...string) result {
-	a := append(e.sshOpts(who), extra...)
-	a = append(a, "-p", strconv.Itoa(e.port), who+"@127.0.0.1")
+	// extra first: for ssh, the first value of an option wins.
+	a := append(append([]string{}, extra...), e.sshOpts(who)...)
+	a = append(a, "-p", strconv.Itoa(e.port), who+"@"+e.host)
 	return e.exec(stdin, "ssh", append(a, args...)...)
 }
 
@@ -311,14 +333,18 @@ func (e *env) scp(who string, flags []string, target string, srcs ...string) res
 	a := append(e.sshOpts(who), "-P", strconv.Itoa(e.port))
 	a = append(a, flags...)
 	a = append(a, srcs...)
-	return e.exec(nil, "scp", append(a, who+"@127.0.0.1:"+target)...)
+	host := e.host
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	return e.exec(nil, "scp", append(a, who+"@"+host+":"+target)...)
 }
 
 // sftp runs an sftp batch.
 func (e *env) sftp(who string, batch string) result {
 	bf := filepath.Join(e.dir, "batch")
 	mustWrite(e.t, bf, []byte(batch))
-	a := append(e.sshOpts(who), "-P", strconv.Itoa(e.port), "-b", bf, who+"@127.0.0.1")
+	a := append(e.sshOpts(who), "-P", strconv.Itoa(e.port), "-b", bf, who+"@"+e.host)
 	return e.exec(nil, "sftp", a...)
 }
 

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -279,113 +277,6 @@ func TestHostKeyPersists(t *testing.T) {
 	if _, err := New(e.srv.opts); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("New with a 0644 host key: %v", err)
 	}
-}
-
-func TestConnectionLimits(t *testing.T) {
-	t.Run("max connections", func(t *testing.T) {
-		e := newEnv(t, func(o *Options) { o.MaxConnections = 1 })
-		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, func() bool { return e.srv.conns.Load() == 1 })
-		if r := e.ssh("upload", nil, nil, "hello"); r.code != 255 {
-			t.Errorf("second connection: exit %d, want 255; %s", r.code, r.stderr)
-		}
-		c.Close()
-		waitFor(t, func() bool { return e.srv.conns.Load() == 0 })
-		if r := e.ssh("upload", nil, nil, "hello"); r.code != 0 {
-			t.Errorf("after the first closed: exit %d; %s", r.code, r.stderr)
-		}
-	})
-	t.Run("unauthenticated connections per address", func(t *testing.T) {
-		// 8 connections in all, at most 4 from one address in the handshake.
-		e := newEnv(t, func(o *Options) { o.MaxConnections = 8 })
-		var idle []net.Conn
-		defer func() {
-			for _, c := range idle {
-				c.Close()
-			}
-		}()
-		for i := 0; i < 4; i++ {
-			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
-			if err != nil {
-				t.Fatal(err)
-			}
-			idle = append(idle, c)
-		}
-		waitFor(t, func() bool { return e.srv.conns.Load() == 4 })
-		if r := e.ssh("upload", nil, nil, "hello"); r.code != 255 {
-			t.Errorf("a fifth handshake from the same address: exit %d, want 255; %s", r.code, r.stderr)
-		}
-		// Another address still gets in (the slots are not all taken).
-		if r := e.ssh("upload", nil, []string{"-b", "127.0.0.2"}, "hello"); r.code != 0 {
-			t.Errorf("from another address: exit %d; %s", r.code, r.stderr)
-		}
-		for _, c := range idle {
-			c.Close()
-		}
-		idle = nil
-		waitFor(t, func() bool { return e.srv.conns.Load() == 0 })
-		if r := e.ssh("upload", nil, nil, "hello"); r.code != 0 {
-			t.Errorf("after the idle handshakes went: exit %d; %s", r.code, r.stderr)
-		}
-	})
-	t.Run("offering a known key is not authenticating", func(t *testing.T) {
-		// Public keys are public: a client that offers a registered key
-		// but never proves it holds the private key is still in the
-		// handshake and counts against its address's share.
-		e := newEnv(t, func(o *Options) { o.MaxConnections = 8 })
-		data, err := os.ReadFile(e.keys["upload"])
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := gossh.ParsePrivateKey(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		release := make(chan struct{})
-		var stalled []net.Conn
-		defer func() {
-			for _, c := range stalled {
-				c.Close()
-			}
-			close(release)
-		}()
-		for i := 0; i < 4; i++ {
-			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
-			if err != nil {
-				t.Fatal(err)
-			}
-			stalled = append(stalled, c)
-			cfg := &gossh.ClientConfig{
-				User:            "upload",
-				Auth:            []gossh.AuthMethod{gossh.PublicKeys(stallingSigner{signer, release})},
-				HostKeyCallback: gossh.InsecureIgnoreHostKey(),
-			}
-			go gossh.NewClientConn(c, "127.0.0.1", cfg) // ends when c closes
-		}
-		waitFor(t, func() bool { return e.srv.conns.Load() == 4 })
-		if r := e.ssh("upload", nil, nil, "hello"); r.code != 255 {
-			t.Errorf("a fifth handshake from an address whose four hold offered keys: exit %d, want 255; %s", r.code, r.stderr)
-		}
-	})
-	t.Run("handshake timeout", func(t *testing.T) {
-		e := newEnv(t, func(o *Options) { o.HandshakeTimeout = 100 * time.Millisecond })
-		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(e.port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		// Say nothing: the server must hang up (well before this deadline).
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		_, err = io.Copy(io.Discard, c)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatal("server kept a silent connection open")
-		}
-		waitFor(t, func() bool { return e.srv.conns.Load() == 0 })
-	})
 }
 
 // waitFor polls cond for up to 10 s.

@@ -55,9 +55,13 @@ type Options struct {
 	Keys        Keys
 	Commands    CommandRunner // nil: other commands are refused
 
-	IdleTimeout      time.Duration // close a connection idle this long; 0: never
-	MaxTimeout       time.Duration // close any connection after this long; 0: never
-	MaxConnections   int           // concurrent connections; default 64
+	IdleTimeout time.Duration // close a connection idle this long; 0: never
+	MaxTimeout  time.Duration // close any connection after this long; 0: never
+	// MaxConnections is how many authenticated connections may be open at
+	// once (default 64); the caps on handshakes, per source, per principal
+	// and the room reserved for the upload principal derive from it (see
+	// limitsFor).
+	MaxConnections   int
 	HandshakeTimeout time.Duration // to finish key exchange and authentication; default 30s
 	Log              *slog.Logger  // default slog.Default()
 }
@@ -79,13 +83,7 @@ type Server struct {
 	log    *slog.Logger
 	signer gossh.Signer
 	srv    *ssh.Server
-	conns  atomic.Int64
-
-	// preAuth counts connections per remote address that have not
-	// authenticated yet, so that one address cannot hold every slot with
-	// idle handshakes and lock everyone else out.
-	preAuthMu sync.Mutex
-	preAuth   map[string]int
+	lim    *limiter
 }
 
 // ciphers offers AES-GCM first: it is markedly faster than
@@ -100,9 +98,8 @@ type ctxKey int
 
 const ctxKeySessions ctxKey = 1
 
-// ctxKeyPreAuth holds the func that ends a connection's pre-authentication
-// accounting (once).
-const ctxKeyPreAuth ctxKey = 2
+// ctxKeySlot holds a connection's *slot in the limiter.
+const ctxKeySlot ctxKey = 2
 
 // New checks opts, loads (or creates) the host key and returns a server that
 // is not yet listening.
@@ -126,7 +123,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, log: opts.Log, signer: signer}
+	s := &Server{opts: opts, log: opts.Log, signer: signer, lim: newLimiter(limitsFor(opts.MaxConnections))}
 	hostSigner, ok := signer.(ssh.Signer)
 	if !ok {
 		return nil, errors.New("sshd: host key is not a signer")
@@ -148,14 +145,8 @@ func New(opts Options) (*Server, error) {
 		ServerConfigCallback: func(ctx ssh.Context) *gossh.ServerConfig {
 			cfg := &gossh.ServerConfig{}
 			cfg.Ciphers = ciphers
-			// Called with a nil error only once a method has really
-			// succeeded (a signature verified), unlike PublicKeyHandler,
-			// which also answers queries for keys the client merely
-			// offers: anyone can offer a known public key.
-			cfg.AuthLogCallback = func(_ gossh.ConnMetadata, _ string, err error) {
-				if done, ok := ctx.Value(ctxKeyPreAuth).(func()); ok && err == nil {
-					done()
-				}
+			cfg.VerifiedPublicKeyCallback = func(_ gossh.ConnMetadata, key gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+				return perms, s.verified(ctx, key)
 			}
 			return cfg
 		},
@@ -204,48 +195,61 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// acceptConn enforces the connection limit and the handshake timeout.
+// acceptConn gives a new connection a handshake slot (or closes it at once)
+// and starts its handshake timeout.
 func (s *Server) acceptConn(ctx ssh.Context, c net.Conn) net.Conn {
-	if n := s.conns.Add(1); n > int64(s.opts.MaxConnections) {
-		s.conns.Add(-1)
-		s.log.Warn("ssh connection refused: too many connections", "remote", c.RemoteAddr().String(), "max", s.opts.MaxConnections)
+	sl, victim, err := s.lim.admit(sourceKey(c.RemoteAddr()), c)
+	if err != nil {
+		s.refused(c.RemoteAddr(), err)
 		return nil // the caller closes c
 	}
-	host := remoteHost(c.RemoteAddr())
-	s.preAuthMu.Lock()
-	if s.preAuth == nil {
-		s.preAuth = map[string]int{}
+	if victim != nil {
+		s.log.Debug("ssh handshake closed to make room", "remote", victim.RemoteAddr().String())
+		victim.Close()
 	}
-	if s.preAuth[host] >= s.maxPreAuthPerHost() {
-		s.preAuthMu.Unlock()
-		s.conns.Add(-1)
-		s.log.Warn("ssh connection refused: too many unauthenticated connections from one address", "remote", host)
-		return nil
-	}
-	s.preAuth[host]++
-	s.preAuthMu.Unlock()
-	var authOnce sync.Once
-	authenticated := func() {
-		authOnce.Do(func() {
-			s.preAuthMu.Lock()
-			if s.preAuth[host]--; s.preAuth[host] <= 0 {
-				delete(s.preAuth, host)
-			}
-			s.preAuthMu.Unlock()
-		})
-	}
-	ctx.SetValue(ctxKeyPreAuth, authenticated)
-	lc := &limitedConn{Conn: c, release: func() { authenticated(); s.conns.Add(-1) }}
-	// gliderlabs sets ContextKeyConn once the handshake (with
-	// authentication) is complete.
+	ctx.SetValue(ctxKeySlot, sl)
+	lc := &limitedConn{Conn: c, release: func() { s.lim.release(sl) }}
 	lc.timer = time.AfterFunc(s.opts.HandshakeTimeout, func() {
-		if ctx.Value(ssh.ContextKeyConn) == nil {
+		if s.lim.handshaking(sl) {
 			s.log.Info("ssh handshake timed out", "remote", c.RemoteAddr().String())
 			c.Close()
 		}
 	})
 	ctx.SetValue(ctxKeySessions, new(atomic.Int32))
 	return lc
+}
+
+// verified is called once a client has proved it holds key: the connection
+// then counts against the key's principal, if its share and the room allow.
+// A refusal fails the authentication with a banner that says why.
+func (s *Server) verified(ctx ssh.Context, key gossh.PublicKey) error {
+	p, err := s.opts.Keys.PrincipalForKey(ctx, key)
+	if err != nil {
+		return err
+	}
+	sl, ok := ctx.Value(ctxKeySlot).(*slot)
+	if !ok {
+		return errors.New("sshd: connection has no slot")
+	}
+	if err := s.lim.authenticate(sl, p); err != nil {
+		s.refused(ctx.RemoteAddr(), err, "principal", p.Name)
+		return &gossh.BannerError{Err: err, Message: "draupnir: " + err.Error() + "\r\n"}
+	}
+	// The session's identity comes from this key (also what
+	// PublicKeyHandler saw last: x/crypto re-queries the key it verifies).
+	ctx.SetValue(ssh.ContextKeyPublicKey, key)
+	return nil
+}
+
+// refused logs a refused connection, at most once per warnEvery at Warn
+// (with the count since), so that a flood does not fill the log.
+func (s *Server) refused(remote net.Addr, err error, attrs ...any) {
+	attrs = append([]any{"remote", remote.String(), "err", err}, attrs...)
+	if n, ok := s.lim.noteRefusal(); ok {
+		s.log.Warn("ssh connection refused", append(attrs, "refused", n)...)
+		return
+	}
+	s.log.Debug("ssh connection refused", attrs...)
 }
 
 type limitedConn struct {
@@ -278,17 +282,6 @@ func (s *Server) authKey(ctx ssh.Context, key ssh.PublicKey) bool {
 		return false
 	}
 	return true
-}
-
-// maxPreAuthPerHost is how many connections one address may have in the
-// handshake at once: a quarter of all, at least 4.
-func (s *Server) maxPreAuthPerHost() int { return max(s.opts.MaxConnections/4, 4) }
-
-func remoteHost(a net.Addr) string {
-	if t, ok := a.(*net.TCPAddr); ok {
-		return t.IP.String()
-	}
-	return a.String()
 }
 
 // sessionChannel limits sessions per connection and refuses agent and X11
@@ -362,7 +355,7 @@ func (s *Server) handleSFTP(sess ssh.Session) {
 		return
 	}
 	s.log.Info("ssh sftp session", "principal", p.Name, "remote", sess.RemoteAddr().String())
-	if err := serveSFTP(s.namespace(sess, p), sess); err != nil {
+	if err := serveSFTP(s.namespace(sess, p), sess, sess.Stderr()); err != nil {
 		s.log.Info("ssh sftp session ended with an error", "principal", p.Name, "err", err)
 		sess.Exit(1)
 		return

@@ -2,9 +2,11 @@ package sshd
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -16,11 +18,20 @@ import (
 // sftpHandler serves pkg/sftp's request server from the virtual namespace.
 type sftpHandler struct {
 	ns *namespace
+
+	// stderr is the session's stderr, where refusals are explained: the
+	// OpenSSH sftp and scp clients print only the status code's fixed
+	// text ("Permission denied"), never the status message, but the ssh
+	// process they run prints the session's stderr.
+	stderr   io.Writer
+	mu       sync.Mutex
+	lastLine string // not repeated for the next request (scp stats, then opens)
 }
 
-// serveSFTP runs an SFTP session on ch until the client closes it.
-func serveSFTP(ns *namespace, ch io.ReadWriteCloser) error {
-	h := &sftpHandler{ns: ns}
+// serveSFTP runs an SFTP session on ch until the client closes it, and
+// explains refusals on stderr.
+func serveSFTP(ns *namespace, ch io.ReadWriteCloser, stderr io.Writer) error {
+	h := &sftpHandler{ns: ns, stderr: stderr}
 	rs := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}, sftp.WithRSAllocator())
 	// Serve closes every handle the client left open (ending their uploads).
 	// The channel itself is left to the caller, which must send the exit
@@ -33,7 +44,8 @@ func serveSFTP(ns *namespace, ch io.ReadWriteCloser) error {
 }
 
 // sftpStatus is an error for the client: the message travels with the
-// SFTP status code its Kind maps to.
+// SFTP status code its Kind maps to (pkg/sftp sends err.Error() as the
+// status message and takes the code from the wrapped fxerr).
 type sftpStatus struct {
 	msg  string
 	code error
@@ -58,10 +70,27 @@ func (h *sftpHandler) fail(op string, p string, err error) error {
 	case draupnir.KindInternal:
 		h.ns.log.Error("sftp request failed", "op", op, "path", p, "principal", h.ns.p.Name, "err", err)
 	}
+	msg := draupnir.ClientMessage(err)
 	if k := draupnir.KindOf(err); k == draupnir.KindForbidden || k == draupnir.KindConflict {
-		h.ns.log.Info("sftp request refused", "op", op, "path", p, "principal", h.ns.p.Name, "reason", draupnir.ClientMessage(err))
+		h.ns.log.Info("sftp request refused", "op", op, "path", p, "principal", h.ns.p.Name, "reason", msg)
 	}
-	return &sftpStatus{msg: draupnir.ClientMessage(err), code: code}
+	// A stat that finds nothing is how clients probe for a target (scp
+	// stats the file it is about to create): not worth a line.
+	if !(code == sftp.ErrSSHFxNoSuchFile && (op == "stat" || op == "lstat")) {
+		h.explain(msg)
+	}
+	return &sftpStatus{msg: msg, code: code}
+}
+
+// explain writes msg on the session's stderr, once in a row.
+func (h *sftpHandler) explain(msg string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stderr == nil || msg == h.lastLine {
+		return
+	}
+	h.lastLine = msg
+	fmt.Fprintf(h.stderr, "draupnir: %s\n", msg)
 }
 
 // Fileread opens a file for download (upload principal only; useful to verify
@@ -194,8 +223,11 @@ func (h *sftpHandler) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 
 // Lstat is Stat: the namespace never follows symbolic links.
 func (h *sftpHandler) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
-	r.Method = "Stat"
-	return h.Filelist(r)
+	info, err := h.ns.Stat(r.Filepath)
+	if err != nil {
+		return nil, h.fail("lstat", r.Filepath, err)
+	}
+	return listerAt{info}, nil
 }
 
 // Readlink is refused: links are never followed nor revealed.

@@ -1,6 +1,8 @@
 package sshd
 
 import (
+	"errors"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -8,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pkg/sftp"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 func TestSCPUpload(t *testing.T) {
@@ -38,8 +44,8 @@ func TestSCPUpload(t *testing.T) {
 			dest := filepath.Join(e.uploads.dir(tt.image), tt.dest)
 			os.Remove(dest)
 			r := e.scp("upload", tt.flags, tt.target, src)
-			if r.code != 0 {
-				t.Fatalf("scp exited %d: %s", r.code, r.stderr)
+			if r.code != 0 || r.stderr != "" {
+				t.Fatalf("scp exited %d: %q", r.code, r.stderr)
 			}
 			if got := fileSum(t, dest); got != sum {
 				t.Fatalf("checksum of upload %s, want %s", got, sum)
@@ -119,7 +125,7 @@ func TestSFTPBatch(t *testing.T) {
 		"rename third.gz wal/third.gz",
 		"get backup.tar.gz " + filepath.Join(e.dir, "back.gz"),
 	}, "\n")+"\n")
-	if r.code != 0 {
+	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("sftp exited %d:\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	dir := e.uploads.dir(1)
@@ -135,6 +141,57 @@ func TestSFTPBatch(t *testing.T) {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("sftp output lacks %q:\n%s", want, r.stdout)
 		}
+	}
+}
+
+// TestSFTPReasons checks that OpenSSH's scp (SFTP mode) and sftp print why
+// the server refused, not only the status code's fixed text.
+func TestSFTPReasons(t *testing.T) {
+	e := newEnv(t)
+	src := filepath.Join(e.dir, "base.tar.gz")
+	randomFile(t, src, 1000)
+	img1 := e.uploads.dir(1)
+	if err := os.MkdirAll(img1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(img1, "lnk")); err != nil {
+		t.Fatal(err)
+	}
+	up := "/draupnir/image_uploads/"
+	tests := []struct {
+		name string
+		run  func() result
+		want string
+	}{
+		{"scp into a ready image", func() result { return e.scp("upload", nil, up+"3", src) }, "image 3 is ready; uploads are closed"},
+		{"scp to a file of a ready image", func() result { return e.scp("upload", nil, up+"3/x", src) }, "image 3 is ready; uploads are closed"},
+		{"scp into an unknown image", func() result { return e.scp("upload", nil, up+"9", src) }, "image 9 not found"},
+		{"scp outside the uploads", func() result { return e.scp("upload", nil, "/tmp/x", src) }, "uploads go to /draupnir/image_uploads/<image id>"},
+		{"scp with a user key", func() result { return e.scp("alice", nil, up+"1", src) }, "only the upload principal may write images"},
+		{"scp onto a symlink", func() result { return e.scp("upload", nil, up+"1/lnk", src) }, "symbolic links are not followed"},
+		{"sftp put into a ready image", func() result { return e.sftp("upload", "put "+src+" "+up+"3/x\n") }, "image 3 is ready; uploads are closed"},
+		{"sftp mkdir in a ready image", func() result { return e.sftp("upload", "mkdir "+up+"3/d\n") }, "image 3 is ready; uploads are closed"},
+		{"sftp ls of an unknown image", func() result { return e.sftp("upload", "ls "+up+"9\n") }, "image 9 not found"},
+		{"sftp symlink", func() result { return e.sftp("upload", "symlink /etc/passwd "+up+"1/s\n") }, "links cannot be created"},
+		{"sftp put as a user", func() result { return e.sftp("alice", "put "+src+" "+up+"1/x\n") }, "only the upload principal may write images"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.run()
+			if r.code == 0 {
+				t.Fatalf("succeeded; stderr %q", r.stderr)
+			}
+			if !strings.Contains(r.stderr, "draupnir: ") || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("stderr %q lacks %q", r.stderr, tt.want)
+			}
+		})
+	}
+	// Other clients (WinSCP, FileZilla…) show the status message: it is
+	// the reason too, with the code for its kind.
+	h := &sftpHandler{ns: &namespace{log: slog.New(slog.DiscardHandler)}}
+	err := h.fail("open", up+"3/x", draupnir.Errorf(draupnir.KindConflict, "image 3 is ready; uploads are closed"))
+	if err.Error() != "image 3 is ready; uploads are closed" || !errors.Is(err, sftp.ErrSSHFxPermissionDenied) {
+		t.Errorf("status error %q (%#v)", err, err)
 	}
 }
 

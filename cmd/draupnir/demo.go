@@ -23,12 +23,12 @@ UPDATE pgbench_branches SET filler = 'anonymised';
 // are no images yet, it builds a small pgbench database, streams a base
 // backup of it into a new image and finalises that.
 func makeDemoImage(ctx context.Context, c *core, log *slog.Logger) error {
-	existing, err := c.images.List(ctx)
+	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	existing, err := c.images.List(ctx, upload)
 	if err != nil || len(existing) > 0 {
 		return err
 	}
 	log = log.With("component", "demo")
-	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
 	major, err := c.sup.NewestMajor()
 	if err != nil {
 		return err

@@ -19,8 +19,8 @@ import (
 // decorates it with metrics, so that every door is measured alike and the
 // core knows nothing of Prometheus.
 type imageService interface {
-	List(ctx context.Context) ([]*draupnir.Image, error)
-	Get(ctx context.Context, id int64) (*draupnir.Image, error)
+	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
+	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
 	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
 	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
 	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
