@@ -44,8 +44,17 @@ type Config struct {
 	HTTP      HTTP      `toml:"http"`
 	OAuth     OAuth     `toml:"oauth"`
 	SSH       SSH       `toml:"ssh"`
+	Images    Images    `toml:"images"`
 	Instances Instances `toml:"instances"`
 	Postgres  Postgres  `toml:"postgres"`
+}
+
+// Images configures how images are finalised.
+type Images struct {
+	// ScriptAsSuperuser runs anonymisation scripts as the backup's
+	// superuser instead of as the data owners, with the source's triggers
+	// and rules off meanwhile: for scripts that need a superuser.
+	ScriptAsSuperuser bool `toml:"script_as_superuser"`
 }
 
 // HTTP configures the API's listeners.

@@ -215,17 +215,62 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if err != nil {
 		return nil, err
 	}
+	if len(dbs.all) == 0 {
+		return nil, unprocessable("the backup has no database that accepts connections")
+	}
+	major, err := strconv.Atoi(version)
+	if err != nil {
+		return nil, unprocessable("the backup's PG_VERSION %q is not a PostgreSQL major version", version)
+	}
+	base, err := s.baselineFor(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{sockDir: sockDir, superuser: superuser, major: major}
+	h, err := c.harden(ctx, base)
+	if err != nil {
+		return nil, securing(err)
+	}
 	if script := r.AnonymisationScript; strings.TrimSpace(script) != "" {
-		out, err := sup.PSQL(ctx, bin, sockDir, privatePort, superuser, dbs.first, script+scriptEnd)
+		// As the data owners by default: what the source planted in the
+		// data (triggers, rules, functions the script's expressions
+		// resolve to) then runs with no more rights than theirs.
+		user := InstanceRole
+		if s.opts.ScriptAsSuperuser {
+			if err := h.disableUserTriggers(ctx); err != nil {
+				return nil, securing(err)
+			}
+			user = superuser
+		}
+		out, err := sup.PSQL(ctx, bin, sockDir, privatePort, user, dbs.first, script+scriptEnd)
 		if err != nil {
 			return nil, unprocessable("the anonymisation script failed: %s", trimOutput(out, err))
+		}
+		if s.opts.ScriptAsSuperuser {
+			if err := h.restoreUserTriggers(ctx); err != nil {
+				return nil, securing(err)
+			}
+		}
+	}
+	if err := h.again(ctx); err != nil {
+		return nil, securing(err)
+	}
+	if err := h.scrub(ctx); err != nil {
+		return nil, securing(err)
+	}
+	if err := h.restoreEventTriggers(ctx); err != nil {
+		return nil, securing(err)
+	}
+	if err := h.reopen(ctx); err != nil {
+		return nil, securing(err)
+	}
+	if s.opts.SuperuserAccess {
+		if err := c.superuserAccess(ctx); err != nil {
+			return nil, err
 		}
 	}
 	// The script may have created or dropped databases.
 	if dbs, err = listDatabases(ctx, sockDir, superuser); err != nil {
-		return nil, err
-	}
-	if err := prepareRole(ctx, sockDir, superuser, dbs.all, s.opts.SuperuserAccess); err != nil {
 		return nil, err
 	}
 	if err := proc.Stop(ctx, supervisor.Fast, 5*time.Minute); err != nil {
@@ -235,9 +280,13 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if _, err := os.Stat(filepath.Join(work, "postmaster.pid")); err == nil {
 		return nil, fmt.Errorf("the private postgres did not shut down cleanly")
 	}
-	for _, f := range []string{finaliseLog, "postmaster.opts"} {
-		os.Remove(filepath.Join(work, f))
+	if err := s.dropOldWAL(ctx, bin, work); err != nil {
+		return nil, err
 	}
+	if err := removeLeftovers(work); err != nil {
+		return nil, err
+	}
+	os.Remove(filepath.Join(work, finaliseLog))
 	size, err := treeSize(work)
 	if err != nil {
 		return nil, err
@@ -258,6 +307,38 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 
 const finaliseLog = "draupnir-finalise.log"
 
+// securing wraps a failure of the steps that make a booted backup safe.
+func securing(err error) error {
+	var de *draupnir.Error
+	if errors.As(err, &de) {
+		return err
+	}
+	return fmt.Errorf("securing the backup: %w", err)
+}
+
+// dropOldWAL replaces the WAL of the cleanly stopped cluster in dir with one
+// empty segment: the old segments hold the source's changes, values the
+// script removed among them (recycled segments keep their old bytes too).
+func (s *Service) dropOldWAL(ctx context.Context, bin, dir string) error {
+	cmd := s.opts.Supervisor.Command(ctx, filepath.Join(bin, "pg_resetwal"), "-D", dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("removing the WAL written before the script: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// removeLeftovers deletes what the source server left in its data directory
+// that an instance does not need and that may hold production values: its
+// server logs (statements, errors quoting rows) and backup bookkeeping.
+func removeLeftovers(dir string) error {
+	for _, name := range []string{"log", "pg_log", "current_logfiles", "backup_label.old", "backup_manifest", "postmaster.opts"} {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("removing %s from the image: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // scriptEnd runs after the anonymisation script, on its last connection. A
 // script that ends inside a transaction block (BEGIN without COMMIT) would
 // have its changes rolled back, silently, when psql exits, and the image be
@@ -269,7 +350,7 @@ const scriptEnd = `
 ;
 \set ON_ERROR_STOP 1
 DO $draupnir$ BEGIN
-  IF now() <> statement_timestamp() THEN
+  IF pg_catalog.now() OPERATOR(pg_catalog.<>) pg_catalog.statement_timestamp() THEN
     RAISE EXCEPTION 'the anonymisation script ended inside a transaction block (BEGIN without COMMIT), so its changes would be rolled back: end it with COMMIT';
   END IF;
 END $draupnir$;

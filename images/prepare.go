@@ -87,7 +87,22 @@ func connect(ctx context.Context, sockDir, user, db string) (*pgx.Conn, error) {
 	cfg.Port = privatePort
 	cfg.User = user
 	cfg.Database = db
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir"}
+	// Settings sent at connection start take precedence over the source's
+	// ALTER ROLE / ALTER DATABASE … SET, which could otherwise put a schema
+	// of theirs before pg_catalog, load a library or break the quoting of
+	// the statements finalise writes.
+	cfg.RuntimeParams = map[string]string{
+		"application_name":                    "draupnir",
+		"search_path":                         "pg_catalog, pg_temp",
+		"session_preload_libraries":           "",
+		"standard_conforming_strings":         "on",
+		"default_transaction_read_only":       "off",
+		"statement_timeout":                   "0",
+		"lock_timeout":                        "0",
+		"idle_in_transaction_session_timeout": "0",
+		"session_replication_role":            "origin",
+		"check_function_bodies":               "on",
+	}
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
@@ -171,114 +186,3 @@ func listDatabases(ctx context.Context, sockDir, superuser string) (databases, e
 	}
 	return d, nil
 }
-
-// prepareRole makes the instance role: a login that owns the data but not the
-// host. It owns every database, the objects superusers owned and is a member
-// of every application role, so it can do what a user expects with the data;
-// it is no superuser and cannot gain host access (no COPY … PROGRAM, no file
-// functions, no ALTER SYSTEM). Its password is set per instance at create.
-func prepareRole(ctx context.Context, sockDir, superuser string, dbs []string, superuserAccess bool) error {
-	if len(dbs) == 0 {
-		return unprocessable("the backup has no database that accepts connections")
-	}
-	conn, err := connect(ctx, sockDir, superuser, dbs[0])
-	if err != nil {
-		return fmt.Errorf("connecting to the private postgres: %w", err)
-	}
-	attrs := "NOSUPERUSER NOCREATEROLE CREATEDB NOREPLICATION NOBYPASSRLS"
-	if superuserAccess {
-		attrs = "SUPERUSER"
-	}
-	_, err = conn.Exec(ctx, fmt.Sprintf(globalRoleSQL, attrs))
-	conn.Close(ctx)
-	if err != nil {
-		return fmt.Errorf("creating the instance role: %w", err)
-	}
-	if superuserAccess {
-		return nil
-	}
-	for _, db := range dbs {
-		conn, err := connect(ctx, sockDir, superuser, db)
-		if err != nil {
-			return fmt.Errorf("connecting to database %s: %w", db, err)
-		}
-		_, err = conn.Exec(ctx, ownershipSQL)
-		conn.Close(ctx)
-		if err != nil {
-			return fmt.Errorf("handing the objects of database %s to the instance role: %w", db, err)
-		}
-	}
-	return nil
-}
-
-// globalRoleSQL creates the role and makes it a member of every application
-// role. Application roles first lose CREATEROLE and their memberships in
-// superuser and server-file roles: through SET ROLE they would otherwise be a
-// way to the host.
-const globalRoleSQL = `DO $draupnir$
-DECLARE r record;
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'draupnir') THEN
-    CREATE ROLE draupnir;
-  END IF;
-  ALTER ROLE draupnir WITH LOGIN %s PASSWORD NULL CONNECTION LIMIT -1 VALID UNTIL 'infinity';
-  -- A non-superuser in a superuser role could SET ROLE to it.
-  FOR r IN SELECT m.rolname AS member, g.rolname AS grp FROM pg_auth_members am
-      JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
-      WHERE (g.rolsuper OR g.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files'))
-        AND NOT m.rolsuper LOOP
-    EXECUTE format('REVOKE %%I FROM %%I', r.grp, r.member);
-  END LOOP;
-  FOR r IN SELECT rolname FROM pg_roles
-      WHERE NOT rolsuper AND rolname <> 'draupnir' AND rolname NOT LIKE 'pg\_%%' LOOP
-    EXECUTE format('ALTER ROLE %%I NOCREATEROLE NOREPLICATION NOBYPASSRLS', r.rolname);
-    EXECUTE format('GRANT %%I TO draupnir', r.rolname);
-  END LOOP;
-END
-$draupnir$`
-
-// ownershipSQL runs in each database: the database, and every schema,
-// relation, routine, type and large object that a superuser owned outside the
-// system schemas and extensions, go to the instance role. Sequences owned by a
-// column follow their table.
-const ownershipSQL = `DO $draupnir$
-DECLARE r record;
-BEGIN
-  EXECUTE format('ALTER DATABASE %I OWNER TO draupnir', current_database());
-  FOR r IN SELECT n.nspname FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
-      WHERE o.rolsuper AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-        AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('ALTER SCHEMA %I OWNER TO draupnir', r.nspname);
-  END LOOP;
-  FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles o ON o.oid = c.relowner
-      WHERE o.rolsuper AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i')))) LOOP
-    EXECUTE format('ALTER %s %s OWNER TO draupnir',
-      CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                     WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.rel);
-  END LOOP;
-  FOR r IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p
-      JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles o ON o.oid = p.proowner
-      WHERE o.rolsuper AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('ALTER %s %s OWNER TO draupnir',
-      CASE r.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.fn);
-  END LOOP;
-  FOR r IN SELECT t.oid::regtype AS typ FROM pg_type t
-      JOIN pg_namespace n ON n.oid = t.typnamespace JOIN pg_roles o ON o.oid = t.typowner
-      WHERE o.rolsuper AND t.typtype IN ('e', 'd', 'r', 'm') AND t.typrelid = 0
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('ALTER TYPE %s OWNER TO draupnir', r.typ);
-  END LOOP;
-  -- Large objects have owners too: without this a superuser's are unreadable.
-  FOR r IN SELECT m.oid FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner
-      WHERE o.rolsuper LOOP
-    EXECUTE format('ALTER LARGE OBJECT %s OWNER TO draupnir', r.oid);
-  END LOOP;
-END
-$draupnir$`

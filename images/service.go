@@ -41,7 +41,11 @@ type Options struct {
 	SnapshotsDir    string // data_path/image_snapshots
 	RunDir          string // short directory for private unix sockets
 	SuperuserAccess bool   // hand out a superuser role instead of the restricted one
-	Log             *slog.Logger
+	// ScriptAsSuperuser runs anonymisation scripts as the backup's superuser
+	// rather than as the instance role (the data owners' rights), with the
+	// source's triggers and rules off while it runs.
+	ScriptAsSuperuser bool
+	Log               *slog.Logger
 }
 
 // Service manages images.
@@ -60,6 +64,9 @@ type Service struct {
 	destroys  map[int64]bool // images being destroyed: no new instances
 	uploads   map[int64]int  // open uploads per image
 	instances InstanceDestroyer
+
+	baseMu    sync.Mutex
+	baselines map[string]*baseline // by major version
 }
 
 type job struct {
@@ -75,14 +82,15 @@ func New(opts Options) *Service {
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
-		opts:     opts,
-		store:    store{opts.Pool},
-		log:      opts.Log.With("component", "images"),
-		base:     base,
-		cancel:   cancel,
-		jobs:     map[int64]*job{},
-		destroys: map[int64]bool{},
-		uploads:  map[int64]int{},
+		opts:      opts,
+		baselines: map[string]*baseline{},
+		store:     store{opts.Pool},
+		log:       opts.Log.With("component", "images"),
+		base:      base,
+		cancel:    cancel,
+		jobs:      map[int64]*job{},
+		destroys:  map[int64]bool{},
+		uploads:   map[int64]int{},
 	}
 }
 

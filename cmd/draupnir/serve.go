@@ -139,13 +139,14 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		return c, nil
 	}
 	c.images = images.New(images.Options{
-		Pool:            c.pool,
-		Supervisor:      sup,
-		UploadsDir:      cfg.UploadsDir(),
-		SnapshotsDir:    cfg.SnapshotsDir(),
-		RunDir:          cfg.RunPath,
-		SuperuserAccess: cfg.Instances.SuperuserAccess,
-		Log:             log,
+		Pool:              c.pool,
+		Supervisor:        sup,
+		UploadsDir:        cfg.UploadsDir(),
+		SnapshotsDir:      cfg.SnapshotsDir(),
+		RunDir:            cfg.RunPath,
+		SuperuserAccess:   cfg.Instances.SuperuserAccess,
+		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
+		Log:               log,
 	})
 	c.instances, err = instances.New(instances.Options{
 		Pool:            c.pool,
