@@ -310,6 +310,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"concurrent creates", e.concurrent},
 		{"idle instances", e.idle},
 		{"finalise alone", e.finaliseBaseline},
+		{"anonymising finalise", e.anonymisingFinalise},
 		{"uploads", e.uploads},
 		{"large image", e.large},
 		{"warm pool", e.warmPool},

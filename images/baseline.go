@@ -53,6 +53,18 @@ func (s *Service) baselineFor(ctx context.Context, major string) (*baseline, err
 	return b, nil
 }
 
+// WarmUp reads the baseline of major in the background, so that the first
+// finalise does not wait for it.
+func (s *Service) WarmUp(major string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if _, err := s.baselineFor(s.base, major); err != nil && s.base.Err() == nil {
+			s.log.Warn("could not read the system privileges of a fresh cluster ahead of time; the first finalise tries again", "version", major, "err", err)
+		}
+	}()
+}
+
 func (s *Service) readBaseline(ctx context.Context, major string) (*baseline, error) {
 	sup := s.opts.Supervisor
 	tmp, err := os.MkdirTemp(s.opts.RunDir, "baseline-")

@@ -227,10 +227,14 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		return nil, err
 	}
 	c := &cluster{sockDir: sockDir, superuser: superuser, major: major}
+	log := s.log.With("image", id)
+	step := time.Now()
 	h, err := c.harden(ctx, base)
 	if err != nil {
 		return nil, securing(err)
 	}
+	log.Info("backup secured", "duration", time.Since(step))
+	step = time.Now()
 	if script := r.AnonymisationScript; strings.TrimSpace(script) != "" {
 		// As the data owners by default: what the source planted in the
 		// data (triggers, rules, functions the script's expressions
@@ -252,12 +256,15 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 			}
 		}
 	}
+	log.Info("anonymisation script done", "duration", time.Since(step))
+	step = time.Now()
 	if err := h.again(ctx); err != nil {
 		return nil, securing(err)
 	}
 	if err := h.scrub(ctx); err != nil {
 		return nil, securing(err)
 	}
+	log.Info("changed tables rewritten and statistics made anew", "duration", time.Since(step))
 	if err := h.restoreEventTriggers(ctx); err != nil {
 		return nil, securing(err)
 	}

@@ -148,6 +148,9 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
 		Log:               log,
 	})
+	if major, err := sup.NewestMajor(); err == nil {
+		c.images.WarmUp(major)
+	}
 	c.instances, err = instances.New(instances.Options{
 		Pool:            c.pool,
 		Supervisor:      sup,
