@@ -163,6 +163,8 @@ func TestOurLineUnchanged(t *testing.T) {
 			"unsupported_login", "draupnir-client authenticate"},
 		{"original login in a browser", req{method: "GET", path: "/authenticate?state=abc", token: "-", version: "-"}, 410,
 			"unsupported_login", "draupnir-client authenticate"},
+		{"our login keeps its route", req{method: "GET", path: "/authenticate?state=abc&redirect_uri=x&code_challenge=c", token: "-", version: "-"}, 400,
+			"bad_request", "bad redirect_uri"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
