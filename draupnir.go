@@ -13,9 +13,12 @@ import (
 	"time"
 )
 
-// Version is the version shared by the server and the CLI. The build sets it
-// with -ldflags "-X github.com/draupnir-db/draupnir.Version=…".
-var Version = "1.0.0"
+// Version is the version shared by the server and the CLI. It continues the
+// original Draupnir's line (whose clients 1.x and 2.0.x the server still
+// serves as the original did), so it must stay 2.1.0 or later within major
+// 2; docs/api.md has the rule. The build sets it with
+// -ldflags "-X github.com/draupnir-db/draupnir.Version=…".
+var Version = "2.1.0"
 
 // ImageState is a step of an image's lifecycle:
 // created → uploading → finalising → ready | failed.

@@ -311,7 +311,7 @@ func TestJSONOutput(t *testing.T) {
 	}{
 		{[]string{"images", "list", "--json"}, func(t *testing.T, v map[string]any) {
 			data := v["data"].([]any)
-			if len(data) != 3 || data[0].(map[string]any)["id"] != float64(1) {
+			if len(data) != 3 || data[0].(map[string]any)["id"] != "1" {
 				t.Errorf("data %v", data)
 			}
 		}},
@@ -324,7 +324,7 @@ func TestJSONOutput(t *testing.T) {
 		{[]string{"instances", "show", "4", "--json"}, func(t *testing.T, v map[string]any) {
 			d := v["data"].(map[string]any)
 			attrs := d["attributes"].(map[string]any)
-			if d["type"] != "instances" || attrs["port"] != "6001" || attrs["image_id"] != float64(1) {
+			if d["type"] != "instances" || d["id"] != "4" || attrs["port"] != float64(6001) || attrs["image_id"] != float64(1) {
 				t.Errorf("data %v", d)
 			}
 		}},

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/client"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // writeJSON prints v indented, as the API documents are.
@@ -26,9 +26,9 @@ func table(w io.Writer) *tabwriter.Writer {
 
 func (a *app) printImages(imgs []*draupnir.Image) error {
 	if a.json {
-		doc := client.Document[[]client.ImageResource]{Data: make([]client.ImageResource, len(imgs))}
+		doc := wire.Document[[]wire.ImageResource]{Data: make([]wire.ImageResource, len(imgs))}
 		for i, img := range imgs {
-			doc.Data[i] = client.NewImageResource(img)
+			doc.Data[i] = wire.NewImageResource(img)
 		}
 		return writeJSON(a.stdout, doc)
 	}
@@ -47,7 +47,7 @@ func (a *app) printImages(imgs []*draupnir.Image) error {
 
 func (a *app) printImage(img *draupnir.Image) error {
 	if a.json {
-		return writeJSON(a.stdout, client.Document[client.ImageResource]{Data: client.NewImageResource(img)})
+		return writeJSON(a.stdout, wire.Document[wire.ImageResource]{Data: wire.NewImageResource(img)})
 	}
 	tw := table(a.stdout)
 	fmt.Fprintf(tw, "ID:\t%d\n", img.ID)
@@ -78,9 +78,9 @@ func (a *app) printImage(img *draupnir.Image) error {
 
 func (a *app) printInstances(insts []*draupnir.Instance) error {
 	if a.json {
-		doc := client.Document[[]client.InstanceResource]{Data: make([]client.InstanceResource, len(insts))}
+		doc := wire.Document[[]wire.InstanceResource]{Data: make([]wire.InstanceResource, len(insts))}
 		for i, inst := range insts {
-			doc.Data[i] = client.NewInstanceResource(inst)
+			doc.Data[i] = wire.NewInstanceResource(inst)
 		}
 		return writeJSON(a.stdout, doc)
 	}
@@ -99,7 +99,7 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 
 func (a *app) printInstance(inst *draupnir.Instance) error {
 	if a.json {
-		return writeJSON(a.stdout, client.Document[client.InstanceResource]{Data: client.NewInstanceResource(inst)})
+		return writeJSON(a.stdout, wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(inst)})
 	}
 	tw := table(a.stdout)
 	fmt.Fprintf(tw, "ID:\t%d\n", inst.ID)

@@ -1,9 +1,9 @@
 // Package client is a Go client for Draupnir's HTTP JSON API (docs/api.md):
-// it sends the version and bearer token the server expects, encodes and
-// decodes the JSON:API documents, and turns the server's error documents
-// into *draupnir.Error values with the matching Kind, so that callers (the
-// CLI, the benchmarks, the end-to-end tests) handle errors without looking at
-// HTTP status codes.
+// it sends the version and bearer token the server expects, writes and reads
+// the documents of package wire, and turns the server's error bodies (of
+// either shape) into *draupnir.Error values with the matching Kind, so that
+// callers (the CLI, the benchmarks, the end-to-end tests) handle errors
+// without looking at HTTP status codes.
 package client
 
 import (
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // maxResponseBytes bounds how much of a response body is read, so that a
@@ -68,7 +69,7 @@ func (c *Client) URL() string { return c.base }
 
 // ListImages returns every image.
 func (c *Client) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
-	var doc Document[[]ImageResource]
+	var doc wire.Document[[]wire.ImageResource]
 	if err := c.do(ctx, http.MethodGet, "/images", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
@@ -87,24 +88,19 @@ func (c *Client) GetImage(ctx context.Context, id int64) (*draupnir.Image, error
 // CreateImage registers a new image of a backup taken at backedUpAt, to be
 // anonymised with script when it is finalised.
 func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
-	var body createImageBody
-	body.Data.Type = "images"
-	body.Data.Attributes.BackedUpAt = backedUpAt.UTC()
-	body.Data.Attributes.AnonymisationScript = script
-	return c.image(ctx, http.MethodPost, "/images", &body, http.StatusCreated)
+	at := wire.RequestTime(backedUpAt)
+	body := wire.NewRequest(wire.TypeImages, 0, wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script})
+	return c.image(ctx, http.MethodPost, "/images", body, http.StatusCreated)
 }
 
 // UpdateImage changes the attributes of an image that is not ready yet.
 func (c *Client) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
-	var body updateImageBody
-	body.Data.Type = "images"
-	body.Data.ID = ID(id)
+	attrs := wire.ImageChange{AnonymisationScript: patch.AnonymisationScript}
 	if patch.BackedUpAt != nil {
-		t := patch.BackedUpAt.UTC()
-		body.Data.Attributes.BackedUpAt = &t
+		at := wire.RequestTime(*patch.BackedUpAt)
+		attrs.BackedUpAt = &at
 	}
-	body.Data.Attributes.AnonymisationScript = patch.AnonymisationScript
-	return c.image(ctx, http.MethodPatch, imagePath(id, ""), &body, http.StatusOK)
+	return c.image(ctx, http.MethodPatch, imagePath(id, ""), wire.NewRequest(wire.TypeImages, id, attrs), http.StatusOK)
 }
 
 // FinaliseImage finalises image id and returns it once it is ready. It
@@ -122,7 +118,7 @@ func (c *Client) DestroyImage(ctx context.Context, id int64) error {
 // ListInstances returns the caller's instances (every instance for the
 // upload principal).
 func (c *Client) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
-	var doc Document[[]InstanceResource]
+	var doc wire.Document[[]wire.InstanceResource]
 	if err := c.do(ctx, http.MethodGet, "/instances", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
@@ -141,10 +137,8 @@ func (c *Client) GetInstance(ctx context.Context, id int64) (*draupnir.Instance,
 // CreateInstance starts an instance of image imageID; it returns once
 // Postgres accepts connections.
 func (c *Client) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
-	var body createInstanceBody
-	body.Data.Type = "instances"
-	body.Data.Attributes.ImageID = ID(imageID)
-	return c.instance(ctx, http.MethodPost, "/instances", &body, http.StatusCreated)
+	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceCreate(imageID))
+	return c.instance(ctx, http.MethodPost, "/instances", body, http.StatusCreated)
 }
 
 // DestroyInstance stops instance id and deletes its data.
@@ -159,14 +153,14 @@ func (c *Client) ServerVersion(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bad server URL %q: %w", c.base, err)
 	}
-	req.Header.Set("Draupnir-Version", c.version)
+	req.Header.Set(wire.HeaderVersion, c.version)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return "", c.unreachable(req, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBytes))
-	v := resp.Header.Get("Draupnir-Version")
+	v := resp.Header.Get(wire.HeaderVersion)
 	if v == "" {
 		return "", fmt.Errorf("%s answered %s without a Draupnir-Version header; is it a Draupnir server?", req.URL, resp.Status)
 	}
@@ -180,7 +174,7 @@ func imagePath(id int64, suffix string) string {
 func instancePath(id int64) string { return "/instances/" + strconv.FormatInt(id, 10) }
 
 func (c *Client) image(ctx context.Context, method, path string, body any, want int) (*draupnir.Image, error) {
-	var doc Document[ImageResource]
+	var doc wire.Document[wire.ImageResource]
 	if err := c.do(ctx, method, path, body, want, &doc); err != nil {
 		return nil, err
 	}
@@ -188,7 +182,7 @@ func (c *Client) image(ctx context.Context, method, path string, body any, want 
 }
 
 func (c *Client) instance(ctx context.Context, method, path string, body any, want int) (*draupnir.Instance, error) {
-	var doc Document[InstanceResource]
+	var doc wire.Document[wire.InstanceResource]
 	if err := c.do(ctx, method, path, body, want, &doc); err != nil {
 		return nil, err
 	}
@@ -200,7 +194,7 @@ func (c *Client) instance(ctx context.Context, method, path string, body any, wa
 func (c *Client) do(ctx context.Context, method, path string, body any, want int, out any) error {
 	var rd io.Reader
 	if body != nil {
-		b, err := json.Marshal(body)
+		b, err := wire.Marshal(body)
 		if err != nil {
 			return fmt.Errorf("encoding %s %s: %w", method, path, err)
 		}
@@ -211,7 +205,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, want int
 		return fmt.Errorf("bad server URL %q: %w", c.base, err)
 	}
 	h := req.Header
-	h.Set("Draupnir-Version", c.version)
+	h.Set(wire.HeaderVersion, c.version)
 	h.Set("Content-Type", "application/json")
 	h.Set("Accept", "application/json")
 	if c.auth != "" {
@@ -277,19 +271,19 @@ func kindOf(status int) draupnir.Kind {
 }
 
 // responseError turns an error response into a *draupnir.Error whose message
-// is the server's detail.
+// is the server's detail. It reads both shapes of error body, so that it
+// explains an original Draupnir server's refusals too.
 func (c *Client) responseError(req *http.Request, resp *http.Response, body io.Reader) error {
 	kind := kindOf(resp.StatusCode)
-	var doc ErrorDocument
 	raw, readErr := io.ReadAll(io.LimitReader(body, 1<<20))
-	if readErr != nil || json.Unmarshal(raw, &doc) != nil || len(doc.Errors) == 0 {
+	e, ok := wire.ParseError(raw)
+	if readErr != nil || !ok {
 		// Not one of ours: a proxy, a load balancer, or the wrong URL.
 		return &draupnir.Error{
 			Kind: kind,
 			Msg:  fmt.Sprintf("%s %s: unexpected answer %s", req.Method, req.URL, resp.Status),
 		}
 	}
-	e := doc.Errors[0]
 	msg := e.Detail
 	if msg == "" {
 		msg = e.Title
@@ -297,8 +291,8 @@ func (c *Client) responseError(req *http.Request, resp *http.Response, body io.R
 	if msg == "" {
 		msg = resp.Status
 	}
-	if e.Code == "incompatible_version" {
-		msg = incompatibleVersion(c.version, resp.Header.Get("Draupnir-Version"), msg)
+	if e.Code == "incompatible_version" || e.Code == "invalid_api_version" {
+		msg = incompatibleVersion(c.version, resp.Header.Get(wire.HeaderVersion), msg)
 	}
 	field := ""
 	if e.Source != nil {
@@ -318,24 +312,18 @@ func incompatibleVersion(client, server, detail string) string {
 	return fmt.Sprintf("draupnir-client %s is newer than server %s; upgrade the server, or use draupnir-client %s (server said: %s)", client, server, server, detail)
 }
 
-// compareVersions compares dotted numeric versions ("1.2.3"); parts that are
-// not numbers compare as 0.
+// compareVersions compares two versions; one that does not parse counts
+// as older.
 func compareVersions(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(as) || i < len(bs); i++ {
-		var x, y int
-		if i < len(as) {
-			x, _ = strconv.Atoi(strings.TrimPrefix(as[i], "v"))
-		}
-		if i < len(bs) {
-			y, _ = strconv.Atoi(strings.TrimPrefix(bs[i], "v"))
-		}
-		if x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
+	va, errA := wire.ParseVersion(strings.TrimPrefix(a, "v"))
+	vb, errB := wire.ParseVersion(strings.TrimPrefix(b, "v"))
+	switch {
+	case errA != nil && errB != nil:
+		return 0
+	case errA != nil:
+		return -1
+	case errB != nil:
+		return 1
 	}
-	return 0
+	return va.Compare(vb)
 }

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // Token describes one of the caller's access tokens. Secret is set only in
@@ -31,53 +33,16 @@ type SSHKey struct {
 	CreatedAt   time.Time
 }
 
-// TokenResource is the wire form of a Token.
-type TokenResource struct {
-	Type       string `json:"type"`
-	ID         ID     `json:"id"`
-	Attributes struct {
-		Token       string     `json:"token,omitempty"`
-		Principal   string     `json:"principal"`
-		Description string     `json:"description"`
-		CreatedAt   *time.Time `json:"created_at"`
-		ExpiresAt   *time.Time `json:"expires_at"`
-		LastUsedAt  *time.Time `json:"last_used_at"`
-		Current     bool       `json:"current"`
-	} `json:"attributes"`
-}
-
-// Token converts the resource.
-func (r TokenResource) Token() Token {
-	a := r.Attributes
+func tokenOf(r *wire.TokenResource) Token {
+	a := &r.Attributes
 	return Token{ID: int64(r.ID), Secret: a.Token, Principal: a.Principal, Description: a.Description,
-		CreatedAt: deref(a.CreatedAt), ExpiresAt: deref(a.ExpiresAt), LastUsedAt: deref(a.LastUsedAt), Current: a.Current}
+		CreatedAt: a.CreatedAt.Time, ExpiresAt: a.ExpiresAt.Time, LastUsedAt: a.LastUsedAt.Time, Current: a.Current}
 }
 
-// SSHKeyResource is the wire form of an SSHKey.
-type SSHKeyResource struct {
-	Type       string `json:"type"`
-	ID         ID     `json:"id"`
-	Attributes struct {
-		Fingerprint string     `json:"fingerprint"`
-		PublicKey   string     `json:"public_key"`
-		Comment     string     `json:"comment"`
-		Principal   string     `json:"principal"`
-		CreatedAt   *time.Time `json:"created_at"`
-	} `json:"attributes"`
-}
-
-// SSHKey converts the resource.
-func (r SSHKeyResource) SSHKey() SSHKey {
-	a := r.Attributes
+func keyOf(r *wire.KeyResource) SSHKey {
+	a := &r.Attributes
 	return SSHKey{ID: int64(r.ID), Fingerprint: a.Fingerprint, PublicKey: a.PublicKey, Comment: a.Comment,
-		Principal: a.Principal, CreatedAt: deref(a.CreatedAt)}
-}
-
-func deref(t *time.Time) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return t.UTC()
+		Principal: a.Principal, CreatedAt: a.CreatedAt.Time}
 }
 
 // LoginURL is the page the browser opens to log in: the server sends it on
@@ -97,38 +62,24 @@ func (c *Client) LoginURL(redirectURI, state, challenge string) string {
 // RedeemLogin exchanges the one-time code of a login for an access token
 // (Token.Secret). description says where the token is used.
 func (c *Client) RedeemLogin(ctx context.Context, code, verifier, redirectURI, description string) (Token, error) {
-	var body struct {
-		Data struct {
-			Type       string `json:"type"`
-			Attributes struct {
-				Code         string `json:"code"`
-				CodeVerifier string `json:"code_verifier"`
-				RedirectURI  string `json:"redirect_uri"`
-				Description  string `json:"description"`
-			} `json:"attributes"`
-		} `json:"data"`
-	}
-	body.Data.Type = "token_requests"
-	body.Data.Attributes.Code = code
-	body.Data.Attributes.CodeVerifier = verifier
-	body.Data.Attributes.RedirectURI = redirectURI
-	body.Data.Attributes.Description = description
-	var doc Document[TokenResource]
-	if err := c.do(ctx, http.MethodPost, "/authenticate/token", &body, http.StatusCreated, &doc); err != nil {
+	body := wire.NewRequest(wire.TypeTokenRequests, 0, wire.TokenRequest{
+		Code: &code, CodeVerifier: &verifier, RedirectURI: &redirectURI, Description: &description})
+	var doc wire.Document[wire.TokenResource]
+	if err := c.do(ctx, http.MethodPost, "/authenticate/token", body, http.StatusCreated, &doc); err != nil {
 		return Token{}, err
 	}
-	return doc.Data.Token(), nil
+	return tokenOf(&doc.Data), nil
 }
 
 // ListTokens returns the caller's unexpired access tokens.
 func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
-	var doc Document[[]TokenResource]
+	var doc wire.Document[[]wire.TokenResource]
 	if err := c.do(ctx, http.MethodGet, "/tokens", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
 	out := make([]Token, len(doc.Data))
-	for i, r := range doc.Data {
-		out[i] = r.Token()
+	for i := range doc.Data {
+		out[i] = tokenOf(&doc.Data[i])
 	}
 	return out, nil
 }
@@ -145,13 +96,13 @@ func (c *Client) Logout(ctx context.Context) error {
 
 // ListKeys returns the caller's registered SSH keys.
 func (c *Client) ListKeys(ctx context.Context) ([]SSHKey, error) {
-	var doc Document[[]SSHKeyResource]
+	var doc wire.Document[[]wire.KeyResource]
 	if err := c.do(ctx, http.MethodGet, "/keys", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
 	out := make([]SSHKey, len(doc.Data))
-	for i, r := range doc.Data {
-		out[i] = r.SSHKey()
+	for i := range doc.Data {
+		out[i] = keyOf(&doc.Data[i])
 	}
 	return out, nil
 }
@@ -159,21 +110,12 @@ func (c *Client) ListKeys(ctx context.Context) ([]SSHKey, error) {
 // AddKey registers an SSH public key (a line of a .pub file) for the
 // caller, so that `ssh` sessions with it act as the caller.
 func (c *Client) AddKey(ctx context.Context, publicKey string) (SSHKey, error) {
-	var body struct {
-		Data struct {
-			Type       string `json:"type"`
-			Attributes struct {
-				PublicKey string `json:"public_key"`
-			} `json:"attributes"`
-		} `json:"data"`
-	}
-	body.Data.Type = "keys"
-	body.Data.Attributes.PublicKey = publicKey
-	var doc Document[SSHKeyResource]
-	if err := c.do(ctx, http.MethodPost, "/keys", &body, http.StatusCreated, &doc); err != nil {
+	body := wire.NewRequest(wire.TypeKeys, 0, wire.KeyCreate{PublicKey: &publicKey})
+	var doc wire.Document[wire.KeyResource]
+	if err := c.do(ctx, http.MethodPost, "/keys", body, http.StatusCreated, &doc); err != nil {
 		return SSHKey{}, err
 	}
-	return doc.Data.SSHKey(), nil
+	return keyOf(&doc.Data), nil
 }
 
 // RemoveKey removes the caller's registered key id.

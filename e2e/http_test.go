@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 type tarEntry struct {
@@ -47,14 +49,14 @@ func writeTar(t testing.TB, path string, entries []tarEntry) {
 // TestHTTPErrors checks the documented errors at the real server.
 func TestHTTPErrors(t *testing.T) {
 	s := startServer(t, "")
-	const good = "1.0.0"
+	good := draupnir.Version // our line: JSON:API errors arrays
 	cases := []struct {
 		name, method, path, version, ctype, token, body string
 		status                                          int
 		code                                            string
 	}{
 		{"missing version", "GET", "/images", "", "", sharedSecret, "", 400, "missing_version"},
-		{"newer major", "GET", "/images", "2.0.0", "", sharedSecret, "", 400, "incompatible_version"},
+		{"newer minor", "GET", "/images", "2.99.0", "", sharedSecret, "", 400, "incompatible_version"},
 		{"garbage version", "GET", "/images", "banana", "", sharedSecret, "", 400, "incompatible_version"},
 		{"no token", "GET", "/images", good, "", "", "", 401, "unauthorized"},
 		{"wrong token", "GET", "/images", good, "", "nope", "", 401, "unauthorized"},

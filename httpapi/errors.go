@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // Error codes, stable for clients to branch on.
@@ -30,20 +32,25 @@ const (
 	codeInsufficientStorage = "insufficient_storage"
 	codeUnavailable         = "service_unavailable"
 	codeInternal            = "internal_server_error"
+	codeUnsupportedLogin    = "unsupported_login"
 )
 
 // statusClientClosed is logged for requests whose client disconnected
 // before the answer was ready; it is never sent.
 const statusClientClosed = 499
 
-// apiError is one JSON:API error object, and an error the handlers return
-// to have it rendered.
+// apiError is an error the handlers return to have it rendered: as a
+// JSON:API errors document for our own version line, as the original's
+// single object for the original line (see render).
 type apiError struct {
 	Status  int
 	Code    string
 	Detail  string
 	Pointer string // JSON pointer into the request document, if a member is at fault
 	cause   error  // for the log only
+	// orig, if set, is the original's own answer to this case (its status
+	// may differ from ours), for requests of the original line.
+	orig *wire.OriginalError
 }
 
 func (e *apiError) Error() string { return e.Detail }
@@ -53,34 +60,69 @@ func newError(status int, code, format string, args ...any) *apiError {
 	return &apiError{Status: status, Code: code, Detail: fmt.Sprintf(format, args...)}
 }
 
-// errorObject is the wire form of an apiError.
-type errorObject struct {
-	Status string       `json:"status"`
-	Code   string       `json:"code"`
-	Title  string       `json:"title"`
-	Detail string       `json:"detail"`
-	Source *errorSource `json:"source,omitempty"`
-}
-
-type errorSource struct {
-	Pointer string `json:"pointer"`
-}
-
-type errorDocument struct {
-	Errors []errorObject `json:"errors"`
-}
-
-func (e *apiError) document() errorDocument {
-	o := errorObject{
-		Status: fmt.Sprint(e.Status),
+// document is e for our own line.
+func (e *apiError) document() wire.ErrorDocument {
+	o := wire.ErrorObject{
+		Status: strconv.Itoa(e.Status),
 		Code:   e.Code,
 		Title:  http.StatusText(e.Status),
 		Detail: e.Detail,
 	}
 	if e.Pointer != "" {
-		o.Source = &errorSource{Pointer: e.Pointer}
+		o.Source = &wire.ErrorSource{Pointer: e.Pointer}
 	}
-	return errorDocument{Errors: []errorObject{o}}
+	return wire.ErrorDocument{Errors: []wire.ErrorObject{o}}
+}
+
+// original is e for the original line, with its status: the original's
+// object where it defined one for the case, otherwise ours in its shape,
+// with the original's code and title for the kinds of error it had.
+func (e *apiError) original() (int, wire.OriginalError) {
+	if e.orig != nil {
+		status, err := strconv.Atoi(e.orig.Status)
+		if err != nil {
+			status = e.Status
+		}
+		return status, *e.orig
+	}
+	code, title, detail := e.Code, http.StatusText(e.Status), e.Detail
+	switch e.Code {
+	case codeUnauthorized:
+		// The original clients and specs know this one by heart.
+		detail = "You do not have permission to view this resource"
+	case codeNotFound:
+		code, title = "resource_not_found", "Resource Not Found"
+	case codeInvalidJSON:
+		code, title = codeBadRequest, "Invalid JSON"
+	case codeMissingVersion:
+		code, title = "missing_api_version_header", "Missing API Version Header"
+	case codeIncompatibleVersion:
+		code, title = "invalid_api_version", "Invalid API Version"
+	}
+	return e.Status, wire.OriginalError{ID: code, Status: strconv.Itoa(e.Status), Code: code, Title: title,
+		Detail: detail, Source: wire.ErrorSource{Pointer: e.Pointer}}
+}
+
+// originalError is one of the original's own error objects.
+func originalError(status int, code, title, detail, parameter string) *wire.OriginalError {
+	return &wire.OriginalError{ID: code, Status: strconv.Itoa(status), Code: code, Title: title, Detail: detail,
+		Source: wire.ErrorSource{Parameter: parameter}}
+}
+
+// The original's answers about the image_id of a new instance.
+func imageNotReady() *wire.OriginalError {
+	return originalError(http.StatusUnprocessableEntity, codeUnprocessable, "Image Not Ready",
+		"The specified image is not ready to be used", "image_id")
+}
+
+func imageNotFound() *wire.OriginalError {
+	return originalError(http.StatusNotFound, "resource_not_found", "Image Not Found",
+		"The image you specified could not be found", "")
+}
+
+func badImageID() *wire.OriginalError {
+	return originalError(http.StatusBadRequest, codeBadRequest, "Bad Request",
+		"The image ID provided is not valid", "image_id")
 }
 
 // fromDomain maps an error from the core to the API error a client sees.
@@ -136,8 +178,8 @@ func fromEcho(he *echo.HTTPError, c echo.Context) *apiError {
 }
 
 // handleError is Echo's HTTPErrorHandler: every error, whether from a
-// handler, a middleware or the router, is rendered as a JSON:API errors
-// document.
+// handler, a middleware or the router, is rendered as an error document of
+// the request's dialect.
 func (a *api) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
@@ -169,14 +211,18 @@ func (a *api) handleError(err error, c echo.Context) {
 		ae = &apiError{Status: ae.Status, Code: ae.Code,
 			Detail: fmt.Sprintf("internal error; the server log has the details (request id %s)", id)}
 	}
-	if ae.Status == http.StatusUnauthorized {
+	status, body := ae.Status, any(ae.document())
+	if pinned(c).dialect == original {
+		status, body = ae.original()
+	}
+	if status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="draupnir"`)
 	}
 	if c.Request().Method == http.MethodHead {
-		c.Response().WriteHeader(ae.Status)
+		c.Response().WriteHeader(status)
 		return
 	}
-	if err := writeJSON(c, ae.Status, ae.document()); err != nil {
+	if err := writeJSON(c, status, body); err != nil {
 		a.log.DebugContext(c.Request().Context(), "writing error response", "err", err)
 	}
 }

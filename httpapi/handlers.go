@@ -1,10 +1,14 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // pathID parses the :id of the URL. Anything but a positive integer that
@@ -23,11 +27,11 @@ func (a *api) listImages(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	data := make([]resource, 0, len(list))
+	data := make([]wire.ImageResource, 0, len(list))
 	for _, im := range list {
-		data = append(data, imageResource(im))
+		data = append(data, wire.NewImageResource(im))
 	}
-	return writeJSON(c, http.StatusOK, document{Data: data})
+	return writeJSON(c, http.StatusOK, wire.Document[[]wire.ImageResource]{Data: data})
 }
 
 func (a *api) getImage(c echo.Context) error {
@@ -39,7 +43,7 @@ func (a *api) getImage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+	return writeJSON(c, http.StatusOK, imageDocument(im))
 }
 
 func (a *api) createImage(c echo.Context) error {
@@ -52,7 +56,7 @@ func (a *api) createImage(c echo.Context) error {
 		return err
 	}
 	c.Response().Header().Set("Location", fmt.Sprintf("/images/%d", im.ID))
-	return writeJSON(c, http.StatusCreated, document{Data: imageResource(im)})
+	return writeJSON(c, http.StatusCreated, imageDocument(im))
 }
 
 // finaliseImage blocks until finalising ends. The service runs the job on
@@ -66,7 +70,7 @@ func (a *api) finaliseImage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+	return writeJSON(c, http.StatusOK, imageDocument(im))
 }
 
 func (a *api) updateImage(c echo.Context) error {
@@ -82,7 +86,7 @@ func (a *api) updateImage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, document{Data: imageResource(im)})
+	return writeJSON(c, http.StatusOK, imageDocument(im))
 }
 
 func (a *api) destroyImage(c echo.Context) error {
@@ -93,7 +97,7 @@ func (a *api) destroyImage(c echo.Context) error {
 	if err := a.images.Destroy(c.Request().Context(), principal(c), id); err != nil {
 		return err
 	}
-	return c.NoContent(http.StatusNoContent)
+	return noContent(c)
 }
 
 func (a *api) listInstances(c echo.Context) error {
@@ -101,11 +105,11 @@ func (a *api) listInstances(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	data := make([]resource, 0, len(list))
+	data := make([]wire.InstanceResource, 0, len(list))
 	for _, in := range list {
-		data = append(data, instanceResource(in))
+		data = append(data, wire.NewInstanceResource(in))
 	}
-	return writeJSON(c, http.StatusOK, document{Data: data})
+	return writeJSON(c, http.StatusOK, wire.Document[[]wire.InstanceResource]{Data: data})
 }
 
 func (a *api) getInstance(c echo.Context) error {
@@ -117,20 +121,33 @@ func (a *api) getInstance(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, document{Data: instanceResource(in)})
+	return writeJSON(c, http.StatusOK, instanceDocument(in))
 }
 
+// createInstance answers the original line about image_id as the original
+// did: 400 for a bad id, 404 "Image Not Found", 422 "Image Not Ready".
 func (a *api) createInstance(c echo.Context) error {
 	req, err := decodeInstanceCreate(c.Request().Body)
 	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Pointer == "/data/attributes/image_id" {
+			ae.orig = badImageID()
+		}
 		return err
 	}
 	in, err := a.instances.Create(c.Request().Context(), principal(c), req.ImageID)
 	if err != nil {
-		return err
+		ae := fromDomain(err)
+		switch draupnir.KindOf(err) {
+		case draupnir.KindNotFound: // the image: a user's instance is always found
+			ae.orig = imageNotFound()
+		case draupnir.KindConflict: // the image is not ready, failed or being destroyed
+			ae.orig = imageNotReady()
+		}
+		return ae
 	}
 	c.Response().Header().Set("Location", fmt.Sprintf("/instances/%d", in.ID))
-	return writeJSON(c, http.StatusCreated, document{Data: instanceResource(in)})
+	return writeJSON(c, http.StatusCreated, instanceDocument(in))
 }
 
 func (a *api) destroyInstance(c echo.Context) error {
@@ -141,7 +158,15 @@ func (a *api) destroyInstance(c echo.Context) error {
 	if err := a.instances.Destroy(c.Request().Context(), principal(c), id); err != nil {
 		return err
 	}
-	return c.NoContent(http.StatusNoContent)
+	return noContent(c)
+}
+
+func imageDocument(im *draupnir.Image) wire.Document[wire.ImageResource] {
+	return wire.Document[wire.ImageResource]{Data: wire.NewImageResource(im)}
+}
+
+func instanceDocument(in *draupnir.Instance) wire.Document[wire.InstanceResource] {
+	return wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(in)}
 }
 
 type healthDocument struct {

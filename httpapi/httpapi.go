@@ -2,6 +2,10 @@
 // requests into calls on the image and instance services and renders their
 // results and typed errors, enforcing the protocol rules (Draupnir-Version
 // negotiation, bearer authentication, content types, body limits) on the way.
+// The version pins behaviour: the original Draupnir's clients (1.x, 2.0.x)
+// are answered as that server answered them, our own line with JSON:API
+// errors. The documents themselves are package wire's, shared with the
+// client.
 // It holds no business logic, and it is the only package that knows about
 // Echo, so that a move to another router touches nothing else.
 package httpapi
@@ -16,6 +20,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // ImageService is the part of images.Service that the API calls.
@@ -85,7 +90,7 @@ type api struct {
 	people    People
 	log       *slog.Logger
 	maxBody   int64
-	server    version
+	server    wire.Version
 	serverOK  bool // the server's own version parsed; otherwise only exact matches pass
 	serverRaw string
 }
@@ -108,10 +113,10 @@ func New(opts Options) http.Handler {
 	if a.maxBody <= 0 {
 		a.maxBody = DefaultMaxBodyBytes
 	}
-	if v, err := parseVersion(draupnir.Version); err == nil {
+	if v, err := wire.ParseVersion(draupnir.Version); err == nil {
 		a.server, a.serverOK = v, true
 	} else {
-		a.log.Warn("server version is not of the form X.Y.Z; only clients of exactly the same version are accepted",
+		a.log.Warn("server version is not of the form X.Y.Z; only clients of exactly the same version (or of the original line) are accepted",
 			"version", draupnir.Version)
 	}
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 const (
@@ -137,11 +138,30 @@ func (e *env) do(t *testing.T, r req) *httptest.ResponseRecorder {
 	return rec
 }
 
+// originalLine reports whether v is a version of the original Draupnir's
+// line (1.x, 2.0.x), whose requests are answered as the original did.
+func originalLine(v string) bool {
+	p, err := wire.ParseVersion(v)
+	return err == nil && p.Major >= 1 && p.Compare(wire.Version{Major: 2, Minor: 1}) < 0
+}
+
+// originalShape reports whether errors answering version v come as the
+// original's single object: for its line, and for the refused versions of
+// its other lines (0.x, 3.x and later).
+func originalShape(v string) bool {
+	p, err := wire.ParseVersion(v)
+	return err == nil && (p.Major == 0 || p.Major >= 3 || originalLine(v))
+}
+
 // checkEnvelope checks what every response must have.
 func (e *env) checkEnvelope(t *testing.T, r req, rec *httptest.ResponseRecorder) {
 	t.Helper()
-	if got := rec.Header().Get(HeaderVersion); got != e.version {
-		t.Errorf("%s %s: %s header = %q, want %q", r.method, r.path, HeaderVersion, got, e.version)
+	want := e.version
+	if originalLine(r.version) {
+		want = r.version // the original 1.0.0 client wants its own version back
+	}
+	if got := rec.Header().Get(HeaderVersion); got != want {
+		t.Errorf("%s %s: %s header = %q, want %q", r.method, r.path, HeaderVersion, got, want)
 	}
 	if rec.Code == http.StatusNoContent || r.method == http.MethodHead {
 		if rec.Body.Len() != 0 {
@@ -155,6 +175,13 @@ func (e *env) checkEnvelope(t *testing.T, r req, rec *httptest.ResponseRecorder)
 	if rec.Code < 400 {
 		return
 	}
+	if originalShape(r.version) {
+		o := decodeOriginal(t, rec)
+		if o.Status != fmt.Sprint(rec.Code) || o.Code == "" || o.ID != o.Code || o.Title == "" || o.Detail == "" {
+			t.Errorf("%s %s: malformed original error object for %d: %s", r.method, r.path, rec.Code, rec.Body)
+		}
+		return
+	}
 	doc := decodeErrors(t, rec)
 	if len(doc.Errors) != 1 {
 		t.Fatalf("%s %s: want one error object, got %s", r.method, r.path, rec.Body)
@@ -165,9 +192,22 @@ func (e *env) checkEnvelope(t *testing.T, r req, rec *httptest.ResponseRecorder)
 	}
 }
 
-func decodeErrors(t *testing.T, rec *httptest.ResponseRecorder) errorDocument {
+// decodeOriginal decodes the original line's single error object, which
+// always has a source member.
+func decodeOriginal(t *testing.T, rec *httptest.ResponseRecorder) wire.OriginalError {
 	t.Helper()
-	var doc errorDocument
+	var o wire.OriginalError
+	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&o); err != nil || !strings.Contains(rec.Body.String(), `"source":{`) {
+		t.Fatalf("error body %q is not an original error object: %v", rec.Body, err)
+	}
+	return o
+}
+
+func decodeErrors(t *testing.T, rec *httptest.ResponseRecorder) wire.ErrorDocument {
+	t.Helper()
+	var doc wire.ErrorDocument
 	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&doc); err != nil {
@@ -429,29 +469,38 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestVersionRule: the original line (1.x, 2.0.x) is served as the original
+// did; our line (2.1.0 on) needs the server's major and a minor no newer
+// than the server's; everything else is refused with a 400 that says why,
+// in the shape the client that sent it reads.
 func TestVersionRule(t *testing.T) {
 	tests := []struct {
 		server, client string
-		wantCode       string   // "" for accepted
+		wantCode       string   // "" for accepted; the code of the refusal otherwise
 		wantDetail     []string // substrings of the detail
 	}{
-		{server: "1.0.0", client: "1.0.0"},
-		{server: "1.0.0", client: "1.0.9"},
-		{server: "1.0.0", client: "1.1.0", wantCode: "incompatible_version", wantDetail: []string{"1.1.0", "1.0.0", "upgrade the server"}},
-		{server: "1.0.0", client: "2.0.0", wantCode: "incompatible_version", wantDetail: []string{"2.0.0", "1.0.0", "upgrade the server"}},
-		{server: "1.0.0", client: "0.9.0", wantCode: "incompatible_version", wantDetail: []string{"0.9.0", "1.0.0", "upgrade the client"}},
-		{server: "1.0.0", client: "garbage", wantCode: "incompatible_version", wantDetail: []string{"garbage", "1.0.0"}},
-		{server: "1.0.0", client: "1.0", wantCode: "incompatible_version"},
-		{server: "1.0.0", client: "1.0.0.0", wantCode: "incompatible_version"},
-		{server: "1.0.0", client: "v1.0.0", wantCode: "incompatible_version"},
-		{server: "1.0.0", client: "1.-1.0", wantCode: "incompatible_version"},
-		{server: "1.0.0", client: "1.0.0-rc1"},
-		{server: "1.2.3", client: "1.1.0"},
-		{server: "1.2.3", client: "1.2.9"},
-		{server: "1.2.3", client: "1.3.0", wantCode: "incompatible_version", wantDetail: []string{"1.3.0", "1.2.3"}},
-		{server: "2.0.0", client: "1.9.9", wantCode: "incompatible_version", wantDetail: []string{"upgrade the client"}},
+		{server: "2.1.0", client: "2.1.0"},
+		{server: "2.1.0", client: "2.1.7"},
+		{server: "2.1.0", client: "2.1.0-rc1"},
+		{server: "2.3.1", client: "2.1.0"},
+		{server: "2.3.1", client: "2.3.9"},
+		{server: "2.1.0", client: "1.0.0"}, // the original line, whatever our version
+		{server: "2.1.0", client: "1.7.0"},
+		{server: "2.1.0", client: "2.0.0"},
+		{server: "2.1.0", client: "2.0.1"},
+		{server: "2.9.0", client: "1.4.2"},
 		{server: "dev", client: "dev"},
-		{server: "dev", client: "1.0.0", wantCode: "incompatible_version", wantDetail: []string{"dev"}},
+		{server: "dev", client: "1.0.0"},
+		{server: "2.1.0", client: "2.2.0", wantCode: "incompatible_version", wantDetail: []string{"2.2.0", "2.1.0", "upgrade the server"}},
+		{server: "dev", client: "2.1.0", wantCode: "incompatible_version", wantDetail: []string{"dev"}},
+		{server: "2.1.0", client: "garbage", wantCode: "incompatible_version", wantDetail: []string{"garbage", "2.1.0", "X.Y.Z"}},
+		{server: "2.1.0", client: "2.1", wantCode: "incompatible_version"},
+		{server: "2.1.0", client: "2.1.0.0", wantCode: "incompatible_version"},
+		{server: "2.1.0", client: "v2.1.0", wantCode: "incompatible_version"},
+		{server: "2.1.0", client: "2.-1.0", wantCode: "incompatible_version"},
+		{server: "2.1.0", client: "0.9.0", wantCode: "invalid_api_version", wantDetail: []string{"0.9.0", "older", "2.1.0"}},
+		{server: "2.1.0", client: "3.0.0", wantCode: "invalid_api_version", wantDetail: []string{"3.0.0", "different protocol", "2.1.0"}},
+		{server: "2.1.0", client: "5.3.6", wantCode: "invalid_api_version", wantDetail: []string{"5.3.6", "different protocol", "client certificates"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.server+"/"+tt.client, func(t *testing.T) {
@@ -466,7 +515,17 @@ func TestVersionRule(t *testing.T) {
 			if rec.Code != http.StatusBadRequest {
 				t.Fatalf("status = %d, want 400: %s", rec.Code, rec.Body)
 			}
-			o := decodeErrors(t, rec).Errors[0]
+			var o wire.ErrorObject
+			if originalShape(tt.client) {
+				// Refused clients of the original's other lines read its shape.
+				oe := decodeOriginal(t, rec)
+				o = wire.ErrorObject{Code: oe.Code, Detail: oe.Detail, Title: oe.Title}
+				if oe.Title != "Invalid API Version" {
+					t.Errorf("title %q", oe.Title)
+				}
+			} else {
+				o = decodeErrors(t, rec).Errors[0]
+			}
 			if o.Code != tt.wantCode {
 				t.Errorf("code = %q, want %q", o.Code, tt.wantCode)
 			}
@@ -488,17 +547,17 @@ func TestRendering(t *testing.T) {
 		{
 			name: "image",
 			req:  req{method: "GET", path: "/images/1"},
-			want: `{"data":{"type":"images","id":1,"attributes":{"backed_up_at":"2017-05-01T12:00:00Z","created_at":"2017-05-01T12:00:00Z","updated_at":"2017-05-01T12:00:00Z","ready":true,"anonymisation_script":"\\c db\nDELETE FROM secrets;","state":"ready","error":"","size_bytes":4096,"postgres_version":"15","database":"db"}}}`,
+			want: `{"data":{"type":"images","id":"1","attributes":{"backed_up_at":"2017-05-01T12:00:00Z","created_at":"2017-05-01T12:00:00Z","updated_at":"2017-05-01T12:00:00Z","ready":true,"anonymisation_script":"\\c db\nDELETE FROM secrets;","state":"ready","error":"","size_bytes":4096,"postgres_version":"15","database":"db"}}}`,
 		},
 		{
 			name: "instance with a CA",
 			req:  req{method: "GET", path: "/instances/1"},
-			want: `{"data":{"type":"instances","id":1,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5678","hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","owner":"alice@example.com","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"}}}`,
+			want: `{"data":{"type":"instances","id":"1","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5678,"hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","owner":"alice@example.com","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"}}}`,
 		},
 		{
 			name: "instances as a user",
 			req:  req{method: "GET", path: "/instances", token: bobToken},
-			want: `{"data":[{"type":"instances","id":2,"attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":"5679","hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db","owner":"bob@example.com"}}]}`,
+			want: `{"data":[{"type":"instances","id":"2","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5679,"hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db","owner":"bob@example.com"}}]}`,
 		},
 		{
 			name: "no instances",
@@ -639,7 +698,7 @@ func TestCreateInstanceImageID(t *testing.T) {
 				t.Errorf("service got image %d, want %d", e.instances.imageID, tt.wantID)
 			}
 			body := rec.Body.String()
-			if !strings.Contains(body, `"image_id":1,`) || !strings.Contains(body, `"port":"6000"`) || !strings.Contains(body, `"id":3,`) {
+			if !strings.Contains(body, `"image_id":1,`) || !strings.Contains(body, `"port":6000,`) || !strings.Contains(body, `"id":"3",`) {
 				t.Errorf("unexpected rendering: %s", body)
 			}
 			if got := rec.Header().Get("Location"); got != "/instances/3" {
@@ -662,13 +721,13 @@ func TestInstanceVisibility(t *testing.T) {
 		t.Run(tt.token, func(t *testing.T) {
 			e := newEnv(t, nil)
 			rec := e.do(t, req{method: "GET", path: "/instances", token: tt.token})
-			var doc struct{ Data []struct{ ID int64 } }
+			var doc struct{ Data []struct{ ID wire.ID } }
 			if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
 				t.Fatal(err)
 			}
 			var ids []int64
 			for _, d := range doc.Data {
-				ids = append(ids, d.ID)
+				ids = append(ids, int64(d.ID))
 			}
 			if !slices.Equal(ids, tt.wantIDs) {
 				t.Errorf("ids = %v, want %v", ids, tt.wantIDs)

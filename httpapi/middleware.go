@@ -8,7 +8,6 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,10 +15,6 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 )
-
-// HeaderVersion carries the client's version in requests and the server's in
-// every response.
-const HeaderVersion = "Draupnir-Version"
 
 // headerRequestID names the response header that tells a client which id the
 // server logged the request under.
@@ -29,18 +24,22 @@ const headerRequestID = "X-Request-Id"
 const (
 	ctxPrincipal = "draupnir.principal"
 	ctxRequestID = "draupnir.request_id"
+	ctxPinning   = "draupnir.pinning"
 )
 
-// base runs for every request, routed or not: it stamps the server version
-// and a request id on the response, turns panics into 500s, renders errors
-// before logging so that the log has the final status, and logs one line.
+// base runs for every request, routed or not: it pins the behaviour the
+// request's Draupnir-Version asks for and stamps that version and a request
+// id on the response, turns panics into 500s, renders errors before logging
+// so that the log has the final status, and logs one line.
 func (a *api) base(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		id := newRequestID()
 		c.Set(ctxRequestID, id)
+		pin := a.pin(strings.TrimSpace(c.Request().Header.Get(HeaderVersion)))
+		c.Set(ctxPinning, pin)
 		h := c.Response().Header()
-		h.Set(HeaderVersion, a.serverRaw)
+		h.Set(HeaderVersion, pin.served)
 		h.Set(headerRequestID, id)
 		h.Set("Cache-Control", "no-store") // instance documents carry passwords
 
@@ -87,83 +86,6 @@ func newRequestID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
 	return hex.EncodeToString(b[:])
-}
-
-// version is a parsed X.Y.Z.
-type version struct{ major, minor, patch uint64 }
-
-func (v version) String() string { return fmt.Sprintf("%d.%d.%d", v.major, v.minor, v.patch) }
-
-// parseVersion parses X.Y.Z, ignoring a pre-release or build suffix
-// ("1.2.3-rc1", "1.2.3+abc").
-func parseVersion(s string) (version, error) {
-	core := s
-	if i := strings.IndexAny(core, "-+"); i >= 0 {
-		core = core[:i]
-	}
-	parts := strings.Split(core, ".")
-	if len(parts) != 3 {
-		return version{}, fmt.Errorf("version %q is not of the form X.Y.Z", s)
-	}
-	var n [3]uint64
-	for i, p := range parts {
-		if p == "" || strings.TrimLeft(p, "0123456789") != "" {
-			return version{}, fmt.Errorf("version %q is not of the form X.Y.Z", s)
-		}
-		v, err := strconv.ParseUint(p, 10, 64)
-		if err != nil {
-			return version{}, fmt.Errorf("version %q is not of the form X.Y.Z", s)
-		}
-		n[i] = v
-	}
-	return version{n[0], n[1], n[2]}, nil
-}
-
-// checkVersion applies the version rule: same major, client minor ≤ server
-// minor.
-func (a *api) checkVersion(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		raw := strings.TrimSpace(c.Request().Header.Get(HeaderVersion))
-		if raw == "" {
-			return newError(http.StatusBadRequest, codeMissingVersion,
-				"the %s header is required; this server speaks %s", HeaderVersion, a.serverRaw)
-		}
-		if err := a.compatible(raw); err != nil {
-			return err
-		}
-		return next(c)
-	}
-}
-
-func (a *api) compatible(raw string) *apiError {
-	incompatible := func(format string, args ...any) *apiError {
-		return newError(http.StatusBadRequest, codeIncompatibleVersion, format, args...)
-	}
-	if raw == a.serverRaw {
-		return nil
-	}
-	client, err := parseVersion(raw)
-	if err != nil {
-		return incompatible("%s %q is not of the form X.Y.Z; this server speaks %s",
-			HeaderVersion, truncate(raw, 64), a.serverRaw)
-	}
-	if !a.serverOK {
-		return incompatible("client version %s does not match server version %s; use a client of version %s",
-			client, a.serverRaw, a.serverRaw)
-	}
-	s := a.server
-	switch {
-	case client.major < s.major:
-		return incompatible("client version %s is too old for server version %s; upgrade the client to %d.x",
-			client, s, s.major)
-	case client.major > s.major:
-		return incompatible("client version %s is newer than server version %s; upgrade the server to %d.x (or use a %d.x client)",
-			client, s, client.major, s.major)
-	case client.minor > s.minor:
-		return incompatible("client version %s is newer than server version %s; upgrade the server to %d.%d or later (or use a client of version %d.%d or older)",
-			client, s, client.major, client.minor, s.major, s.minor)
-	}
-	return nil
 }
 
 // authenticate resolves the bearer token to a principal.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/auth"
+	"github.com/draupnir-db/draupnir/wire"
 )
 
 // Login runs people's OpenID Connect login; *auth.Login satisfies it.
@@ -35,13 +36,6 @@ type People interface {
 	RemoveKey(ctx context.Context, p draupnir.Principal, id int64) error
 }
 
-// Resource types of the people routes.
-const (
-	typeTokens        = "tokens"
-	typeTokenRequests = "token_requests"
-	typeKeys          = "keys"
-)
-
 // routePeople registers the login routes (outside bearer authentication: a
 // person without a token must reach them) and the token and key routes
 // (users only; the gate is on the route group, not on an argument).
@@ -50,6 +44,7 @@ func (a *api) routePeople(e *echo.Echo, login Login, people People) {
 	e.GET("/authenticate", a.beginLogin)
 	e.GET("/oauth_callback", a.oauthCallback)
 	e.POST("/authenticate/token", a.redeemLogin, a.checkVersion, a.checkBody)
+	e.POST("/access_tokens", originalLogin)
 	if people == nil {
 		return
 	}
@@ -98,13 +93,25 @@ func redirect(c echo.Context, loc string) error {
 	return c.Redirect(http.StatusFound, loc)
 }
 
+// originalLogin answers the original Draupnir's login (GET
+// /authenticate?state=… opened in a browser, and POST /access_tokens from
+// its client), which this server does not offer, with what to do instead.
+func originalLogin(echo.Context) error {
+	return newError(http.StatusGone, codeUnsupportedLogin,
+		"this server does not offer the original Draupnir's login; log in with this server's client, "+
+			"`draupnir-client authenticate`, and give an original client the access token it stores (as its refresh_token)")
+}
+
 // beginLogin is GET /authenticate?redirect_uri=…&state=…&code_challenge=…
 // (the browser's first stop): it redirects to the identity provider.
 func (a *api) beginLogin(c echo.Context) error {
+	q := c.QueryParams()
+	if q.Has("state") && !q.Has("redirect_uri") && !q.Has("code_challenge") {
+		return originalLogin(c)
+	}
 	if err := a.loginConfigured(); err != nil {
 		return err
 	}
-	q := c.QueryParams()
 	loc, err := a.login.Begin(c.Request().Context(), q.Get("redirect_uri"), q.Get("state"),
 		q.Get("code_challenge"), q.Get("code_challenge_method"))
 	if err != nil {
@@ -126,31 +133,15 @@ func (a *api) oauthCallback(c echo.Context) error {
 	return redirect(c, loc)
 }
 
-type tokenRequestAttributes struct {
-	Code         *string `json:"code"`
-	CodeVerifier *string `json:"code_verifier"`
-	RedirectURI  *string `json:"redirect_uri"`
-	Description  *string `json:"description"`
-}
-
-type tokenAttributes struct {
-	Token       string  `json:"token,omitempty"` // only when issued
-	Principal   string  `json:"principal"`
-	Description string  `json:"description"`
-	CreatedAt   *string `json:"created_at"`
-	ExpiresAt   *string `json:"expires_at"`
-	LastUsedAt  *string `json:"last_used_at"`
-	Current     bool    `json:"current"`
-}
-
-func tokenResource(t auth.Token, secret string) resource {
-	return resource{Type: typeTokens, ID: t.ID, Attributes: tokenAttributes{
+// tokenResource renders t; secret is set only when the token is issued.
+func tokenResource(t auth.Token, secret string) wire.TokenResource {
+	return wire.TokenResource{Type: wire.TypeTokens, ID: wire.ID(t.ID), Attributes: wire.TokenAttributes{
 		Token:       secret,
 		Principal:   t.Principal,
 		Description: t.Description,
-		CreatedAt:   timestamp(t.CreatedAt),
-		ExpiresAt:   timestamp(t.ExpiresAt),
-		LastUsedAt:  timestamp(t.LastUsedAt),
+		CreatedAt:   wire.NewTime(t.CreatedAt),
+		ExpiresAt:   wire.NewTime(t.ExpiresAt),
+		LastUsedAt:  wire.NewTime(t.LastUsedAt),
 		Current:     t.Current,
 	}}
 }
@@ -161,14 +152,14 @@ func (a *api) redeemLogin(c echo.Context) error {
 	if err := a.loginConfigured(); err != nil {
 		return err
 	}
-	res, err := decodeResource(c.Request().Body, typeTokenRequests)
+	res, err := decodeResource(c.Request().Body, wire.TypeTokenRequests)
 	if err != nil {
 		return err
 	}
 	if err := noClientID(res); err != nil {
 		return err
 	}
-	var attrs tokenRequestAttributes
+	var attrs wire.TokenRequest
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return err
 	}
@@ -193,7 +184,7 @@ func (a *api) redeemLogin(c echo.Context) error {
 		return err
 	}
 	c.Set(ctxPrincipal, draupnir.Principal{Name: t.Principal}) // for the request log
-	return writeJSON(c, http.StatusCreated, document{Data: tokenResource(t, secret)})
+	return writeJSON(c, http.StatusCreated, wire.Document[wire.TokenResource]{Data: tokenResource(t, secret)})
 }
 
 func (a *api) listTokens(c echo.Context) error {
@@ -202,11 +193,11 @@ func (a *api) listTokens(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	data := make([]resource, 0, len(list))
+	data := make([]wire.TokenResource, 0, len(list))
 	for _, t := range list {
 		data = append(data, tokenResource(t, ""))
 	}
-	return writeJSON(c, http.StatusOK, document{Data: data})
+	return writeJSON(c, http.StatusOK, wire.Document[[]wire.TokenResource]{Data: data})
 }
 
 func (a *api) revokeToken(c echo.Context) error {
@@ -217,7 +208,7 @@ func (a *api) revokeToken(c echo.Context) error {
 	if err := a.people.RevokeToken(c.Request().Context(), principal(c), id); err != nil {
 		return err
 	}
-	return c.NoContent(http.StatusNoContent)
+	return noContent(c)
 }
 
 // logout is DELETE /tokens/current: revoke the token of this request.
@@ -226,28 +217,16 @@ func (a *api) logout(c echo.Context) error {
 	if err := a.people.Logout(c.Request().Context(), token); err != nil {
 		return err
 	}
-	return c.NoContent(http.StatusNoContent)
+	return noContent(c)
 }
 
-type keyAttributes struct {
-	Fingerprint string  `json:"fingerprint"`
-	PublicKey   string  `json:"public_key"`
-	Comment     string  `json:"comment"`
-	Principal   string  `json:"principal"`
-	CreatedAt   *string `json:"created_at"`
-}
-
-type keyAttributesIn struct {
-	PublicKey *string `json:"public_key"`
-}
-
-func keyResource(k auth.Key) resource {
-	return resource{Type: typeKeys, ID: k.ID, Attributes: keyAttributes{
+func keyResource(k auth.Key) wire.KeyResource {
+	return wire.KeyResource{Type: wire.TypeKeys, ID: wire.ID(k.ID), Attributes: wire.KeyAttributes{
 		Fingerprint: k.Fingerprint,
 		PublicKey:   k.PublicKey,
 		Comment:     k.Comment,
 		Principal:   k.Principal,
-		CreatedAt:   timestamp(k.CreatedAt),
+		CreatedAt:   wire.NewTime(k.CreatedAt),
 	}}
 }
 
@@ -256,22 +235,22 @@ func (a *api) listKeys(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	data := make([]resource, 0, len(list))
+	data := make([]wire.KeyResource, 0, len(list))
 	for _, k := range list {
 		data = append(data, keyResource(k))
 	}
-	return writeJSON(c, http.StatusOK, document{Data: data})
+	return writeJSON(c, http.StatusOK, wire.Document[[]wire.KeyResource]{Data: data})
 }
 
 func (a *api) addKey(c echo.Context) error {
-	res, err := decodeResource(c.Request().Body, typeKeys)
+	res, err := decodeResource(c.Request().Body, wire.TypeKeys)
 	if err != nil {
 		return err
 	}
 	if err := noClientID(res); err != nil {
 		return err
 	}
-	var attrs keyAttributesIn
+	var attrs wire.KeyCreate
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return err
 	}
@@ -283,7 +262,7 @@ func (a *api) addKey(c echo.Context) error {
 		return err
 	}
 	c.Response().Header().Set("Location", fmt.Sprintf("/keys/%d", k.ID))
-	return writeJSON(c, http.StatusCreated, document{Data: keyResource(k)})
+	return writeJSON(c, http.StatusCreated, wire.Document[wire.KeyResource]{Data: keyResource(k)})
 }
 
 func (a *api) removeKey(c echo.Context) error {
@@ -294,5 +273,5 @@ func (a *api) removeKey(c echo.Context) error {
 	if err := a.people.RemoveKey(c.Request().Context(), principal(c), id); err != nil {
 		return err
 	}
-	return c.NoContent(http.StatusNoContent)
+	return noContent(c)
 }

@@ -77,7 +77,7 @@ func TestWireWithClient(t *testing.T) {
 	if _, err = client.New(srv.URL, "wrong", client.WithHTTPClient(srv.Client())).ListImages(ctx); !errors.Is(err, draupnir.ErrUnauthorized) {
 		t.Fatalf("wrong token: %v, want unauthorized", err)
 	}
-	newer := client.New(srv.URL, secret, client.WithHTTPClient(srv.Client()), client.WithVersion("2.0.0"))
+	newer := client.New(srv.URL, secret, client.WithHTTPClient(srv.Client()), client.WithVersion("2.99.0"))
 	if _, err = newer.ListImages(ctx); err == nil || !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("newer client: %v, want advice to upgrade", err)
 	}

@@ -16,116 +16,38 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/wire"
 )
-
-// Resource types.
-const (
-	typeImages    = "images"
-	typeInstances = "instances"
-)
-
-// resource is one JSON:API resource object. Ids are rendered as numbers, as
-// the original API's documentation shows them.
-type resource struct {
-	Type       string `json:"type"`
-	ID         int64  `json:"id"`
-	Attributes any    `json:"attributes"`
-}
-
-type document struct {
-	Data any `json:"data"`
-}
-
-type imageAttributes struct {
-	BackedUpAt          *string `json:"backed_up_at"`
-	CreatedAt           *string `json:"created_at"`
-	UpdatedAt           *string `json:"updated_at"`
-	Ready               bool    `json:"ready"`
-	AnonymisationScript string  `json:"anonymisation_script"`
-	State               string  `json:"state"`
-	Error               string  `json:"error"`
-	SizeBytes           int64   `json:"size_bytes"`
-	PostgresVersion     string  `json:"postgres_version"`
-	Database            string  `json:"database,omitempty"` // where instances land users; known once finalised
-}
-
-type instanceAttributes struct {
-	CreatedAt     *string `json:"created_at"`
-	UpdatedAt     *string `json:"updated_at"`
-	ImageID       int64   `json:"image_id"`
-	Port          string  `json:"port"` // a string, as in the original API
-	Hostname      string  `json:"hostname"`
-	State         string  `json:"state"`
-	Username      string  `json:"username"`
-	Password      string  `json:"password"`
-	Database      string  `json:"database"`
-	Owner         string  `json:"owner,omitempty"` // the principal's name; tells the upload principal whose it is
-	CACertificate string  `json:"ca_certificate,omitempty"`
-	Error         string  `json:"error,omitempty"`
-}
-
-// timestamp renders t as RFC 3339 in UTC, or null when unset.
-func timestamp(t time.Time) *string {
-	if t.IsZero() {
-		return nil
-	}
-	s := t.UTC().Format(time.RFC3339)
-	return &s
-}
-
-func imageResource(im *draupnir.Image) resource {
-	return resource{Type: typeImages, ID: im.ID, Attributes: imageAttributes{
-		BackedUpAt:          timestamp(im.BackedUpAt),
-		CreatedAt:           timestamp(im.CreatedAt),
-		UpdatedAt:           timestamp(im.UpdatedAt),
-		Ready:               im.Ready(),
-		AnonymisationScript: im.AnonymisationScript,
-		State:               string(im.State),
-		Error:               im.Error,
-		SizeBytes:           im.SizeBytes,
-		PostgresVersion:     im.PostgresVersion,
-		Database:            im.Database,
-	}}
-}
-
-func instanceResource(in *draupnir.Instance) resource {
-	return resource{Type: typeInstances, ID: in.ID, Attributes: instanceAttributes{
-		CreatedAt:     timestamp(in.CreatedAt),
-		UpdatedAt:     timestamp(in.UpdatedAt),
-		ImageID:       in.ImageID,
-		Port:          strconv.Itoa(in.Port),
-		Hostname:      in.Hostname,
-		State:         string(in.State),
-		Username:      in.Username,
-		Password:      in.Password,
-		Database:      in.Database,
-		Owner:         in.Owner,
-		CACertificate: in.CACertificate,
-		Error:         in.Error,
-	}}
-}
 
 // writeJSON renders v with the given status as application/json.
 func writeJSON(c echo.Context, status int, v any) error {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // scripts read better unescaped; this is not HTML
-	if err := enc.Encode(v); err != nil {
+	b, err := wire.Marshal(v)
+	if err != nil {
 		return fmt.Errorf("encoding a %d response: %w", status, err)
 	}
 	h := c.Response().Header()
 	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	h.Set("Content-Length", strconv.Itoa(len(b)))
 	c.Response().WriteHeader(status)
-	_, err := c.Response().Write(buf.Bytes())
+	_, err = c.Response().Write(b)
 	return err
 }
 
-// Request documents.
+// noContent answers 204. The original line's answers carried
+// Content-Type: application/json even then, and its specs check it.
+func noContent(c echo.Context) error {
+	if pinned(c).dialect == original {
+		c.Response().Header().Set("Content-Type", "application/json")
+	}
+	return c.NoContent(http.StatusNoContent)
+}
 
-// inDocument is the envelope of a request document. Members other than
-// these are refused, so that typos do not pass silently; meta and jsonapi
-// are allowed by JSON:API and ignored.
+// Reading request documents.
+
+// inDocument is the envelope of a request document as the server reads it:
+// raw, so that absent, empty and wrongly typed members can be told apart.
+// Members other than these are refused, so that typos do not pass silently;
+// meta and jsonapi are allowed by JSON:API and ignored.
 type inDocument struct {
 	Data    json.RawMessage `json:"data"`
 	Meta    json.RawMessage `json:"meta"`
@@ -150,26 +72,17 @@ type instanceCreate struct {
 	ImageID int64
 }
 
-type imageAttributesIn struct {
-	BackedUpAt          *string `json:"backed_up_at"`
-	AnonymisationScript *string `json:"anonymisation_script"`
-}
-
-type instanceAttributesIn struct {
-	ImageID json.RawMessage `json:"image_id"`
-}
-
 // decodeImageCreate decodes and validates a POST /images document. Errors
 // are *apiError client errors.
 func decodeImageCreate(r io.Reader) (imageCreate, error) {
-	res, err := decodeResource(r, typeImages)
+	res, err := decodeResource(r, wire.TypeImages)
 	if err != nil {
 		return imageCreate{}, err
 	}
 	if err := noClientID(res); err != nil {
 		return imageCreate{}, err
 	}
-	var attrs imageAttributesIn
+	var attrs wire.ImageChange
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return imageCreate{}, err
 	}
@@ -190,18 +103,18 @@ func decodeImageCreate(r io.Reader) (imageCreate, error) {
 // decodeImagePatch decodes a PATCH /images/:id document; a resource id, if
 // given, must be the one in the URL.
 func decodeImagePatch(r io.Reader, id int64) (draupnir.ImagePatch, error) {
-	res, err := decodeResource(r, typeImages)
+	res, err := decodeResource(r, wire.TypeImages)
 	if err != nil {
 		return draupnir.ImagePatch{}, err
 	}
-	if len(res.ID) > 0 {
+	if hasID(res) {
 		got, ok := parseIDValue(res.ID)
 		if !ok || got != id {
 			return draupnir.ImagePatch{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 				Detail: fmt.Sprintf("data.id must be %d, the id in the URL", id), Pointer: "/data/id"}
 		}
 	}
-	var attrs imageAttributesIn
+	var attrs wire.ImageChange
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return draupnir.ImagePatch{}, err
 	}
@@ -220,14 +133,14 @@ func decodeImagePatch(r io.Reader, id int64) (draupnir.ImagePatch, error) {
 // decodeInstanceCreate decodes a POST /instances document. image_id may be
 // a number or a numeric string.
 func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
-	res, err := decodeResource(r, typeInstances)
+	res, err := decodeResource(r, wire.TypeInstances)
 	if err != nil {
 		return instanceCreate{}, err
 	}
 	if err := noClientID(res); err != nil {
 		return instanceCreate{}, err
 	}
-	var attrs instanceAttributesIn
+	var attrs wire.InstanceCreate
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return instanceCreate{}, err
 	}
@@ -244,7 +157,8 @@ func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
 }
 
 // decodeResource reads a whole request document and checks its envelope and
-// resource type.
+// resource type. An empty type is taken for the expected one: the original
+// client sends "type":"" (and "id":"") in every body it writes.
 func decodeResource(r io.Reader, wantType string) (*inResource, error) {
 	var doc inDocument
 	if err := decodeStrict(r, &doc); err != nil {
@@ -262,7 +176,7 @@ func decodeResource(r io.Reader, wantType string) (*inResource, error) {
 	case res.Type == nil:
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail: fmt.Sprintf("data.type is required and must be %q", wantType), Pointer: "/data/type"}
-	case *res.Type != wantType:
+	case *res.Type != wantType && *res.Type != "":
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail:  fmt.Sprintf("data.type must be %q, not %q", wantType, truncate(*res.Type, 64)),
 			Pointer: "/data/type"}
@@ -396,8 +310,15 @@ func tooLarge(err error) error {
 	return nil
 }
 
+// hasID reports whether the resource names an id; null and "" (what the
+// original client sends) name none.
+func hasID(res *inResource) bool {
+	id := string(res.ID)
+	return id != "" && id != "null" && id != `""`
+}
+
 func noClientID(res *inResource) error {
-	if len(res.ID) > 0 && string(res.ID) != "null" {
+	if hasID(res) {
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
 			Detail: "client-generated ids are not supported; leave data.id out", Pointer: "/data/id"}
 	}

@@ -1,0 +1,228 @@
+package wire
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+// Document is a top-level document: {"data": …}.
+type Document[T any] struct {
+	Data T `json:"data"`
+}
+
+// ImageAttributes are the attributes of an image. The first five are the
+// original API's; the others are ours, and the original clients ignore them.
+type ImageAttributes struct {
+	BackedUpAt          Time   `json:"backed_up_at"`
+	CreatedAt           Time   `json:"created_at"`
+	UpdatedAt           Time   `json:"updated_at"`
+	Ready               bool   `json:"ready"`
+	AnonymisationScript string `json:"anonymisation_script"`
+	State               string `json:"state"`
+	Error               string `json:"error"`
+	SizeBytes           int64  `json:"size_bytes"`
+	PostgresVersion     string `json:"postgres_version"`
+	Database            string `json:"database,omitempty"` // known once finalised
+}
+
+// ImageResource is an image as the API renders it.
+type ImageResource struct {
+	Type       string          `json:"type"`
+	ID         ID              `json:"id"`
+	Attributes ImageAttributes `json:"attributes"`
+}
+
+// NewImageResource renders im.
+func NewImageResource(im *draupnir.Image) ImageResource {
+	return ImageResource{Type: TypeImages, ID: ID(im.ID), Attributes: ImageAttributes{
+		BackedUpAt:          NewTime(im.BackedUpAt),
+		CreatedAt:           NewTime(im.CreatedAt),
+		UpdatedAt:           NewTime(im.UpdatedAt),
+		Ready:               im.Ready(),
+		AnonymisationScript: im.AnonymisationScript,
+		State:               string(im.State),
+		Error:               im.Error,
+		SizeBytes:           im.SizeBytes,
+		PostgresVersion:     im.PostgresVersion,
+		Database:            im.Database,
+	}}
+}
+
+// Image converts the resource to the domain type. A document with only the
+// original attributes (no state) gets a state derived from ready.
+func (r *ImageResource) Image() *draupnir.Image {
+	a := &r.Attributes
+	state := draupnir.ImageState(a.State)
+	if state == "" {
+		state = draupnir.ImageCreated
+		if a.Ready {
+			state = draupnir.ImageReady
+		}
+	}
+	return &draupnir.Image{
+		ID:                  int64(r.ID),
+		State:               state,
+		BackedUpAt:          a.BackedUpAt.Time,
+		AnonymisationScript: a.AnonymisationScript,
+		Error:               a.Error,
+		SizeBytes:           a.SizeBytes,
+		PostgresVersion:     a.PostgresVersion,
+		Database:            a.Database,
+		CreatedAt:           a.CreatedAt.Time,
+		UpdatedAt:           a.UpdatedAt.Time,
+	}
+}
+
+// InstanceAttributes are the attributes of an instance. The original API
+// had the first four; the original clients ignore the others.
+type InstanceAttributes struct {
+	CreatedAt     Time   `json:"created_at"`
+	UpdatedAt     Time   `json:"updated_at"`
+	ImageID       Int    `json:"image_id"`
+	Port          Int    `json:"port"`
+	Hostname      string `json:"hostname"`
+	State         string `json:"state"`
+	Username      string `json:"username"`
+	Password      string `json:"password"`
+	Database      string `json:"database"`
+	Owner         string `json:"owner,omitempty"` // tells the upload principal whose it is
+	CACertificate string `json:"ca_certificate,omitempty"`
+	Error         string `json:"error,omitempty"`
+}
+
+// InstanceResource is an instance as the API renders it.
+type InstanceResource struct {
+	Type       string             `json:"type"`
+	ID         ID                 `json:"id"`
+	Attributes InstanceAttributes `json:"attributes"`
+}
+
+// NewInstanceResource renders in.
+func NewInstanceResource(in *draupnir.Instance) InstanceResource {
+	return InstanceResource{Type: TypeInstances, ID: ID(in.ID), Attributes: InstanceAttributes{
+		CreatedAt:     NewTime(in.CreatedAt),
+		UpdatedAt:     NewTime(in.UpdatedAt),
+		ImageID:       Int(in.ImageID),
+		Port:          Int(in.Port),
+		Hostname:      in.Hostname,
+		State:         string(in.State),
+		Username:      in.Username,
+		Password:      in.Password,
+		Database:      in.Database,
+		Owner:         in.Owner,
+		CACertificate: in.CACertificate,
+		Error:         in.Error,
+	}}
+}
+
+// Instance converts the resource to the domain type.
+func (r *InstanceResource) Instance() *draupnir.Instance {
+	a := &r.Attributes
+	return &draupnir.Instance{
+		ID:            int64(r.ID),
+		ImageID:       int64(a.ImageID),
+		Owner:         a.Owner,
+		State:         draupnir.InstanceState(a.State),
+		Port:          int(a.Port),
+		Hostname:      a.Hostname,
+		Username:      a.Username,
+		Password:      a.Password,
+		Database:      a.Database,
+		CACertificate: a.CACertificate,
+		Error:         a.Error,
+		CreatedAt:     a.CreatedAt.Time,
+		UpdatedAt:     a.UpdatedAt.Time,
+	}
+}
+
+// TokenAttributes are the attributes of an access token. Token, the secret,
+// is only in the answer that issues it.
+type TokenAttributes struct {
+	Token       string `json:"token,omitempty"`
+	Principal   string `json:"principal"`
+	Description string `json:"description"`
+	CreatedAt   Time   `json:"created_at"`
+	ExpiresAt   Time   `json:"expires_at"`
+	LastUsedAt  Time   `json:"last_used_at"` // null if never used
+	Current     bool   `json:"current"`      // the token of this request
+}
+
+// TokenResource is an access token as the API renders it.
+type TokenResource struct {
+	Type       string          `json:"type"`
+	ID         ID              `json:"id"`
+	Attributes TokenAttributes `json:"attributes"`
+}
+
+// KeyAttributes are the attributes of a registered SSH key.
+type KeyAttributes struct {
+	Fingerprint string `json:"fingerprint"`
+	PublicKey   string `json:"public_key"`
+	Comment     string `json:"comment"`
+	Principal   string `json:"principal"`
+	CreatedAt   Time   `json:"created_at"`
+}
+
+// KeyResource is a registered SSH key as the API renders it.
+type KeyResource struct {
+	Type       string        `json:"type"`
+	ID         ID            `json:"id"`
+	Attributes KeyAttributes `json:"attributes"`
+}
+
+// Request is a request document as the client writes it.
+type Request[A any] struct {
+	Data RequestResource[A] `json:"data"`
+}
+
+// RequestResource is the resource of a Request; a zero ID is left out.
+type RequestResource[A any] struct {
+	Type       string `json:"type"`
+	ID         ID     `json:"id,omitempty"`
+	Attributes A      `json:"attributes"`
+}
+
+// NewRequest returns a request document for a resource of type typ (id 0
+// for one the server is to create).
+func NewRequest[A any](typ string, id int64, attrs A) Request[A] {
+	return Request[A]{Data: RequestResource[A]{Type: typ, ID: ID(id), Attributes: attrs}}
+}
+
+// The request attributes below are read by the server as they are written
+// by the client. Pointers tell a member left out from an empty one.
+
+// ImageChange holds the attributes of POST /images and PATCH /images/:id;
+// a nil member is left out (and, in a PATCH, left unchanged).
+type ImageChange struct {
+	BackedUpAt          *string `json:"backed_up_at,omitempty"` // RFC 3339; see RequestTime
+	AnonymisationScript *string `json:"anonymisation_script,omitempty"`
+}
+
+// InstanceCreate holds the attributes of POST /instances. ImageID is kept
+// raw so that the server can accept a number or a numeric string and refuse
+// anything else with a pointer to it.
+type InstanceCreate struct {
+	ImageID json.RawMessage `json:"image_id"`
+}
+
+// NewInstanceCreate returns the attributes that create an instance of image
+// imageID (written as a number).
+func NewInstanceCreate(imageID int64) InstanceCreate {
+	return InstanceCreate{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
+}
+
+// TokenRequest holds the attributes of POST /authenticate/token: the
+// one-time code of a login and its PKCE verifier, for an access token.
+type TokenRequest struct {
+	Code         *string `json:"code"`
+	CodeVerifier *string `json:"code_verifier"`
+	RedirectURI  *string `json:"redirect_uri,omitempty"`
+	Description  *string `json:"description,omitempty"`
+}
+
+// KeyCreate holds the attributes of POST /keys.
+type KeyCreate struct {
+	PublicKey *string `json:"public_key"`
+}
