@@ -111,6 +111,13 @@ CREATE FUNCTION public.super_sd() RETURNS bool LANGUAGE sql SECURITY DEFINER
 GRANT EXECUTE ON FUNCTION public.super_sd() TO PUBLIC;
 CREATE FUNCTION pg_catalog.format(text, name) RETURNS text LANGUAGE plpgsql AS $f$
 BEGIN PERFORM public.record('pg_catalog.format(text,name)'); RETURN pg_catalog.format($1, VARIADIC ARRAY[$2::text]); END $f$;
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER prod FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '192.0.2.1', dbname 'prod', connect_timeout '1');
+CREATE USER MAPPING FOR app SERVER prod OPTIONS (user 'produser', password 'prod-fdw-secret');
+CREATE USER MAPPING FOR PUBLIC SERVER prod OPTIONS (user 'anyone', password 'public-fdw-secret');
+CREATE SUBSCRIPTION from_prod CONNECTION 'host=192.0.2.1 dbname=prod user=repl password=subscription-secret connect_timeout=1'
+  PUBLICATION everything WITH (connect = false, slot_name = 'from_prod');
+ALTER SUBSCRIPTION from_prod ENABLE;
 ALTER TABLE customers ADD COLUMN card text;
 UPDATE customers SET card = '4000-1234-5678-' || lpad(id::text, 4, '0');
 CREATE STATISTICS customer_stats (mcv) ON email, card FROM customers;
@@ -237,6 +244,15 @@ func TestHostileSource(t *testing.T) {
 		}
 	})
 
+	t.Run("no way out to the source's network with its credentials", func(t *testing.T) {
+		if got := mustPSQL(t, in, "SELECT count(*) FROM pg_subscription"); got != "0" {
+			t.Errorf("%s subscriptions survived: their workers connect to production", got)
+		}
+		if got := mustPSQL(t, in, "SET ROLE app; SELECT count(*) FROM pg_user_mappings WHERE umoptions IS NOT NULL"); got != "0" {
+			t.Errorf("%s user mappings keep their options (production credentials)", got)
+		}
+	})
+
 	t.Run("event triggers are back, and fire as the instance role", func(t *testing.T) {
 		if got := mustPSQL(t, in, "SELECT string_agg(evtname || '=' || evtenabled::text, ',' ORDER BY evtname) FROM pg_event_trigger"); got != "e_drop=O,e_end=A,e_rewrite=O,e_start=O" {
 			t.Errorf("event triggers: %s", got)
@@ -257,7 +273,8 @@ func TestHostileSource(t *testing.T) {
 	})
 
 	t.Run("no removed value is left in the image's files", func(t *testing.T) {
-		secrets := append([]string{"real.example", "4000-1234-5678", "s3cr3t-production-token"}, verifiers...)
+		secrets := append([]string{"real.example", "4000-1234-5678", "s3cr3t-production-token",
+			"prod-fdw-secret", "public-fdw-secret", "subscription-secret"}, verifiers...)
 		found := grepTree(t, filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10)), secrets)
 		for _, f := range found {
 			t.Error(f)

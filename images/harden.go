@@ -135,6 +135,9 @@ func (c *cluster) harden(ctx context.Context, base *baseline) (*hardening, error
 		if err := h.systemPrivileges(ctx, conn); err != nil {
 			return err
 		}
+		if err := outboundCredentials(ctx, conn); err != nil {
+			return err
+		}
 		return h.ownership(ctx, conn, db)
 	}); err != nil {
 		return h, err
@@ -177,6 +180,9 @@ func (h *hardening) again(ctx context.Context) error {
 	}
 	if err := h.eachDatabase(ctx, dbs, func(ctx context.Context, conn *pgx.Conn, db string) error {
 		if err := h.systemPrivileges(ctx, conn); err != nil {
+			return err
+		}
+		if err := outboundCredentials(ctx, conn); err != nil {
 			return err
 		}
 		return h.ownership(ctx, conn, db)
@@ -854,4 +860,37 @@ func (c *cluster) superuserAccess(ctx context.Context) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return exec(ctx, conn, "ALTER ROLE "+quoteIdent(InstanceRole)+" SUPERUSER")
+}
+
+// outboundCredentials removes from the connected database what would let an
+// instance reach the source's network with the source's credentials:
+// subscriptions (their workers connect to the publisher, production, and
+// would stream unanonymised rows in) are dropped without contacting it, and
+// user mappings lose their options (user names, passwords, keys), so a
+// foreign server can no longer be logged into as production's users
+// (postgres_fdw and dblink refuse non-superusers without a password).
+func outboundCredentials(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT s.subname::pg_catalog.text FROM pg_catalog.pg_subscription s
+		WHERE s.subdbid OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d
+		  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())`)
+	if err != nil {
+		return fmt.Errorf("listing subscriptions: %w", err)
+	}
+	var stmts []string
+	for rows.Next() {
+		var sub string
+		if err := rows.Scan(&sub); err != nil {
+			return err
+		}
+		q := quoteIdent(sub)
+		stmts = append(stmts, "ALTER SUBSCRIPTION "+q+" DISABLE",
+			"ALTER SUBSCRIPTION "+q+" SET (slot_name = NONE)", "DROP SUBSCRIPTION "+q)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	// Directly in the catalog: ALTER USER MAPPING would call the foreign
+	// data wrapper's validator, a function the source chose, as superuser.
+	stmts = append(stmts, `UPDATE pg_catalog.pg_user_mapping SET umoptions = NULL WHERE umoptions IS NOT NULL`)
+	return exec(ctx, conn, stmts...)
 }
