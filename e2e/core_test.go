@@ -317,6 +317,12 @@ func TestFailingScript(t *testing.T) {
 	if got.State != draupnir.ImageFailed || !strings.Contains(got.Error, "no_such_table") {
 		t.Fatalf("image after a failing script: %s %q", got.State, got.Error)
 	}
+	// The error names the line of the script, keeps psql's caret on a line
+	// of its own and drops psql's chatter.
+	if !strings.Contains(got.Error, "line 2: ERROR:") || !strings.Contains(got.Error, "\nLINE 1: DELETE FROM no_such_table;\n") ||
+		strings.Contains(got.Error, "You are now connected") {
+		t.Errorf("the script's error reads %q", got.Error)
+	}
 	if _, err := os.Stat(filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10))); !os.IsNotExist(err) {
 		t.Errorf("a failed image has a snapshot: %v", err)
 	}
@@ -326,6 +332,9 @@ func TestFailingScript(t *testing.T) {
 	script := anonymise
 	if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
 		t.Fatal(err)
+	}
+	if got, err := up.GetImage(ctx, im.ID); err != nil || !strings.HasPrefix(got.Error, "The anonymisation script has changed since this failure: run done") {
+		t.Errorf("after the script was changed, the image says %q (%v); want the next step first", got.Error, err)
 	}
 	ready, err := up.FinaliseImage(ctx, im.ID)
 	if err != nil || !ready.Ready() {

@@ -248,7 +248,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		}
 		out, err := sup.PSQL(ctx, bin, sockDir, privatePort, user, dbs.first, script+scriptEnd)
 		if err != nil {
-			return nil, unprocessable("the anonymisation script failed: %s", trimOutput(out, err))
+			return nil, unprocessable("the anonymisation script failed:\n%s", scriptError(out, err, script))
 		}
 		if s.opts.ScriptAsSuperuser {
 			if err := h.restoreUserTriggers(ctx); err != nil {
@@ -362,6 +362,45 @@ DO $draupnir$ BEGIN
   END IF;
 END $draupnir$;
 `
+
+// scriptError turns psql's output for a failed script into what its author
+// needs: the error with the line of their script it happened on, psql's
+// statement excerpt and caret on lines of their own, and none of psql's
+// chatter ("You are now connected to …", notices). A failure in the check
+// finalise appends to the script names no line.
+func scriptError(out string, err error, script string) string {
+	lines := strings.Count(script, "\n") + 1
+	var keep []string
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		m := psqlLocation.FindStringSubmatch(l)
+		if m == nil {
+			// Continuations of an error: LINE n:, the caret, DETAIL, HINT,
+			// CONTEXT, QUERY.
+			if len(keep) > 0 && (strings.HasPrefix(l, "LINE ") || strings.HasPrefix(l, "DETAIL:") ||
+				strings.HasPrefix(l, "HINT:") || strings.HasPrefix(l, "CONTEXT:") || strings.HasPrefix(l, "QUERY:") ||
+				strings.TrimSpace(l) == "^" || strings.HasPrefix(strings.TrimLeft(l, " "), "^") || strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t")) {
+				keep = append(keep, l)
+			}
+			continue
+		}
+		msg := m[2]
+		if strings.HasPrefix(msg, "NOTICE:") || strings.HasPrefix(msg, "WARNING:") || strings.HasPrefix(msg, "INFO:") {
+			continue
+		}
+		if n, _ := strconv.Atoi(m[1]); n > 0 && n <= lines {
+			msg = "line " + m[1] + ": " + msg
+		}
+		keep = append(keep, msg)
+	}
+	if len(keep) == 0 {
+		return trimOutput(out, err)
+	}
+	return trimOutput(strings.Join(keep, "\n"), err)
+}
+
+// psqlLocation matches the "psql:<stdin>:LINE: " prefix of psql's messages
+// for a script read from standard input.
+var psqlLocation = regexp.MustCompile(`^psql:<stdin>:(\d+): (.*)$`)
 
 // trimOutput keeps the part of psql's output that says what went wrong.
 func trimOutput(out string, err error) string {

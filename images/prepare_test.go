@@ -2,6 +2,7 @@ package images
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -58,5 +59,39 @@ func TestFindSuperuserNotPostgres(t *testing.T) {
 	}
 	if _, err := listDatabases(ctx, spec.SocketDir, got); err != nil {
 		t.Errorf("cannot connect as %s afterwards: %v", got, err)
+	}
+}
+
+func TestScriptError(t *testing.T) {
+	script := "\\c shop\nDELETE FROM no_such_table;\n"
+	for _, tt := range []struct {
+		name, out string
+		want      string
+	}{
+		{"error in the script",
+			"You are now connected to database \"shop\" as user \"draupnir\".\n" +
+				"psql:<stdin>:2: ERROR:  relation \"no_such_table\" does not exist\n" +
+				"LINE 1: DELETE FROM no_such_table;\n" +
+				"                    ^\n",
+			"line 2: ERROR:  relation \"no_such_table\" does not exist\n" +
+				"LINE 1: DELETE FROM no_such_table;\n" +
+				"                    ^"},
+		{"notices and output are dropped",
+			"psql:<stdin>:1: NOTICE:  table \"x\" does not exist, skipping\n" +
+				" count \n-------\n     3\n(1 row)\n\n" +
+				"psql:<stdin>:2: ERROR:  permission denied for table t\n",
+			"line 2: ERROR:  permission denied for table t"},
+		{"the appended check names no line",
+			"psql:<stdin>:9: ERROR:  the anonymisation script ended inside a transaction block (BEGIN without COMMIT)\n" +
+				"CONTEXT:  PL/pgSQL function inline_code_block line 3 at RAISE\n",
+			"ERROR:  the anonymisation script ended inside a transaction block (BEGIN without COMMIT)\n" +
+				"CONTEXT:  PL/pgSQL function inline_code_block line 3 at RAISE"},
+		{"no psql message at all", "psql: error: connection to server failed\n", "psql: error: connection to server failed"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := scriptError(tt.out, errors.New("exit status 3"), script); got != tt.want {
+				t.Errorf("scriptError =\n%s\nwant\n%s", got, tt.want)
+			}
+		})
 	}
 }

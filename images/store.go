@@ -111,10 +111,17 @@ func (s store) ready(ctx context.Context, id int64, size int64, version, databas
 		WHERE id = $1 RETURNING `+imageColumns, id, size, version, database, superuser))
 }
 
+// scriptChanged heads the error of a failed image whose script has been
+// changed since, so that `images show` says what to do next.
+const scriptChanged = "The anonymisation script has changed since this failure: run done to finalise again. It failed with:"
+
 func (s store) update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET
 		backed_up_at = coalesce($2, backed_up_at),
 		anonymisation_script = coalesce($3, anonymisation_script),
+		error = CASE WHEN state = 'failed' AND $3::text IS DISTINCT FROM NULL AND $3::text IS DISTINCT FROM anonymisation_script
+		               AND NOT starts_with(error, '`+scriptChanged+`')
+		        THEN '`+scriptChanged+`' || E'\n' || error ELSE error END,
 		updated_at = now()
 		WHERE id = $1 AND state IN ('created', 'uploading', 'failed') RETURNING `+imageColumns,
 		id, patch.BackedUpAt, patch.AnonymisationScript))
