@@ -10,6 +10,7 @@ package instances
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -102,9 +103,20 @@ func New(opts Options) (*Service, error) {
 	if err := os.MkdirAll(opts.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", opts.RunDir, err)
 	}
-	hba := filepath.Join(opts.RunDir, "instance_pg_hba.conf")
-	if err := os.WriteFile(hba, []byte(hbaRules(images.InstanceRole)), 0o644); err != nil {
+	// The file is named after its rules, so that a postgres started with
+	// other rules has another hba_file on its command line, and Reconcile
+	// restarts it.
+	rules := hbaRules(images.InstanceRole)
+	sum := sha256.Sum256([]byte(rules))
+	hba := filepath.Join(opts.RunDir, fmt.Sprintf("instance_pg_hba.%x.conf", sum[:8]))
+	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", hba, err)
+	}
+	old, _ := filepath.Glob(filepath.Join(opts.RunDir, "instance_pg_hba*.conf"))
+	for _, f := range old {
+		if f != hba {
+			os.Remove(f) // the postgres still using it restarts at Reconcile
+		}
 	}
 	// WriteFile keeps the mode of an existing file; postgres must read it.
 	if err := os.Chmod(hba, 0o644); err != nil {
