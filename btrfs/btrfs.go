@@ -1,7 +1,9 @@
 // Package btrfs manages the disk side of Draupnir: it creates, snapshots
 // (optionally read-only) and deletes btrfs subvolumes through the kernel's
 // ioctls, answers whether a path is btrfs, a subvolume or read-only, reports
-// a subvolume's referenced and exclusive bytes, and prepares a loop-mounted
+// a subvolume's referenced and exclusive bytes, turns a directory into a
+// subvolume, turns quotas on and limits what one subvolume may write
+// (qgroups), and prepares a loop-mounted
 // btrfs file for machines whose data path is not on btrfs. It knows nothing
 // about images or instances.
 package btrfs

@@ -20,6 +20,8 @@ import (
 	"unicode"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/draupnir-db/draupnir/btrfs"
 )
 
 // DefaultPath is where the server looks for its configuration unless
@@ -101,6 +103,9 @@ type Instances struct {
 	// WarmPool is how many started, unassigned instances to keep ready per
 	// ready image, so that a create only hands one out.
 	WarmPool int `toml:"warm_pool"`
+	// DiskLimit is how much each instance may write beyond what it shares
+	// with its image; 0 means no limit.
+	DiskLimit Size `toml:"disk_limit"`
 }
 
 // Postgres says where the PostgreSQL binaries are.
@@ -125,6 +130,23 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText writes the duration back in the same form.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Size is a number of bytes written as "10GiB", "512M" or a plain number of
+// bytes (units are binary, see btrfs.ParseSize).
+type Size int64
+
+// UnmarshalText parses a size; go-toml hands integers here as their text.
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := btrfs.ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = Size(n)
+	return nil
+}
+
+// MarshalText writes the size as a plain number of bytes.
+func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
 
 // Default returns the configuration used for keys the file leaves out.
 func Default() Config {
@@ -153,6 +175,7 @@ func Default() Config {
 			PostgresUser:    "postgres",
 			ListenAddresses: "*",
 			StartTimeout:    Duration{60 * time.Second},
+			DiskLimit:       10 << 30,
 		},
 		Postgres: Postgres{BinDirs: []string{"/usr/lib/postgresql/*/bin"}},
 	}
@@ -227,11 +250,13 @@ func decode(data []byte, cfg *Config) error {
 }
 
 // checkDurations reports a duration key of raw (the document as generic
-// TOML) whose value is not a string.
+// TOML) whose value is not a string, or a size key whose value is neither a
+// string nor an integer.
 func checkDurations(raw map[string]any) error {
 	var zero Config
 	return walk(reflect.ValueOf(&zero).Elem(), "", func(key string, f reflect.Value) error {
-		if f.Type() != reflect.TypeOf(Duration{}) {
+		isDuration, isSize := f.Type() == reflect.TypeOf(Duration{}), f.Type() == reflect.TypeOf(Size(0))
+		if !isDuration && !isSize {
 			return nil
 		}
 		var v any = raw
@@ -244,10 +269,18 @@ func checkDurations(raw map[string]any) error {
 				return nil
 			}
 		}
-		if _, ok := v.(string); !ok {
-			return fmt.Errorf("key %s: want a duration string with a unit such as \"30s\" or \"10m\", got %v", key, v)
+		switch v.(type) {
+		case string:
+			return nil
+		case int64:
+			if isSize {
+				return nil
+			}
 		}
-		return nil
+		if isSize {
+			return fmt.Errorf("key %s: want a size such as \"10GiB\" or a whole number of bytes, got %v", key, v)
+		}
+		return fmt.Errorf("key %s: want a duration string with a unit such as \"30s\" or \"10m\", got %v", key, v)
 	})
 }
 
@@ -314,6 +347,12 @@ func setFromString(f reflect.Value, s string) error {
 			return fmt.Errorf("not a boolean: %q", s)
 		}
 		f.SetBool(b)
+	case Size:
+		var n Size
+		if err := n.UnmarshalText([]byte(s)); err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(n))
 	case Duration:
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -451,6 +490,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Instances.WarmPool < 0 || c.Instances.WarmPool > 100 {
 		bad("instances.warm_pool", "must be between 0 and 100, got %d", c.Instances.WarmPool)
+	}
+	if c.Instances.DiskLimit < 0 {
+		bad("instances.disk_limit", "must not be negative (0 means no limit), got %d", c.Instances.DiskLimit)
+	} else if c.Instances.DiskLimit > 0 && c.Instances.DiskLimit < 64<<20 {
+		// Below that an instance cannot even finish a checkpoint.
+		bad("instances.disk_limit", "must be 0 (no limit) or at least 64MiB, got %d bytes", c.Instances.DiskLimit)
 	}
 	if c.Instances.PostgresUser == "" || c.Instances.PostgresUser == "root" {
 		bad("instances.postgres_user", "must name an unprivileged OS user (postgres refuses to run as root)")

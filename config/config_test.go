@@ -81,6 +81,7 @@ postgres_user = "pg"
 listen_addresses = "10.0.0.1"
 superuser_access = true
 start_timeout = "45s"
+disk_limit = "2GiB"
 
 [instances.settings]
 work_mem = "64MB"
@@ -121,7 +122,7 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 		Instances: Instances{
 			MinPort: 7000, MaxPort: 7100, PostgresUser: "pg", ListenAddresses: "10.0.0.1",
 			Settings: map[string]string{"work_mem": "64MB"}, SuperuserAccess: true,
-			StartTimeout: Duration{45 * time.Second},
+			StartTimeout: Duration{45 * time.Second}, DiskLimit: 2 << 30,
 		},
 		Postgres: Postgres{BinDirs: []string{"/opt/pg15/bin", "/opt/pg16/bin"}},
 	}
@@ -166,6 +167,9 @@ func TestLoadOriginalKeys(t *testing.T) {
 		{"oauth.redirect_url", "[oauth]\nredirect_url = \"https://d.example/cb\"", func(c *Config) any { return c.OAuth.RedirectURL }, "https://d.example/cb"},
 		{"oauth.client_id", oauthLogin, func(c *Config) any { return c.OAuth.ClientID }, "id"},
 		{"oauth.client_secret", oauthLogin, func(c *Config) any { return c.OAuth.ClientSecret }, "s"},
+		{"instances.disk_limit", "[instances]\ndisk_limit = \"512M\"", func(c *Config) any { return c.Instances.DiskLimit }, Size(512 << 20)},
+		{"instances.disk_limit in bytes", "[instances]\ndisk_limit = 1073741824", func(c *Config) any { return c.Instances.DiskLimit }, Size(1 << 30)},
+		{"instances.disk_limit off", "[instances]\ndisk_limit = 0", func(c *Config) any { return c.Instances.DiskLimit }, Size(0)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {
@@ -204,6 +208,11 @@ func TestLoadErrors(t *testing.T) {
 		{"duration as number in inline table", "ssh = { max_timeout = 1.5 }", []string{"ssh.max_timeout"}},
 		{"syntax error", "data_path = \n", []string{"line 1"}},
 		{"invalid value from file", "[instances]\npostgres_user = \"root\"", []string{"instances.postgres_user"}},
+		{"disk_limit not a size", "[instances]\ndisk_limit = \"lots\"", []string{"instances.disk_limit", "line 2", "lots"}},
+		{"disk_limit unknown unit", "[instances]\ndisk_limit = \"10GB2\"", []string{"instances.disk_limit", "line 2"}},
+		{"disk_limit negative", "[instances]\ndisk_limit = -1", []string{"instances.disk_limit"}},
+		{"disk_limit too small", "[instances]\ndisk_limit = \"1MiB\"", []string{"instances.disk_limit", "64MiB"}},
+		{"disk_limit fractional", "[instances]\ndisk_limit = 1.5", []string{"instances.disk_limit"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -276,6 +285,8 @@ func TestLoadEnv(t *testing.T) {
 		{"DRAUPNIR_SHARED_SECRET=with=equals-and-long", func(c *Config) any { return c.SharedSecret }, "with=equals-and-long"},
 		{"DRAUPNIR_SSH_IDLE_TIMEOUT=90s", func(c *Config) any { return c.SSH.IdleTimeout.Duration }, 90 * time.Second},
 		{"DRAUPNIR_INSTANCES_SUPERUSER_ACCESS=true", func(c *Config) any { return c.Instances.SuperuserAccess }, true},
+		{"DRAUPNIR_INSTANCES_DISK_LIMIT=3G", func(c *Config) any { return c.Instances.DiskLimit }, Size(3 << 30)},
+		{"DRAUPNIR_INSTANCES_DISK_LIMIT=0", func(c *Config) any { return c.Instances.DiskLimit }, Size(0)},
 		{"DRAUPNIR_INSTANCES_SETTINGS=work_mem=64MB,max_connections=20",
 			func(c *Config) any { return c.Instances.Settings },
 			map[string]string{"work_mem": "64MB", "max_connections": "20"}},
@@ -321,6 +332,8 @@ func TestLoadBadEnv(t *testing.T) {
 		{"DRAUPNIR_HTTP_READ_TIMEOUT=30", []string{"DRAUPNIR_HTTP_READ_TIMEOUT"}},
 		{"DRAUPNIR_INSTANCES_SETTINGS=work_mem", []string{"DRAUPNIR_INSTANCES_SETTINGS"}},
 		{"DRAUPNIR_INSTANCES_SETTINGS==64MB", []string{"DRAUPNIR_INSTANCES_SETTINGS"}},
+		{"DRAUPNIR_INSTANCES_DISK_LIMIT=big", []string{"DRAUPNIR_INSTANCES_DISK_LIMIT", "big"}},
+		{"DRAUPNIR_INSTANCES_DISK_LIMIT=1K", []string{"instances.disk_limit"}},
 		// Well-formed but invalid: Validate names the key.
 		{"DRAUPNIR_HTTP_PORT=70000", []string{"http.port"}},
 		{"DRAUPNIR_DATA_PATH=relative", []string{"data_path"}},

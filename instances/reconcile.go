@@ -93,9 +93,10 @@ func (s *Service) recover(id int64) {
 }
 
 // Reconcile brings processes and subvolumes in line with the rows at start-up:
-// it adopts instances whose postgres still runs, restarts those that should
-// run, finishes creates and destroys that a crash interrupted, and deletes
-// subvolumes that no row owns.
+// it adopts instances whose postgres still runs (restarting those started
+// with other settings), restarts those that should run, applies the disk
+// limit, finishes creates and destroys that a crash interrupted, and deletes
+// subvolumes that no row owns and stale qgroups.
 func (s *Service) Reconcile(ctx context.Context) error {
 	list, err := s.store.list(ctx, "")
 	if err != nil {
@@ -117,7 +118,20 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			s.store.setState(ctx, in.ID, draupnir.InstanceFailed, "the instance's data directory is missing")
 			continue
 		}
+		// The configured limit, also for instances made before it was.
+		if err := s.limitDisk(in.ID); err != nil {
+			log.Error("could not limit the instance's disk use", "err", err)
+		}
 		proc, err := s.opts.Supervisor.Adopt(s.dir(in.ID))
+		if err == nil && !settingsCurrent(s.dir(in.ID), s.settings(in.ID, s.dir(in.ID))) {
+			// Started by an older server, or with other settings: it may
+			// lack the access rules and limits it must have.
+			log.Warn("restarting an adopted instance whose settings are out of date", "pid", proc.PID())
+			if err = proc.Stop(ctx, supervisor.Fast, 30*time.Second); err != nil {
+				return fmt.Errorf("restarting instance %d with current settings: %w", in.ID, err)
+			}
+			err = supervisor.ErrNotRunning
+		}
 		if err == nil {
 			log.Info("adopted running instance", "pid", proc.PID())
 		} else if errors.Is(err, supervisor.ErrNotRunning) {
@@ -150,9 +164,10 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			s.log.Error("could not stop an orphaned postgres", "path", path, "err", err)
 			continue
 		}
-		if err := btrfs.Delete(path); err != nil {
+		if err := s.deleteSnapshot(path); err != nil {
 			s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
 		}
 	}
+	s.removeStaleQgroups()
 	return nil
 }

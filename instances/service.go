@@ -1,12 +1,16 @@
 // Package instances owns the lifecycle of instances: a writable btrfs
 // snapshot of a ready image with its own postgres on its own port, a fresh
-// password for the instance role, and destruction. It keeps what runs in
+// password for the instance role, and destruction. It confines each one:
+// over the network only the instance role logs in (failed logins slowed
+// down by auth_delay), and a btrfs quota and temp_file_limit keep one
+// instance from filling the disk the others share. It keeps what runs in
 // line with what the state database says, at start-up (Reconcile) and while
 // running (a postgres that dies is restarted).
 package instances
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,9 +48,12 @@ type Options struct {
 	ListenAddresses string
 	Hostname        string
 	Settings        map[string]string // extra postgresql settings
-	StartTimeout    time.Duration
-	WarmPool        int // started, unassigned instances to keep per ready image
-	Log             *slog.Logger
+	// DiskLimit is how many bytes each instance may write beyond what it
+	// shares with its image (a btrfs qgroup limit); 0 means no limit.
+	DiskLimit    int64
+	StartTimeout time.Duration
+	WarmPool     int // started, unassigned instances to keep per ready image
+	Log          *slog.Logger
 }
 
 // Service manages instances.
@@ -56,6 +63,10 @@ type Service struct {
 	log   *slog.Logger
 	hba   string
 	tls   *certs
+	quota btrfs.QuotaMode // of the data path's filesystem
+
+	libMu     sync.Mutex
+	authDelay map[string]bool // PostgreSQL major version → has auth_delay
 
 	base   context.Context
 	cancel context.CancelFunc
@@ -92,19 +103,34 @@ func New(opts Options) (*Service, error) {
 	if err := os.MkdirAll(opts.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", opts.RunDir, err)
 	}
-	hba := filepath.Join(opts.RunDir, "instance_pg_hba.conf")
-	// The superuser is reachable only through the private socket directory
-	// (0700, the postgres user's); TCP needs TLS and the instance role's
-	// password. No plain "host" line exists, so unencrypted TCP is refused.
-	const rules = "# Written by draupnir for every instance.\n" +
-		"local all all trust\n" +
-		"hostssl all all all scram-sha-256\n"
+	// The file is named after its rules, so that a postgres started with
+	// other rules has another hba_file on its command line, and Reconcile
+	// restarts it.
+	rules := hbaRules(images.InstanceRole)
+	sum := sha256.Sum256([]byte(rules))
+	hba := filepath.Join(opts.RunDir, fmt.Sprintf("instance_pg_hba.%x.conf", sum[:8]))
 	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", hba, err)
+	}
+	old, _ := filepath.Glob(filepath.Join(opts.RunDir, "instance_pg_hba*.conf"))
+	for _, f := range old {
+		if f != hba {
+			os.Remove(f) // the postgres still using it restarts at Reconcile
+		}
 	}
 	// WriteFile keeps the mode of an existing file; postgres must read it.
 	if err := os.Chmod(hba, 0o644); err != nil {
 		return nil, err
+	}
+	if opts.DiskLimit < 0 {
+		return nil, fmt.Errorf("negative disk limit %d", opts.DiskLimit)
+	}
+	quota, err := enableQuotas(opts.Dir, opts.DiskLimit)
+	if err != nil {
+		return nil, err
+	}
+	if quota == btrfs.QuotaFull && opts.DiskLimit > 0 {
+		opts.Log.Warn("per-instance disk limits use full btrfs qgroups (this kernel has no simple quotas, or they were on already): every transaction commit pays for the accounting; see docs/operations.md")
 	}
 	tls, err := issueServerCert(opts.KeysDir, filepath.Join(opts.RunDir, "tls"), certNames(opts.Hostname),
 		opts.Supervisor.UID(), opts.Supervisor.GID())
@@ -118,9 +144,12 @@ func New(opts Options) (*Service, error) {
 		log:    opts.Log.With("component", "instances"),
 		hba:    hba,
 		tls:    tls,
+		quota:  quota,
 		base:   base,
 		cancel: cancel,
 		procs:  map[int64]*tracked{},
+
+		authDelay: map[string]bool{},
 		// One pending wake-up is enough: a refill tops up every image.
 		refillWake: make(chan struct{}, 1),
 	}, nil
@@ -226,7 +255,7 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 			s.untrack(in.ID)
 			proc.Stop(cleanup, supervisor.Immediate, 10*time.Second)
 		}
-		if derr := btrfs.Delete(dir); derr != nil {
+		if derr := s.deleteSnapshot(dir); derr != nil {
 			log.Error("could not delete the snapshot of a failed create", "err", derr)
 		}
 		os.RemoveAll(s.sockDir(in.ID))
@@ -237,6 +266,12 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 
 	if err := btrfs.Snapshot(im.Snapshot, dir, false); err != nil {
 		return nil, draupnir.StorageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
+	}
+	if err := s.separateWAL(in.ID); err != nil {
+		return nil, err
+	}
+	if err := s.limitDisk(in.ID); err != nil {
+		return nil, err
 	}
 	skip := []int32{}
 	for attempt := 0; ; attempt++ {
@@ -256,7 +291,7 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	if err != nil {
 		return nil, fmt.Errorf("starting postgres for instance %d: %w", in.ID, err)
 	}
-	if err := setPassword(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
+	if err := prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
 		return nil, err
 	}
 	if state == draupnir.InstanceWarm {
@@ -328,15 +363,7 @@ func portFree(port int) bool {
 // start runs the postgres of instance id on port and waits until it accepts
 // connections.
 func (s *Service) start(ctx context.Context, id int64, port int) (*supervisor.Process, error) {
-	settings := map[string]string{}
-	for k, v := range s.opts.Settings {
-		settings[k] = v
-	}
-	settings["hba_file"] = s.hba
-	settings["ssl"] = "on"
-	settings["ssl_cert_file"] = s.tls.certFile
-	settings["ssl_key_file"] = s.tls.keyFile
-	settings["cluster_name"] = "draupnir-" + strconv.FormatInt(id, 10)
+	settings := s.settings(id, s.dir(id))
 	ctx, cancel := context.WithTimeout(ctx, s.opts.StartTimeout)
 	defer cancel()
 	return s.opts.Supervisor.Start(ctx, supervisor.Spec{
@@ -349,10 +376,12 @@ func (s *Service) start(ctx context.Context, id int64, port int) (*supervisor.Pr
 	})
 }
 
-// setPassword gives the instance role its password, as a SCRAM verifier, and
-// commits it synchronously: the instance runs with synchronous_commit off,
-// and a password lost in a crash would lock the owner out.
-func setPassword(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error {
+// prepareRole gives the instance role its password, as a SCRAM verifier,
+// and undoes what the source planted against the instance's limits. The
+// password is committed synchronously: the instance runs with
+// synchronous_commit off, and a password lost in a crash would lock the
+// owner out.
+func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error {
 	verifier, err := scramVerifier(password)
 	if err != nil {
 		return err
@@ -362,12 +391,17 @@ func setPassword(ctx context.Context, sockDir string, port int, superuser, db, r
 		return err
 	}
 	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on"}
+	// Nothing the source put in a schema may be picked up by our queries.
+	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on",
+		"search_path": "pg_catalog, pg_temp"}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connecting to the instance as its superuser: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := pinLimits(ctx, conn); err != nil {
+		return err
+	}
 	// The verifier holds only base64 characters, '$' and ':'.
 	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", pgx.Identifier{role}.Sanitize(), verifier),
 		pgx.QueryExecModeSimpleProtocol); err != nil {
@@ -456,10 +490,13 @@ func (s *Service) teardown(ctx context.Context, id int64) error {
 	} else if err := s.opts.Supervisor.StopDataDir(ctx, dir, supervisor.Immediate, 10*time.Second); err != nil {
 		return fmt.Errorf("stopping instance %d: %w", id, err)
 	}
-	if err := btrfs.Delete(dir); err != nil {
+	if err := s.deleteSnapshot(dir); err != nil {
 		return fmt.Errorf("deleting the snapshot of instance %d: %w", id, err)
 	}
 	os.RemoveAll(s.sockDir(id))
+	// Its own qgroup usually lingers until btrfs has freed its extents;
+	// this sweeps those of earlier destroys.
+	s.removeStaleQgroups()
 	if err := s.store.delete(ctx, id); err != nil {
 		return err
 	}

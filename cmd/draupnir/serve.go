@@ -165,6 +165,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Settings:        cfg.Instances.Settings,
 		StartTimeout:    cfg.Instances.StartTimeout.Duration,
 		WarmPool:        cfg.Instances.WarmPool,
+		DiskLimit:       int64(cfg.Instances.DiskLimit),
 		Log:             log,
 	})
 	if err != nil {
