@@ -32,6 +32,7 @@ CREATE ROLE reader LOGIN PASSWORD 'reader-secret-pw';
 RESET password_encryption;
 CREATE ROLE draupnir LOGIN PASSWORD 'planted-instance-role-pw';
 GRANT pg_read_server_files, pg_execute_server_program TO draupnir;
+GRANT draupnir TO app;
 GRANT pg_read_server_files TO app;
 GRANT pg_write_server_files TO reader;
 GRANT boss TO reader;

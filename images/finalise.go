@@ -202,6 +202,11 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	defer os.RemoveAll(sockDir)
 	logFile := filepath.Join(work, finaliseLog)
 	spec := supervisor.Spec{DataDir: work, SocketDir: sockDir, Port: privatePort, LogFile: logFile}
+	if major, _ := strconv.Atoi(version); major >= 17 {
+		// From 17 on, login event triggers would fire on finalise's own
+		// connections, before it can turn them off one by one.
+		spec.Settings = map[string]string{"event_triggers": "off"}
+	}
 	proc, err = sup.Start(ctx, spec)
 	if err != nil {
 		return nil, unprocessable("the backup's postgres did not start: %v", err)
