@@ -178,8 +178,10 @@ func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[0], m[1])
 }
 
-// progNames are the ways help and messages name the program in each door.
-var progNames = regexp.MustCompile(`ssh HOST|\bdraupnir-client\b|\bdraupnir\b`)
+// progNames are the ways help and messages name the program in each door:
+// over SSH, the ssh command line that reaches the server as the session's
+// principal ("ssh -p 2222 upload@localhost").
+var progNames = regexp.MustCompile(`ssh -p \d+ (?:upload@)?localhost\b|ssh HOST|\bdraupnir-client\b|\bdraupnir\b`)
 
 func maskProg(s string) string { return progNames.ReplaceAllString(s, "PROG") }
 
