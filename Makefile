@@ -3,7 +3,6 @@
 GO        ?= go
 VERSION   ?=
 LDFLAGS   := $(if $(VERSION),-X github.com/draupnir-db/draupnir.Version=$(VERSION))
-DATA_PATH ?= /var/lib/draupnir-dev
 DEV_DIR   ?= .dev
 # Fuzz targets run briefly in `make test` (a count of inputs each; see
 # scripts/fuzz.sh); longer by hand: make fuzz FUZZTIME=10m
@@ -16,9 +15,11 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/draupnir-client ./cmd/draupnir-client
 
 # Build, loop-mount a btrfs data path if needed, write a dev config and serve
-# with the embedded state cluster and a demo image.
+# with the embedded state cluster and a demo image. DATA_PATH (from the
+# environment or make's command line) reaches the script only when given:
+# it then overrides the config that the first run wrote.
 run: build
-	DATA_PATH=$(DATA_PATH) DEV_DIR=$(DEV_DIR) ./scripts/dev-run.sh
+	DEV_DIR=$(DEV_DIR) ./scripts/dev-run.sh
 
 # Unit and integration tests (real btrfs, postgres and OpenSSH), then each
 # fuzz target briefly.

@@ -182,12 +182,12 @@ func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func TestRequestDurations(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
-	lines := `{"msg":"http request","method":"POST","path":"/instances","status":201,"duration":41000000}
-{"msg":"http request","method":"GET","path":"/instances","status":200,"duration":1000000}
-{"msg":"http request","method":"POST","path":"/instances","status":503,"duration":2000000}
+	lines := `{"msg":"http request","method":"POST","path":"/instances","status":201,"duration_ms":41}
+{"msg":"http request","method":"GET","path":"/instances","status":200,"duration_ms":1}
+{"msg":"http request","method":"POST","path":"/instances","status":503,"duration_ms":2}
 not json
-{"msg":"instance created","method":"POST","path":"/instances","status":201,"duration":5}
-{"msg":"http request","method":"POST","path":"/instances","status":201,"duration":39500000}
+{"msg":"instance created","method":"POST","path":"/instances","status":201,"duration_ms":5}
+{"msg":"http request","method":"POST","path":"/instances","status":201,"duration_ms":39.5}
 `
 	if err := os.WriteFile(log, []byte(lines), 0o600); err != nil {
 		t.Fatal(err)

@@ -507,12 +507,12 @@ func (s *server) requestDurations(method, path string) []float64 {
 			Method   string  `json:"method"`
 			Path     string  `json:"path"`
 			Status   int     `json:"status"`
-			Duration float64 `json:"duration"` // ns
+			Duration float64 `json:"duration_ms"`
 		}
 		if json.Unmarshal(line, &rec) != nil || rec.Msg != "http request" || rec.Method != method || rec.Path != path || rec.Status >= 300 {
 			continue
 		}
-		out = append(out, rec.Duration/1e6)
+		out = append(out, rec.Duration)
 	}
 	return out
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -212,6 +214,9 @@ func TestCommands(t *testing.T) {
 		{name: "images create without time", args: []string{"images", "create", "--anonymisation-script", script}, code: 2, stderr: "--backed-up-at is required"},
 		{name: "images create without script", args: []string{"images", "create", "--backed-up-at", "2017-05-01"}, code: 2, stderr: "--anonymisation-script is required"},
 		{name: "images create bad time", args: []string{"images", "create", "--backed-up-at", "yesterday", "--anonymisation-script", script}, code: 2, stderr: `"yesterday"`},
+		{name: "images create bad time names the forms", args: []string{"images", "create", "--backed-up-at", "yesterday", "--anonymisation-script", script}, code: 2,
+			stderr: `give RFC 3339 (2017-05-01T12:00:00Z, 2017-05-01T14:00:00+02:00), 2017-05-01T12:00:00 or "2017-05-01 12:00:00" (UTC), or a date, 2017-05-01 (midnight UTC)`},
+		{name: "images update bad time names the forms", args: []string{"images", "update", "3", "--backed-up-at", "1/5/2017"}, code: 2, stderr: "or a date, 2017-05-01", wantCalls: "-"},
 		{name: "images create over ssh reads no server file", ssh: true, args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "/etc/shadow"},
 			code: 2, stderr: "standard input", wantCalls: "-"},
 		{name: "images create over ssh from stdin", ssh: true, stdin: "SELECT 2;", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-"},
@@ -219,7 +224,8 @@ func TestCommands(t *testing.T) {
 		{name: "images update", stdin: "fixed", args: []string{"images", "update", "3", "--anonymisation-script", "-"}, stdout: []string{"ID:", "3"}, wantCalls: "UpdateImage 3 GetImage 3"},
 		{name: "images update nothing", args: []string{"images", "update", "3"}, code: 2, stderr: "nothing to change", wantCalls: "-"},
 		{name: "images done", args: []string{"images", "done", "1"}, stdout: []string{"State:", "ready"}, wantCalls: "FinaliseImage 1 GetImage 1"},
-		{name: "images destroy", args: []string{"images", "destroy", "2"}, stdout: []string{"Destroyed image 2."}},
+		{name: "images destroy", args: []string{"images", "destroy", "2"}, stdout: []string{"Destroyed image 2."}, wantCalls: "ListInstances DestroyImage 2 GetImage 2"},
+		{name: "images rm alias", args: []string{"images", "rm", "2"}, stdout: []string{"Destroyed image 2."}},
 		{name: "images destroy json is silent", args: []string{"images", "destroy", "2", "--json"}},
 		{name: "instances list", args: []string{"instances", "list"},
 			stdout: []string{"ID", "IMAGE", "STATE", "HOST", "PORT", "4", "1", "running", "db.example.com", "6001", "app"}},
@@ -642,7 +648,8 @@ func TestEnvPlain(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
-	want := `export PGHOST=db.example.com PGPORT=6001 PGUSER=draupnir PGPASSWORD='it'\''s a "pa$$ word"' PGDATABASE=app` + "\n"
+	want := `export PGHOST=db.example.com PGPORT=6001 PGUSER=draupnir PGPASSWORD='it'\''s a "pa$$ word"' PGDATABASE=app ` +
+		`DATABASE_URL=postgresql://draupnir:it%27s%20a%20%22pa%24%24%20word%22@db.example.com:6001/app` + "\n"
 	if r.stdout != want {
 		t.Errorf("env printed\n%s\nwant\n%s", r.stdout, want)
 	}
@@ -731,12 +738,18 @@ func TestEnvSSHCA(t *testing.T) {
 // variables (and the umask) it leaves behind.
 func evalEnv(t *testing.T, sh, eval, out string, extraEnv []string) map[string]string {
 	t.Helper()
+	return evalEnvVars(t, sh, eval, out, extraEnv, "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT")
+}
+
+// evalEnvVars is evalEnv for the variables vars.
+func evalEnvVars(t *testing.T, sh, eval, out string, extraEnv []string, vars ...string) map[string]string {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "env.out"), []byte(out), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	script := "umask 022; " + eval + `
-for v in PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT; do
+for v in ` + strings.Join(vars, " ") + `; do
 	eval "printf '%s=%s\\0' $v \"\${$v}\""
 done
 printf 'UMASK=%s\0' "$(umask)"
@@ -924,4 +937,286 @@ func (f *fakeInstances) Create(_ context.Context, p draupnir.Principal, _ int64)
 func (f *fakeInstances) Destroy(_ context.Context, p draupnir.Principal, _ int64) error {
 	f.rec("Destroy", p)
 	return nil
+}
+
+// TestEnvFailureStopsEval checks that `eval "$(… env N)" && psql` stops
+// when env fails, in either door and for every kind of failure: the output
+// is a command that fails, and evaluating it leaves the shell alive.
+func TestEnvFailureStopsEval(t *testing.T) {
+	var shells []string
+	for _, sh := range []string{"sh", "bash", "dash", "zsh"} {
+		if _, err := exec.LookPath(sh); err == nil {
+			shells = append(shells, sh)
+		}
+	}
+	tests := []struct {
+		name string
+		err  error // of every backend call
+		args []string
+		code int
+	}{
+		{"no such instance", nil, []string{"env", "8"}, 1},
+		{"server unreachable", errors.New("dial tcp 127.0.0.1:1: connection refused"), []string{"env", "4"}, 1},
+		{"no argument", nil, []string{"env"}, 2},
+		{"not an id", nil, []string{"env", "four"}, 2},
+		{"unknown flag", nil, []string{"env", "--frob", "4"}, 2},
+		// An argument must never reach the output: here it would be a command.
+		{"hostile argument", nil, []string{"env", "4\nPGHOST=evil;touch pwned"}, 2},
+	}
+	for _, ssh := range []bool{false, true} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("ssh=%v/%s", ssh, tt.name), func(t *testing.T) {
+				b := newFakeBackend()
+				b.err = tt.err
+				r := run(t, b, Env{SSH: ssh}, "", tt.args...)
+				if r.code != tt.code {
+					t.Fatalf("exit %d, want %d; stderr %q", r.code, tt.code, r.stderr)
+				}
+				if strings.Contains(r.stdout, "pwned") || strings.Count(r.stdout, "\n") != 1 || !strings.HasPrefix(r.stdout, "false ") {
+					t.Errorf("stdout %q, want one line that starts with false", r.stdout)
+				}
+				if !strings.Contains(r.stderr, ": ") || strings.Contains(r.stderr, "false") {
+					t.Errorf("stderr %q, want the error and only the error", r.stderr)
+				}
+				for _, sh := range shells {
+					for _, eval := range []string{`eval "$(cat env.out)"`, `eval $(cat env.out)`} {
+						dir := t.TempDir()
+						if err := os.WriteFile(filepath.Join(dir, "env.out"), []byte(r.stdout), 0o600); err != nil {
+							t.Fatal(err)
+						}
+						cmd := exec.Command(sh, "-c", eval+` && echo ran-psql; echo "alive $PGHOST"`)
+						cmd.Dir = dir
+						cmd.Env = append(os.Environ(), "PGHOST=before")
+						out, err := cmd.Output()
+						if err != nil || string(out) != "alive before\n" {
+							t.Errorf("%s: %s printed %q (%v), want only that the shell lives on", sh, eval, out, err)
+						}
+						if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+							t.Errorf("%s: %s ran a command from the argument", sh, eval)
+						}
+					}
+				}
+			})
+		}
+	}
+	// --json output is not for eval: a failure prints nothing there.
+	r := run(t, newFakeBackend(), Env{}, "", "env", "8", "--json")
+	if r.code != 1 || r.stdout != "" {
+		t.Errorf("env --json of a missing instance: exit %d, stdout %q", r.code, r.stdout)
+	}
+	// Other commands print nothing on stdout when they fail.
+	r = run(t, newFakeBackend(), Env{}, "", "instances", "show", "8")
+	if r.code != 1 || r.stdout != "" {
+		t.Errorf("instances show of a missing instance: exit %d, stdout %q", r.code, r.stdout)
+	}
+}
+
+// TestEnvDatabaseURL checks DATABASE_URL: every part percent-encoded, the
+// CA file named, and the same connection as the PG* variables.
+func TestEnvDatabaseURL(t *testing.T) {
+	b := newFakeBackend()
+	inst := b.instances[0]
+	inst.CACertificate = testPEM
+	inst.Password = `p@ss:/w?rd#&= %'"$x`
+	inst.Username = "user name"
+	inst.Database = "my/db"
+	cache := filepath.Join(t.TempDir(), "cache & more?")
+	r := run(t, b, Env{CacheDir: cache}, "", "env", "4")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	got := evalEnvVars(t, "bash", `eval "$(cat env.out)"`, r.stdout, nil, "DATABASE_URL", "PGSSLROOTCERT")
+	checkURI(t, got["DATABASE_URL"], inst, got["PGSSLROOTCERT"])
+
+	// JSON has it too.
+	r = run(t, b, Env{CacheDir: cache}, "", "env", "4", "--json")
+	var m map[string]string
+	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	checkURI(t, m["DATABASE_URL"], inst, m["PGSSLROOTCERT"])
+
+	// Over SSH the client's shell puts in the path of the CA file it wrote.
+	r = run(t, b, Env{SSH: true}, "", "env", "4")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	home := filepath.Join(t.TempDir(), "my home")
+	if err := os.Mkdir(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, sh := range []string{"sh", "bash"} {
+		got = evalEnvVars(t, sh, `eval "$(cat env.out)"`, r.stdout, []string{"HOME=" + home, "XDG_CACHE_HOME="}, "DATABASE_URL", "PGSSLROOTCERT")
+		if want := filepath.Join(home, ".cache", "draupnir", "instance-4-ca.pem"); got["PGSSLROOTCERT"] != want {
+			t.Fatalf("%s: PGSSLROOTCERT %q, want %q", sh, got["PGSSLROOTCERT"], want)
+		}
+		checkURI(t, got["DATABASE_URL"], inst, got["PGSSLROOTCERT"])
+	}
+	r = run(t, b, Env{SSH: true}, "", "env", "4", "--json")
+	if strings.Contains(r.stdout, "DATABASE_URL") {
+		t.Errorf("env --json over SSH names a CA file it did not write: %s", r.stdout)
+	}
+
+	// No TLS: no parameters.
+	b = newFakeBackend()
+	r = run(t, b, Env{}, "", "env", "4", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	if u := m["DATABASE_URL"]; strings.Contains(u, "?") || !strings.HasPrefix(u, "postgresql://draupnir:") {
+		t.Errorf("DATABASE_URL %q", u)
+	}
+}
+
+// checkURI parses uri as a URI parser would and compares it with inst.
+func checkURI(t *testing.T, uri string, inst *draupnir.Instance, rootCert string) {
+	t.Helper()
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatalf("DATABASE_URL %q: %v", uri, err)
+	}
+	pw, _ := u.User.Password()
+	q := u.Query()
+	if u.Scheme != "postgresql" || u.User.Username() != inst.Username || pw != inst.Password ||
+		u.Hostname() != inst.Hostname || u.Port() != strconv.Itoa(inst.Port) || strings.TrimPrefix(u.Path, "/") != inst.Database ||
+		q.Get("sslmode") != "verify-full" || q.Get("sslrootcert") != rootCert || u.Fragment != "" {
+		t.Errorf("DATABASE_URL %q reads as %s %q:%q@%s:%s/%s %v", uri, u.Scheme, u.User.Username(), pw, u.Hostname(), u.Port(), u.Path, q)
+	}
+}
+
+func TestDestroyImageAsks(t *testing.T) {
+	tests := []struct {
+		name        string
+		ssh         bool
+		interactive bool
+		stdin       string
+		args        []string
+		code        int
+		destroyed   bool
+		stderr      string
+	}{
+		{name: "no instances: no question", args: []string{"images", "destroy", "3"}, destroyed: true},
+		{name: "a script is refused", args: []string{"images", "destroy", "1"}, code: 2,
+			stderr: "destroying image 1 also destroys its 2 instances: 4 (alice@example.com), 6 (bob@example.com); to go ahead, run it again with --yes"},
+		{name: "ssh is refused", ssh: true, stdin: "y\n", args: []string{"images", "destroy", "1"}, code: 2, stderr: "--yes"},
+		{name: "--yes", args: []string{"images", "destroy", "1", "--yes"}, destroyed: true},
+		{name: "-y over ssh", ssh: true, args: []string{"images", "rm", "-y", "1"}, destroyed: true},
+		{name: "yes on a terminal", interactive: true, stdin: "y\n", args: []string{"images", "destroy", "1"}, destroyed: true,
+			stderr: "Destroying image 1 also destroys its 2 instances: 4 (alice@example.com), 6 (bob@example.com).\nDestroy them? [y/N] "},
+		{name: "YES on a terminal", interactive: true, stdin: " YES \n", args: []string{"images", "destroy", "1"}, destroyed: true},
+		{name: "no on a terminal", interactive: true, stdin: "n\n", args: []string{"images", "destroy", "1"}, code: 1, stderr: "nothing was destroyed"},
+		{name: "enter on a terminal", interactive: true, stdin: "\n", args: []string{"images", "destroy", "1"}, code: 1, stderr: "nothing was destroyed"},
+		{name: "end of input on a terminal", interactive: true, args: []string{"images", "destroy", "1"}, code: 1, stderr: "nothing was destroyed"},
+		{name: "anything else on a terminal", interactive: true, stdin: "yep, sure\n", args: []string{"images", "destroy", "1"}, code: 1},
+		{name: "missing image", args: []string{"images", "destroy", "7"}, code: 1, stderr: "image 7 does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newFakeBackend()
+			b.instances[0].Owner = "alice@example.com"
+			b.instances = append(b.instances,
+				&draupnir.Instance{ID: 5, ImageID: 2, Owner: "alice@example.com"},
+				&draupnir.Instance{ID: 6, ImageID: 1, Owner: "bob@example.com"})
+			r := run(t, b, Env{SSH: tt.ssh, Interactive: tt.interactive}, tt.stdin, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) {
+				t.Errorf("exit %d, stderr %q; want %d, %q", r.code, r.stderr, tt.code, tt.stderr)
+			}
+			called := strings.Contains(strings.Join(b.calls, " "), "DestroyImage")
+			if called != tt.destroyed && tt.name != "missing image" {
+				t.Errorf("DestroyImage called: %v, want %v (calls %v)", called, tt.destroyed, b.calls)
+			}
+			if tt.destroyed && !strings.Contains(r.stdout, "Destroyed image") {
+				t.Errorf("stdout %q", r.stdout)
+			}
+		})
+	}
+	// Many instances: the count, and the list cut short.
+	b := newFakeBackend()
+	for i := int64(10); i < 20; i++ {
+		b.instances = append(b.instances, &draupnir.Instance{ID: i, ImageID: 1})
+	}
+	r := run(t, b, Env{}, "", "images", "destroy", "1")
+	if want := "its 11 instances: 4, 10, 11, 12, 13 and 6 more; "; !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr %q lacks %q", r.stderr, want)
+	}
+}
+
+func TestSSHHelpNamesTheServer(t *testing.T) {
+	tests := []struct {
+		env  Env
+		want string
+	}{
+		{Env{SSH: true, Host: "db.example.com", SSHPort: 2222, SSHUser: "upload"}, "ssh -p 2222 upload@db.example.com"},
+		{Env{SSH: true, Host: "db.example.com", SSHPort: 2200}, "ssh -p 2200 db.example.com"},
+		{Env{SSH: true, Host: "db.example.com", SSHPort: 22}, "ssh db.example.com"},
+		{Env{SSH: true, SSHPort: 2222}, "ssh -p 2222 HOST"},
+	}
+	for _, tt := range tests {
+		for _, args := range [][]string{nil, {"env", "--help"}, {"images", "upload", "--help"}, {"instances", "show", "4"}} {
+			r := run(t, newFakeBackend(), tt.env, "", args...)
+			if r.code != 0 || !strings.Contains(r.stdout, tt.want+" ") {
+				t.Errorf("%+v %q: exit %d, stdout lacks %q:\n%s", tt.env, args, r.code, tt.want, r.stdout)
+			}
+			if strings.Contains(r.stdout, "ssh HOST") && tt.env.Host != "" {
+				t.Errorf("%+v %q still says ssh HOST:\n%s", tt.env, args, r.stdout)
+			}
+		}
+	}
+}
+
+func TestCreatePrintsNextStep(t *testing.T) {
+	tests := []struct {
+		name string
+		env  Env
+		want []string
+	}{
+		{"client", Env{Getenv: func(k string) string { return map[string]string{"DRAUPNIR_SSH": "up@ssh.example.com:2200"}[k] }}, []string{
+			"Next, upload the backup into image 9",
+			"scp -P 2200 base.tar.gz pg_wal.tar.gz up@ssh.example.com:/draupnir/image_uploads/9/\n",
+			"| ssh -p 2200 up@ssh.example.com images upload 9\n",
+			"Then finalise it: draupnir-client images done 9\n",
+		}},
+		{"client default", Env{Host: "db.example.com"}, []string{"scp -P 2222 base.tar.gz pg_wal.tar.gz upload@db.example.com:/draupnir/image_uploads/9/\n"}},
+		{"client ipv6", Env{Host: "::1"}, []string{"upload@[::1]:/draupnir/image_uploads/9/\n", "ssh -p 2222 upload@::1 images upload 9"}},
+		{"ssh", Env{SSH: true, Host: "db.example.com", SSHPort: 2222, SSHUser: "upload"}, []string{
+			"scp -P 2222 base.tar.gz pg_wal.tar.gz upload@db.example.com:/draupnir/image_uploads/9/\n",
+			"| ssh -p 2222 upload@db.example.com images upload 9\n",
+			"Then finalise it: ssh -p 2222 upload@db.example.com images done 9\n",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, newFakeBackend(), tt.env, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-")
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, r.stdout)
+				}
+			}
+		})
+	}
+	r := run(t, newFakeBackend(), Env{}, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-", "--json")
+	var v any
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Errorf("--json output is not one JSON document: %v\n%s", err, r.stdout)
+	}
+}
+
+func TestInstancesListOwners(t *testing.T) {
+	b := newFakeBackend()
+	b.instances[0].Owner = "alice@example.com"
+	b.instances = append(b.instances, &draupnir.Instance{ID: 7, ImageID: 2, State: draupnir.InstanceRunning, Port: 6003, Owner: "bob@example.com"})
+	r := run(t, b, Env{}, "", "instances", "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 || !strings.HasSuffix(lines[0], "  OWNER") ||
+		!strings.HasSuffix(lines[1], " alice@example.com") || !strings.HasSuffix(lines[2], " bob@example.com") {
+		t.Errorf("instances list:\n%s", r.stdout)
+	}
+	// Without owners (an older server) the column is left out.
+	r = run(t, newFakeBackend(), Env{}, "", "instances", "list")
+	if strings.Contains(r.stdout, "OWNER") {
+		t.Errorf("instances list:\n%s", r.stdout)
+	}
 }

@@ -19,13 +19,18 @@ const sshCADir = `${XDG_CACHE_HOME:-$HOME/.cache}/draupnir`
 func (a *app) envCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "env N",
-		Short: "Print the shell settings (PGHOST, PGPORT…) that connect to instance N",
+		Short: "Print the shell settings (PGHOST, PGPORT…, DATABASE_URL) that connect to instance N",
 		Long: `Print export lines for PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE (and,
 for instances with TLS, PGSSLMODE=verify-full and PGSSLROOTCERT) so that psql
-and other libpq programs connect to instance N:
+and other libpq programs connect to instance N, and DATABASE_URL, the same as
+one postgresql:// URI, for application frameworks:
 
-  ` + a.evalExample("env N") + a.envCANote(),
-		Args: exactArgs(1),
+  ` + a.evalExample("env N") + `
+
+When it fails, it prints the error on stderr and, for eval, a command that
+fails (false), so that the line above stops before psql.` + a.envCANote(),
+		Annotations: map[string]string{annEvalOutput: "true"},
+		Args:        exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseID(cmd, "instance id", args[0])
 			if err != nil {
@@ -70,11 +75,17 @@ func (a *app) printEnv(inst *draupnir.Instance) error {
 		{name: "PGPASSWORD", value: inst.Password},
 		{name: "PGDATABASE", value: inst.Database},
 	}
+	uri := connURI(host, inst.Port, inst.Username, inst.Password, inst.Database)
+	url := envVar{name: "DATABASE_URL", value: uri}
 	var pre string // shell commands that must run before the exports
 	if inst.CACertificate != "" {
 		name := "instance-" + strconv.FormatInt(inst.ID, 10) + "-ca.pem"
 		if a.env.SSH {
 			pre = caSnippet(sshCADir, name, inst.CACertificate)
+			// The client's shell expands the path: it cannot be
+			// percent-encoded here, and libpq takes it as it is.
+			url = envVar{name: url.name, raw: true,
+				value: `"` + uri + "?sslmode=verify-full&sslrootcert=" + sshCADir + "/" + name + `"`}
 			vars = append(vars,
 				envVar{name: "PGSSLMODE", value: "verify-full"},
 				envVar{name: "PGSSLROOTCERT", value: `"` + sshCADir + "/" + name + `"`, raw: true})
@@ -83,11 +94,13 @@ func (a *app) printEnv(inst *draupnir.Instance) error {
 			if err != nil {
 				return err
 			}
+			url.value += "?sslmode=verify-full&sslrootcert=" + uriEscape(path)
 			vars = append(vars,
 				envVar{name: "PGSSLMODE", value: "verify-full"},
 				envVar{name: "PGSSLROOTCERT", value: path})
 		}
 	}
+	vars = append(vars, url)
 	if a.json {
 		m := make(map[string]string, len(vars))
 		for _, v := range vars {
@@ -96,6 +109,7 @@ func (a *app) printEnv(inst *draupnir.Instance) error {
 		if pre != "" {
 			// No file is written over SSH: give the certificate itself.
 			delete(m, "PGSSLROOTCERT")
+			delete(m, "DATABASE_URL")
 			m["ca_certificate"] = inst.CACertificate
 		}
 		return writeJSON(a.stdout, m)
@@ -116,6 +130,38 @@ func (a *app) printEnv(inst *draupnir.Instance) error {
 	b.WriteByte('\n')
 	_, err := fmt.Fprint(a.stdout, b.String())
 	return err
+}
+
+// connURI is the libpq connection URI (postgresql://, which every
+// framework's parser accepts) of a server, without parameters.
+func connURI(host string, port int, user, password, db string) string {
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // an IPv6 address
+	} else {
+		host = uriEscape(host)
+	}
+	return "postgresql://" + uriEscape(user) + ":" + uriEscape(password) + "@" + host + ":" +
+		strconv.Itoa(port) + "/" + uriEscape(db)
+}
+
+// uriEscape percent-encodes every byte of s but RFC 3986's unreserved
+// characters, so that the result is one literal component anywhere in a
+// URI (user, password, path or query value) and never special to a shell.
+func uriEscape(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_', c == '~':
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
 }
 
 // caSnippet returns shell commands that write pem into dir/name with umask

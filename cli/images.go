@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -81,25 +82,103 @@ failed with the reason; 'done' may be run again once the cause is fixed.`,
 				return a.printImage(img)
 			},
 		},
-		&cobra.Command{
-			Use:     "destroy N",
-			Aliases: []string{"rm"},
-			Short:   "Destroy image N and all its instances",
-			Args:    exactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				id, err := parseID(cmd, "image id", args[0])
-				if err != nil {
-					return err
-				}
-				if err := a.b.DestroyImage(cmd.Context(), id); err != nil {
-					return err
-				}
-				return a.done("Destroyed image %d.", id)
-			},
-		},
+		a.imagesDestroyCmd(),
 		a.imagesUploadCmd(),
 	)
 	return cmd
+}
+
+func (a *app) imagesDestroyCmd() *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:     "destroy N",
+		Aliases: []string{"rm"},
+		Short:   "Destroy image N and all its instances",
+		Long: `Destroy image N and every instance made from it, whoever owns them.
+
+If the image has instances, the command says how many and, on a terminal,
+asks before it goes on; elsewhere (scripts, ssh) it refuses unless --yes is
+given.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "image id", args[0])
+			if err != nil {
+				return err
+			}
+			if !yes {
+				if err := a.confirmDestroyImage(cmd, id); err != nil {
+					return err
+				}
+			}
+			if err := a.b.DestroyImage(cmd.Context(), id); err != nil {
+				return err
+			}
+			return a.done("Destroyed image %d.", id)
+		},
+	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "destroy the image's instances without asking")
+	return cmd
+}
+
+// confirmDestroyImage lets the destruction of image id go ahead: at once if
+// no instance of it is in sight, after a yes on a terminal, and otherwise
+// not at all. The instances in sight are all of them for the upload
+// principal, who alone may destroy images.
+func (a *app) confirmDestroyImage(cmd *cobra.Command, id int64) error {
+	insts, err := a.b.ListInstances(cmd.Context())
+	if err != nil {
+		return err
+	}
+	var doomed []string
+	for _, inst := range insts {
+		if inst.ImageID != id {
+			continue
+		}
+		s := strconv.FormatInt(inst.ID, 10)
+		if inst.Owner != "" {
+			s += " (" + inst.Owner + ")"
+		}
+		doomed = append(doomed, s)
+	}
+	if len(doomed) == 0 {
+		return nil
+	}
+	const shown = 5
+	list := strings.Join(doomed[:min(len(doomed), shown)], ", ")
+	if len(doomed) > shown {
+		list += fmt.Sprintf(" and %d more", len(doomed)-shown)
+	}
+	what := fmt.Sprintf("destroying image %d also destroys its %d instance%s: %s", id, len(doomed), plural(len(doomed)), list)
+	if !a.env.Interactive {
+		return usagef(cmd, "%s; to go ahead, run it again with --yes", what)
+	}
+	fmt.Fprintf(a.stderr, "%s%s.\nDestroy them? [y/N] ", strings.ToUpper(what[:1]), what[1:])
+	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return fmt.Errorf("nothing was destroyed")
+}
+
+// printNextUpload tells the upload principal how to go on with the image
+// just created.
+func (a *app) printNextUpload(id int64) error {
+	n := strconv.FormatInt(id, 10)
+	t := a.uploadTarget()
+	_, err := fmt.Fprintf(a.stdout, `
+Next, upload the backup into image %[1]s, e.g. the tarballs pg_basebackup -Ft makes:
+  scp %[2]sbase.tar.gz pg_wal.tar.gz %[3]s
+or stream it with no tarball on disk:
+  pg_basebackup -D - -Ft -X fetch | ssh %[4]s images upload %[1]s
+Then finalise it: %[5]s images done %[1]s
+`, n, t.scpPort(), t.scpDest(uploadDir(id)), t.sshArgs(), a.env.nameOrSSH())
+	return err
+}
+
+// uploadDir is image id's upload directory in the SSH door's namespace.
+func uploadDir(id int64) string {
+	return "/draupnir/image_uploads/" + strconv.FormatInt(id, 10) + "/"
 }
 
 // done prints a confirmation, except with --json, where a command that the
@@ -144,7 +223,10 @@ run 'images done N'.`,
 			if err != nil {
 				return err
 			}
-			return a.printImage(img)
+			if err := a.printImage(img); err != nil || a.json {
+				return err
+			}
+			return a.printNextUpload(img.ID)
 		},
 	}
 	cmd.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the backup was taken (RFC 3339 or YYYY-MM-DD)")
@@ -242,7 +324,8 @@ func parseTime(cmd *cobra.Command, s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, usagef(cmd, "--backed-up-at: %q is not a time like 2017-05-01T12:00:00Z", s)
+	return time.Time{}, usagef(cmd, "--backed-up-at: %q is not a time; give RFC 3339 (2017-05-01T12:00:00Z, 2017-05-01T14:00:00+02:00), "+
+		"2017-05-01T12:00:00 or \"2017-05-01 12:00:00\" (UTC), or a date, 2017-05-01 (midnight UTC)", s)
 }
 
 func (a *app) imagesUploadCmd() *cobra.Command {
@@ -253,8 +336,8 @@ func (a *app) imagesUploadCmd() *cobra.Command {
 			Long: `Stream a tarball (optionally compressed) from standard input into image N,
 replacing whatever an earlier upload left:
 
-  ssh HOST images upload N < base.tar.gz
-  pg_basebackup -D - -Ft -X fetch | ssh HOST images upload N`,
+  ` + a.env.nameOrSSH() + ` images upload N < base.tar.gz
+  pg_basebackup -D - -Ft -X fetch | ` + a.env.nameOrSSH() + ` images upload N`,
 			Args: exactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				id, err := parseID(cmd, "image id", args[0])

@@ -88,11 +88,25 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 		_, err := fmt.Fprintln(a.stdout, "No instances.")
 		return err
 	}
-	tw := table(a.stdout)
-	fmt.Fprintln(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT")
+	// The upload principal sees everybody's instances: say whose each is.
+	// (Everybody else sees only their own, with their own name.)
+	owners := false
 	for _, inst := range insts {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", inst.ID, inst.ImageID, inst.State,
+		owners = owners || inst.Owner != ""
+	}
+	tw := table(a.stdout)
+	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT")
+	if owners {
+		fmt.Fprint(tw, "\tOWNER")
+	}
+	fmt.Fprintln(tw)
+	for _, inst := range insts {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s", inst.ID, inst.ImageID, inst.State,
 			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt))
+		if owners {
+			fmt.Fprintf(tw, "\t%s", dash(inst.Owner))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

@@ -51,6 +51,15 @@ type Env struct {
 	// Host is the server's host name, for `env` when the server does not name
 	// one and for `images upload`; the local CLI takes it from the URL.
 	Host string
+	// SSHPort and SSHUser complete the ssh command line that help texts and
+	// hints show in SSH sessions ("ssh -p SSHPort SSHUser@Host"): the
+	// server's configured port and, for the upload principal, "upload".
+	// Unused by the local CLI, which reads DRAUPNIR_SSH.
+	SSHPort int
+	SSHUser string
+	// Interactive is true when stdin and stderr are terminals: only then may
+	// a command ask a question (SSH sessions never have a terminal).
+	Interactive bool
 	// Logger receives the details of internal errors, which SSH clients see
 	// only as a generic message; nil discards them.
 	Logger *slog.Logger
@@ -126,8 +135,18 @@ func Run(ctx context.Context, b Backend, env Env, args []string, stdin io.Reader
 	if err == nil {
 		return ExitOK
 	}
+	if cmd != nil && cmd.Annotations[annEvalOutput] != "" && !a.json {
+		// The output is meant for eval "$(…)", which succeeds on
+		// nothing: give it a command that fails, so that
+		// `eval "$(… env N)" && psql` stops here.
+		fmt.Fprintf(a.stdout, "false # %s %s failed, the reason is on stderr\n", a.env.name(), cmd.Name())
+	}
 	return a.report(cmd, err)
 }
+
+// annEvalOutput marks commands whose standard output is shell code for
+// eval: when they fail, Run prints a command that fails instead.
+const annEvalOutput = "draupnir/eval-output"
 
 // report prints err as one line (plus a usage hint for usage errors) and
 // returns the exit code.
@@ -226,19 +245,19 @@ destroy them, print connection settings.`,
 	return root
 }
 
-// nameOrSSH is how a user runs the tree: the program, or ssh to the server.
+// nameOrSSH is how a user runs the tree: the program, or the ssh command
+// line that reaches this server ("ssh -p 2222 upload@db.example.com"; "HOST"
+// stands in for a host the configuration does not name).
 func (e *Env) nameOrSSH() string {
-	if e.SSH {
-		return "ssh HOST"
+	if !e.SSH {
+		return e.name()
 	}
-	return e.name()
+	t := sshTarget{user: e.SSHUser, host: e.Host, port: e.SSHPort}
+	return "ssh " + t.sshArgs()
 }
 
 func (a *app) evalExample(cmd string) string {
-	if a.env.SSH {
-		return `eval "$(ssh HOST ` + cmd + `)" && psql`
-	}
-	return `eval "$(` + a.env.name() + ` ` + cmd + `)" && psql`
+	return `eval "$(` + a.env.nameOrSSH() + ` ` + cmd + `)" && psql`
 }
 
 // noSubcommand rejects arguments that name no subcommand.

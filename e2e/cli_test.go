@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
 // TestCLI runs the scripts in testdata/cli against one server with one ready
@@ -178,8 +181,10 @@ func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[0], m[1])
 }
 
-// progNames are the ways help and messages name the program in each door.
-var progNames = regexp.MustCompile(`ssh HOST|\bdraupnir-client\b|\bdraupnir\b`)
+// progNames are the ways help and messages name the program in each door:
+// over SSH, the ssh command line that reaches the server as the session's
+// principal ("ssh -p 2222 upload@localhost").
+var progNames = regexp.MustCompile(`ssh -p \d+ (?:upload@)?localhost\b|ssh HOST|\bdraupnir-client\b|\bdraupnir\b`)
 
 func maskProg(s string) string { return progNames.ReplaceAllString(s, "PROG") }
 
@@ -294,4 +299,126 @@ func subcommands(help string) []string {
 		}
 	}
 	return subs
+}
+
+// TestREADMEWalkthrough runs README.md's curl walkthrough as it is written,
+// against a server whose ids are not the ones the walkthrough would guess:
+// every step must use the ids the previous ones printed. Only what names
+// the reader's machine is replaced: the server's ports, the token, and
+// pg_basebackup's source (a stand-in copies a backup of a test database
+// that has the walkthrough's app.users). The reader starts without an SSH
+// key, as on a fresh machine, so the walkthrough's own ssh-keygen runs.
+func TestREADMEWalkthrough(t *testing.T) {
+	keys := &sshKeys{}
+	s := startServerSSH(t, "", keys)
+	src := testenv.SourceCluster(t, "CREATE DATABASE app")
+	src.SQL(t, "app", "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);"+
+		"INSERT INTO users SELECT g, 'person' || g || '@real.example' FROM generate_series(1, 10) g")
+	backup := src.BaseBackup(t, "-z", "-X", "stream")
+
+	// Images and an instance the walkthrough must leave alone.
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if _, err := s.upload().CreateImage(ctx, time.Now(), "SELECT 1;"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	theirs := s.readyImage(t, "SELECT 1;", filepath.Join(backup, "base.tar.gz"), filepath.Join(backup, "pg_wal.tar.gz"))
+	other, err := s.user().CreateInstance(ctx, theirs.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "## Walkthrough with curl")
+	_, rest, ok2 := strings.Cut(rest, "```sh\n")
+	script, _, ok3 := strings.Cut(rest, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README.md has no sh block under ## Walkthrough with curl")
+	}
+	for _, r := range []struct{ old, new string }{
+		{"TOKEN=…", "TOKEN=" + sharedSecret},
+		{"localhost:8080", "127.0.0.1:" + strconv.Itoa(s.httpPort)},
+		{"-P 2222 ", "-P " + strconv.Itoa(s.sshPort) + " "},
+	} {
+		if !strings.Contains(script, r.old) {
+			t.Fatalf("the walkthrough no longer has %q", r.old)
+		}
+		script = strings.ReplaceAll(script, r.old, r.new)
+	}
+
+	dir := t.TempDir()
+	home := filepath.Join(dir, "home")
+	work := filepath.Join(dir, "work")
+	bin := filepath.Join(dir, "bin")
+	for _, d := range []string{home, work, bin} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// make run's .dev, whose upload_authorized_keys the server reads.
+	if err := os.Symlink(keys.dir, filepath.Join(work, ".dev")); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pg_basebackup", `while [ $# -gt 0 ]; do [ "$1" = -D ] && d=$2; shift; done
+cp `+shq(backup)+`/* "$d"/`)
+	// The reader's ssh configuration: their key, and this server's host key.
+	for _, prog := range []string{"ssh", "scp"} {
+		real, err := exec.LookPath(prog)
+		if err != nil {
+			t.Skip("no " + prog)
+		}
+		write(prog, fmt.Sprintf(`exec %s -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o LogLevel=ERROR -i "$HOME/.ssh/id_ed25519" "$@"`,
+			real, shq(filepath.Join(dir, "known_hosts"))))
+	}
+
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "HOME="+home, "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the walkthrough failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{" 1 | 1@example.com", " 3 | 3@example.com"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("psql did not show the anonymised users (%q):\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "real.example") {
+		t.Errorf("the instance served unanonymised data:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".ssh", "id_ed25519.pub")); err != nil {
+		t.Errorf("the walkthrough made no key: %v", err)
+	}
+
+	// What was there before is untouched; what the walkthrough made is as
+	// it left it: one new ready image, and no instance of it.
+	if got, err := s.user().GetInstance(ctx, other.ID); err != nil || got.State != draupnir.InstanceRunning {
+		t.Errorf("the other instance: %+v, %v", got, err)
+	}
+	imgs, err := s.upload().ListImages(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := 0
+	for _, im := range imgs {
+		if im.Ready() {
+			ready++
+		}
+	}
+	insts, err := s.upload().ListInstances(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imgs) != 4 || ready != 2 || len(insts) != 1 {
+		t.Errorf("%d images (%d ready) and %d instances after the walkthrough, want 4 (2) and 1", len(imgs), ready, len(insts))
+	}
 }

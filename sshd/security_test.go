@@ -202,9 +202,11 @@ func TestCommands(t *testing.T) {
 		{"user command", "alice", []string{"instances", "list"}, 0, []string{"instances", "list"}, "alice@example.com", ""},
 		{"quoted words", "upload", []string{"images", "create", "--script", `'SELECT 1; -- a "b"'`, `"x y"`, `z\ w`}, 0, []string{"images", "create", "--script", `SELECT 1; -- a "b"`, "x y", "z w"}, "upload", ""},
 		{"exit status passes through", "alice", []string{"fail"}, 3, []string{"fail"}, "alice@example.com", "draupnir: failing as asked"},
-		{"unbalanced quote", "alice", []string{"instances", `"list`}, 1, nil, "", "draupnir: unbalanced double quote in command line"},
-		{"shell syntax", "alice", []string{"instances", "list", "|", "head"}, 1, nil, "", "draupnir: shell syntax | is not supported"},
+		{"unbalanced quote", "alice", []string{"instances", `"list`}, 2, nil, "", "draupnir: unbalanced double quote in command line"},
+		{"shell syntax", "alice", []string{"instances", "list", "|", "head"}, 2, nil, "", "draupnir: shell syntax | is not supported"},
 		{"upload with a user key is a normal command", "alice", []string{"images", "upload", "x"}, 0, []string{"images", "upload", "x"}, "alice@example.com", ""},
+		{"a semicolon is a usage error", "alice", []string{"instances", "list;", "id"}, 2, nil, "", "draupnir: shell syntax ; is not supported"},
+		{"a substitution is a usage error", "upload", []string{"env", "$(id)"}, 2, nil, "", "draupnir: shell syntax $ is not supported"},
 		{"no command", "alice", nil, 0, nil, "alice@example.com", ""},
 	}
 	for _, tt := range tests {

@@ -376,7 +376,10 @@ func (s *Server) handleSession(sess ssh.Session) {
 func (s *Server) run(sess ssh.Session, p draupnir.Principal) int {
 	args, err := splitCommand(sess.RawCommand())
 	if err != nil {
-		return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "%v", err))
+		// A command line that cannot be split is a usage error: exit 2,
+		// as the command tree's usage errors do.
+		fmt.Fprintf(sess.Stderr(), "draupnir: %v\n", err)
+		return exitUsage
 	}
 	verb := ""
 	if len(args) > 0 {
@@ -404,6 +407,10 @@ func (s *Server) run(sess ssh.Session, p draupnir.Principal) int {
 	}
 	return s.opts.Commands(sess.Context(), p, args, sess, sess, sess.Stderr())
 }
+
+// exitUsage is the exit status of a command line that is wrong, the same
+// as the CLI's (cli.ExitUsage).
+const exitUsage = 2
 
 // fail prints err as one line on stderr and returns exit status 1.
 func (s *Server) fail(sess ssh.Session, p draupnir.Principal, err error) int {

@@ -17,7 +17,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	env := cli.Env{Terminal: isTerminal(os.Stderr)}
+	env := cli.Env{Terminal: isTerminal(os.Stderr), Interactive: isTerminal(os.Stdin) && isTerminal(os.Stderr)}
 	cfg, err := cli.LoadConfig(env)
 	if err != nil {
 		// Carry on with the environment and defaults: help and authenticate

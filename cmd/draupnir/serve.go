@@ -241,6 +241,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	demo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
+	readyFile := fs.String("ready-file", "", "create this file once every door listens (for scripts that wait for the server, e.g. make run)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -354,6 +355,12 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		}()
 	}
 	log.Info("draupnir serving", "version", draupnir.Version, "data_path", cfg.DataPath)
+	if *readyFile != "" {
+		// The waiter removes it before it starts the server.
+		if err := os.WriteFile(*readyFile, nil, 0o644); err != nil {
+			log.Error("could not create the ready file", "err", err)
+		}
+	}
 
 	select {
 	case <-ctx.Done():

@@ -31,7 +31,10 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	}
 	sshLog := log.With("component", "ssh")
 	run := func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-		env := cli.Env{SSH: true, Name: "draupnir", Logger: sshLog, Host: cfg.PublicHostname}
+		env := cli.Env{SSH: true, Name: "draupnir", Logger: sshLog, Host: cfg.PublicHostname, SSHPort: cfg.SSH.Port}
+		if p.Upload {
+			env.SSHUser = draupnir.UploadPrincipal
+		}
 		return cli.Run(ctx, cli.CoreBackend(c.doorImages, c.doorInstances, p), env, args, stdin, stdout, stderr)
 	}
 	srv, err := sshd.New(sshd.Options{
@@ -57,6 +60,7 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 			sshLog.Error("ssh server stopped", "err", err)
 		}
 	}()
-	sshLog.Info("ssh listening", "addr", l.Addr().String())
+	// The server logs "ssh server listening", with the host key's
+	// fingerprint, as it starts serving.
 	return func(ctx context.Context) { srv.Shutdown(ctx) }, nil
 }
