@@ -44,6 +44,7 @@ type Config struct {
 	HTTP      HTTP      `toml:"http"`
 	OAuth     OAuth     `toml:"oauth"`
 	SSH       SSH       `toml:"ssh"`
+	Images    Images    `toml:"images"`
 	Instances Instances `toml:"instances"`
 	Postgres  Postgres  `toml:"postgres"`
 }
@@ -78,6 +79,14 @@ type SSH struct {
 	IdleTimeout          Duration `toml:"idle_timeout"`
 	MaxTimeout           Duration `toml:"max_timeout"`
 	MaxConnections       int      `toml:"max_connections"`
+}
+
+// Images configures how images are made.
+type Images struct {
+	// KeepUploads keeps an image's raw upload (data_path/image_uploads/<id>,
+	// private to root) after the image is ready, for debugging; by default
+	// it is deleted then, since it holds what anonymisation removed.
+	KeepUploads bool `toml:"keep_uploads"`
 }
 
 // Instances configures the postgres instances handed to users.

@@ -85,6 +85,9 @@ start_timeout = "45s"
 [instances.settings]
 work_mem = "64MB"
 
+[images]
+keep_uploads = true
+
 [postgres]
 bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 `)
@@ -118,6 +121,7 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 			UploadAuthorizedKeys: "/etc/draupnir/upload_keys", AuthorizedKeys: "/etc/draupnir/keys",
 			IdleTimeout: Duration{5 * time.Minute}, MaxTimeout: Duration{12 * time.Hour}, MaxConnections: 8,
 		},
+		Images: Images{KeepUploads: true},
 		Instances: Instances{
 			MinPort: 7000, MaxPort: 7100, PostgresUser: "pg", ListenAddresses: "10.0.0.1",
 			Settings: map[string]string{"work_mem": "64MB"}, SuperuserAccess: true,
@@ -276,6 +280,7 @@ func TestLoadEnv(t *testing.T) {
 		{"DRAUPNIR_SHARED_SECRET=with=equals-and-long", func(c *Config) any { return c.SharedSecret }, "with=equals-and-long"},
 		{"DRAUPNIR_SSH_IDLE_TIMEOUT=90s", func(c *Config) any { return c.SSH.IdleTimeout.Duration }, 90 * time.Second},
 		{"DRAUPNIR_INSTANCES_SUPERUSER_ACCESS=true", func(c *Config) any { return c.Instances.SuperuserAccess }, true},
+		{"DRAUPNIR_IMAGES_KEEP_UPLOADS=1", func(c *Config) any { return c.Images.KeepUploads }, true},
 		{"DRAUPNIR_INSTANCES_SETTINGS=work_mem=64MB,max_connections=20",
 			func(c *Config) any { return c.Instances.Settings },
 			map[string]string{"work_mem": "64MB", "max_connections": "20"}},

@@ -143,7 +143,8 @@ func unprocessable(format string, args ...any) error {
 
 // finalise does the work: a writable snapshot of the upload is extracted,
 // booted privately, anonymised and prepared, then frozen read-only. The upload
-// itself is never changed, so a failed finalise can be retried from it.
+// itself is never changed, so a failed finalise can be retried from it; once
+// the image is ready the upload is deleted (unless KeepUploads).
 func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err error) {
 	id := r.ID
 	work := s.workDir(id)
@@ -253,6 +254,13 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if err != nil {
 		btrfs.Delete(s.SnapshotDir(id))
 		return nil, fmt.Errorf("recording image %d as ready: %w", id, err)
+	}
+	// The raw backup is no longer needed, and it holds what the script
+	// removed. Only now: a failed finalise keeps it, for done to retry.
+	if !s.opts.KeepUploads {
+		if err := btrfs.Delete(s.uploadDir(id)); err != nil {
+			s.log.Error("could not delete the upload of a ready image; the next start retries", "image", id, "err", err)
+		}
 	}
 	return &ready.Image, nil
 }

@@ -145,6 +145,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		SnapshotsDir:    cfg.SnapshotsDir(),
 		RunDir:          cfg.RunPath,
 		SuperuserAccess: cfg.Instances.SuperuserAccess,
+		KeepUploads:     cfg.Images.KeepUploads,
 		Log:             log,
 	})
 	c.instances, err = instances.New(instances.Options{
