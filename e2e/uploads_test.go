@@ -424,11 +424,20 @@ func TestUploadsPrivate(t *testing.T) {
 		}
 	})
 
+	// An upload as an older version left it, world-readable.
+	old := newImage(t, anonymise)
+	run(t, s.ssh(t, keys, keys.upload, "scp", open, target(old)))
+	os.Chmod(s.uploadDir(old), 0o755)
+	os.Chmod(filepath.Join(s.uploadDir(old), "base.tar"), 0o644)
+
 	s.stop(syscall.SIGTERM)
 	os.WriteFile(s.config, plain, 0o600)
 	s.start()
 	if _, err := os.Lstat(s.uploadDir(kept)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a kept upload survived a start without images.keep_uploads: %v", err)
+	}
+	if got := readableBy(t, "nobody", s.uploadDir(old)); len(got) != 0 {
+		t.Errorf("an older upload is still readable by nobody after a start: %v", got)
 	}
 	if im, err := up.GetImage(ctx, kept); err != nil || !im.Ready() {
 		t.Errorf("image %d after the start: %v %+v", kept, err, im)
