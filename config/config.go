@@ -51,14 +51,6 @@ type Config struct {
 	Postgres  Postgres  `toml:"postgres"`
 }
 
-// Images configures how images are finalised.
-type Images struct {
-	// ScriptAsSuperuser runs anonymisation scripts as the backup's
-	// superuser instead of as the data owners, with the source's triggers
-	// and rules off meanwhile: for scripts that need a superuser.
-	ScriptAsSuperuser bool `toml:"script_as_superuser"`
-}
-
 // HTTP configures the API's listeners.
 type HTTP struct {
 	Port           int      `toml:"port"`          // HTTPS; 0 disables it
@@ -89,6 +81,18 @@ type SSH struct {
 	IdleTimeout          Duration `toml:"idle_timeout"`
 	MaxTimeout           Duration `toml:"max_timeout"`
 	MaxConnections       int      `toml:"max_connections"`
+}
+
+// Images configures how images are made.
+type Images struct {
+	// KeepUploads keeps an image's raw upload (data_path/image_uploads/<id>,
+	// private to root) after the image is ready, for debugging; by default
+	// it is deleted then, since it holds what anonymisation removed.
+	KeepUploads bool `toml:"keep_uploads"`
+	// ScriptAsSuperuser runs anonymisation scripts as the backup's
+	// superuser instead of as the data owners, with the source's triggers
+	// and rules off meanwhile: for scripts that need a superuser.
+	ScriptAsSuperuser bool `toml:"script_as_superuser"`
 }
 
 // Instances configures the postgres instances handed to users.

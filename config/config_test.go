@@ -86,6 +86,9 @@ disk_limit = "2GiB"
 [instances.settings]
 work_mem = "64MB"
 
+[images]
+keep_uploads = true
+
 [postgres]
 bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 `)
@@ -119,6 +122,7 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 			UploadAuthorizedKeys: "/etc/draupnir/upload_keys", AuthorizedKeys: "/etc/draupnir/keys",
 			IdleTimeout: Duration{5 * time.Minute}, MaxTimeout: Duration{12 * time.Hour}, MaxConnections: 8,
 		},
+		Images: Images{KeepUploads: true},
 		Instances: Instances{
 			MinPort: 7000, MaxPort: 7100, PostgresUser: "pg", ListenAddresses: "10.0.0.1",
 			Settings: map[string]string{"work_mem": "64MB"}, SuperuserAccess: true,
@@ -287,6 +291,7 @@ func TestLoadEnv(t *testing.T) {
 		{"DRAUPNIR_INSTANCES_SUPERUSER_ACCESS=true", func(c *Config) any { return c.Instances.SuperuserAccess }, true},
 		{"DRAUPNIR_INSTANCES_DISK_LIMIT=3G", func(c *Config) any { return c.Instances.DiskLimit }, Size(3 << 30)},
 		{"DRAUPNIR_INSTANCES_DISK_LIMIT=0", func(c *Config) any { return c.Instances.DiskLimit }, Size(0)},
+		{"DRAUPNIR_IMAGES_KEEP_UPLOADS=1", func(c *Config) any { return c.Images.KeepUploads }, true},
 		{"DRAUPNIR_INSTANCES_SETTINGS=work_mem=64MB,max_connections=20",
 			func(c *Config) any { return c.Instances.Settings },
 			map[string]string{"work_mem": "64MB", "max_connections": "20"}},

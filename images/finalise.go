@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -142,7 +143,8 @@ func unprocessable(format string, args ...any) error {
 
 // finalise does the work: a writable snapshot of the upload is extracted,
 // booted privately, anonymised and prepared, then frozen read-only. The upload
-// itself is never changed, so a failed finalise can be retried from it.
+// itself is never changed, so a failed finalise can be retried from it; once
+// the image is ready the upload is deleted (unless KeepUploads).
 func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err error) {
 	id := r.ID
 	work := s.workDir(id)
@@ -314,6 +316,13 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		btrfs.Delete(s.SnapshotDir(id))
 		return nil, fmt.Errorf("recording image %d as ready: %w", id, err)
 	}
+	// The raw backup is no longer needed, and it holds what the script
+	// removed. Only now: a failed finalise keeps it, for done to retry.
+	if !s.opts.KeepUploads {
+		if err := btrfs.Delete(s.uploadDir(id)); err != nil {
+			s.log.Error("could not delete the upload of a ready image; the next start retries", "image", id, "err", err)
+		}
+	}
 	return &ready.Image, nil
 }
 
@@ -420,8 +429,9 @@ func trimOutput(out string, err error) string {
 	return out
 }
 
-// prepareData extracts the archives in work (if any) and moves the data
-// directory to work's root, whatever shape the upload had.
+// prepareData extracts the archives in work (if any), moves the data
+// directory to work's root, whatever shape the upload had, and then checks
+// the tree as it will be used (see checkTree).
 func (s *Service) prepareData(ctx context.Context, work string) error {
 	ents, err := os.ReadDir(work)
 	if err != nil {
@@ -457,8 +467,10 @@ func (s *Service) prepareData(ctx context.Context, work string) error {
 		return err
 	}
 	for _, a := range wal {
+		// An existing pg_wal that is no directory (a link, say) is left
+		// for extraction to refuse.
 		dst := filepath.Join(data, "pg_wal")
-		if err := os.MkdirAll(dst, 0o700); err != nil {
+		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 		if err := extractFile(ctx, filepath.Join(work, a), dst); err != nil {
@@ -466,9 +478,55 @@ func (s *Service) prepareData(ctx context.Context, work string) error {
 		}
 	}
 	if data != work {
-		return hoist(data, work)
+		if err := hoist(data, work); err != nil {
+			return err
+		}
 	}
-	return nil
+	return checkTree(ctx, work)
+}
+
+// checkTree walks the data directory at root as postgres and finalise will
+// use it, after every move, and refuses what it must not hold: symbolic links
+// (where they point depends on where the tree sits, and after a move or in
+// an instance a link that was harmless can reach another image, another
+// instance or the host; see extract.LinkReason), files with more than one
+// name (a write to one would change the other), and anything but regular
+// files and directories. Extraction already makes none of these; this
+// catches what arrived another way (a data directory copied in by hand).
+func checkTree(ctx context.Context, root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == root {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		switch t := d.Type(); {
+		case t.IsDir():
+			return nil
+		case t&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			return unprocessable("the data directory holds a symbolic link, %s -> %s: %s",
+				strconv.Quote(rel), strconv.Quote(target), extract.LinkReason(rel))
+		case !t.IsRegular():
+			return unprocessable("the data directory holds %s, which is neither a file nor a directory (%v)", strconv.Quote(rel), t)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Nlink != 1 {
+			return unprocessable("the data directory holds a hard link: %s has %d names, and a write to one would change the others", strconv.Quote(rel), st.Nlink)
+		}
+		return nil
+	})
 }
 
 var tablespaceArchive = regexp.MustCompile(`^[0-9]+\.(tar|tgz|tar\..*)$`)
@@ -495,7 +553,7 @@ func extractFile(ctx context.Context, archive, dst string) error {
 // locateData finds the data directory: work itself, or the one directory
 // below it that holds PG_VERSION (scp -r of a data directory lands there).
 func locateData(work string) (string, error) {
-	if _, err := os.Stat(filepath.Join(work, "PG_VERSION")); err == nil {
+	if _, err := os.Lstat(filepath.Join(work, "PG_VERSION")); err == nil {
 		return work, nil
 	}
 	ents, err := os.ReadDir(work)
@@ -532,6 +590,9 @@ func locateData(work string) (string, error) {
 // work and removes data.
 func hoist(data, work string) error {
 	tmp := filepath.Join(work, ".draupnir-hoist")
+	if _, err := os.Lstat(tmp); err == nil {
+		return unprocessable("the upload holds %s beside the data directory; remove it", filepath.Base(tmp))
+	}
 	if err := os.Rename(data, tmp); err != nil {
 		return err
 	}

@@ -2,10 +2,10 @@ package images
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -26,15 +27,20 @@ var carriedSettings = regexp.MustCompile(`^\s*(lc_messages|lc_monetary|lc_numeri
 // safe to boot: no TCP, no archiving or replication, no preloaded libraries,
 // trust only on the private unix socket. Instances get their port, sockets
 // and access rules on the command line when they start.
+//
+// It runs as root on a tree from an upload, so it never follows a link: files
+// are read with O_NOFOLLOW, written under a temporary name and renamed over
+// the old one (which replaces a symbolic or hard link instead of writing
+// through it), and removed with unlinkat, all relative to dir.
 func writePrivateConfig(dir string) error {
-	var carried []string
-	if old, err := os.ReadFile(filepath.Join(dir, "postgresql.conf")); err == nil {
-		sc := bufio.NewScanner(bytes.NewReader(old))
-		for sc.Scan() {
-			if carriedSettings.MatchString(sc.Text()) {
-				carried = append(carried, strings.TrimSpace(sc.Text()))
-			}
-		}
+	d, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening the data directory: %w", err)
+	}
+	defer unix.Close(d)
+	carried, err := carriedLines(d, "postgresql.conf")
+	if err != nil {
+		return err
 	}
 	conf := `# Written by draupnir when the image was finalised. The source server's
 # settings were dropped (except locale and formatting ones below); instances
@@ -64,18 +70,84 @@ log_line_prefix = '%m [%p] '
 		"pg_ident.conf":        "",
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			return fmt.Errorf("writing %s: %w", name, err)
+		if err := replaceFile(d, name, content); err != nil {
+			return err
 		}
 	}
 	// A backup of a standby, or a half-configured one, must not boot as a
 	// replica or a recovery target.
 	for _, name := range []string{"standby.signal", "recovery.signal", "recovery.conf", "postmaster.pid", "postmaster.opts"} {
-		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
+		if err := unix.Unlinkat(d, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return configError(name, "removing", err)
 		}
 	}
 	return nil
+}
+
+// maxConfRead bounds how much of the source's postgresql.conf is searched
+// for settings to carry: a real one is a few dozen KiB.
+const maxConfRead = 16 << 20
+
+// carriedLines returns the lines of file name in directory d that set a
+// carried setting. Anything but a regular file (missing, a link, a fifo)
+// carries nothing; it is replaced all the same.
+func carriedLines(d int, name string) ([]string, error) {
+	// O_NONBLOCK: opening a fifo must not hang.
+	fd, err := unix.Openat(d, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, configError(name, "reading", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, nil
+	}
+	var carried []string
+	sc := bufio.NewScanner(io.LimitReader(f, maxConfRead))
+	for sc.Scan() {
+		if carriedSettings.MatchString(sc.Text()) {
+			carried = append(carried, strings.TrimSpace(sc.Text()))
+		}
+	}
+	return carried, nil
+}
+
+// replaceFile makes name in directory d a new regular file (0600) holding
+// content, whatever name was before.
+func replaceFile(d int, name, content string) error {
+	tmp := ".draupnir-" + name + ".tmp"
+	if err := unix.Unlinkat(d, tmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return configError(tmp, "removing", err)
+	}
+	fd, err := unix.Openat(d, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return configError(name, "writing", err)
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(d, tmp, d, name)
+	}
+	if err != nil {
+		unix.Unlinkat(d, tmp, 0)
+		return configError(name, "writing", err)
+	}
+	return nil
+}
+
+// configError reports a failure to write or remove a configuration file; a
+// directory in the way is the upload's fault.
+func configError(name, op string, err error) error {
+	if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+		return unprocessable("the backup's %s is a directory, where draupnir must write or remove a file", name)
+	}
+	return fmt.Errorf("%s %s: %w", op, name, err)
 }
 
 func connect(ctx context.Context, sockDir, user, db string) (*pgx.Conn, error) {

@@ -2,7 +2,8 @@
 // subvolume when one is created, the bytes that arrive by scp, sftp or a
 // streaming upload, and finalising — extracting the backup, booting it
 // privately, running the anonymisation script, preparing it for instances and
-// freezing it as a read-only btrfs snapshot. Finalising is a job owned by the
+// freezing it as a read-only btrfs snapshot, after which the raw upload is
+// deleted. Uploads are private to root. Finalising is a job owned by the
 // service, not by the request that asked for it.
 package images
 
@@ -45,6 +46,7 @@ type Options struct {
 	// rather than as the instance role (the data owners' rights), with the
 	// source's triggers and rules off while it runs.
 	ScriptAsSuperuser bool
+	KeepUploads       bool // keep an image's raw upload once it is ready (debugging)
 	Log               *slog.Logger
 }
 
@@ -211,11 +213,11 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 		return nil, err
 	}
 	dir := s.uploadDir(r.ID)
-	if err := btrfs.CreateSubvolume(dir); err != nil {
+	if err := makeUploadDir(dir); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			// A leftover of an image whose row is gone: its data is nobody's.
 			if err = btrfs.Delete(dir); err == nil {
-				err = btrfs.CreateSubvolume(dir)
+				err = makeUploadDir(dir)
 			}
 		}
 		if err != nil {
@@ -346,10 +348,8 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		} else if err := btrfs.Delete(s.SnapshotDir(r.ID)); err != nil {
 			return err
 		}
-		if ok, _ := btrfs.IsSubvolume(s.uploadDir(r.ID)); !ok && r.State != draupnir.ImageReady {
-			if err := btrfs.CreateSubvolume(s.uploadDir(r.ID)); err != nil {
-				return fmt.Errorf("recreating the upload subvolume of image %d: %w", r.ID, err)
-			}
+		if err := s.reconcileUpload(r); err != nil {
+			return err
 		}
 	}
 	for _, dir := range []string{s.opts.UploadsDir, s.opts.SnapshotsDir} {
@@ -369,6 +369,31 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			if err := btrfs.Delete(path); err != nil {
 				s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
 			}
+		}
+	}
+	return nil
+}
+
+// reconcileUpload gives image r the upload it should have: one to write into
+// and finalise from until it is ready, none afterwards unless uploads are
+// kept (a crash may have come between ready and the deletion). Uploads made
+// by an older version get the private mode.
+func (s *Service) reconcileUpload(r *row) error {
+	dir := s.uploadDir(r.ID)
+	exists, _ := btrfs.IsSubvolume(dir)
+	switch {
+	case r.State == draupnir.ImageReady && exists && !s.opts.KeepUploads:
+		s.log.Info("deleting the upload of a ready image", "image", r.ID)
+		if err := btrfs.Delete(dir); err != nil {
+			return fmt.Errorf("deleting the upload of ready image %d: %w", r.ID, err)
+		}
+	case exists:
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("making the upload of image %d private: %w", r.ID, err)
+		}
+	case r.State != draupnir.ImageReady:
+		if err := makeUploadDir(dir); err != nil {
+			return fmt.Errorf("recreating the upload subvolume of image %d: %w", r.ID, err)
 		}
 	}
 	return nil

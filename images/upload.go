@@ -79,7 +79,7 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 	if err := btrfs.Delete(dir); err != nil {
 		return draupnir.UploadSummary{}, fmt.Errorf("clearing the upload of image %d: %w", id, err)
 	}
-	if err := btrfs.CreateSubvolume(dir); err != nil {
+	if err := makeUploadDir(dir); err != nil {
 		return draupnir.UploadSummary{}, draupnir.StorageError(fmt.Errorf("recreating the upload of image %d: %w", id, err))
 	}
 	limit, err := extractLimit(dir)
@@ -102,6 +102,16 @@ func (s *Service) StreamUpload(ctx context.Context, p draupnir.Principal, id int
 	}
 	s.log.Info("streaming upload done", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration)
 	return sum, nil
+}
+
+// makeUploadDir creates the upload subvolume dir, private to root: a raw
+// backup is production data, unanonymised. What the doors write into it is
+// private too (0600 files, 0700 directories).
+func makeUploadDir(dir string) error {
+	if err := btrfs.CreateSubvolume(dir); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o700)
 }
 
 type countingReader struct {

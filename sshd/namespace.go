@@ -104,6 +104,11 @@ func (n *namespace) begin(loc location) (root int, release func(), err error) {
 	return fd, func() { unix.Close(fd); end() }, nil
 }
 
+// private keeps only the owner's bits of a mode a client asks for (on
+// creation, scp -p or chmod): uploads are production data, and nothing in
+// them is for group or others.
+func private(m fs.FileMode) uint32 { return uint32(m.Perm() & 0o700) }
+
 // resolveFlags keep every lookup below the upload directory and refuse any
 // symbolic link on the way, including the last component.
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
@@ -255,7 +260,7 @@ func (n *namespace) Mkdir(p string, mode fs.FileMode, exclusive bool) error {
 		return fsError(loc, err)
 	}
 	defer unix.Close(pfd)
-	err = unix.Mkdirat(pfd, base, uint32(mode.Perm()))
+	err = unix.Mkdirat(pfd, base, private(mode))
 	if err == unix.EEXIST && !exclusive {
 		var st unix.Stat_t
 		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -378,8 +383,8 @@ func setAttrs(fd int, loc location, a attrs) error {
 		}
 	}
 	if a.mode != nil {
-		// No set-id or sticky bits from clients.
-		if err := unix.Fchmod(fd, uint32(a.mode.Perm())); err != nil {
+		// No set-id or sticky bits from clients, nor access for others.
+		if err := unix.Fchmod(fd, private(*a.mode)); err != nil {
 			return fsError(loc, err)
 		}
 	}
@@ -413,7 +418,7 @@ func (n *namespace) OpenFile(p string, flags int, mode fs.FileMode) (*uploadFile
 	if err != nil {
 		return nil, err
 	}
-	fd, err := openBeneath(root, loc.rel, flags&^os.O_APPEND, uint32(mode.Perm()))
+	fd, err := openBeneath(root, loc.rel, flags&^os.O_APPEND, private(mode))
 	if err != nil {
 		release()
 		return nil, fsError(loc, err)

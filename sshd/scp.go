@@ -322,7 +322,7 @@ func (s *scpSink) sink(target string, targetIsDir bool, depth int) error {
 			if depth+1 >= maxSCPDepth {
 				return s.protocolError(errors.New("directories nested too deeply"))
 			}
-			if err := s.fs.Mkdir(np, rec.mode|0o700); err != nil {
+			if err := s.fs.Mkdir(np, 0o700); err != nil {
 				s.failed = true
 				s.sendError(err)
 				continue
@@ -358,7 +358,7 @@ func (s *scpSink) setstat(p string, rec scpRecord, t *scpRecord) {
 // receiveFile stores one file; only a broken connection or protocol is
 // returned as an error, a refused file is reported to the client.
 func (s *scpSink) receiveFile(p string, rec scpRecord, t *scpRecord) error {
-	f, err := s.fs.Create(p, rec.mode|0o600)
+	f, err := s.fs.Create(p, 0o600)
 	if err != nil {
 		s.failed = true
 		s.sendError(err)

@@ -2,12 +2,14 @@ package sshd
 
 import (
 	"errors"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +17,38 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 )
+
+// checkPrivate fails unless everything below root (root itself is the
+// upload directory, which the images service makes) belongs to root and is
+// closed to group and others: 0700 directories and 0600 files.
+func checkPrivate(t *testing.T, root string) {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p == root {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		want := fs.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || st.Gid != 0 || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v owned by %d:%d, want %v owned by root", p, fi.Mode(), st.Uid, st.Gid, want)
+		}
+		return nil
+	})
+	if n == 0 {
+		t.Errorf("nothing uploaded under %s", root)
+	}
+}
 
 func TestSCPUpload(t *testing.T) {
 	e := newEnv(t)
@@ -55,10 +89,12 @@ func TestSCPUpload(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !fi.ModTime().Equal(mtime) || fi.Mode().Perm() != 0o640 {
-					t.Errorf("scp -p: got mtime %v mode %v, want %v %v", fi.ModTime(), fi.Mode().Perm(), mtime, os.FileMode(0o640))
+				// The source's owner bits, never the group's.
+				if !fi.ModTime().Equal(mtime) || fi.Mode().Perm() != 0o600 {
+					t.Errorf("scp -p: got mtime %v mode %v, want %v %v", fi.ModTime(), fi.Mode().Perm(), mtime, os.FileMode(0o600))
 				}
 			}
+			checkPrivate(t, e.uploads.dir(tt.image))
 		})
 	}
 }
@@ -101,6 +137,7 @@ func TestSCPRecursive(t *testing.T) {
 			if !maps.Equal(got, want) {
 				t.Errorf("uploaded tree differs:\n got %v\nwant %v", got, want)
 			}
+			checkPrivate(t, e.uploads.dir(tt.image))
 		})
 	}
 }
@@ -123,6 +160,11 @@ func TestSFTPBatch(t *testing.T) {
 		"ls -l",
 		"ls wal",
 		"rename third.gz wal/third.gz",
+		// Modes a client asks for keep only the owner's bits.
+		"chmod 644 wal/second.gz",
+		"chmod 755 wal",
+		"mkdir open",
+		"chmod 777 open",
 		"get backup.tar.gz " + filepath.Join(e.dir, "back.gz"),
 	}, "\n")+"\n")
 	if r.code != 0 || r.stderr != "" {
@@ -137,6 +179,7 @@ func TestSFTPBatch(t *testing.T) {
 	if got := fileSum(t, filepath.Join(e.dir, "back.gz")); got != sum {
 		t.Errorf("downloaded copy differs")
 	}
+	checkPrivate(t, dir)
 	for _, want := range []string{"draupnir", "image_uploads", "backup.tar.gz", "second.gz"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("sftp output lacks %q:\n%s", want, r.stdout)
@@ -251,6 +294,7 @@ func TestStreamUpload(t *testing.T) {
 				if !maps.Equal(got, w) {
 					t.Errorf("extracted tree differs:\n got %v\nwant %v", got, w)
 				}
+				checkPrivate(t, dir)
 			} else if n := listAll(t, dir); len(n) != 0 && tt.name != "not a tar" {
 				t.Errorf("refused upload wrote %v", n)
 			}

@@ -228,11 +228,18 @@ func (spec Spec) args(dataDir string) ([]string, error) {
 }
 
 // openLog opens (creating) the log file for appending and returns it with its
-// size before this start, so that errors show only this run's lines.
+// size before this start, so that errors show only this run's lines. The log
+// lives in a data directory that the OS user owns: a link put in its place
+// must not make root append to, and hand over, the file it points at, nor a
+// fifo hang the start (O_NONBLOCK, then only a regular file is accepted).
 func (s *Supervisor) openLog(path string) (*os.File, int64, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open log file: %w", err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("log file %s is not a regular file", path)
 	}
 	if err := f.Chown(s.uid, s.gid); err != nil {
 		f.Close()

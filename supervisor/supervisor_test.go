@@ -642,6 +642,39 @@ func TestChown(t *testing.T) {
 	}
 }
 
+// TestOpenLogRefusesLinks: the log sits in a directory the OS user owns, so
+// it may have been replaced by a link or a fifo; root must neither append to
+// nor chown what a link points at, nor hang on a fifo.
+func TestOpenLogRefusesLinks(t *testing.T) {
+	s := newSupervisor(t)
+	dir := testenv.TempDir(t)
+	target := filepath.Join(dir, "root-owned")
+	if err := os.WriteFile(target, []byte("root's\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink(target, filepath.Join(dir, "absolute.log"))
+	os.Symlink("root-owned", filepath.Join(dir, "relative.log"))
+	syscall.Mkfifo(filepath.Join(dir, "fifo.log"), 0o600)
+	for _, name := range []string{"absolute.log", "relative.log", "fifo.log"} {
+		if f, _, err := s.openLog(filepath.Join(dir, name)); err == nil {
+			f.Close()
+			t.Errorf("%s: opened", name)
+		}
+	}
+	fi, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root's\n" || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("the link's target was written or handed over: %q, uid %d", b, fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	f, _, err := s.openLog(filepath.Join(dir, "plain.log"))
+	if err != nil {
+		t.Fatalf("a plain log: %v", err)
+	}
+	f.Close()
+}
+
 // BenchmarkStart measures start (until ready) + fast stop of a small cluster.
 func BenchmarkStart(b *testing.B) {
 	s := newSupervisor(b)

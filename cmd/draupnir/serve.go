@@ -146,6 +146,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		RunDir:            cfg.RunPath,
 		SuperuserAccess:   cfg.Instances.SuperuserAccess,
 		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
+		KeepUploads:       cfg.Images.KeepUploads,
 		Log:               log,
 	})
 	if major, err := sup.NewestMajor(); err == nil {

@@ -1,9 +1,11 @@
 // Package extract unpacks uploaded PostgreSQL base backups (tar archives,
 // plain or compressed) into a directory, safely and as a stream. The archives
 // come from users and the service runs as root, so every member is treated as
-// hostile: nothing may be written outside the target directory, through a
-// symbolic link, or as a device node, and a malformed or truncated archive is
-// reported as such, naming the member at fault.
+// hostile: nothing may be written outside the target directory or through a
+// symbolic link, no link of either kind and no device node is made (a data
+// directory that an image can use holds none), everything extracted is
+// private to its owner, and a malformed or truncated archive is reported as
+// such, naming the member at fault.
 package extract
 
 import (
@@ -12,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"os"
 	"path"
@@ -51,7 +52,7 @@ const DefaultMaxEntries = 10_000_000
 // Stats describes what an extraction wrote.
 type Stats struct {
 	Bytes int64 // uncompressed bytes of regular files
-	Files int   // regular files, hard links included
+	Files int   // regular files
 	Dirs  int   // directory members
 }
 
@@ -64,17 +65,18 @@ const (
 )
 
 // Tar extracts the tar stream r, plain or compressed (see Decompress), under
-// dir, which must exist. Members are streamed to disk, never held in memory.
+// dir, which must exist and must not be a symbolic link. Members are streamed
+// to disk, never held in memory.
 //
-// Unsafe members (absolute names, names or links that leave dir, symlinks
-// whose target is absolute or climbs out, hard links to anything but a file
-// extracted before, device and fifo nodes, names with NUL, writes through a
-// symlink) and malformed or truncated archives are *draupnir.Error of
-// KindUnprocessable naming the member and the reason; a full disk is
-// KindInsufficientStorage. File modes are kept without setuid, setgid and
-// sticky bits; existing regular files and symlinks are replaced. dir itself
-// is left as it is (its owner and mode are the caller's business). Nothing is
-// synced: the caller syncs once at the end.
+// Unsafe members (absolute names, names that leave dir, symbolic and hard
+// links, device and fifo nodes, names with NUL, writes through a symlink) and
+// malformed or truncated archives are *draupnir.Error of KindUnprocessable
+// naming the member and the reason; a full disk is KindInsufficientStorage.
+// Files get mode 0600 and directories 0700 whatever the archive says: the
+// data is private, and that is what PostgreSQL wants of a data directory.
+// Existing regular files and symlinks are replaced. dir itself is left as it
+// is (its owner and mode are the caller's business). Nothing is synced: the
+// caller syncs once at the end.
 func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
@@ -86,7 +88,13 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 	}
 	defer plain.Close()
 
-	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	// O_NOFOLLOW: a data directory's pg_wal, where WAL archives go, may
+	// itself be a link planted by the upload.
+	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return Stats{}, draupnir.Errorf(draupnir.KindUnprocessable,
+			"cannot extract into %s: it is a symbolic link or not a directory", path.Base(dir))
+	}
 	if err != nil {
 		return Stats{}, fmt.Errorf("opening extraction directory %s: %w", dir, err)
 	}
@@ -98,8 +106,6 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 		buf:     make([]byte, copyBufferSize),
 		umask:   currentUmask(),
 		openat2: !opts.walkOnly,
-		seed:    maphash.MakeSeed(),
-		files:   make(map[uint64]struct{}),
 	}
 	if x.opts.MaxEntries <= 0 {
 		x.opts.MaxEntries = DefaultMaxEntries
@@ -130,11 +136,6 @@ type extractor struct {
 	// lookup per file.
 	cachedPath string
 	cached     int
-
-	// files holds hashes of the regular files extracted so far, which hard
-	// links may point at.
-	seed  maphash.Seed
-	files map[uint64]struct{}
 }
 
 func (x *extractor) close() {
@@ -262,17 +263,40 @@ func (x *extractor) member(tr *tar.Reader, hdr *tar.Header) error {
 		}
 		return unsafeMember(hdr.Name, "names the upload directory itself")
 	}
-	mode := uint32(hdr.Mode) & 0o777 // no setuid, setgid or sticky bits
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		return x.dir(hdr.Name, name, mode)
+		return x.dir(hdr.Name, name)
 	case tar.TypeSymlink:
-		return x.symlink(hdr.Name, name, hdr.Linkname)
+		return unsafeMember(hdr.Name, "symbolic links are not allowed: "+LinkReason(name))
 	case tar.TypeLink:
-		return x.hardlink(hdr.Name, name, hdr.Linkname)
+		return unsafeMember(hdr.Name, "hard links are not allowed: PostgreSQL makes none in a data directory, and "+
+			"two names for one file would let a write to one change the other")
 	default:
-		return x.file(tr, hdr, name, mode)
+		return x.file(tr, hdr, name)
 	}
+}
+
+// Modes of everything extracted: private to the owner, as PostgreSQL
+// requires of a data directory (it accepts no wider than 0750/0640 either).
+const (
+	fileMode = 0o600
+	dirMode  = 0o700
+)
+
+// LinkReason says why a symbolic link at rel (a slash-separated path relative
+// to the data directory) cannot be part of an image. PostgreSQL itself makes links only for tablespaces (pg_tblspc/<oid>) and
+// for a pg_wal kept elsewhere (initdb --waldir); both point outside the data
+// directory, to files that are not in the upload. Any other link is nothing
+// PostgreSQL needs, and once the tree is moved or served it could reach
+// another image's or instance's files, or the host's.
+func LinkReason(rel string) string {
+	switch {
+	case path.Base(path.Dir(rel)) == "pg_tblspc":
+		return "the backup uses tablespaces, which draupnir does not support"
+	case path.Base(rel) == "pg_wal" || path.Base(rel) == "pg_xlog":
+		return "pg_wal is kept outside the data directory (initdb --waldir); upload a backup made with pg_basebackup, which includes the WAL"
+	}
+	return "a PostgreSQL data directory needs none, and a link could reach files outside the image"
 }
 
 // cleanName checks a member name and returns it relative to the target
@@ -331,7 +355,7 @@ func fsError(name, op string, err error) error {
 }
 
 // file writes a regular file, replacing any file or symlink of that name.
-func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string, mode uint32) error {
+func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string) error {
 	if hdr.Size < 0 {
 		return unsafeMember(hdr.Name, "negative size")
 	}
@@ -345,40 +369,39 @@ func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string, mode uint
 		return err
 	}
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_LARGEFILE
-	fd, err := unix.Openat(pfd, base, flags, mode)
+	fd, err := unix.Openat(pfd, base, flags, fileMode)
 	if errors.Is(err, unix.EEXIST) {
 		// A re-upload replaces the file. Unlinking rather than truncating
 		// leaves alone whatever else the old inode is linked as.
 		if err := unix.Unlinkat(pfd, base, 0); err != nil {
 			return fsError(hdr.Name, "removing the existing file", err)
 		}
-		fd, err = unix.Openat(pfd, base, flags, mode)
+		fd, err = unix.Openat(pfd, base, flags, fileMode)
 	}
 	if err != nil {
 		return fsError(hdr.Name, "create", err)
 	}
-	err = x.fill(fd, tr, hdr, mode)
+	err = x.fill(fd, tr, hdr)
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
 		err = fsError(hdr.Name, "close", cerr)
 	}
 	if err != nil {
 		return err
 	}
-	x.files[maphash.String(x.seed, name)] = struct{}{}
 	x.stats.Files++
 	return nil
 }
 
 // fill sets the owner and mode of the new file fd and copies the member's
 // data into it.
-func (x *extractor) fill(fd int, tr *tar.Reader, hdr *tar.Header, mode uint32) error {
+func (x *extractor) fill(fd int, tr *tar.Reader, hdr *tar.Header) error {
 	if x.chown {
 		if err := unix.Fchown(fd, x.opts.UID, x.opts.GID); err != nil {
 			return fsError(hdr.Name, "chown", err)
 		}
 	}
-	if mode&x.umask != 0 {
-		if err := unix.Fchmod(fd, mode); err != nil {
+	if fileMode&x.umask != 0 {
+		if err := unix.Fchmod(fd, fileMode); err != nil {
 			return fsError(hdr.Name, "chmod", err)
 		}
 	}
@@ -420,16 +443,16 @@ func writeAll(fd int, b []byte) error {
 	return nil
 }
 
-// dir creates a directory, or adopts an existing one, and gives it the
-// member's mode and the configured owner.
-func (x *extractor) dir(raw, name string, mode uint32) error {
+// dir creates a directory, or adopts an existing one, and gives it dirMode
+// and the configured owner.
+func (x *extractor) dir(raw, name string) error {
 	parent, base := path.Split(name)
 	pfd, err := x.parent(raw, parent)
 	if err != nil {
 		return err
 	}
 	created := true
-	if err := unix.Mkdirat(pfd, base, mode); errors.Is(err, unix.EEXIST) {
+	if err := unix.Mkdirat(pfd, base, dirMode); errors.Is(err, unix.EEXIST) {
 		created = false
 	} else if err != nil {
 		return fsError(raw, "mkdir", err)
@@ -439,7 +462,7 @@ func (x *extractor) dir(raw, name string, mode uint32) error {
 	if err != nil {
 		return fsError(raw, "open", err)
 	}
-	if err := x.ownDir(fd, mode, created); err != nil {
+	if err := x.ownDir(fd, created); err != nil {
 		unix.Close(fd)
 		return fsError(raw, "set owner and mode", err)
 	}
@@ -448,127 +471,15 @@ func (x *extractor) dir(raw, name string, mode uint32) error {
 	return nil
 }
 
-func (x *extractor) ownDir(fd int, mode uint32, created bool) error {
+func (x *extractor) ownDir(fd int, created bool) error {
 	if x.chown {
 		if err := unix.Fchown(fd, x.opts.UID, x.opts.GID); err != nil {
 			return err
 		}
 	}
-	if !created || mode&x.umask != 0 {
-		return unix.Fchmod(fd, mode)
+	if !created || dirMode&x.umask != 0 {
+		return unix.Fchmod(fd, dirMode)
 	}
-	return nil
-}
-
-// symlink creates a symbolic link whose target must stay inside the upload.
-func (x *extractor) symlink(raw, name, target string) error {
-	if err := checkSymlinkTarget(name, target); err != nil {
-		return unsafeMember(raw, err.Error())
-	}
-	parent, base := path.Split(name)
-	pfd, err := x.parent(raw, parent)
-	if err != nil {
-		return err
-	}
-	err = unix.Symlinkat(target, pfd, base)
-	if errors.Is(err, unix.EEXIST) {
-		if err := unix.Unlinkat(pfd, base, 0); err != nil {
-			return fsError(raw, "removing the existing file", err)
-		}
-		err = unix.Symlinkat(target, pfd, base)
-	}
-	if err != nil {
-		return fsError(raw, "symlink", err)
-	}
-	if x.chown {
-		if err := unix.Fchownat(pfd, base, x.opts.UID, x.opts.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fsError(raw, "chown", err)
-		}
-	}
-	return nil
-}
-
-// checkSymlinkTarget accepts a target that, resolved from the link's
-// directory, stays inside the upload. Beyond the textual check it insists
-// that all ".." come first: "a/../x" is harmless text but, if a is itself a
-// symlink (to "." say), the kernel resolves it to the parent of the upload.
-// With leading ".." only, the climb goes through the link's real parent
-// directories, and every symlink met on the way down is confined the same way.
-func checkSymlinkTarget(name, target string) error {
-	switch {
-	case target == "":
-		return errors.New("symlink with an empty target")
-	case strings.IndexByte(target, 0) >= 0:
-		return errors.New("symlink target contains a NUL byte")
-	case len(target) > maxNameLen:
-		return fmt.Errorf("symlink target is longer than %d bytes", maxNameLen)
-	case strings.HasPrefix(target, "/"):
-		return fmt.Errorf("symlink target %s is absolute", quote(target))
-	}
-	depth := strings.Count(name, "/") // directories above the link, inside the upload
-	up, down := 0, 0
-	for _, c := range strings.Split(target, "/") {
-		switch c {
-		case "", ".":
-		case "..":
-			if down > 0 {
-				return fmt.Errorf("symlink target %s climbs with .. after descending", quote(target))
-			}
-			up++
-		default:
-			down++
-		}
-	}
-	if up > depth {
-		return fmt.Errorf("symlink target %s leaves the upload", quote(target))
-	}
-	return nil
-}
-
-// hardlink links name to a regular file extracted earlier in this archive.
-func (x *extractor) hardlink(raw, name, target string) error {
-	tname, err := cleanName(target)
-	if err != nil {
-		return unsafeMember(raw, "hard link target: "+err.Error())
-	}
-	if tname == name {
-		return unsafeMember(raw, "hard link to itself")
-	}
-	if _, ok := x.files[maphash.String(x.seed, tname)]; !ok {
-		return unsafeMember(raw, fmt.Sprintf("hard link target %s is not a file extracted before it", quote(target)))
-	}
-	tparent, tbase := path.Split(tname)
-	tfd, err := x.open(tparent)
-	if err != nil {
-		return fsError(raw, "opening the hard link target's directory", err)
-	}
-	defer x.release(tfd)
-	// The hash set can collide and the file may have been replaced since:
-	// check what is there now.
-	var st unix.Stat_t
-	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fsError(raw, "checking the hard link target", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return unsafeMember(raw, fmt.Sprintf("hard link target %s is not a regular file", quote(target)))
-	}
-	parent, base := path.Split(name)
-	pfd, err := x.parent(raw, parent)
-	if err != nil {
-		return err
-	}
-	err = unix.Linkat(tfd, tbase, pfd, base, 0)
-	if errors.Is(err, unix.EEXIST) {
-		if err := unix.Unlinkat(pfd, base, 0); err != nil {
-			return fsError(raw, "removing the existing file", err)
-		}
-		err = unix.Linkat(tfd, tbase, pfd, base, 0)
-	}
-	if err != nil {
-		return fsError(raw, "link", err)
-	}
-	x.files[maphash.String(x.seed, name)] = struct{}{}
-	x.stats.Files++
 	return nil
 }
 
@@ -634,7 +545,7 @@ func (x *extractor) open(dir string) (int, error) {
 func (x *extractor) mkdirAll(dir string) (int, error) { return x.walk(dir, true) }
 
 // walk opens dir one component at a time with O_NOFOLLOW, creating missing
-// components (mode 0755 less the umask, as tar does; owned like everything else) if create is set.
+// components (dirMode, owned like everything else) if create is set.
 func (x *extractor) walk(dir string, create bool) (int, error) {
 	cur := x.root
 	for _, c := range strings.Split(dir, "/") {
@@ -644,7 +555,7 @@ func (x *extractor) walk(dir string, create bool) (int, error) {
 		}
 		made := false
 		if create {
-			err := unix.Mkdirat(cur, c, 0o755)
+			err := unix.Mkdirat(cur, c, dirMode)
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				x.release(cur)
 				return -1, err
@@ -659,8 +570,8 @@ func (x *extractor) walk(dir string, create bool) (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		if made && x.chown {
-			if err := unix.Fchown(next, x.opts.UID, x.opts.GID); err != nil {
+		if made {
+			if err := x.ownDir(next, true); err != nil {
 				unix.Close(next)
 				return -1, err
 			}

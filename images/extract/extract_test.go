@@ -45,34 +45,6 @@ func TestIsArchive(t *testing.T) {
 	}
 }
 
-func TestCheckSymlinkTarget(t *testing.T) {
-	tests := []struct {
-		name, target string
-		ok           bool
-	}{
-		{"l", "x", true},
-		{"l", "./x/y", true},
-		{"l", ".", true},
-		{"a/l", "..", true},
-		{"a/l", "../x", true},
-		{"a/b/l", "../../x", true},
-		{"a/b/l", "../../../x", false},
-		{"l", "..", false},
-		{"l", "../x", false},
-		{"l", "/etc", false},
-		{"l", "", false},
-		{"l", "a/../x", false},
-		{"a/l", "../b/../x", false},
-		{"l", "a\x00b", false},
-	}
-	for _, tc := range tests {
-		err := checkSymlinkTarget(tc.name, tc.target)
-		if (err == nil) != tc.ok {
-			t.Errorf("checkSymlinkTarget(%q, %q) = %v, want ok=%v", tc.name, tc.target, err, tc.ok)
-		}
-	}
-}
-
 func TestDecompress(t *testing.T) {
 	plain := tarOf(t, file("a", strings.Repeat("hello ", 1000)))
 	var zst, lz bytes.Buffer
@@ -124,7 +96,7 @@ func TestDecompress(t *testing.T) {
 }
 
 // TestTarValid extracts an archive that uses every supported member type and
-// compares the result with GNU tar's.
+// compares the result with GNU tar's, modes apart: those are private.
 func TestTarValid(t *testing.T) {
 	testenv.RequireRoot(t)
 	uid, gid := testenv.PostgresUser(t)
@@ -137,9 +109,6 @@ func TestTarValid(t *testing.T) {
 		member{name: "d/open", typ: tar.TypeReg, mode: 0o666, body: "umask must not apply"},
 		file("implicit/parent/f", "parents made on the way"),
 		file("empty", ""),
-		symlink("d/up", "../empty"),
-		symlink("dangling", "nowhere"),
-		hardlink("d/hard", "d/secret"),
 		file("big", strings.Repeat("0123456789abcdef", 200_000)), // several copy buffers
 	)
 	for _, walkOnly := range []bool{false, true} {
@@ -149,8 +118,7 @@ func TestTarValid(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("tar -x: %v\n%s", err, out)
 		}
-		os.Chmod(filepath.Join(ref, "d", "setuid"), 0o755) // tar -x keeps setuid; we drop it on purpose
-		os.Chmod(filepath.Join(ref, "d", "sticky"), 0o777)
+		private(t, ref)
 
 		base, dir := sandbox(t)
 		st, err := Tar(context.Background(), bytes.NewReader(archive), dir, Options{UID: uid, GID: gid, walkOnly: walkOnly})
@@ -160,7 +128,7 @@ func TestTarValid(t *testing.T) {
 		sameTree(t, tree(t, dir), tree(t, ref))
 		checkOwner(t, dir, uid, gid)
 		checkConfined(t, base)
-		if want := (Stats{Bytes: 1 + 10 + 20 + 23 + 16*200_000, Files: 7, Dirs: 2}); st != want {
+		if want := (Stats{Bytes: 1 + 10 + 20 + 23 + 16*200_000, Files: 6, Dirs: 2}); st != want {
 			t.Errorf("stats %+v, want %+v", st, want)
 		}
 		if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o755 {
@@ -170,7 +138,8 @@ func TestTarValid(t *testing.T) {
 }
 
 // TestTarReplaces re-extracts over an earlier, partial extraction: files are
-// replaced, not written into, so an inode linked elsewhere stays untouched.
+// replaced, not written into, so an inode linked elsewhere stays untouched,
+// and a symlink left there is replaced rather than written through.
 func TestTarReplaces(t *testing.T) {
 	base, dir := sandbox(t)
 	outsideFile := filepath.Join(base, "keep")
@@ -183,11 +152,14 @@ func TestTarReplaces(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "partial"), []byte("partial upload, longer than the real one"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	archive := tarOf(t, file("f", "new"), file("partial", "whole"), symlink("s", "f"), symlink("s", "partial"), dirm("d"), dirm("d"))
+	if err := os.Symlink("../../keep", filepath.Join(dir, "s")); err != nil {
+		t.Fatal(err)
+	}
+	archive := tarOf(t, file("f", "new"), file("partial", "whole"), file("s", "mine"), dirm("d"), dirm("d"))
 	if _, err := Tar(context.Background(), bytes.NewReader(archive), dir, Options{UID: -1, GID: -1}); err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]string{"f": "new", "partial": "whole", "s": "whole"} {
+	for name, want := range map[string]string{"f": "new", "partial": "whole", "s": "mine"} {
 		if b, _ := os.ReadFile(filepath.Join(dir, name)); string(b) != want {
 			t.Errorf("%s holds %q, want %q", name, b, want)
 		}

@@ -10,7 +10,7 @@ import (
 )
 
 // FuzzTar extracts arbitrary bytes: it must never panic, never write outside
-// the target directory, never leave a symlink that resolves outside it, and
+// the target directory, never leave a link of either kind, and
 // classify every failure as the archive's fault (or the disk's).
 // Seeds: the hostile corpus and some valid archives, plain and gzipped.
 // Run longer with (minimisation is slow on tar-sized inputs, hence the flag):
@@ -24,8 +24,7 @@ func FuzzTar(f *testing.F) {
 		}
 		f.Add(seed)
 	}
-	valid := tarOf(f, dirm("d"), file("d/f", "hello"), symlink("d/l", "f"), hardlink("h", "d/f"),
-		symlink("s", "."), file("a/b/c", strings.Repeat("z", 1000)))
+	valid := tarOf(f, dirm("d"), file("d/f", "hello"), file("h", "world"), file("a/b/c", strings.Repeat("z", 1000)))
 	f.Add(valid)
 	f.Add(gzipped(f, valid))
 	f.Add(zstdOf(f, valid))

@@ -35,22 +35,28 @@ func hostileCorpus() []hostileCase {
 		unprocessable("absolute-etc", "absolute", file("/etc/draupnir-extract-test", "evil")),
 		{name: "absolute-sandbox", want: draupnir.KindUnprocessable, reason: "absolute",
 			archive: func(t testing.TB, outside string) []byte { return tarOf(t, file(outside+"/x", "evil")) }},
-		unprocessable("symlink-etc", "absolute", symlink("etc", "/etc")),
-		unprocessable("symlink-parent-then-write", "leaves the upload", symlink("l", ".."), file("l/x", "evil")),
-		unprocessable("symlink-dot-then-write", "symbolic link", symlink("l", "."), file("l/x", "evil")),
-		unprocessable("symlink-inside-then-write", "symbolic link", dirm("d"), symlink("l", "d"), file("l/x", "evil")),
-		unprocessable("symlink-dir-then-mkdir", "symbolic link", dirm("d"), symlink("l", "d"), dirm("l/sub")),
-		unprocessable("symlink-up-two", "leaves the upload", dirm("a"), symlink("a/l", "../../x")),
-		unprocessable("symlink-climb-after-descend", "climbs", symlink("s", "."), symlink("e", "s/../x")),
-		unprocessable("symlink-empty", "empty target", symlink("l", "")),
-		unprocessable("symlink-replaces-dir", "existing directory", dirm("d"), file("d/f", "x"), symlink("d", ".")),
-		unprocessable("hardlink-etc-passwd", "absolute", hardlink("p", "/etc/passwd")),
-		unprocessable("hardlink-parent", "leaves the upload", hardlink("p", "../x")),
-		unprocessable("hardlink-missing", "not a file extracted before", hardlink("p", "missing")),
-		unprocessable("hardlink-dir", "not a file extracted before", dirm("d"), hardlink("p", "d")),
-		unprocessable("hardlink-self", "itself", file("f", "x"), hardlink("f", "f")),
-		unprocessable("hardlink-to-symlink", "not a file extracted before", symlink("s", "x"), hardlink("p", "s")),
-		unprocessable("hardlink-through-symlink", "not a file extracted before", dirm("d"), file("d/f", "x"), symlink("l", "d"), hardlink("p", "l/f")),
+		// Links of either kind: none is made, wherever it points.
+		unprocessable("symlink-etc", "symbolic links are not allowed", symlink("etc", "/etc")),
+		unprocessable("symlink-parent-then-write", "symbolic links are not allowed", symlink("l", ".."), file("l/x", "evil")),
+		unprocessable("symlink-dot", "symbolic links are not allowed", symlink("l", ".")),
+		unprocessable("symlink-inside", "symbolic links are not allowed", file("f", "x"), symlink("l", "f")),
+		unprocessable("symlink-dangling", "symbolic links are not allowed", symlink("l", "nowhere")),
+		unprocessable("symlink-up-two", "symbolic links are not allowed", dirm("a"), symlink("a/l", "../../x")),
+		// Inside the upload as extracted, outside once pgdata/ is moved up.
+		unprocessable("symlink-nested-config", "symbolic links are not allowed", dirm("pgdata"), file("pgdata/PG_VERSION", "15\n"),
+			symlink("pgdata/pg_ident.conf", "../x")),
+		unprocessable("symlink-other-instance", "symbolic links are not allowed", dirm("pgdata/base/16384"),
+			symlink("pgdata/base/16384/16396", "../../../2/base/16384/16396")),
+		unprocessable("symlink-config-absolute", "symbolic links are not allowed", symlink("postgresql.conf", "/etc/shadow")),
+		unprocessable("symlink-tablespace", "tablespaces", dirm("pg_tblspc"), symlink("pg_tblspc/16385", "/srv/ts")),
+		unprocessable("symlink-pg_wal", "initdb --waldir", symlink("pg_wal", "/srv/wal")),
+		unprocessable("symlink-empty", "symbolic links are not allowed", symlink("l", "")),
+		unprocessable("hardlink-etc-passwd", "hard links are not allowed", hardlink("p", "/etc/passwd")),
+		unprocessable("hardlink-parent", "hard links are not allowed", hardlink("p", "../x")),
+		unprocessable("hardlink-inside", "hard links are not allowed", file("f", "x"), hardlink("p", "f")),
+		unprocessable("hardlink-missing", "hard links are not allowed", hardlink("p", "missing")),
+		unprocessable("hardlink-config", "hard links are not allowed", dirm("base/1"), file("base/1/1259", "x"), hardlink("pg_hba.conf", "base/1/1259")),
+		unprocessable("hardlink-self", "hard links are not allowed", file("f", "x"), hardlink("f", "f")),
 		unprocessable("char-device", "device", member{name: "null", typ: tar.TypeChar, mode: 0o666}),
 		unprocessable("block-device", "device", member{name: "sda", typ: tar.TypeBlock, mode: 0o666}),
 		unprocessable("fifo", "fifo", member{name: "p", typ: tar.TypeFifo, mode: 0o666}),
@@ -150,7 +156,7 @@ func TestTarRefusesHostileArchives(t *testing.T) {
 // directory some other way than by the archive.
 func TestTarRefusesPreexistingSymlinks(t *testing.T) {
 	for _, walkOnly := range []bool{false, true} {
-		for _, m := range []member{file("evil/x", "x"), dirm("evil/d"), symlink("evil/l", "."), file("evil", "x")} {
+		for _, m := range []member{file("evil/x", "x"), dirm("evil/d"), dirm("evil/d/e"), file("evil", "x")} {
 			base, dir := sandbox(t)
 			outside := filepath.Join(base, "parent")
 			if err := os.Symlink(outside, filepath.Join(dir, "evil")); err != nil {
