@@ -57,6 +57,9 @@ fsync = off
 full_page_writes = off
 wal_level = minimal
 max_wal_senders = 0
+# The source's subscriptions would connect to its publisher (production)
+# as soon as the backup boots; finalise drops them.
+max_logical_replication_workers = 0
 archive_mode = off
 max_wal_size = 256MB
 min_wal_size = 32MB
