@@ -409,7 +409,12 @@ func TestUploadsPrivate(t *testing.T) {
 		// them, and they hold no secret.
 		control := filepath.Join(testenv.TempDir(t), "public")
 		os.WriteFile(control, []byte("x"), 0o644)
-		want := []string{filepath.Join(s.runPath, "instance_pg_hba.conf"), control}
+		// The rules' file is named after a hash of its contents.
+		hba, _ := filepath.Glob(filepath.Join(s.runPath, "instance_pg_hba*.conf"))
+		if len(hba) != 1 {
+			t.Fatalf("instance access rules: %v, want one file", hba)
+		}
+		want := []string{hba[0], control}
 		got := readableBy(t, "nobody", s.dataPath, s.runPath, control)
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("readable by nobody (only %v should be):\n%s", want, strings.Join(got, "\n"))
