@@ -24,6 +24,7 @@ run: build
 # Unit and integration tests (real btrfs, postgres and OpenSSH), then each
 # fuzz target briefly.
 test: build
+	@test "$$(id -u)" = 0 || { echo "make test needs root (loop btrfs, postgres as its own user); as a normal user, go test ./... runs the unit tests and skips the rest" >&2; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
