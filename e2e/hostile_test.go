@@ -153,6 +153,12 @@ func hostileSource(t *testing.T) *testenv.Source {
 	src.SQL(t, "postgres", "ALTER DATABASE template0 ALLOW_CONNECTIONS false")
 	// The traps fired while they were set; only what finalise fires counts.
 	src.SQL(t, "shop", "DELETE FROM public.pwned")
+	// Last: they change every later session on the source too.
+	src.SQL(t, "postgres", `ALTER ROLE ALL SET session_preload_libraries = 'auto_explain';
+ALTER DATABASE shop SET dynamic_library_path = '/tmp';
+ALTER DATABASE shop SET session_replication_role = replica;
+ALTER DATABASE shop SET work_mem = '8MB';
+ALTER DATABASE shop SET myapp.tenant = 'acme'`)
 	return src
 }
 
@@ -251,6 +257,21 @@ func TestHostileSource(t *testing.T) {
 		}
 		if got := mustPSQL(t, in, "SET ROLE app; SELECT count(*) FROM pg_user_mappings WHERE umoptions IS NOT NULL"); got != "0" {
 			t.Errorf("%s user mappings keep their options (production credentials)", got)
+		}
+	})
+
+	t.Run("only settings any user may make survive on roles and databases", func(t *testing.T) {
+		got := mustPSQL(t, in, "SELECT string_agg(array_to_string(setconfig, ','), ';') FROM pg_db_role_setting")
+		for _, planted := range []string{"session_preload_libraries", "dynamic_library_path", "session_replication_role"} {
+			if strings.Contains(got, planted) {
+				t.Errorf("the source's %s survived on a role or database: %s", planted, got)
+			}
+		}
+		if got := mustPSQL(t, in, "SELECT current_setting('session_replication_role')"); got != "origin" {
+			t.Errorf("instance sessions run with session_replication_role = %s", got)
+		}
+		if got := mustPSQL(t, in, "SELECT current_setting('work_mem') || '|' || current_setting('myapp.tenant')"); got != "8MB|acme" {
+			t.Errorf("the application's own settings were lost: %s", got)
 		}
 	})
 

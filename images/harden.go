@@ -142,14 +142,102 @@ func (c *cluster) harden(ctx context.Context, base *baseline) (*hardening, error
 	}); err != nil {
 		return h, err
 	}
-	if c.major >= 15 {
-		// Parameter privileges (GRANT SET / ALTER SYSTEM ON PARAMETER): a fresh
-		// cluster has none.
-		if err := exec(ctx, conn, "DELETE FROM pg_catalog.pg_parameter_acl"); err != nil {
-			return h, err
-		}
+	if err := h.shared(ctx, conn); err != nil {
+		return h, err
 	}
 	return h, nil
+}
+
+// shared resets what the source set cluster-wide: parameter privileges
+// (GRANT SET / ALTER SYSTEM ON PARAMETER; a fresh cluster has none), and the
+// ALTER ROLE / ALTER DATABASE … SET settings that only a superuser can make
+// (session_preload_libraries could load a file planted in the backup into
+// every instance session, as the postgres OS user). Settings any user may
+// make — search_path, work_mem, an application's own — stay: they are part
+// of how the data is used.
+func (h *hardening) shared(ctx context.Context, conn *pgx.Conn) error {
+	if h.c.major >= 15 {
+		if err := exec(ctx, conn, "DELETE FROM pg_catalog.pg_parameter_acl"); err != nil {
+			return err
+		}
+	}
+	userSettable := map[string]bool{}
+	rows, err := conn.Query(ctx, `SELECT s.name, s.context OPERATOR(pg_catalog.=) 'user'::pg_catalog.text FROM pg_catalog.pg_show_all_settings() s`)
+	if err != nil {
+		return fmt.Errorf("listing settings: %w", err)
+	}
+	for rows.Next() {
+		var name string
+		var user bool
+		if err := rows.Scan(&name, &user); err != nil {
+			return err
+		}
+		userSettable[strings.ToLower(name)] = user
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	type setting struct {
+		db, role uint32
+		config   []string
+	}
+	var settings []setting
+	rows, err = conn.Query(ctx, `SELECT setdatabase, setrole, setconfig FROM pg_catalog.pg_db_role_setting`)
+	if err != nil {
+		return fmt.Errorf("listing role and database settings: %w", err)
+	}
+	for rows.Next() {
+		var st setting
+		if err := rows.Scan(&st.db, &st.role, &st.config); err != nil {
+			return err
+		}
+		settings = append(settings, st)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var stmts []string
+	for _, st := range settings {
+		var keep []string
+		for _, kv := range st.config {
+			name, _, _ := strings.Cut(kv, "=")
+			name = strings.ToLower(name)
+			if keepSetting(name, userSettable) {
+				keep = append(keep, kv)
+			}
+		}
+		if len(keep) == len(st.config) {
+			continue
+		}
+		where := " WHERE setdatabase OPERATOR(pg_catalog.=) '" + strconv.FormatUint(uint64(st.db), 10) + "'::pg_catalog.oid" +
+			" AND setrole OPERATOR(pg_catalog.=) '" + strconv.FormatUint(uint64(st.role), 10) + "'::pg_catalog.oid"
+		if len(keep) == 0 {
+			stmts = append(stmts, "DELETE FROM pg_catalog.pg_db_role_setting"+where)
+			continue
+		}
+		elems := make([]string, len(keep))
+		for i, kv := range keep {
+			elems[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(kv) + `"`
+		}
+		stmts = append(stmts, "UPDATE pg_catalog.pg_db_role_setting SET setconfig = "+
+			quoteLiteral("{"+strings.Join(elems, ",")+"}")+"::pg_catalog.text[]"+where)
+	}
+	return exec(ctx, conn, stmts...)
+}
+
+// keepSetting reports whether a role or database setting of the source may
+// stay: parameters any user may set, and the custom ones of applications
+// (a dotted name no loaded module defines) — but not those that pick the
+// session's identity.
+func keepSetting(name string, userSettable map[string]bool) bool {
+	switch name {
+	case "role", "session_authorization":
+		return false
+	}
+	if user, known := userSettable[name]; known {
+		return user
+	}
+	return strings.Contains(name, ".")
 }
 
 // again repeats the hardening after the script, which may have created
@@ -189,10 +277,7 @@ func (h *hardening) again(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if h.c.major >= 15 {
-		return exec(ctx, conn, "DELETE FROM pg_catalog.pg_parameter_acl")
-	}
-	return nil
+	return h.shared(ctx, conn)
 }
 
 // eachDatabase runs fn on a fresh pinned session in every database of dbs.

@@ -95,3 +95,17 @@ func TestScriptError(t *testing.T) {
 		})
 	}
 }
+
+func TestKeepSetting(t *testing.T) {
+	user := map[string]bool{"search_path": true, "work_mem": true, "session_preload_libraries": false,
+		"dynamic_library_path": false, "role": true, "session_authorization": true, "log_statement": false}
+	for name, want := range map[string]bool{
+		"search_path": true, "work_mem": true, "myapp.tenant": true,
+		"session_preload_libraries": false, "dynamic_library_path": false, "log_statement": false,
+		"role": false, "session_authorization": false, "no_such_setting": false,
+	} {
+		if got := keepSetting(name, user); got != want {
+			t.Errorf("keepSetting(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
