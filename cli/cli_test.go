@@ -505,7 +505,7 @@ func TestConcurrentRuns(t *testing.T) {
 func TestAuthenticateAndConfig(t *testing.T) {
 	dir := t.TempDir()
 	env := Env{ConfigDir: dir, Getenv: func(string) string { return "" }}
-	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/", "--token", "-")
+	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/", "--token", "-", "--no-check")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -526,7 +526,7 @@ func TestAuthenticateAndConfig(t *testing.T) {
 	}
 
 	// --token replaces the token and keeps the URL.
-	if r := run(t, newFakeBackend(), env, "", "authenticate", "--token", "tok2"); r.code != 0 {
+	if r := run(t, newFakeBackend(), env, "", "authenticate", "--token", "tok2", "--no-check"); r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	if cfg, _ := LoadConfig(env); cfg.Token != "tok2" || cfg.URL != "https://draupnir.example.com" {
@@ -579,7 +579,7 @@ func TestBrokenConfigFile(t *testing.T) {
 		t.Errorf("config %+v, want defaults and the environment", cfg)
 	}
 	// authenticate repairs it.
-	if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, "", "authenticate", "--token", "new"); r.code != 0 {
+	if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, "", "authenticate", "--token", "new", "--no-check"); r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	if cfg, err := LoadConfig(Env{ConfigDir: dir, Getenv: func(string) string { return "" }}); err != nil || cfg.Token != "new" {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/client"
 )
 
 // DefaultURL is the server the client talks to when nothing says otherwise.
@@ -89,6 +93,53 @@ func loadConfigFile(env Env, cfg *Config) error {
 	return nil
 }
 
+// tokenFrom says where LoadConfig(env) takes the token from: "DRAUPNIR_TOKEN",
+// the configuration file's path, or "" when neither has one.
+func tokenFrom(env Env) string {
+	if getenv(env)("DRAUPNIR_TOKEN") != "" {
+		return "DRAUPNIR_TOKEN"
+	}
+	var cfg Config
+	if loadConfigFile(env, &cfg) == nil && cfg.Token != "" {
+		if path, err := configPath(env); err == nil {
+			return path
+		}
+	}
+	return ""
+}
+
+// unauthorized is the CLI's word for the server's 401: how to log in, or
+// which token the server refused and how to replace it.
+func (a *app) unauthorized() string {
+	cfg, _ := LoadConfig(a.env) // what main gave the client
+	name := a.env.name()
+	switch from := tokenFrom(a.env); from {
+	case "":
+		return fmt.Sprintf("not logged in: set DRAUPNIR_TOKEN or run %s authenticate", name)
+	case "DRAUPNIR_TOKEN":
+		return fmt.Sprintf("the server at %s does not accept the access token in DRAUPNIR_TOKEN (mistyped, expired or revoked): "+
+			"set DRAUPNIR_TOKEN to a valid token, or unset it and run %s authenticate", cfg.URL, name)
+	default:
+		return fmt.Sprintf("the server at %s does not accept the access token stored in %s (expired, revoked, or for another server): "+
+			"run %s authenticate to log in again", cfg.URL, from, name)
+	}
+}
+
+// checkToken asks the server at serverURL whether it accepts token, with a
+// request that any principal may make.
+func checkToken(ctx context.Context, serverURL, token string) error {
+	_, err := client.New(serverURL, token).ListImages(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case draupnir.KindOf(err) == draupnir.KindUnauthorized:
+		// Not wrapped: this is not the stored token's 401 that report
+		// rewords.
+		return fmt.Errorf("the server at %s does not accept this token (mistyped, expired, revoked, or for another server); nothing was stored", serverURL)
+	}
+	return fmt.Errorf("could not check the token with the server at %s, so nothing was stored (--no-check stores it unchecked): %w", serverURL, err)
+}
+
 // HostOf returns the host name of a server URL, for Env.Host.
 func HostOf(serverURL string) string {
 	u, err := url.Parse(serverURL)
@@ -100,10 +151,10 @@ func HostOf(serverURL string) string {
 
 func (a *app) authenticateCmd() *cobra.Command {
 	var token, serverURL string
-	var noBrowser bool
+	var noBrowser, noCheck bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "authenticate [--url URL] [--no-browser | --token TOKEN]",
+		Use:   "authenticate [--url URL] [--no-browser | --token TOKEN [--no-check]]",
 		Short: "Log in and store your access token",
 		Long: `Log in through your organisation's identity provider and store the server's
 URL and your access token in a file only you can read (` + "`draupnir/config.json`" + `
@@ -114,8 +165,12 @@ The login runs in a browser: $BROWSER if set, else the system's browser. With
 display), the URL to open is printed instead; open it in a browser on this
 machine, since the login ends with a redirect to a listener on 127.0.0.1.
 
+If the server cannot log anyone in (no login configured, its identity
+provider down), authenticate says why at once and opens nothing.
+
 --token stores a token you already have instead ("-" reads it from standard
-input). DRAUPNIR_URL and DRAUPNIR_TOKEN, when set, take precedence over the
+input), once the server has accepted it; --no-check stores it without asking
+(offline). DRAUPNIR_URL and DRAUPNIR_TOKEN, when set, take precedence over the
 stored values.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -146,7 +201,15 @@ stored values.`,
 				if token == "" {
 					return usagef(cmd, "the token is empty")
 				}
+				if !noCheck {
+					if err := checkToken(cmd.Context(), cfg.URL, token); err != nil {
+						return err
+					}
+				}
 			} else {
+				if noCheck {
+					return usagef(cmd, "--no-check goes with --token: a login's token comes from the server")
+				}
 				if timeout <= 0 {
 					return usagef(cmd, "--timeout must be positive")
 				}
@@ -161,17 +224,24 @@ stored values.`,
 			if err != nil {
 				return err
 			}
-			if who != "" {
-				_, err = fmt.Fprintf(a.stderr, "Logged in to %s as %s; the token is stored in %s.\n", cfg.URL, who, path)
-				return err
+			switch {
+			case who != "":
+				fmt.Fprintf(a.stderr, "Logged in to %s as %s; the token is stored in %s.\n", cfg.URL, who, path)
+			case noCheck:
+				fmt.Fprintf(a.stderr, "Stored the token for %s in %s without checking it.\n", cfg.URL, path)
+			default:
+				fmt.Fprintf(a.stderr, "The server at %s accepts the token; it is stored in %s.\n", cfg.URL, path)
 			}
-			_, err = fmt.Fprintf(a.stderr, "Stored the token for %s in %s.\n", cfg.URL, path)
-			return err
+			if getenv(a.env)("DRAUPNIR_TOKEN") != "" {
+				fmt.Fprintln(a.stderr, "DRAUPNIR_TOKEN is set and takes precedence over the stored token: unset it to use this one.")
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&token, "token", "", `store this access token instead of logging in ("-": read it from standard input)`)
 	cmd.Flags().StringVar(&serverURL, "url", "", "the server's URL (default: the stored one, or "+DefaultURL+")")
 	cmd.Flags().BoolVar(&noBrowser, "no-browser", false, "print the login URL instead of opening a browser")
+	cmd.Flags().BoolVar(&noCheck, "no-check", false, "with --token: store it without asking the server whether it accepts it")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long to wait for the login to finish")
 	cmd.MarkFlagsMutuallyExclusive("token", "no-browser")
 	return cmd

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/client"
 )
 
@@ -37,11 +38,6 @@ func randomURLString(n int) string {
 // process's PKCE verifier. It returns the issued token.
 func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool, timeout time.Duration) (client.Token, error) {
 	c := client.New(serverURL, "")
-	// Fail now, not after the person has logged in, if the server is not
-	// there.
-	if _, err := c.ServerVersion(ctx); err != nil {
-		return client.Token{}, err
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return client.Token{}, fmt.Errorf("listening on the loopback interface for the login: %w", err)
@@ -94,7 +90,13 @@ func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool
 	go srv.Serve(l)
 	defer srv.Close()
 
-	loginURL := c.LoginURL(redirectURI, state, challenge)
+	// The CLI takes the login's first step itself, so that a server that
+	// cannot log anyone in (none configured, its identity provider down)
+	// says so now rather than in a browser while the CLI waits.
+	loginURL, err := c.BeginLogin(ctx, redirectURI, state, challenge)
+	if err != nil {
+		return client.Token{}, loginError(serverURL, err)
+	}
 	opened := false
 	if !noBrowser {
 		if err := a.openBrowser(loginURL); err == nil {
@@ -130,6 +132,16 @@ func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool
 		desc += " on " + host
 	}
 	return c.RedeemLogin(ctx, res.code, verifier, redirectURI, desc)
+}
+
+// loginError explains why a login could not start; a server that cannot be
+// reached is already said to be so.
+func loginError(serverURL string, err error) error {
+	var de *draupnir.Error
+	if errors.As(err, &de) && de.Err != nil {
+		return err // a transport error: "cannot reach the Draupnir server at …"
+	}
+	return fmt.Errorf("cannot log in at %s: %w", serverURL, err)
 }
 
 // openBrowser opens url with $BROWSER if set (a command, or a

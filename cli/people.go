@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/client"
 )
 
@@ -111,31 +112,79 @@ func (a *app) logoutCmd() *cobra.Command {
 		Use:    "logout",
 		Short:  "Revoke this client's access token and forget it",
 		Hidden: a.env.SSH,
-		Args:   exactArgs(0),
+		Long: `Revoke the access token this client uses on the server, and remove it from
+the configuration file. The token is forgotten locally whatever the server
+answers: a token configured on the server (the upload principal's shared
+secret, say) cannot be revoked by logging out and stays valid until the
+operator changes it. DRAUPNIR_TOKEN cannot be unset for you: unset it too.`,
+		Args: exactArgs(0),
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := a.people(cmd)
 			return err
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, _ := a.people(cmd)
-			if err := p.Logout(cmd.Context()); err != nil {
+			from := tokenFrom(a.env)
+			if from == "" {
+				_, err := fmt.Fprintln(a.stderr, "Not logged in (no DRAUPNIR_TOKEN, no stored token): nothing to do.")
 				return err
 			}
-			cfg, err := LoadConfig(Env{ConfigDir: a.env.ConfigDir, Getenv: func(string) string { return "" }})
-			if err == nil && cfg.Token != "" {
-				cfg.Token = ""
-				if _, err := storeConfig(a.env, cfg); err != nil {
-					return err
-				}
+			// Revoke first, while the client holds the token; forget it
+			// whatever the server says.
+			revokeErr := p.Logout(cmd.Context())
+			forgot, forgetErr := forgetToken(a.env)
+
+			var parts []string
+			switch {
+			case forgot != "" && forgot == from:
+				parts = append(parts, "removed the token from "+forgot)
+			case forgot != "":
+				parts = append(parts, "removed the stored token from "+forgot)
 			}
-			msg := "Logged out: the token is revoked and forgotten.\n"
-			if getenv(a.env)("DRAUPNIR_TOKEN") != "" {
-				msg = "Logged out: the token is revoked; unset DRAUPNIR_TOKEN too.\n"
+			fail := false
+			switch k := draupnir.KindOf(revokeErr); {
+			case revokeErr == nil:
+				parts = append(parts, "the server revoked the token")
+			case k == draupnir.KindUnauthorized:
+				parts = append(parts, "the server had already stopped accepting the token (expired or revoked)")
+			case k == draupnir.KindForbidden || k == draupnir.KindConflict || k == draupnir.KindNotFound:
+				// 403: the upload principal; 409: a configured user token;
+				// 404: a server without revocable tokens.
+				parts = append(parts, "the server did not revoke the token: it is configured there (such as the upload "+
+					"principal's shared secret) and stays valid until the server's operator changes it")
+			default:
+				parts = append(parts, "but the token could not be revoked on the server ("+oneLine(revokeErr.Error())+
+					"), so it stays valid until it expires or 'tokens revoke' revokes it from another login")
+				fail = true
 			}
-			_, err = fmt.Fprint(a.stderr, msg)
-			return err
+			if from == "DRAUPNIR_TOKEN" {
+				parts = append(parts, "unset DRAUPNIR_TOKEN in your shell too")
+			}
+			msg := "Logged out: " + strings.Join(parts, "; ")
+			fmt.Fprintln(a.stderr, msg+".")
+			switch {
+			case forgetErr != nil:
+				return forgetErr
+			case fail:
+				return &exitError{code: ExitFailure}
+			}
+			return nil
 		},
 	}
+}
+
+// forgetToken removes the token from the configuration file, keeping the
+// URL, and returns the file's path if it held one.
+func forgetToken(env Env) (string, error) {
+	var cfg Config
+	if err := loadConfigFile(env, &cfg); err != nil {
+		return "", fmt.Errorf("the stored token could not be removed: %w", err)
+	}
+	if cfg.Token == "" {
+		return "", nil
+	}
+	cfg.Token = ""
+	return storeConfig(env, cfg)
 }
 
 func (a *app) keysCmd() *cobra.Command {

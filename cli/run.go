@@ -171,6 +171,9 @@ func (a *app) report(cmd *cobra.Command, err error) int {
 		return ExitUsage
 	}
 	msg := err.Error()
+	if !a.env.SSH && draupnir.KindOf(err) == draupnir.KindUnauthorized {
+		msg = a.unauthorized()
+	}
 	if a.env.SSH {
 		// Internal errors of the core may carry paths and other details that
 		// are for the operator, not the client.

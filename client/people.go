@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -57,6 +59,47 @@ func (c *Client) LoginURL(redirectURI, state, challenge string) string {
 		"code_challenge_method": {"S256"},
 	}
 	return c.base + "/authenticate?" + q.Encode()
+}
+
+// BeginLogin starts a login as the browser would by opening LoginURL, but
+// without following the server's redirect: it returns the identity
+// provider's URL that the browser is to open. A server that cannot start a
+// login (none configured, the provider unreachable, a parameter refused)
+// answers with an error here, before anyone waits for a browser.
+func (c *Client) BeginLogin(ctx context.Context, redirectURI, state, challenge string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.LoginURL(redirectURI, state, challenge), nil)
+	if err != nil {
+		return "", fmt.Errorf("bad server URL %q: %w", c.base, err)
+	}
+	// Our version asks for errors in our shape; the route needs no token.
+	req.Header.Set(wire.HeaderVersion, c.version)
+	req.Header.Set("Accept", "application/json")
+	hc := *c.http
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", c.unreachable(req, err)
+	}
+	defer resp.Body.Close()
+	body := io.LimitReader(resp.Body, maxResponseBytes)
+	if resp.StatusCode != http.StatusFound {
+		if resp.StatusCode < 400 {
+			return "", fmt.Errorf("%s %s: unexpected answer %s; is it a Draupnir server?", req.Method, req.URL.Redacted(), resp.Status)
+		}
+		return "", c.responseError(req, resp, body)
+	}
+	_, _ = io.Copy(io.Discard, body)
+	// The browser is told to open this, so only a web page will do: never
+	// another scheme a desktop would hand to some other program.
+	raw := resp.Header.Get("Location")
+	loc, err := url.Parse(raw)
+	if err != nil || (loc.Scheme != "https" && loc.Scheme != "http") || loc.Host == "" || loc.User != nil {
+		if len(raw) > 200 {
+			raw = raw[:200] + "…"
+		}
+		return "", fmt.Errorf("%s sent the login to %q, which is not an http(s) URL", c.base, raw)
+	}
+	return loc.String(), nil
 }
 
 // RedeemLogin exchanges the one-time code of a login for an access token

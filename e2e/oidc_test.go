@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -386,6 +387,10 @@ func TestOIDCLogin(t *testing.T) {
 		if loginURL == "" {
 			t.Fatalf("no login URL printed:\n%s", out.String())
 		}
+		// The CLI took the first step itself: the URL is the provider's.
+		if !strings.HasPrefix(loginURL, e.idp.Issuer()) {
+			t.Errorf("login URL %s is not the identity provider's (%s)", loginURL, e.idp.Issuer())
+		}
 		// curl stands in for the browser.
 		if b, err := exec.Command("curl", "-sSfL", "--max-redirs", "10", loginURL).CombinedOutput(); err != nil {
 			t.Fatalf("curl -L: %v\n%s", err, b)
@@ -415,11 +420,31 @@ func TestOIDCLogin(t *testing.T) {
 		if out, err := run("tokens", "list"); err != nil || !strings.Contains(out, "*") {
 			t.Fatalf("tokens list: %v\n%s", err, out)
 		}
-		if out, err := run("logout"); err != nil {
+		stored, err := os.ReadFile(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct{ Token string }
+		if err := json.Unmarshal(stored, &cfg); err != nil || cfg.Token == "" {
+			t.Fatalf("stored config %s: %v", stored, err)
+		}
+		if out, err := run("logout"); err != nil || !strings.Contains(out, "the server revoked the token") {
 			t.Fatalf("logout: %v\n%s", err, out)
 		}
-		if out, err := run("instances", "list"); err == nil {
-			t.Fatalf("instances list after logout succeeded:\n%s", out)
+		if b, err := os.ReadFile(cfgPath); err != nil || strings.Contains(string(b), cfg.Token) {
+			t.Errorf("the token is still in %s after logout (%v)", cfgPath, err)
+		}
+		if out, err := run("instances", "list"); err == nil || !strings.Contains(out, "not logged in") {
+			t.Fatalf("instances list after logout: %v\n%s", err, out)
+		}
+		// The revoked token, given back, is refused by the server, and
+		// named by where it came from.
+		env = append(env, "DRAUPNIR_TOKEN="+cfg.Token)
+		if out, err := run("instances", "list"); err == nil || !strings.Contains(out, "does not accept the access token in DRAUPNIR_TOKEN") {
+			t.Fatalf("instances list with the revoked token: %v\n%s", err, out)
+		}
+		if out, err := run("authenticate", "--token", cfg.Token); err == nil || !strings.Contains(out, "does not accept this token") {
+			t.Fatalf("authenticate --token with the revoked token: %v\n%s", err, out)
 		}
 	})
 
@@ -440,6 +465,35 @@ func TestOIDCLogin(t *testing.T) {
 		os.Unsetenv("DRAUPNIR_ENVIRONMENT") // t.Setenv restores it at the end; the server restarts now
 		e.s.start()
 	})
+}
+
+// TestOIDCProviderDown: with an identity provider that cannot be reached,
+// the real draupnir-client authenticate stops at once with the server's
+// reason, before it offers a URL or waits for a browser.
+func TestOIDCProviderDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
+	t.Setenv("DRAUPNIR_TRUSTED_USER_EMAIL_DOMAIN", "@example.com")
+	s := startServer(t, fmt.Sprintf("[oauth]\nissuer_url = %q\nclient_id = \"c\"\nclient_secret = \"s\"\nredirect_url = \"http://127.0.0.1:1/oauth_callback\"\n", dead))
+	home := testenv.TempDir(t)
+	cmd := exec.Command(bins.client, "authenticate", "--no-browser", "--timeout", "60s")
+	cmd.Env = append(cleanEnv(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "DRAUPNIR_URL="+s.url)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("authenticate: %v, want exit 1\n%s", err, out)
+	}
+	if want := "cannot log in at " + s.url + ": the identity provider " + dead + " cannot be reached"; !strings.Contains(string(out), want) ||
+		strings.Contains(string(out), "open this URL") || strings.Contains(string(out), "Waiting") {
+		t.Errorf("authenticate said:\n%s\nwant only %q", out, want)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".config", "draupnir", "config.json")); err == nil {
+		t.Error("a configuration was stored")
+	}
 }
 
 // cleanEnv is the test's environment without DRAUPNIR_ variables and

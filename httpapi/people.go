@@ -72,7 +72,8 @@ func (a *api) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
 func (a *api) loginConfigured() error {
 	if a.login == nil {
 		return newError(http.StatusServiceUnavailable, codeUnavailable,
-			"this server has no login configured (oauth.client_id, oauth.client_secret, oauth.redirect_url)")
+			"this server has no login configured (oauth.client_id, oauth.client_secret, oauth.redirect_url); "+
+				"ask its operator for an access token and store it with `draupnir-client authenticate --token -`")
 	}
 	return nil
 }
