@@ -106,30 +106,37 @@ type tableTrigger struct {
 // without logins but the instance role, which owns the data.
 func (c *cluster) harden(ctx context.Context, base *baseline) (*hardening, error) {
 	h := &hardening{c: c, base: base, eventTrigs: map[string][]stateOf{}, userTrigs: map[string][]tableTrigger{}}
-	conn, err := c.connect(ctx, "template1")
+	return h, h.again(ctx)
+}
+
+// again makes one pass of the hardening; finalise repeats it after the
+// script, which may have created databases, roles, grants and objects (as
+// superuser, if so configured). Every step is idempotent.
+func (h *hardening) again(ctx context.Context) error {
+	conn, err := h.c.connect(ctx, "template1")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	dbs, err := c.databases(ctx, conn)
+	dbs, err := h.c.databases(ctx, conn)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// template0 and databases closed to connections can still be copied by
 	// CREATE DATABASE … TEMPLATE: they are hardened too.
 	for _, d := range dbs {
 		if !d.allowConn {
 			if err := exec(ctx, conn, "ALTER DATABASE "+quoteIdent(d.name)+" ALLOW_CONNECTIONS true"); err != nil {
-				return nil, err
+				return err
 			}
 			h.closedDBs = append(h.closedDBs, d.name)
 		}
 	}
 	if err := h.eachDatabase(ctx, dbs, h.disableEventTriggers); err != nil {
-		return h, err
+		return err
 	}
 	if err := h.roles(ctx, conn); err != nil {
-		return h, err
+		return err
 	}
 	if err := h.eachDatabase(ctx, dbs, func(ctx context.Context, conn *pgx.Conn, db string) error {
 		if err := h.systemPrivileges(ctx, conn); err != nil {
@@ -140,12 +147,9 @@ func (c *cluster) harden(ctx context.Context, base *baseline) (*hardening, error
 		}
 		return h.ownership(ctx, conn, db)
 	}); err != nil {
-		return h, err
+		return err
 	}
-	if err := h.shared(ctx, conn); err != nil {
-		return h, err
-	}
-	return h, nil
+	return h.shared(ctx, conn)
 }
 
 // shared resets what the source set cluster-wide: parameter privileges
@@ -209,8 +213,7 @@ func (h *hardening) shared(ctx context.Context, conn *pgx.Conn) error {
 		if len(keep) == len(st.config) {
 			continue
 		}
-		where := " WHERE setdatabase OPERATOR(pg_catalog.=) '" + strconv.FormatUint(uint64(st.db), 10) + "'::pg_catalog.oid" +
-			" AND setrole OPERATOR(pg_catalog.=) '" + strconv.FormatUint(uint64(st.role), 10) + "'::pg_catalog.oid"
+		where := " WHERE setdatabase OPERATOR(pg_catalog.=) " + oidLiteral(st.db) + " AND setrole OPERATOR(pg_catalog.=) " + oidLiteral(st.role)
 		if len(keep) == 0 {
 			stmts = append(stmts, "DELETE FROM pg_catalog.pg_db_role_setting"+where)
 			continue
@@ -238,46 +241,6 @@ func keepSetting(name string, userSettable map[string]bool) bool {
 		return user
 	}
 	return strings.Contains(name, ".")
-}
-
-// again repeats the hardening after the script, which may have created
-// databases, roles, grants and objects (as superuser, if so configured).
-func (h *hardening) again(ctx context.Context) error {
-	conn, err := h.c.connect(ctx, "template1")
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	dbs, err := h.c.databases(ctx, conn)
-	if err != nil {
-		return err
-	}
-	for _, d := range dbs {
-		if !d.allowConn {
-			if err := exec(ctx, conn, "ALTER DATABASE "+quoteIdent(d.name)+" ALLOW_CONNECTIONS true"); err != nil {
-				return err
-			}
-			h.closedDBs = append(h.closedDBs, d.name)
-		}
-	}
-	if err := h.eachDatabase(ctx, dbs, h.disableEventTriggers); err != nil {
-		return err
-	}
-	if err := h.roles(ctx, conn); err != nil {
-		return err
-	}
-	if err := h.eachDatabase(ctx, dbs, func(ctx context.Context, conn *pgx.Conn, db string) error {
-		if err := h.systemPrivileges(ctx, conn); err != nil {
-			return err
-		}
-		if err := outboundCredentials(ctx, conn); err != nil {
-			return err
-		}
-		return h.ownership(ctx, conn, db)
-	}); err != nil {
-		return err
-	}
-	return h.shared(ctx, conn)
 }
 
 // eachDatabase runs fn on a fresh pinned session in every database of dbs.
@@ -550,8 +513,7 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 			set = append(set, "proowner = '10'::pg_catalog.oid")
 		}
 		if len(set) > 0 {
-			stmts = append(stmts, "UPDATE pg_catalog.pg_proc SET "+strings.Join(set, ", ")+
-				" WHERE oid OPERATOR(pg_catalog.=) '"+strconv.FormatUint(uint64(f.oid), 10)+"'::pg_catalog.oid")
+			stmts = append(stmts, catalogUpdate("pg_proc", set, f.oid))
 		}
 	}
 	rels, err := readSysRelations(ctx, conn, names)
@@ -575,8 +537,7 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 			set = append(set, "relowner = '10'::pg_catalog.oid")
 		}
 		if len(set) > 0 {
-			stmts = append(stmts, "UPDATE pg_catalog.pg_class SET "+strings.Join(set, ", ")+
-				" WHERE oid OPERATOR(pg_catalog.=) '"+strconv.FormatUint(uint64(r.oid), 10)+"'::pg_catalog.oid")
+			stmts = append(stmts, catalogUpdate("pg_class", set, r.oid))
 		}
 	}
 	cols, err := readSysColumns(ctx, conn, names)
@@ -593,7 +554,7 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 			return err
 		}
 		stmts = append(stmts, "UPDATE pg_catalog.pg_attribute SET attacl = "+lit+
-			" WHERE attrelid OPERATOR(pg_catalog.=) '"+strconv.FormatUint(uint64(col.oid), 10)+"'::pg_catalog.oid"+
+			" WHERE attrelid OPERATOR(pg_catalog.=) "+oidLiteral(col.oid)+
 			" AND attnum OPERATOR(pg_catalog.=) '"+strconv.Itoa(int(col.attnum))+"'::pg_catalog.int2")
 	}
 	nsps, err := readSysSchemas(ctx, conn, names)
@@ -609,8 +570,7 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 		if err != nil {
 			return err
 		}
-		stmts = append(stmts, "UPDATE pg_catalog.pg_namespace SET nspacl = "+lit+", nspowner = '10'::pg_catalog.oid"+
-			" WHERE oid OPERATOR(pg_catalog.=) '"+strconv.FormatUint(uint64(n.oid), 10)+"'::pg_catalog.oid")
+		stmts = append(stmts, catalogUpdate("pg_namespace", []string{"nspacl = " + lit, "nspowner = '10'::pg_catalog.oid"}, n.oid))
 	}
 	langs, err := readLanguages(ctx, conn, names)
 	if err != nil {
@@ -637,8 +597,7 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 		if ok {
 			owner = ", lanowner = '10'::pg_catalog.oid"
 		}
-		stmts = append(stmts, "UPDATE pg_catalog.pg_language SET lanpltrusted = "+strconv.FormatBool(want.trusted)+
-			", lanacl = "+lit+owner+" WHERE oid OPERATOR(pg_catalog.=) '"+strconv.FormatUint(uint64(l.oid), 10)+"'::pg_catalog.oid")
+		stmts = append(stmts, catalogUpdate("pg_language", []string{"lanpltrusted = " + strconv.FormatBool(want.trusted), "lanacl = " + lit + owner}, l.oid))
 	}
 	slices.Sort(stmts)
 	if len(planted) > 0 {
@@ -649,6 +608,15 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 		}
 	}
 	return exec(ctx, conn, stmts...)
+}
+
+// catalogUpdate writes an UPDATE of the row oid of a system catalog.
+func catalogUpdate(catalog string, set []string, oid uint32) string {
+	return "UPDATE pg_catalog." + catalog + " SET " + strings.Join(set, ", ") + " WHERE oid OPERATOR(pg_catalog.=) " + oidLiteral(oid)
+}
+
+func oidLiteral(oid uint32) string {
+	return "'" + strconv.FormatUint(uint64(oid), 10) + "'::pg_catalog.oid"
 }
 
 // trustedHandlers are the call handlers of the procedural languages
