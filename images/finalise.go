@@ -265,8 +265,13 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	}
 	log.Info("anonymisation script done", "duration", time.Since(step))
 	step = time.Now()
-	if err := h.again(ctx); err != nil {
-		return nil, securing(err)
+	// A script run as the instance role cannot undo any of the hardening:
+	// it creates no roles, grants nothing on system objects, makes
+	// databases only from templates already hardened. As superuser it can.
+	if s.opts.ScriptAsSuperuser {
+		if err := h.again(ctx); err != nil {
+			return nil, securing(err)
+		}
 	}
 	if err := h.scrub(ctx); err != nil {
 		return nil, securing(err)
