@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -223,10 +224,29 @@ func (s *server) sshWrappers(t testing.TB, keys *sshKeys) string {
 		write("sftp-"+who, fmt.Sprintf(`exec %s %s %s -P %d "$@"`, progs["sftp"], opts, ids, s.sshPort))
 	}
 	write("ssh", fmt.Sprintf(`exec %s %s -i %s "$@"`, progs["ssh"], opts, shq(keys.upload)))
+	s.waitSSH(t)
 	if out, err := exec.Command(filepath.Join(dir, "ssh-user"), "version").CombinedOutput(); err != nil {
 		t.Fatalf("ssh version: %v\n%s", err, out)
 	}
 	return dir
+}
+
+// waitSSH waits for the SSH door, which may open a moment after the health
+// check answers.
+func (s *server) waitSSH(t testing.TB) {
+	t.Helper()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.sshPort))
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the SSH door did not open on %s: %v\n%s", addr, err, s.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // shq quotes s as one sh word.
