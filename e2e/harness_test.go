@@ -1,5 +1,8 @@
 // Package e2e drives the real draupnir binaries through their real doors —
 // HTTP, SSH and the CLI — on a loop-mounted btrfs with real postgres.
+// Scenarios that are sequences of commands are testscript files in
+// testdata/cli (see TestCLI); what needs Go to orchestrate (concurrency,
+// killed processes, faults, hostile archives) is Go.
 package e2e
 
 import (
