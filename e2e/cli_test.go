@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,19 +25,36 @@ import (
 	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
-// TestCLI runs the scripts in testdata/cli against one server with one ready
-// image: every command through draupnir-client (over HTTP) and through real
-// ssh (the SSH door runs the same command tree in-process), with one
-// identity per key and token: upload, user, stranger.
+// TestCLI runs the scripts in testdata/cli: end-to-end scenarios, security
+// regressions among them, told as the commands a person would type, through
+// every door: draupnir-client (over HTTP), real ssh, scp and sftp (the SSH
+// door runs the same command tree in-process), and plain HTTP requests.
+// Each principal is one identity, with its own key and, where it has one,
+// token: upload, user, attacker (another user) and stranger (unknown).
+//
+// The scripts share one server with one ready image, unless a script starts
+// its own with serve (a scenario that counts what the whole server holds, or
+// that must not see other scripts' work).
 //
 // Besides testscript's built-ins, the scripts have:
 //
+//	serve                 start a server of this script's own (a fresh data
+//	                      path, keys and ports) and point every door at it
 //	client ARGS...        run draupnir-client (DRAUPNIR_URL and DRAUPNIR_TOKEN
 //	                      from the script's environment; $UPLOAD_TOKEN,
 //	                      $USER_TOKEN, $STRANGER_TOKEN name the identities)
 //	ssh WHO ARGS...       run ARGS on the server with real ssh as WHO (upload,
-//	                      user or stranger); ssh-WHO is also on PATH for shells
-//	status N              the exit status of the last client or ssh was N
+//	                      user, attacker or stranger); ssh-WHO is also on PATH
+//	                      for shells
+//	scp WHO ARGS...       run real scp (sftp: sftp) with WHO's key and the
+//	sftp WHO ARGS...      server's port; ARGS name the remote side in full
+//	                      (upload@127.0.0.1:/draupnir/...)
+//	api METHOD PATH [BODY|@FILE]
+//	                      send an HTTP request with $DRAUPNIR_TOKEN (and the
+//	                      JSON BODY, or FILE's); the response body is stdout;
+//	                      fails unless the status is 2xx
+//	status N              the exit status of the last client, ssh, scp or
+//	                      sftp, or the HTTP status of the last api, was N
 //	capture NAME REGEXP   set $NAME to REGEXP's first group in stdout
 //	cmpout stdout|stderr FILE
 //	                      the output equals FILE's once the program names
@@ -45,20 +64,24 @@ import (
 //	helptree client|WHO   every command and group has a help text, reached
 //	                      by `help`, `group help sub` and `--help`
 //
-// and the variables $IMAGE (a ready image), $BACKUP (a pg_basebackup -Ft
-// tar) and $HOME (a home of the script's own, for the CA files).
+// and the variables $IMAGE (a ready image of the shared server; empty after
+// serve), $BACKUP (a pg_basebackup -Ft -X fetch tar), $BASE_GZ and $WAL_GZ
+// (a pg_basebackup -Ft -z -X stream), $DATA and $RUN (the server's data_path
+// and run_path) and $HOME (a home of the script's own, for the CA files).
+//
+// The attacker's ssh logs in as "upload", and its ssh, scp and sftp first
+// offer the upload and user public keys, whose private halves it lacks, then
+// its own: the server must take it for whoever signed, never for a name
+// claimed or a key merely offered (CVE-2024-45337).
 func TestCLI(t *testing.T) {
 	keys := &sshKeys{}
 	s := startServerSSH(t, "", keys)
+	logOnFailure(t, s)
 	src := newSource(t)
 	backup := filepath.Join(src.BaseBackup(t, "-X", "fetch"), "base.tar")
+	gz := src.BaseBackup(t, "-z", "-X", "stream")
 	img := s.readyImage(t, anonymise, backup)
-
 	wrappers := s.sshWrappers(t, keys)
-	// Accept the host key once, before the scripts run in parallel.
-	if out, err := exec.Command(filepath.Join(wrappers, "ssh-user"), "version").CombinedOutput(); err != nil {
-		t.Fatalf("ssh version: %v\n%s", err, out)
-	}
 	strangerToken := "stranger-" + randomHex(16)
 
 	testscript.Run(t, testscript.Params{
@@ -68,29 +91,29 @@ func TestCLI(t *testing.T) {
 			if err := os.Mkdir(home, 0o700); err != nil {
 				return err
 			}
+			e.Values[scriptT{}] = e.T()
 			e.Setenv("HOME", home)
-			e.Setenv("PATH", wrappers+string(os.PathListSeparator)+bins.dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-			e.Setenv("DRAUPNIR_URL", s.url)
+			s.pointDoors(e.Setenv, wrappers)
 			e.Setenv("DRAUPNIR_TOKEN", "the-integration-access-token")
-			e.Setenv("DRAUPNIR_SSH", "upload@127.0.0.1:"+strconv.Itoa(s.sshPort))
 			e.Setenv("UPLOAD_TOKEN", sharedSecret)
 			e.Setenv("USER_TOKEN", "the-integration-access-token")
 			e.Setenv("STRANGER_TOKEN", strangerToken)
 			e.Setenv("IMAGE", strconv.FormatInt(img.ID, 10))
 			e.Setenv("BACKUP", backup)
+			e.Setenv("BASE_GZ", filepath.Join(gz, "base.tar.gz"))
+			e.Setenv("WAL_GZ", filepath.Join(gz, "pg_wal.tar.gz"))
 			e.Setenv("PGCONNECT_TIMEOUT", "10")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"serve": cmdServe,
 			"client": func(ts *testscript.TestScript, neg bool, args []string) {
 				runDoor(ts, neg, "draupnir-client", args)
 			},
-			"ssh": func(ts *testscript.TestScript, neg bool, args []string) {
-				if len(args) < 1 || !validWho(args[0]) {
-					ts.Fatalf("usage: ssh upload|user|stranger ARGS...")
-				}
-				runDoor(ts, neg, "ssh-"+args[0], args[1:])
-			},
+			"ssh":      doorAs("ssh"),
+			"scp":      doorAs("scp"),
+			"sftp":     doorAs("sftp"),
+			"api":      cmdAPI,
 			"status":   cmdStatus,
 			"capture":  cmdCapture,
 			"cmpout":   cmdCmpout,
@@ -100,34 +123,130 @@ func TestCLI(t *testing.T) {
 	})
 }
 
-func validWho(who string) bool {
-	return who == "upload" || who == "user" || who == "stranger"
+// scriptT is the key of a script's testing.TB in its Env.Values.
+type scriptT struct{}
+
+// logOnFailure shows the server's log when t fails.
+func logOnFailure(t testing.TB, s *server) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.logs())
+		}
+	})
 }
 
-// sshWrappers writes ssh-upload, ssh-user and ssh-stranger, which run a
-// command on the server as that key, and an ssh that draupnir-client's
-// `images upload` finds first on PATH: it adds the upload key and the test's
-// known_hosts, as a user's ssh configuration would.
-func (s *server) sshWrappers(t *testing.T, keys *sshKeys) string {
-	t.Helper()
-	real, err := exec.LookPath("ssh")
-	if err != nil {
-		t.Skip("no ssh client")
+// pointDoors points a script's doors at s: the URL, the SSH address, and
+// wrappers (from sshWrappers) first on PATH.
+func (s *server) pointDoors(setenv func(key, value string), wrappers string) {
+	setenv("PATH", wrappers+string(os.PathListSeparator)+bins.dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	setenv("DRAUPNIR_URL", s.url)
+	setenv("DRAUPNIR_SSH", "upload@127.0.0.1:"+strconv.Itoa(s.sshPort))
+	setenv("DATA", s.dataPath)
+	setenv("RUN", s.runPath)
+}
+
+// cmdServe starts a server of the script's own, stopped when the script
+// ends, and points the doors at it.
+func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: serve")
 	}
+	t := ts.Value(scriptT{}).(testing.TB)
+	keys := &sshKeys{}
+	s := startServerSSH(t, "", keys)
+	logOnFailure(t, s)
+	s.pointDoors(ts.Setenv, s.sshWrappers(t, keys))
+	ts.Setenv("IMAGE", "")
+}
+
+// identities are the principals a script can be, one key each.
+var identities = []string{"upload", "user", "attacker", "stranger"}
+
+// doorAs is the script command `prog WHO ARGS...`, which runs the prog-WHO
+// wrapper.
+func doorAs(prog string) func(ts *testscript.TestScript, neg bool, args []string) {
+	return func(ts *testscript.TestScript, neg bool, args []string) {
+		if len(args) < 1 || !slices.Contains(identities, args[0]) {
+			ts.Fatalf("usage: %s %s ARGS...", prog, strings.Join(identities, "|"))
+		}
+		runDoor(ts, neg, prog+"-"+args[0], args[1:])
+	}
+}
+
+// sshWrappers writes, for each identity WHO, ssh-WHO (which runs a command
+// on the server as WHO), scp-WHO and sftp-WHO (which add WHO's key and the
+// server's port), and an ssh that draupnir-client's `images upload` finds
+// first on PATH: it adds the upload key and the test's known_hosts, as a
+// user's ssh configuration would. It accepts the server's host key, so that
+// scripts running at once do not race to write known_hosts.
+func (s *server) sshWrappers(t testing.TB, keys *sshKeys) string {
+	t.Helper()
 	dir := t.TempDir()
-	opts := fmt.Sprintf("-o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o LogLevel=ERROR",
-		shq(keys.knownHosts))
 	write := func(name, body string) {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for who, key := range map[string]string{"upload": keys.upload, "user": keys.user, "stranger": keys.stranger} {
-		write("ssh-"+who, fmt.Sprintf(`exec %s %s -i %s -p %d -- %s@127.0.0.1 "$@"`,
-			real, opts, shq(key), s.sshPort, who))
+	progs := map[string]string{}
+	for _, prog := range []string{"ssh", "scp", "sftp"} {
+		path, err := exec.LookPath(prog)
+		if err != nil {
+			t.Skip("no " + prog)
+		}
+		progs[prog] = path
 	}
-	write("ssh", fmt.Sprintf(`exec %s %s -i %s "$@"`, real, opts, shq(keys.upload)))
+	opts := fmt.Sprintf("-o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s -o IdentitiesOnly=yes -o LogLevel=ERROR",
+		shq(keys.knownHosts))
+	// The public halves of the upload and user keys, without the private
+	// ones, for the attacker to offer.
+	borrowed := ""
+	for _, key := range []string{keys.upload, keys.user} {
+		pub, err := os.ReadFile(key + ".pub")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stolen := filepath.Join(dir, "stolen-"+filepath.Base(key))
+		if err := os.WriteFile(stolen+".pub", pub, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(stolen, []byte("not the private key\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		borrowed += "-i " + shq(stolen) + " "
+	}
+	for who, key := range map[string]string{"upload": keys.upload, "user": keys.user, "attacker": keys.attacker, "stranger": keys.stranger} {
+		ids, login := "-i "+shq(key), who
+		if who == "attacker" {
+			ids, login = borrowed+ids, "upload"
+		}
+		write("ssh-"+who, fmt.Sprintf(`exec %s %s %s -p %d -- %s@127.0.0.1 "$@"`, progs["ssh"], opts, ids, s.sshPort, login))
+		write("scp-"+who, fmt.Sprintf(`exec %s %s %s -P %d "$@"`, progs["scp"], opts, ids, s.sshPort))
+		write("sftp-"+who, fmt.Sprintf(`exec %s %s %s -P %d "$@"`, progs["sftp"], opts, ids, s.sshPort))
+	}
+	write("ssh", fmt.Sprintf(`exec %s %s -i %s "$@"`, progs["ssh"], opts, shq(keys.upload)))
+	s.waitSSH(t)
+	if out, err := exec.Command(filepath.Join(dir, "ssh-user"), "version").CombinedOutput(); err != nil {
+		t.Fatalf("ssh version: %v\n%s", err, out)
+	}
 	return dir
+}
+
+// waitSSH waits for the SSH door, which may open a moment after the health
+// check answers.
+func (s *server) waitSSH(t testing.TB) {
+	t.Helper()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.sshPort))
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the SSH door did not open on %s: %v\n%s", addr, err, s.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // shq quotes s as one sh word.
@@ -168,6 +287,46 @@ func cmdStatus(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
+// cmdAPI sends METHOD PATH, with the JSON BODY (or that in FILE) if given,
+// to the API as $DRAUPNIR_TOKEN, the way draupnir-client does; the body of
+// the response is stdout and its status $STATUS.
+func cmdAPI(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: api METHOD PATH [BODY|@FILE]")
+	}
+	body := ""
+	if len(args) == 3 {
+		body = args[2]
+		if file, ok := strings.CutPrefix(body, "@"); ok {
+			body = ts.ReadFile(file)
+		}
+	}
+	status, b := apiCall(ts, args[0], args[1], body)
+	ts.Stdout().Write(b)
+	ts.Setenv("STATUS", strconv.Itoa(status))
+	if ok := status >= 200 && status < 300; ok == neg {
+		ts.Fatalf("%s %s: status %d\n%s", args[0], args[1], status, b)
+	}
+}
+
+// apiCall sends method path with a JSON body (if not empty) as
+// $DRAUPNIR_TOKEN and returns the response's status and body.
+func apiCall(ts *testscript.TestScript, method, path, body string) (int, []byte) {
+	req, err := http.NewRequest(method, ts.Getenv("DRAUPNIR_URL")+path, strings.NewReader(body))
+	ts.Check(err)
+	req.Header.Set("Authorization", "Bearer "+ts.Getenv("DRAUPNIR_TOKEN"))
+	req.Header.Set("Draupnir-Version", draupnir.Version)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	ts.Check(err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	ts.Check(err)
+	return resp.StatusCode, b
+}
+
 func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 2 || neg {
 		ts.Fatalf("usage: capture NAME REGEXP")
@@ -206,18 +365,9 @@ func cmdJSONAPI(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 1 || neg {
 		ts.Fatalf("usage: jsonapi PATH")
 	}
-	req, err := http.NewRequest(http.MethodGet, ts.Getenv("DRAUPNIR_URL")+args[0], nil)
-	ts.Check(err)
-	req.Header.Set("Authorization", "Bearer "+ts.Getenv("DRAUPNIR_TOKEN"))
-	req.Header.Set("Draupnir-Version", draupnir.Version)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	ts.Check(err)
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	ts.Check(err)
-	if resp.StatusCode != http.StatusOK {
-		ts.Fatalf("GET %s: %s\n%s", args[0], resp.Status, body)
+	status, body := apiCall(ts, http.MethodGet, args[0], "")
+	if status != http.StatusOK {
+		ts.Fatalf("GET %s: status %d\n%s", args[0], status, body)
 	}
 	var api, cli any
 	ts.Check(json.Unmarshal(body, &api))
@@ -233,8 +383,8 @@ func cmdJSONAPI(ts *testscript.TestScript, neg bool, args []string) {
 // "Available Commands:" must have a help text (a description and a usage
 // line) by `help CMD...`, and `CMD... --help` must print the same.
 func cmdHelpTree(ts *testscript.TestScript, neg bool, args []string) {
-	if len(args) != 1 || neg || !(args[0] == "client" || validWho(args[0])) {
-		ts.Fatalf("usage: helptree client|upload|user|stranger")
+	if len(args) != 1 || neg || !(args[0] == "client" || slices.Contains(identities, args[0])) {
+		ts.Fatalf("usage: helptree client|%s", strings.Join(identities, "|"))
 	}
 	prog := "draupnir-client"
 	if args[0] != "client" {

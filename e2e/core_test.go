@@ -293,68 +293,6 @@ func TestInstances(t *testing.T) {
 	})
 }
 
-// TestFailingScript: a failing anonymisation script fails the image, which
-// serves nothing until the script is fixed and done succeeds.
-func TestFailingScript(t *testing.T) {
-	s := startServer(t, "")
-	src := newSource(t)
-	b := src.BaseBackup(t, "-X", "fetch")
-	ctx := context.Background()
-	up := s.upload()
-	im, err := up.CreateImage(ctx, time.Now(), "\\c shop\nDELETE FROM no_such_table;")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.copyInto(t, im.ID, filepath.Join(b, "base.tar"))
-	_, err = up.FinaliseImage(ctx, im.ID)
-	if !errors.Is(err, draupnir.ErrUnprocessable) || !strings.Contains(err.Error(), "no_such_table") {
-		t.Fatalf("done with a failing script: %v; want 422 naming the error", err)
-	}
-	got, err := up.GetImage(ctx, im.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.State != draupnir.ImageFailed || !strings.Contains(got.Error, "no_such_table") {
-		t.Fatalf("image after a failing script: %s %q", got.State, got.Error)
-	}
-	// The error names the line of the script, keeps psql's caret on a line
-	// of its own and drops psql's chatter.
-	if !strings.Contains(got.Error, "line 2: ERROR:") || !strings.Contains(got.Error, "\nLINE 1: DELETE FROM no_such_table;\n") ||
-		strings.Contains(got.Error, "You are now connected") {
-		t.Errorf("the script's error reads %q", got.Error)
-	}
-	if _, err := os.Stat(filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10))); !os.IsNotExist(err) {
-		t.Errorf("a failed image has a snapshot: %v", err)
-	}
-	if _, err := s.user().CreateInstance(ctx, im.ID); !errors.Is(err, draupnir.ErrConflict) {
-		t.Fatalf("instance of a failed image: %v, want conflict", err)
-	}
-	script := anonymise
-	if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := up.GetImage(ctx, im.ID); err != nil || !strings.HasPrefix(got.Error, "The anonymisation script has changed since this failure: run done") {
-		t.Errorf("after the script was changed, the image says %q (%v); want the next step first", got.Error, err)
-	}
-	ready, err := up.FinaliseImage(ctx, im.ID)
-	if err != nil || !ready.Ready() {
-		t.Fatalf("done after fixing the script: %v %+v\n%s", err, ready, s.logs())
-	}
-	if _, err := up.FinaliseImage(ctx, im.ID); !errors.Is(err, draupnir.ErrConflict) {
-		t.Errorf("done on a ready image: %v, want conflict", err)
-	}
-	if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); !errors.Is(err, draupnir.ErrConflict) {
-		t.Errorf("patching a ready image: %v, want conflict", err)
-	}
-	in, err := s.user().CreateInstance(ctx, im.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := mustPSQL(t, in, "SELECT count(*) FROM secret_tokens"); got != "0" {
-		t.Errorf("secret_tokens has %s rows", got)
-	}
-}
-
 // TestHostileUploads: tarballs that try to write outside the upload fail the
 // image and write nothing outside it.
 func TestHostileUploads(t *testing.T) {

@@ -1,5 +1,8 @@
 // Package e2e drives the real draupnir binaries through their real doors —
 // HTTP, SSH and the CLI — on a loop-mounted btrfs with real postgres.
+// Scenarios that are sequences of commands are testscript files in
+// testdata/cli (see TestCLI); what needs Go to orchestrate (concurrency,
+// killed processes, faults, hostile archives) is Go.
 package e2e
 
 import (
@@ -109,9 +112,9 @@ func startServer(t testing.TB, extra string) *server {
 
 // sshKeys are the client keys of an SSH-enabled test server.
 type sshKeys struct {
-	dir                    string
-	upload, user, stranger string // private key files
-	knownHosts             string
+	dir                              string
+	upload, user, stranger, attacker string // private key files
+	knownHosts                       string
 }
 
 // instancePorts is the size of a test server's instance port range; the
@@ -137,7 +140,8 @@ func nextPortRange() int {
 
 // startServerSSH is startServer with the SSH door on when keys is not nil:
 // keys.upload is an upload key, keys.user a key of the user named in its
-// comment, keys.stranger a key the server does not know.
+// comment, keys.attacker a key of another user (attacker@example.com),
+// keys.stranger a key the server does not know.
 func startServerSSH(t testing.TB, extra string, keys *sshKeys) *server {
 	t.Helper()
 	return startServerSize(t, 6<<30, extra, keys)
@@ -201,6 +205,7 @@ func (s *server) sshSection(t testing.TB, keys *sshKeys) string {
 	keys.upload = gen("upload", "uploader")
 	keys.user = gen("user", "integration-test@draupnir.test")
 	keys.stranger = gen("stranger", "stranger@example.com")
+	keys.attacker = gen("attacker", "attacker@example.com")
 	keys.knownHosts = filepath.Join(keys.dir, "known_hosts")
 	uploadKeys := filepath.Join(keys.dir, "upload_authorized_keys")
 	userKeys := filepath.Join(keys.dir, "authorized_keys")
@@ -212,7 +217,7 @@ func (s *server) sshSection(t testing.TB, keys *sshKeys) string {
 		return b
 	}
 	os.WriteFile(uploadKeys, pub(keys.upload), 0o600)
-	os.WriteFile(userKeys, pub(keys.user), 0o600)
+	os.WriteFile(userKeys, append(pub(keys.user), pub(keys.attacker)...), 0o600)
 	return fmt.Sprintf("[ssh]\nport = %d\naddress = \"127.0.0.1\"\nupload_authorized_keys = %q\nauthorized_keys = %q",
 		s.sshPort, uploadKeys, userKeys)
 }
