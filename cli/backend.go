@@ -59,14 +59,9 @@ type InstanceService interface {
 	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
 }
 
-// imageStreamer is the optional streaming-upload method of the image service.
-type imageStreamer interface {
-	StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error)
-}
-
 // CoreBackend adapts the in-process core services to Backend, acting as p.
-// SSH sessions use it. If images also has StreamUpload, the result
-// implements StreamUploader.
+// SSH sessions use it. If images also opens uploads (draupnir.Uploads), the
+// result serves StreamUploader.
 func CoreBackend(images ImageService, instances InstanceService, p draupnir.Principal) Backend {
 	return &core{images: images, instances: instances, p: p}
 }
@@ -121,9 +116,14 @@ func (c *core) DestroyInstance(ctx context.Context, id int64) error {
 func (c *core) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
 
 func (c *core) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
-	s, ok := c.images.(imageStreamer)
+	up, ok := c.images.(draupnir.Uploads)
 	if !ok {
 		return draupnir.UploadSummary{}, errors.New("this server cannot take streaming uploads through the command tree")
 	}
-	return s.StreamUpload(ctx, c.p, id, r)
+	u, err := up.OpenUpload(ctx, c.p, id)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer u.Close()
+	return u.Extract(ctx, r)
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/draupnir-db/draupnir/internal/countio"
 )
 
 // DefaultSSHPort is the port of Draupnir's SSH door unless DRAUPNIR_SSH
@@ -88,7 +90,7 @@ func (a *app) upload(ctx context.Context, id int64, file string) error {
 	cmd.Stdout = a.stdout
 	cmd.Stderr = a.stderr
 	if a.env.Terminal {
-		pr := &progressReader{r: f}
+		pr := countio.NewReader(f)
 		cmd.Stdin = pr
 		stop := a.progress(pr, st.Size(), filepath.Base(file))
 		err = cmd.Run()

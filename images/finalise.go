@@ -66,6 +66,7 @@ func (s *Service) Finalise(ctx context.Context, p draupnir.Principal, id int64) 
 	}
 	j := &job{done: make(chan struct{})}
 	s.jobs[id] = j
+	s.closeUploadsLocked()
 	s.wg.Add(1)
 	s.mu.Unlock()
 
