@@ -21,7 +21,9 @@ import (
 var Version = "2.1.0"
 
 // ImageState is a step of an image's lifecycle:
-// created → uploading → finalising → ready | failed.
+// created → uploading → finalising → ready | failed. A failed image is
+// finalised again as it is (done), or after a new upload, whose first write
+// takes it back to uploading.
 type ImageState string
 
 const (
@@ -33,8 +35,11 @@ const (
 )
 
 // AcceptsUploads reports whether bytes may still be written into the image's
-// upload subvolume.
-func (s ImageState) AcceptsUploads() bool { return s == ImageCreated || s == ImageUploading }
+// upload: until it is finalised, and again after a failed finalise, so that
+// a wrong or incomplete upload can be fixed.
+func (s ImageState) AcceptsUploads() bool {
+	return s == ImageCreated || s == ImageUploading || s == ImageFailed
+}
 
 // Image is a finalised (or finalising) PostgreSQL base backup.
 type Image struct {

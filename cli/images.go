@@ -23,9 +23,14 @@ func (a *app) imagesCmd() *cobra.Command {
 Creating, uploading, finalising and destroying images needs the upload
 principal; everybody may list and show them.
 
-An image goes created → uploading → finalising → ready (or failed, with the
-reason; fix the upload or the script with 'images update' and run 'images done'
-again).`
+An image goes created → uploading → finalising → ready, or failed with the
+reason. 'images done' refuses an upload that holds no backup (nothing, only
+pg_wal.tar.gz, a directory without PG_VERSION) and leaves the image as it was.
+A failed image is fixed and finalised again with 'images done N':
+  a failing script: 'images update N --anonymisation-script FILE';
+  a wrong or incomplete upload: upload again ('images upload N FILE…', scp or
+  sftp add files or replace those of the same name; sftp rm removes one),
+  which takes the image back to uploading.`
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",
@@ -65,8 +70,10 @@ again).`
 			Long: `Finalise image N: extract the upload, start it privately, run the
 anonymisation script, prepare it for instances and take a read-only snapshot.
 This takes a while for a large backup; the server finishes the job even if the
-command is interrupted. A failure (e.g. the script's error) leaves the image
-failed with the reason; 'done' may be run again once the cause is fixed.`,
+command is interrupted. An upload that holds no backup is refused at once and
+the image is left as it was. A failure (the script's error, an unsafe or
+broken archive…) leaves the image failed with the reason; fix the script with
+'images update' or upload again, then run 'done' again.`,
 			Args: exactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				id, err := parseID(cmd, "image id", args[0])

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,16 +23,18 @@ import (
 )
 
 // OpenUpload opens image id's upload for p (see draupnir.Upload): it checks
-// that p may write into the image now and marks it uploading. The upload's
-// calls check the image's state again only after a finalise or destroy has
-// begun since (the service's upload epoch moved), so that a session does
-// not query the state database for every file operation.
+// that p may upload into the image now. The first call that writes marks
+// the image uploading (a failed one too, its error cleared: a new upload is
+// how a failed upload is fixed). Calls check the image's state again only
+// once a finalise or destroy has begun since (the service's upload epoch
+// moved), so that a session does not query the state database for every
+// file operation.
 func (s *Service) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
 	if err := requireUpload(p, "upload into images"); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	err := s.admitLocked(ctx, id)
+	err := s.admitLocked(ctx, id, false)
 	epoch := s.uploadEpoch
 	s.mu.Unlock()
 	if err != nil {
@@ -55,26 +58,28 @@ func OpenDir(dir string) (draupnir.Upload, error) {
 	return &upload{root: root}, nil
 }
 
-// admitLocked checks that image id accepts uploads now and marks it
-// uploading. s.mu is held.
-func (s *Service) admitLocked(ctx context.Context, id int64) error {
+// admitLocked checks that image id accepts uploads now (it is created,
+// uploading or failed) and, for a write, marks it uploading. s.mu is held.
+func (s *Service) admitLocked(ctx context.Context, id int64, write bool) error {
 	if _, running := s.jobs[id]; running {
 		return draupnir.Errorf(draupnir.KindConflict, "image %d is being finalised; uploads are closed", id)
 	}
 	if s.destroys[id] {
 		return destroyingError(id)
 	}
-	r, ok, err := s.store.transition(ctx, id,
-		[]draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading}, draupnir.ImageUploading)
+	var r *row
+	var err error
+	ok := false
+	if write {
+		r, ok, err = s.store.startUpload(ctx, id)
+	} else if r, err = s.store.get(ctx, id); err == nil {
+		ok = r.State.AcceptsUploads()
+	}
 	if err != nil {
 		return err
 	}
 	if !ok {
-		hint := ""
-		if r.State == draupnir.ImageFailed {
-			hint = "; destroy it and create a new image to upload again, or fix the script and call done"
-		}
-		return draupnir.Errorf(draupnir.KindConflict, "image %d is %s; uploads are closed%s", id, r.State, hint)
+		return draupnir.Errorf(draupnir.KindConflict, "image %d is %s; uploads are closed", id, r.State)
 	}
 	return nil
 }
@@ -93,17 +98,19 @@ type upload struct {
 	root    *saferoot.Root
 	written atomic.Int64
 
-	mu     sync.Mutex
-	epoch  uint64 // s.uploadEpoch when the state was last checked
-	refs   int    // calls and files in progress; the root stays open for them
-	closed bool
+	mu      sync.Mutex
+	epoch   uint64 // s.uploadEpoch when the state was last checked
+	writing bool   // the image has been marked uploading since epoch
+	refs    int    // calls and files in progress; the root stays open for them
+	closed  bool
 }
 
 var errClosed = errors.New("the upload is closed")
 
-// enter begins a call: it checks that the image still accepts uploads and
-// counts the call as in progress (finalise waits for it) until leave.
-func (u *upload) enter() (leave func(), err error) {
+// enter begins a call, one that writes if write is set: it checks that the
+// image still accepts uploads and counts the call as in progress (finalise
+// waits for it) until leave.
+func (u *upload) enter(write bool) (leave func(), err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -111,9 +118,13 @@ func (u *upload) enter() (leave func(), err error) {
 	}
 	if s := u.s; s != nil {
 		s.mu.Lock()
-		if _, running := s.jobs[u.id]; running || s.destroys[u.id] || u.epoch != s.uploadEpoch {
-			if err = s.admitLocked(u.ctx, u.id); err == nil {
+		if u.epoch != s.uploadEpoch {
+			u.writing = false
+		}
+		if _, running := s.jobs[u.id]; running || s.destroys[u.id] || u.epoch != s.uploadEpoch || (write && !u.writing) {
+			if err = s.admitLocked(u.ctx, u.id, write); err == nil {
 				u.epoch = s.uploadEpoch
+				u.writing = u.writing || write
 			}
 		}
 		if err == nil {
@@ -166,7 +177,7 @@ func (u *upload) Written() int64 { return u.written.Load() }
 func private(m fs.FileMode) fs.FileMode { return m.Perm() & 0o700 }
 
 func (u *upload) Stat(name string) (fs.FileInfo, error) {
-	leave, err := u.enter()
+	leave, err := u.enter(false)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +186,7 @@ func (u *upload) Stat(name string) (fs.FileInfo, error) {
 }
 
 func (u *upload) ReadDir(name string) ([]fs.FileInfo, error) {
-	leave, err := u.enter()
+	leave, err := u.enter(false)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +195,7 @@ func (u *upload) ReadDir(name string) ([]fs.FileInfo, error) {
 }
 
 func (u *upload) Mkdir(name string, perm fs.FileMode, exclusive bool) error {
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return err
 	}
@@ -199,7 +210,7 @@ func (u *upload) Mkdir(name string, perm fs.FileMode, exclusive bool) error {
 }
 
 func (u *upload) Remove(name string) error {
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return err
 	}
@@ -208,7 +219,7 @@ func (u *upload) Remove(name string) error {
 }
 
 func (u *upload) RemoveDir(name string) error {
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return err
 	}
@@ -217,7 +228,7 @@ func (u *upload) RemoveDir(name string) error {
 }
 
 func (u *upload) Rename(oldname, newname string, replace bool) error {
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return err
 	}
@@ -226,7 +237,7 @@ func (u *upload) Rename(oldname, newname string, replace bool) error {
 }
 
 func (u *upload) SetAttrs(name string, a draupnir.FileAttrs) error {
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return err
 	}
@@ -274,7 +285,7 @@ func setAttrs(f *os.File, a draupnir.FileAttrs) error {
 }
 
 func (u *upload) OpenFile(name string, flag int, perm fs.FileMode) (draupnir.UploadFile, error) {
-	leave, err := u.enter()
+	leave, err := u.enter(flag&(os.O_WRONLY|os.O_RDWR|os.O_CREATE|os.O_TRUNC) != 0)
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +363,7 @@ func (f *uploadFile) Close() error {
 // earlier upload left there, so that finalising needs no extraction.
 func (u *upload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSummary, error) {
 	start := time.Now()
-	leave, err := u.enter()
+	leave, err := u.enter(true)
 	if err != nil {
 		return draupnir.UploadSummary{}, err
 	}
@@ -382,6 +393,86 @@ func (u *upload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSumma
 	}
 	return sum, nil
 }
+
+// checkUpload refuses to finalise image id, without changing its state,
+// when its upload cannot be a backup: it is empty, holds WAL only, or holds
+// neither an archive nor a PG_VERSION at its top or one level down (scp -r
+// of the wrong directory). It looks at names only; finalise checks the rest.
+// An image that is not to be finalised at all is left for the state change
+// to refuse.
+func (s *Service) checkUpload(ctx context.Context, id int64) error {
+	r, err := s.store.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !r.State.AcceptsUploads() {
+		return nil
+	}
+	dir := s.uploadDir(id)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("reading the upload of image %d: %w", id, err)
+	}
+	if reason := notABackup(dir, ents); reason != "" {
+		return draupnir.Errorf(draupnir.KindUnprocessable, "image %d cannot be finalised yet, and is left as it was: %s", id, reason)
+	}
+	return nil
+}
+
+// uploadHint says how to upload a backup.
+const uploadHint = "upload base.tar.gz and pg_wal.tar.gz from pg_basebackup -Ft (images upload N FILE…, or scp), " +
+	"another tarball of a data directory, or the data directory itself (scp -r)"
+
+// notABackup says why the upload in dir, whose entries are ents, cannot be a
+// backup, or returns "" if it may be one.
+func notABackup(dir string, ents []fs.DirEntry) string {
+	if len(ents) == 0 {
+		return "nothing has been uploaded into it; " + uploadHint
+	}
+	var names, wal, dirs []string
+	for _, e := range ents {
+		name := e.Name()
+		names = append(names, name)
+		switch {
+		case name == "PG_VERSION":
+			return ""
+		case e.Type().IsRegular() && extract.IsArchive(name):
+			if !isWALArchive(name) {
+				return ""
+			}
+			wal = append(wal, name)
+		case e.IsDir():
+			if _, err := os.Lstat(filepath.Join(dir, name, "PG_VERSION")); err == nil {
+				return ""
+			}
+			dirs = append(dirs, name+"/")
+		}
+	}
+	if len(wal) == len(names) {
+		return fmt.Sprintf("the upload holds only %s, the WAL of a backup, and not the backup itself; upload base.tar.gz (or base.tar) from the same pg_basebackup too", strings.Join(wal, ", "))
+	}
+	if len(dirs) == 1 && len(names) == 1 {
+		inside := ""
+		if sub, err := os.ReadDir(filepath.Join(dir, dirs[0])); err == nil {
+			for _, e := range sub {
+				if e.Type().IsRegular() && extract.IsArchive(e.Name()) {
+					inside = fmt.Sprintf(" It holds %s: upload the archives themselves (images upload N FILE…, or scp without -r), not their directory.", e.Name())
+					break
+				}
+			}
+		}
+		return fmt.Sprintf("the upload holds a directory, %s, with no PG_VERSION in it, so it is not a data directory (scp -r the one that holds PG_VERSION).%s Upload again: new files are added beside it, or remove it with sftp first", dirs[0], inside)
+	}
+	if len(names) > 10 {
+		names = append(names[:10], "…")
+	}
+	return fmt.Sprintf("the upload holds no backup: no archive (.tar, .tar.gz…) other than the WAL and no PG_VERSION at its top or one directory down among %s; %s",
+		strings.Join(names, ", "), uploadHint)
+}
+
+// isWALArchive reports whether name is the WAL archive that pg_basebackup
+// -Ft -X stream writes beside the base archive.
+func isWALArchive(name string) bool { return strings.HasPrefix(strings.ToLower(name), "pg_wal.tar") }
 
 // makeUploadDir creates the upload subvolume dir, private to root: a raw
 // backup is production data, unanonymised. What is written into it is

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -27,7 +28,8 @@ func TestUploadChecksItsImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &upload{s: s, ctx: context.Background(), id: id, epoch: s.uploadEpoch, root: root}
+	// Marked uploading already: the state database is not asked again.
+	u := &upload{s: s, ctx: context.Background(), id: id, epoch: s.uploadEpoch, writing: true, root: root}
 	defer u.Close()
 
 	f, err := u.OpenFile("base.tar", os.O_WRONLY|os.O_CREATE, 0o644)
@@ -137,5 +139,53 @@ func TestUploadRules(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("a refused stream left %d entries", len(ents))
+	}
+}
+
+// notABackup looks at names only, and only at the top of the upload and one
+// directory down: enough to tell a backup from the mistakes new users make.
+func TestNotABackup(t *testing.T) {
+	tests := []struct {
+		name  string
+		files []string // directories end in "/"
+		want  string   // "" if it may be a backup
+	}{
+		{"pg_basebackup -Ft -X stream", []string{"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}, ""},
+		{"a single tarball", []string{"backup.tar.zst"}, ""},
+		{"a data directory", []string{"PG_VERSION", "base/", "global/"}, ""},
+		{"a data directory one level down", []string{"pgdata/", "pgdata/PG_VERSION"}, ""},
+		{"a tablespace archive is left for finalise", []string{"16385.tar"}, ""},
+		{"nothing", nil, "nothing has been uploaded"},
+		{"only the WAL", []string{"pg_wal.tar.gz"}, "the upload holds only pg_wal.tar.gz, the WAL"},
+		{"only the WAL, two of them", []string{"pg_wal.tar", "PG_WAL.TAR.GZ"}, "the upload holds only PG_WAL.TAR.GZ, pg_wal.tar"},
+		{"scp -r of the backup's directory", []string{"backup/", "backup/base.tar.gz"}, "a directory, backup/, with no PG_VERSION in it, so it is not a data directory (scp -r the one that holds PG_VERSION). It holds base.tar.gz"},
+		{"scp -r of a directory above the data directory", []string{"srv/", "srv/pgdata/", "srv/pgdata/PG_VERSION"}, "a directory, srv/, with no PG_VERSION"},
+		{"a dump", []string{"shop.dump"}, "no archive (.tar, .tar.gz…) other than the WAL and no PG_VERSION at its top or one directory down among shop.dump"},
+		{"a directory named like an archive", []string{"base.tar/"}, "a directory, base.tar/"},
+		{"WAL beside a stray directory", []string{"pg_wal.tar.gz", "x/"}, "among pg_wal.tar.gz, x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tt.files {
+				var err error
+				if strings.HasSuffix(f, "/") {
+					err = os.MkdirAll(filepath.Join(dir, f), 0o700)
+				} else {
+					err = os.WriteFile(filepath.Join(dir, f), nil, 0o600)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := notABackup(dir, ents)
+			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
