@@ -67,6 +67,16 @@ type UploadSummary struct {
 	Bytes    int64 // bytes read from the client (compressed, if it was)
 	Files    int   // regular files written
 	Duration time.Duration
+	// Name is the file stored, for an upload by name; "" for a tar
+	// stream extracted into the upload.
+	Name string
+	// Replaced names what the upload held before and no longer holds:
+	// the earlier file of the same name, or everything, for a stream or
+	// a replacing upload. Empty when the upload only added.
+	Replaced []string
+	// Holds names the entries at the top of the upload after it: what
+	// done will finalise.
+	Holds []string
 }
 
 // Ready reports whether instances can be made of the image.

@@ -49,8 +49,14 @@ type Upload interface {
 	// Extract unpacks a tar stream (plain or compressed, detected from its
 	// bytes) into the upload, replacing everything it held.
 	Extract(ctx context.Context, r io.Reader) (UploadSummary, error)
+	// Store writes r as the file name at the top of the upload: a tar
+	// archive, plain or compressed, named as pg_basebackup names them
+	// (base.tar.gz, pg_wal.tar.gz…), which finalise extracts. A file of
+	// that name is replaced only once r has been read whole; other files
+	// stay, unless replace is set, which empties the upload first.
+	Store(ctx context.Context, name string, r io.Reader, replace bool) (UploadSummary, error)
 	// Written returns how many bytes have been written into files of the
-	// upload through this handle (not counting Extract).
+	// upload through this handle (not counting Extract and Store).
 	Written() int64
 	// Close ends the upload; files still open keep it until closed.
 	Close() error

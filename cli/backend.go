@@ -31,12 +31,14 @@ type ServerVersioner interface {
 	ServerVersion(ctx context.Context) (string, error)
 }
 
-// StreamUploader is implemented by backends that can take an image upload as
-// a (compressed) tar stream in-process: the core adapter, when its image
-// service can. It serves `images upload N < FILE` in SSH sessions whose
-// server lets the command tree handle that command.
+// StreamUploader is implemented by backends that can take an upload from a
+// stream in-process: the core adapter, when its image service opens
+// uploads. It serves `images upload N` in SSH sessions: with no name the
+// stream is a tar of the whole backup, extracted in place of the upload;
+// with a name it is stored as that archive, beside the upload's other files
+// unless replace is set.
 type StreamUploader interface {
-	StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error)
+	StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error)
 }
 
 // ImageService is the part of the core image service (package images) that
@@ -115,7 +117,7 @@ func (c *core) DestroyInstance(ctx context.Context, id int64) error {
 // ServerVersion is this process's version: the core is the server.
 func (c *core) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
 
-func (c *core) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+func (c *core) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
 	up, ok := c.images.(draupnir.Uploads)
 	if !ok {
 		return draupnir.UploadSummary{}, errors.New("this server cannot take streaming uploads through the command tree")
@@ -125,5 +127,8 @@ func (c *core) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupni
 		return draupnir.UploadSummary{}, err
 	}
 	defer u.Close()
-	return u.Extract(ctx, r)
+	if name == "" {
+		return u.Extract(ctx, r)
+	}
+	return u.Store(ctx, name, r, replace)
 }

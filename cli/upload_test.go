@@ -107,3 +107,89 @@ func TestSizeStr(t *testing.T) {
 		}
 	}
 }
+
+// TestSSHUploadByName is `images upload N --name FILE` in an SSH session:
+// every upload says whether it added or replaced, and what is beside it.
+func TestSSHUploadByName(t *testing.T) {
+	base := t.TempDir()
+	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	b := CoreBackend(dirUploads{base: base}, nil, upload)
+	env := Env{SSH: true, Name: "draupnir"}
+	tests := []struct {
+		args   []string
+		code   int
+		stdout string // regexp
+		stderr string
+	}{
+		{[]string{"--name", "base.tar.gz"}, 0, `^Uploaded base\.tar\.gz \(4 B\) into image 1 in [0-9.]+m?s\. Next: images done 1\n$`, ""},
+		{[]string{"--name", "pg_wal.tar.gz"}, 0, `^Uploaded pg_wal\.tar\.gz \(4 B\) into image 1 in [0-9.]+m?s, added; beside it: base\.tar\.gz\. Next`, ""},
+		{[]string{"--name", "base.tar.gz"}, 0, `^Uploaded base\.tar\.gz \(4 B\) into image 1 in [0-9.]+m?s, replacing the earlier base\.tar\.gz; beside it: pg_wal\.tar\.gz\. Next`, ""},
+		{[]string{"--name", "backup.tar", "--replace"}, 0, `^Uploaded backup\.tar \(4 B\) into image 1 in [0-9.]+m?s, replacing the earlier upload \(base\.tar\.gz, pg_wal\.tar\.gz\)\. Next`, ""},
+		{[]string{"--name", "notes.txt"}, 1, "", `draupnir: "notes.txt" is not the name of a tar archive`},
+		{[]string{"--replace"}, 2, "", "--replace goes with --name"},
+	}
+	for _, tt := range tests {
+		r := run(t, b, env, "data", append([]string{"images", "upload", "1"}, tt.args...)...)
+		if r.code != tt.code || (tt.stdout != "" && !regexp.MustCompile(tt.stdout).MatchString(r.stdout)) || !strings.Contains(r.stderr, tt.stderr) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", tt.args, r.code, r.stdout, r.stderr)
+		}
+	}
+	// --json says the same.
+	r := run(t, b, env, "data", "images", "upload", "1", "--name", "pg_wal.tar", "--json")
+	for _, want := range []string{`"name": "pg_wal.tar"`, `"replaced": []`, `"backup.tar",`} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("--json lacks %s: %s", want, r.stdout)
+		}
+	}
+}
+
+// TestUploadFiles runs `images upload N FILE…` with a stand-in ssh: one
+// ssh per file, named, --replace with the first only; every file is
+// checked before any is sent, and a failure says which were not sent.
+func TestUploadFiles(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	fakeSSH := filepath.Join(dir, "ssh")
+	script := "#!/bin/sh\necho \"$*\" >> " + log + "\ncat > /dev/null\ncase \"$*\" in *fail.tar*) exit 1;; esac\n"
+	if err := os.WriteFile(fakeSSH, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := func(name string) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		os.WriteFile(p, []byte("x"), 0o600)
+		return p
+	}
+	base, wal, fail, odd := file("base.tar.gz"), file("pg_wal.tar.gz"), file("fail.tar"), file("it's.tar")
+	other := file("other/base.tar.gz")
+	env := Env{SSHCommand: fakeSSH, Host: "db.example.com"}
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		ran    string
+		stderr string
+	}{
+		{"both files of a backup", []string{base, wal}, 0,
+			"-T -p 2222 upload@db.example.com images upload 3 --name base.tar.gz\n-T -p 2222 upload@db.example.com images upload 3 --name pg_wal.tar.gz\n", ""},
+		{"--replace goes with the first", []string{"--replace", base, wal}, 0,
+			"-T -p 2222 upload@db.example.com images upload 3 --name base.tar.gz --replace\n-T -p 2222 upload@db.example.com images upload 3 --name pg_wal.tar.gz\n", ""},
+		{"a name the server splits as one word", []string{odd}, 0, `-T -p 2222 upload@db.example.com images upload 3 --name 'it'\''s.tar'` + "\n", ""},
+		{"a failure stops the rest", []string{fail, base, wal}, 1,
+			"-T -p 2222 upload@db.example.com images upload 3 --name fail.tar\n", "not uploaded: " + base + ", " + wal},
+		{"two files of one name", []string{base, other}, 1, "", "have the same name"},
+		{"a missing file", []string{base, filepath.Join(dir, "missing.tar")}, 1, "", "missing.tar"},
+		{"a directory", []string{base, dir}, 1, "", "is a directory"},
+		{"no file", nil, 2, "", "takes 2 arguments or more"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			os.Remove(log)
+			r := run(t, newFakeBackend(), env, "", append([]string{"images", "upload", "3"}, tt.args...)...)
+			ran, _ := os.ReadFile(log)
+			if r.code != tt.code || string(ran) != tt.ran || !strings.Contains(r.stderr, tt.stderr) {
+				t.Errorf("exit %d, ran %q, stderr %q; want %d, %q, %q", r.code, ran, r.stderr, tt.code, tt.ran, tt.stderr)
+			}
+		})
+	}
+}

@@ -53,6 +53,7 @@ func TestCLI(t *testing.T) {
 	src := newSource(t)
 	backup := filepath.Join(src.BaseBackup(t, "-X", "fetch"), "base.tar")
 	img := s.readyImage(t, anonymise, backup)
+	streamed := src.BaseBackup(t, "-z", "-X", "stream") // base.tar.gz and pg_wal.tar.gz
 
 	wrappers := s.sshWrappers(t, keys)
 	// Accept the host key once, before the scripts run in parallel.
@@ -78,6 +79,7 @@ func TestCLI(t *testing.T) {
 			e.Setenv("STRANGER_TOKEN", strangerToken)
 			e.Setenv("IMAGE", strconv.FormatInt(img.ID, 10))
 			e.Setenv("BACKUP", backup)
+			e.Setenv("STREAMED", streamed)
 			e.Setenv("PGCONNECT_TIMEOUT", "10")
 			return nil
 		},

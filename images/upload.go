@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -369,6 +371,10 @@ func (u *upload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSumma
 	}
 	defer leave()
 	dir := u.root.Name()
+	before, err := u.top()
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
 	if err := emptyDir(dir); err != nil {
 		return draupnir.UploadSummary{}, draupnir.StorageError(fmt.Errorf("clearing the upload of image %d: %w", u.id, err))
 	}
@@ -379,7 +385,7 @@ func (u *upload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSumma
 	cr := countio.NewReader(r)
 	st, err := extract.Tar(ctx, cr, dir, extract.Options{UID: -1, GID: -1, MaxBytes: limit})
 	err = spaceError(dir, err)
-	sum := draupnir.UploadSummary{Bytes: cr.N(), Files: st.Files, Duration: time.Since(start)}
+	sum := draupnir.UploadSummary{Bytes: cr.N(), Files: st.Files, Duration: time.Since(start), Replaced: before}
 	if err != nil {
 		// A half-extracted tree cannot be finalised, and after a full disk
 		// it keeps the disk full: drop it, leaving the upload empty.
@@ -388,10 +394,128 @@ func (u *upload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSumma
 		}
 		return sum, draupnir.StorageError(err)
 	}
-	if u.s != nil {
-		u.s.log.Info("streaming upload done", "image", u.id, "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration)
+	if sum.Holds, err = u.top(); err != nil {
+		return sum, err
 	}
+	u.logf("streaming upload done", "bytes", sum.Bytes, "files", sum.Files, "duration", sum.Duration, "replaced", len(before))
 	return sum, nil
+}
+
+// Store writes r as the archive name at the top of the upload, through a
+// temporary file, so that a broken stream leaves an earlier file of that
+// name as it was.
+func (u *upload) Store(ctx context.Context, name string, r io.Reader, replace bool) (draupnir.UploadSummary, error) {
+	start := time.Now()
+	if err := checkStoreName(name); err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	leave, err := u.enter(true)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer leave()
+	before, err := u.top()
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	sum := draupnir.UploadSummary{Name: name, Files: 1}
+	if replace {
+		if err := emptyDir(u.root.Name()); err != nil {
+			return sum, draupnir.StorageError(fmt.Errorf("clearing the upload of image %d: %w", u.id, err))
+		}
+		sum.Replaced = before
+	} else if slices.Contains(before, name) {
+		sum.Replaced = []string{name}
+	}
+	tmp := fmt.Sprintf(".%s.%x.partial", name, rand.Uint64())
+	f, err := u.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return sum, fmt.Errorf("storing %s in the upload of image %d: %w", name, u.id, err)
+	}
+	cr := countio.NewReader(r)
+	err = copyBudgeted(ctx, f, cr)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = u.root.Rename(tmp, name, true)
+	}
+	sum.Bytes, sum.Duration = cr.N(), time.Since(start)
+	if err != nil {
+		u.root.Remove(tmp)
+		return sum, draupnir.StorageError(err)
+	}
+	if sum.Holds, err = u.top(); err != nil {
+		return sum, err
+	}
+	u.logf("upload of a file done", "name", name, "bytes", sum.Bytes, "duration", sum.Duration, "replaced", sum.Replaced)
+	return sum, nil
+}
+
+// checkStoreName accepts the plain name of a tar archive.
+func checkStoreName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 || !extract.IsArchive(name) {
+		return &draupnir.Error{Kind: draupnir.KindInvalid, Field: "name", Msg: fmt.Sprintf(
+			"%q is not the name of a tar archive: upload an archive under its own file name (base.tar.gz, pg_wal.tar.gz, backup.tar.zst…); "+
+				"a data directory goes by scp -r", name)}
+	}
+	return nil
+}
+
+// copyBudgeted copies r into f within the data path's free-space budget.
+func copyBudgeted(ctx context.Context, f *os.File, r io.Reader) error {
+	budget, err := newWriteBudget(int(f.Fd()))
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if err := budget.spend(n); err != nil {
+				return err
+			}
+			if _, err := f.Write(buf[:n]); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return fmt.Errorf("reading the upload: %w", rerr)
+		}
+	}
+}
+
+// top returns the names at the top of the upload, sorted, without the
+// temporary files of uploads in progress.
+func (u *upload) top() ([]string, error) {
+	infos, err := u.root.ReadDir("")
+	if err != nil {
+		return nil, fmt.Errorf("listing the upload of image %d: %w", u.id, err)
+	}
+	var names []string
+	for _, fi := range infos {
+		if !isPartial(fi.Name()) {
+			names = append(names, fi.Name())
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+func isPartial(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".partial")
+}
+
+func (u *upload) logf(msg string, args ...any) {
+	if u.s != nil {
+		u.s.log.Info(msg, append([]any{"image", u.id}, args...)...)
+	}
 }
 
 // checkUpload refuses to finalise image id, without changing its state,

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -187,5 +189,77 @@ func TestNotABackup(t *testing.T) {
 				t.Errorf("got %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// errReader fails after its bytes, as a connection that breaks mid-upload.
+type errReader struct{ r *bytes.Reader }
+
+func (e errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// An upload by name adds a file or replaces the one of that name, and says
+// which; a broken stream leaves the earlier file as it was.
+func TestUploadStore(t *testing.T) {
+	dir := t.TempDir()
+	u, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	ctx := context.Background()
+	store := func(name, body string, replace bool) draupnir.UploadSummary {
+		t.Helper()
+		sum, err := u.Store(ctx, name, strings.NewReader(body), replace)
+		if err != nil {
+			t.Fatalf("store %s: %v", name, err)
+		}
+		if sum.Name != name || sum.Bytes != int64(len(body)) {
+			t.Errorf("store %s: %+v", name, sum)
+		}
+		return sum
+	}
+	content := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return string(b)
+	}
+	check := func(what string, sum draupnir.UploadSummary, replaced, holds []string) {
+		t.Helper()
+		if !slices.Equal(sum.Replaced, replaced) || !slices.Equal(sum.Holds, holds) {
+			t.Errorf("%s: replaced %q, holds %q; want %q, %q", what, sum.Replaced, sum.Holds, replaced, holds)
+		}
+	}
+
+	check("the first file", store("base.tar.gz", "base 1", false), nil, []string{"base.tar.gz"})
+	check("the WAL beside it", store("pg_wal.tar.gz", "wal", false), nil, []string{"base.tar.gz", "pg_wal.tar.gz"})
+	check("the base again", store("base.tar.gz", "base 2", false), []string{"base.tar.gz"}, []string{"base.tar.gz", "pg_wal.tar.gz"})
+	if content("base.tar.gz") != "base 2" || content("pg_wal.tar.gz") != "wal" {
+		t.Errorf("after replacing the base: %q, %q", content("base.tar.gz"), content("pg_wal.tar.gz"))
+	}
+
+	// A stream that breaks keeps the earlier file, and leaves no part.
+	if _, err := u.Store(ctx, "base.tar.gz", errReader{bytes.NewReader([]byte("base 3, cut"))}, false); err == nil {
+		t.Error("a broken stream was stored")
+	}
+	if content("base.tar.gz") != "base 2" {
+		t.Errorf("a broken stream changed the earlier file: %q", content("base.tar.gz"))
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("left behind: %v", ents)
+	}
+
+	for _, name := range []string{"", ".", "..", "../x.tar", "a/b.tar", "notes.txt", ".tar", "x.tar\x00", strings.Repeat("a", 300) + ".tar"} {
+		if _, err := u.Store(ctx, name, strings.NewReader("x"), false); draupnir.KindOf(err) != draupnir.KindInvalid {
+			t.Errorf("stored as %q: %v", name, err)
+		}
+	}
+	check("--replace", store("backup.tar", "all", true), []string{"base.tar.gz", "pg_wal.tar.gz"}, []string{"backup.tar"})
+	if u.Written() != 0 {
+		t.Errorf("stores counted as written files: %d", u.Written())
 	}
 }

@@ -67,8 +67,9 @@ func (o observedImages) Destroy(ctx context.Context, p draupnir.Principal, id in
 	return err
 }
 
-// OpenUpload measures uploads by what their handles count: streams as they
-// are extracted, files (SFTP and scp) when the upload closes.
+// OpenUpload measures uploads by what their handles count: streams (images
+// upload, extracted or stored by name) as they end, files (SFTP and scp)
+// when the upload closes.
 func (o observedImages) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
 	u, err := o.imageService.OpenUpload(ctx, p, id)
 	if err != nil {
@@ -85,6 +86,12 @@ type observedUpload struct {
 
 func (u *observedUpload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSummary, error) {
 	sum, err := u.Upload.Extract(ctx, r)
+	u.m.ObserveUpload("stream", sum.Bytes, err)
+	return sum, err
+}
+
+func (u *observedUpload) Store(ctx context.Context, name string, r io.Reader, replace bool) (draupnir.UploadSummary, error) {
+	sum, err := u.Upload.Store(ctx, name, r, replace)
 	u.m.ObserveUpload("stream", sum.Bytes, err)
 	return sum, err
 }
