@@ -31,12 +31,14 @@ type ServerVersioner interface {
 	ServerVersion(ctx context.Context) (string, error)
 }
 
-// StreamUploader is implemented by backends that can take an image upload as
-// a (compressed) tar stream in-process: the core adapter, when its image
-// service can. It serves `images upload N < FILE` in SSH sessions whose
-// server lets the command tree handle that command.
+// StreamUploader is implemented by backends that can take an upload from a
+// stream in-process: the core adapter, when its image service opens
+// uploads. It serves `images upload N` in SSH sessions: with no name the
+// stream is a tar of the whole backup, extracted in place of the upload;
+// with a name it is stored as that archive, beside the upload's other files
+// unless replace is set.
 type StreamUploader interface {
-	StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error)
+	StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error)
 }
 
 // ImageService is the part of the core image service (package images) that
@@ -59,14 +61,9 @@ type InstanceService interface {
 	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
 }
 
-// imageStreamer is the optional streaming-upload method of the image service.
-type imageStreamer interface {
-	StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error)
-}
-
 // CoreBackend adapts the in-process core services to Backend, acting as p.
-// SSH sessions use it. If images also has StreamUpload, the result
-// implements StreamUploader.
+// SSH sessions use it. If images also opens uploads (draupnir.Uploads), the
+// result serves StreamUploader.
 func CoreBackend(images ImageService, instances InstanceService, p draupnir.Principal) Backend {
 	return &core{images: images, instances: instances, p: p}
 }
@@ -120,10 +117,18 @@ func (c *core) DestroyInstance(ctx context.Context, id int64) error {
 // ServerVersion is this process's version: the core is the server.
 func (c *core) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
 
-func (c *core) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
-	s, ok := c.images.(imageStreamer)
+func (c *core) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
+	up, ok := c.images.(draupnir.Uploads)
 	if !ok {
 		return draupnir.UploadSummary{}, errors.New("this server cannot take streaming uploads through the command tree")
 	}
-	return s.StreamUpload(ctx, c.p, id, r)
+	u, err := up.OpenUpload(ctx, c.p, id)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer u.Close()
+	if name == "" {
+		return u.Extract(ctx, r)
+	}
+	return u.Store(ctx, name, r, replace)
 }

@@ -151,7 +151,7 @@ func (f *fake) DestroyInstance(ctx context.Context, id int64) error {
 
 func (f *fake) ServerVersion(context.Context) (string, error) { return "9.9.9", nil }
 
-func (f *fake) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+func (f *fake) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return draupnir.UploadSummary{}, err
@@ -817,7 +817,7 @@ func TestUploadRunsSSH(t *testing.T) {
 			t.Fatalf("terminal=%v: exit %d, stdout %q, stderr %q", term, r.code, r.stdout, r.stderr)
 		}
 		args, _ := os.ReadFile(filepath.Join(dir, "args"))
-		if want := "-T\n-p\n2200\nup@ssh.example.com\nimages\nupload\n3\n"; string(args) != want {
+		if want := "-T\n-p\n2200\nup@ssh.example.com\nimages\nupload\n3\n--name\nbase.tar.gz\n"; string(args) != want {
 			t.Errorf("ssh args %q, want %q", args, want)
 		}
 		if st, err := os.Stat(filepath.Join(dir, "stdin")); err != nil || st.Size() != 100000 {
@@ -869,7 +869,7 @@ func TestCoreBackend(t *testing.T) {
 			t.Errorf("core called as %+v, want %+v", got, p)
 		}
 	}
-	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, strings.NewReader("")); err == nil {
+	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, "", false, strings.NewReader("")); err == nil {
 		t.Error("StreamUpload without support in the image service succeeded")
 	}
 	if v, _ := b.(ServerVersioner).ServerVersion(ctx); v != draupnir.Version {

@@ -36,18 +36,18 @@ func roomOf(st *unix.Statfs_t) (free, reserve, avail int64) {
 	return free, reserve, free - reserve
 }
 
-// WriteBudget is what one upload may write into the data path before it
+// writeBudget is what one upload may write into the data path before it
 // reaches the reserve, measured when the upload opens. Free space cannot be
 // polled as bytes arrive: statfs counts them only once they leave the page
 // cache, by which time they may have filled the disk.
-type WriteBudget struct {
+type writeBudget struct {
 	free, reserve int64
 	left          atomic.Int64
 }
 
-// NewWriteBudget measures the filesystem of the open file fd; with no room
+// newWriteBudget measures the filesystem of the open file fd; with no room
 // above the reserve it returns an insufficient-storage error.
-func NewWriteBudget(fd int) (*WriteBudget, error) {
+func newWriteBudget(fd int) (*writeBudget, error) {
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(fd, &st); err != nil {
 		return nil, fmt.Errorf("checking the free space: %w", err)
@@ -56,14 +56,14 @@ func NewWriteBudget(fd int) (*WriteBudget, error) {
 	if avail <= 0 {
 		return nil, fullError(free, reserve, nil)
 	}
-	b := &WriteBudget{free: free, reserve: reserve}
+	b := &writeBudget{free: free, reserve: reserve}
 	b.left.Store(avail)
 	return b, nil
 }
 
-// Spend takes n bytes from the budget, or returns an insufficient-storage
+// spend takes n bytes from the budget, or returns an insufficient-storage
 // error once it is used up. It is safe for concurrent use.
-func (b *WriteBudget) Spend(n int) error {
+func (b *writeBudget) spend(n int) error {
 	if b.left.Add(-int64(n)) < 0 {
 		return fullError(b.free, b.reserve, nil)
 	}

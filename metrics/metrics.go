@@ -106,7 +106,7 @@ func New(opts Options) *Metrics {
 		uploadBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "upload_bytes_total",
 			Help: "Bytes uploaded into images over SSH, by method: stream (tar on stdin, bytes as sent) " +
-				"or files (SFTP and scp, growth of the upload directory).",
+				"or files (SFTP and scp, bytes written, counted as the session ends).",
 		}, []string{"method"}),
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "uploads_total",
