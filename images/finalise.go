@@ -449,6 +449,13 @@ func (s *Service) prepareData(ctx context.Context, work string) error {
 	}
 	var archives, wal []string
 	for _, e := range ents {
+		// A named upload that a crash cut short left its temporary file.
+		if e.Type().IsRegular() && isPartial(e.Name()) {
+			if err := os.Remove(filepath.Join(work, e.Name())); err != nil {
+				return err
+			}
+			continue
+		}
 		if !e.Type().IsRegular() || !extract.IsArchive(e.Name()) {
 			continue
 		}
