@@ -41,36 +41,16 @@ type StreamUploader interface {
 	StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error)
 }
 
-// ImageService is the part of the core image service (package images) that
-// the commands use.
-type ImageService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
-	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
-	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
-
-// InstanceService is the part of the core instance service (package
-// instances) that the commands use.
-type InstanceService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error)
-	Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
-
 // CoreBackend adapts the in-process core services to Backend, acting as p.
 // SSH sessions use it. If images also opens uploads (draupnir.Uploads), the
 // result serves StreamUploader.
-func CoreBackend(images ImageService, instances InstanceService, p draupnir.Principal) Backend {
+func CoreBackend(images draupnir.ImageService, instances draupnir.InstanceService, p draupnir.Principal) Backend {
 	return &core{images: images, instances: instances, p: p}
 }
 
 type core struct {
-	images    ImageService
-	instances InstanceService
+	images    draupnir.ImageService
+	instances draupnir.InstanceService
 	p         draupnir.Principal
 }
 

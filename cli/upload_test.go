@@ -19,8 +19,8 @@ import (
 // dirUploads opens uploads in base/<id> with the images service's own
 // rules; image 3 is ready.
 type dirUploads struct {
-	ImageService // nil: the upload tests call nothing else
-	base         string
+	draupnir.ImageService // nil: the upload tests call nothing else
+	base                  string
 }
 
 func (d dirUploads) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {

@@ -11,30 +11,17 @@ import (
 	"github.com/draupnir-db/draupnir/metrics"
 )
 
-// imageService is what the doors call on the image service; observedImages
-// decorates it with metrics, so that every door is measured alike and the
-// core knows nothing of Prometheus.
+// imageService is what the doors call on the image service: its contract
+// and its uploads. observedImages decorates it with metrics, so that every
+// door is measured alike and the core knows nothing of Prometheus.
 type imageService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
-	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
-	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-	OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error)
-}
-
-// instanceService is what the doors call on the instance service.
-type instanceService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error)
-	Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
+	draupnir.ImageService
+	draupnir.Uploads
 }
 
 var (
-	_ imageService    = (*images.Service)(nil)
-	_ instanceService = (*instances.Service)(nil)
+	_ imageService             = (*images.Service)(nil)
+	_ draupnir.InstanceService = (*instances.Service)(nil)
 )
 
 type observedImages struct {
@@ -107,20 +94,20 @@ func (u *observedUpload) Close() error {
 }
 
 type observedInstances struct {
-	instanceService
+	draupnir.InstanceService
 	m *metrics.Metrics
 }
 
 func (o observedInstances) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
 	start := time.Now()
-	in, err := o.instanceService.Create(ctx, p, imageID)
+	in, err := o.InstanceService.Create(ctx, p, imageID)
 	o.m.ObserveOperation(metrics.OpInstanceCreate, err, time.Since(start))
 	return in, err
 }
 
 func (o observedInstances) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
 	start := time.Now()
-	err := o.instanceService.Destroy(ctx, p, id)
+	err := o.InstanceService.Destroy(ctx, p, id)
 	o.m.ObserveOperation(metrics.OpInstanceDestroy, err, time.Since(start))
 	return err
 }

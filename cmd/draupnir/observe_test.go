@@ -35,7 +35,7 @@ func (f fakeImageService) Finalise(ctx context.Context, p draupnir.Principal, id
 }
 
 type fakeInstanceService struct {
-	instanceService
+	draupnir.InstanceService
 	err error
 }
 

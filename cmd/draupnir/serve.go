@@ -43,7 +43,7 @@ type core struct {
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
-	doorInstances instanceService
+	doorInstances draupnir.InstanceService
 }
 
 // openCore checks the data path, brings up the state database and migrates
