@@ -107,6 +107,9 @@ GRANT USAGE ON LANGUAGE c TO PUBLIC;
 CREATE FUNCTION pg_catalog.evil_sd() RETURNS bool LANGUAGE sql SECURITY DEFINER
   AS 'SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user';
 GRANT EXECUTE ON FUNCTION pg_catalog.evil_sd() TO PUBLIC;
+CREATE FUNCTION pg_catalog.evil_oideq(oid, integer) RETURNS bool LANGUAGE plpgsql AS $f$
+BEGIN PERFORM public.record('pg_catalog.=(oid,integer)'); RETURN $1 OPERATOR(pg_catalog.=) $2::oid; END $f$;
+CREATE OPERATOR pg_catalog.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = pg_catalog.evil_oideq);
 CREATE FUNCTION public.super_sd() RETURNS bool LANGUAGE sql SECURITY DEFINER
   AS 'SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user';
 GRANT EXECUTE ON FUNCTION public.super_sd() TO PUBLIC;
@@ -238,6 +241,9 @@ func TestHostileSource(t *testing.T) {
 					t.Errorf("in %s, the instance role could %q: %s", db, q, out)
 				}
 			}
+		}
+		if got := mustPSQL(t, in, "SELECT string_agg(o.oprname || '(' || o.oprleft::regtype || ',' || o.oprright::regtype || ')', ', ') FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname = 'pg_catalog' AND o.oid >= 16384"); got != "" {
+			t.Errorf("operators planted in pg_catalog are still there: %s", got)
 		}
 		if got := mustPSQL(t, in, "SELECT public.super_sd()"); got != "f" {
 			t.Errorf("a SECURITY DEFINER function of the source's superuser runs as a superuser: %s", got)

@@ -34,8 +34,8 @@ func (c *cluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// exec runs statements, built by finalise itself, one after another.
-func exec(ctx context.Context, conn *pgx.Conn, stmts ...string) error {
+// runSQL runs statements, built by finalise itself, one after another.
+func runSQL(ctx context.Context, conn *pgx.Conn, stmts ...string) error {
 	for _, q := range stmts {
 		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
 			return fmt.Errorf("%s: %w", firstLine(q), err)
@@ -126,7 +126,7 @@ func (h *hardening) again(ctx context.Context) error {
 	// CREATE DATABASE … TEMPLATE: they are hardened too.
 	for _, d := range dbs {
 		if !d.allowConn {
-			if err := exec(ctx, conn, "ALTER DATABASE "+quoteIdent(d.name)+" ALLOW_CONNECTIONS true"); err != nil {
+			if err := runSQL(ctx, conn, "ALTER DATABASE "+quoteIdent(d.name)+" ALLOW_CONNECTIONS true"); err != nil {
 				return err
 			}
 			h.closedDBs = append(h.closedDBs, d.name)
@@ -161,7 +161,7 @@ func (h *hardening) again(ctx context.Context) error {
 // of how the data is used.
 func (h *hardening) shared(ctx context.Context, conn *pgx.Conn) error {
 	if h.c.major >= 15 {
-		if err := exec(ctx, conn, "DELETE FROM pg_catalog.pg_parameter_acl"); err != nil {
+		if err := runSQL(ctx, conn, "DELETE FROM pg_catalog.pg_parameter_acl"); err != nil {
 			return err
 		}
 	}
@@ -225,7 +225,7 @@ func (h *hardening) shared(ctx context.Context, conn *pgx.Conn) error {
 		stmts = append(stmts, "UPDATE pg_catalog.pg_db_role_setting SET setconfig = "+
 			quoteLiteral("{"+strings.Join(elems, ",")+"}")+"::pg_catalog.text[]"+where)
 	}
-	return exec(ctx, conn, stmts...)
+	return runSQL(ctx, conn, stmts...)
 }
 
 // keepSetting reports whether a role or database setting of the source may
@@ -282,12 +282,12 @@ func (h *hardening) disableEventTriggers(ctx context.Context, conn *pgx.Conn, db
 		return err
 	}
 	for _, t := range trigs {
-		if err := exec(ctx, conn, "ALTER EVENT TRIGGER "+quoteIdent(t.name)+" DISABLE"); err != nil {
+		if err := runSQL(ctx, conn, "ALTER EVENT TRIGGER "+quoteIdent(t.name)+" DISABLE"); err != nil {
 			return err
 		}
 		h.eventTrigs[db] = append(h.eventTrigs[db], t)
 	}
-	return exec(ctx, conn,
+	return runSQL(ctx, conn,
 		`DELETE FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.<) '16384'::pg_catalog.oid`,
 		`DELETE FROM pg_catalog.pg_rewrite WHERE ev_class OPERATOR(pg_catalog.<) '16384'::pg_catalog.oid
 		   AND ev_type OPERATOR(pg_catalog.<>) '1'::"char"`)
@@ -307,7 +307,7 @@ func (h *hardening) restoreEventTriggers(ctx context.Context) error {
 				continue
 			}
 			// The script may have dropped it.
-			if err := exec(ctx, conn, "ALTER EVENT TRIGGER "+quoteIdent(t.name)+" "+mode); err != nil && !isUndefined(err) {
+			if err := runSQL(ctx, conn, "ALTER EVENT TRIGGER "+quoteIdent(t.name)+" "+mode); err != nil && !isUndefined(err) {
 				conn.Close(ctx)
 				return err
 			}
@@ -328,7 +328,7 @@ func (h *hardening) reopen(ctx context.Context) error {
 	}
 	defer conn.Close(ctx)
 	for _, db := range slices.Compact(slices.Sorted(slices.Values(h.closedDBs))) {
-		if err := exec(ctx, conn, "ALTER DATABASE "+quoteIdent(db)+" ALLOW_CONNECTIONS false"); err != nil && !isUndefined(err) {
+		if err := runSQL(ctx, conn, "ALTER DATABASE "+quoteIdent(db)+" ALLOW_CONNECTIONS false"); err != nil && !isUndefined(err) {
 			return err
 		}
 	}
@@ -392,13 +392,13 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 				for i := 2; names[to]; i++ {
 					to = InstanceRole + "_from_source_" + strconv.Itoa(i)
 				}
-				if err := exec(ctx, conn, "ALTER ROLE "+quoteIdent(r.name)+" RENAME TO "+quoteIdent(to)); err != nil {
+				if err := runSQL(ctx, conn, "ALTER ROLE "+quoteIdent(r.name)+" RENAME TO "+quoteIdent(to)); err != nil {
 					return err
 				}
 				names[to] = true
 			}
 		}
-		if err := exec(ctx, conn, "CREATE ROLE "+quoteIdent(InstanceRole)+
+		if err := runSQL(ctx, conn, "CREATE ROLE "+quoteIdent(InstanceRole)+
 			" LOGIN NOSUPERUSER NOCREATEROLE CREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD NULL"); err != nil {
 			return err
 		}
@@ -429,7 +429,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 			}
 		}
 	}
-	if err := exec(ctx, conn, stmts...); err != nil {
+	if err := runSQL(ctx, conn, stmts...); err != nil {
 		return err
 	}
 	mrows, err := conn.Query(ctx, `SELECT g.oid, g.rolname::pg_catalog.text, m.rolname::pg_catalog.text, gr.rolname::pg_catalog.text
@@ -467,7 +467,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	slices.Sort(stmts)
-	return exec(ctx, conn, stmts...)
+	return runSQL(ctx, conn, stmts...)
 }
 
 // systemPrivileges gives the system objects of the connected database the
@@ -600,14 +600,53 @@ func (h *hardening) systemPrivileges(ctx context.Context, conn *pgx.Conn) error 
 		stmts = append(stmts, catalogUpdate("pg_language", []string{"lanpltrusted = " + strconv.FormatBool(want.trusted), "lanacl = " + lit + owner}, l.oid))
 	}
 	slices.Sort(stmts)
-	if len(planted) > 0 {
+	// Operators too: one planted in pg_catalog (=(oid, integer), say) would
+	// be found by every session, pinned or not, and call its function
+	// wherever that was moved.
+	ops, err := plantedOperators(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if len(planted)+len(ops) > 0 {
 		slices.Sort(planted)
 		stmts = append(stmts, "CREATE SCHEMA IF NOT EXISTS draupnir_moved AUTHORIZATION "+quoteIdent(super))
 		for _, fn := range planted {
 			stmts = append(stmts, "ALTER ROUTINE "+fn+" SET SCHEMA draupnir_moved")
 		}
+		for _, op := range ops {
+			stmts = append(stmts, "ALTER OPERATOR "+op+" SET SCHEMA draupnir_moved")
+		}
 	}
-	return exec(ctx, conn, stmts...)
+	return runSQL(ctx, conn, stmts...)
+}
+
+// plantedOperators lists the operators in system schemas that initdb did
+// not make (every object it makes has an OID below 16384) and that no
+// extension owns, as ALTER OPERATOR signatures.
+func plantedOperators(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT n.nspname::pg_catalog.text, o.oprname::pg_catalog.text,
+		  CASE WHEN o.oprleft OPERATOR(pg_catalog.=) '0'::pg_catalog.oid THEN 'NONE'
+		       ELSE pg_catalog.format_type(o.oprleft, NULL::pg_catalog.int4) END,
+		  pg_catalog.format_type(o.oprright, NULL::pg_catalog.int4)
+		FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace
+		WHERE `+inSystemSchema+` AND o.oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid
+		  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid OPERATOR(pg_catalog.=) '2617'::pg_catalog.oid
+		    AND d.objid OPERATOR(pg_catalog.=) o.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'::"char")
+		ORDER BY 1, 2, 3, 4`)
+	if err != nil {
+		return nil, fmt.Errorf("listing operators: %w", err)
+	}
+	var ops []string
+	for rows.Next() {
+		var nsp, name, left, right string
+		if err := rows.Scan(&nsp, &name, &left, &right); err != nil {
+			return nil, err
+		}
+		// Operator names are symbols, written as they are; the schema
+		// is quoted, the types come formatted by PostgreSQL.
+		ops = append(ops, quoteIdent(nsp)+"."+name+" ("+left+", "+right+")")
+	}
+	return ops, rows.Err()
 }
 
 // catalogUpdate writes an UPDATE of the row oid of a system catalog.
@@ -736,7 +775,7 @@ func (h *hardening) ownership(ctx context.Context, conn *pgx.Conn, db string) er
 	if err != nil {
 		return err
 	}
-	return exec(ctx, conn, stmts...)
+	return runSQL(ctx, conn, stmts...)
 }
 
 // disableUserTriggers turns off, in every database, the triggers and rules
@@ -783,7 +822,7 @@ func (h *hardening) disableUserTriggers(ctx context.Context) error {
 			if t.rule {
 				what = " RULE "
 			}
-			if err := exec(ctx, conn, "ALTER TABLE "+t.table+" DISABLE"+what+quoteIdent(t.name)); err != nil {
+			if err := runSQL(ctx, conn, "ALTER TABLE "+t.table+" DISABLE"+what+quoteIdent(t.name)); err != nil {
 				return err
 			}
 			h.userTrigs[db] = append(h.userTrigs[db], t)
@@ -807,7 +846,7 @@ func (h *hardening) restoreUserTriggers(ctx context.Context) error {
 				what = " RULE "
 			}
 			mode := map[string]string{"O": " ENABLE", "R": " ENABLE REPLICA", "A": " ENABLE ALWAYS"}[t.state]
-			if err := exec(ctx, conn, "ALTER TABLE "+t.table+mode+what+quoteIdent(t.name)); err != nil && !isUndefined(err) {
+			if err := runSQL(ctx, conn, "ALTER TABLE "+t.table+mode+what+quoteIdent(t.name)); err != nil && !isUndefined(err) {
 				conn.Close(ctx)
 				return err
 			}
@@ -900,7 +939,7 @@ func (h *hardening) scrub(ctx context.Context) error {
 			"ANALYZE",
 			"VACUUM (FULL) pg_catalog.pg_statistic",
 			"VACUUM (FULL) pg_catalog.pg_statistic_ext_data")
-		return exec(ctx, conn, stmts...)
+		return runSQL(ctx, conn, stmts...)
 	})
 }
 
@@ -912,7 +951,7 @@ func (c *cluster) superuserAccess(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return exec(ctx, conn, "ALTER ROLE "+quoteIdent(InstanceRole)+" SUPERUSER")
+	return runSQL(ctx, conn, "ALTER ROLE "+quoteIdent(InstanceRole)+" SUPERUSER")
 }
 
 // outboundCredentials removes from the connected database what would let an
@@ -945,5 +984,5 @@ func outboundCredentials(ctx context.Context, conn *pgx.Conn) error {
 	// Directly in the catalog: ALTER USER MAPPING would call the foreign
 	// data wrapper's validator, a function the source chose, as superuser.
 	stmts = append(stmts, `UPDATE pg_catalog.pg_user_mapping SET umoptions = NULL WHERE umoptions IS NOT NULL`)
-	return exec(ctx, conn, stmts...)
+	return runSQL(ctx, conn, stmts...)
 }

@@ -189,7 +189,7 @@ func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, p
 	if err == nil {
 		defer conn.Close(ctx)
 		var super bool
-		if err := conn.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT rolsuper FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER").Scan(&super); err != nil {
 			return "", err
 		}
 		if super {
@@ -205,7 +205,9 @@ func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, p
 	// Through the supervisor: the server's environment may hold secrets and
 	// must not reach a postgres booted from an uploaded backup.
 	cmd := s.opts.Supervisor.Command(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
-	cmd.Stdin = strings.NewReader("SELECT rolname FROM pg_authid WHERE oid = 10;\n")
+	// Qualified and exactly typed: single-user mode has the default
+	// search_path, where an operator the source planted would be found.
+	cmd.Stdin = strings.NewReader("SELECT rolname FROM pg_catalog.pg_authid WHERE oid OPERATOR(pg_catalog.=) '10'::pg_catalog.oid;\n")
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {

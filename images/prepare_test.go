@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,6 +33,14 @@ func TestFindSuperuserNotPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.AsPostgres(t, filepath.Join(bin, "initdb"), "-D", dir, "-A", "trust", "-U", "boss", "--no-sync")
+	// Single-user mode has the default search_path: an operator planted
+	// there must not be what the superuser's query calls.
+	plant := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "postgres"), "--single", "-D", dir, "template1")
+	plant.Stdin = strings.NewReader("CREATE FUNCTION public.trap(oid, integer) RETURNS bool LANGUAGE plpgsql AS 'BEGIN RAISE EXCEPTION ''planted operator ran''; END';\n" +
+		"CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = integer, FUNCTION = public.trap);\n")
+	if out, err := plant.CombinedOutput(); err != nil {
+		t.Fatalf("planting: %v\n%s", err, out)
+	}
 	t.Cleanup(func() { testenv.KillPostgresUnder(dir) })
 	spec := supervisor.Spec{DataDir: dir, SocketDir: filepath.Join(base, "sock"), Port: privatePort,
 		Settings: map[string]string{"fsync": "off"}, LogFile: filepath.Join(base, "postgres.log")}

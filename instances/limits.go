@@ -229,12 +229,12 @@ func (s *Service) removeStaleQgroups() {
 // Images finalised by any Draupnir version get the same treatment. conn is
 // a superuser session.
 func pinLimits(ctx context.Context, conn *pgx.Conn) error {
-	rows, err := conn.Query(ctx, `SELECT coalesce(d.datname, ''), coalesce(r.rolname, ''), s.setdatabase <> 0, s.setrole <> 0
+	rows, err := conn.Query(ctx, `SELECT coalesce(d.datname, ''), coalesce(r.rolname, ''), s.setdatabase OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid, s.setrole OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid
 		FROM pg_catalog.pg_db_role_setting s
-		LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-		LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+		LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase
+		LEFT JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) s.setrole
 		WHERE EXISTS (SELECT FROM pg_catalog.unnest(s.setconfig) c
-			WHERE pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) = 'temp_file_limit')`)
+			WHERE pg_catalog.lower(pg_catalog.split_part(c, '='::pg_catalog.text, 1)) OPERATOR(pg_catalog.=) 'temp_file_limit'::pg_catalog.text)`)
 	if err != nil {
 		return fmt.Errorf("reading per-database and per-role settings: %w", err)
 	}
@@ -263,11 +263,11 @@ func pinLimits(ctx context.Context, conn *pgx.Conn) error {
 	}
 	var grantees []string
 	err = conn.QueryRow(ctx, `SELECT coalesce(pg_catalog.array_agg(DISTINCT
-			CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END), '{}')
+			CASE WHEN a.grantee OPERATOR(pg_catalog.=) '0'::pg_catalog.oid THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname::pg_catalog.text) END), '{}')
 		FROM pg_catalog.pg_parameter_acl p,
 			LATERAL pg_catalog.aclexplode(p.paracl) a
-			LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-		WHERE p.parname = 'temp_file_limit'`).Scan(&grantees)
+			LEFT JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+		WHERE p.parname OPERATOR(pg_catalog.=) 'temp_file_limit'::pg_catalog.text`).Scan(&grantees)
 	var pgErr interface{ SQLState() string }
 	switch {
 	case errors.As(err, &pgErr) && pgErr.SQLState() == "42P01":
