@@ -22,9 +22,6 @@ import (
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
-// InstanceRole is the login role that instances hand to their owners.
-const InstanceRole = "draupnir"
-
 // privatePort names the finalise boot's unix socket; no TCP socket exists.
 const privatePort = 5432
 
@@ -246,7 +243,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		// As the data owners by default: what the source planted in the
 		// data (triggers, rules, functions the script's expressions
 		// resolve to) then runs with no more rights than theirs.
-		user := InstanceRole
+		user := draupnir.InstanceRole
 		if s.opts.ScriptAsSuperuser {
 			if err := h.disableUserTriggers(ctx); err != nil {
 				return nil, securing(err)

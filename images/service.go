@@ -28,12 +28,6 @@ import (
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
-// InstanceDestroyer destroys every instance of an image; destroying an image
-// destroys its instances first.
-type InstanceDestroyer interface {
-	DestroyAllOfImage(ctx context.Context, imageID int64) error
-}
-
 // Options configures a Service.
 type Options struct {
 	Pool            *pgxpool.Pool
@@ -61,11 +55,10 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex
-	jobs      map[int64]*job // finalise jobs in flight
-	destroys  map[int64]bool // images being destroyed: no new instances
-	uploads   map[int64]int  // open uploads per image
-	instances InstanceDestroyer
+	mu       sync.Mutex
+	jobs     map[int64]*job // finalise jobs in flight
+	destroys map[int64]bool // images being destroyed: no new instances
+	uploads  map[int64]int  // open uploads per image
 
 	baseMu    sync.Mutex
 	baselines map[string]*baseline // by major version
@@ -95,9 +88,6 @@ func New(opts Options) *Service {
 		uploads:   map[int64]int{},
 	}
 }
-
-// SetInstances wires the instance service in (the two depend on each other).
-func (s *Service) SetInstances(d InstanceDestroyer) { s.instances = d }
 
 // Close cancels running finalise jobs (their images end up failed, as after a
 // crash) and waits for them.
@@ -165,15 +155,9 @@ func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
 	return &c
 }
 
-// Image is what the instance service needs of a ready image.
-type Image struct {
-	draupnir.Image
-	Snapshot  string // read-only snapshot directory
-	Superuser string // bootstrap superuser, reachable on the private socket
-}
-
-// Ready returns image id if instances can be made of it.
-func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
+// Ready returns what it takes to make an instance of image id, if instances
+// can be made of it: it is ready and not being destroyed.
+func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error) {
 	r, err := s.store.get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -187,7 +171,7 @@ func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
 	if destroying {
 		return nil, destroyingError(id)
 	}
-	return &Image{Image: r.Image, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
+	return &draupnir.ReadyImage{ID: id, Database: r.Database, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
 }
 
 // destroyingError refuses work on an image whose destroy is under way: a
@@ -259,13 +243,15 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 	return &r.Image, nil
 }
 
-// Destroy removes an image: its instances, its row, its snapshot and its
-// upload. New instances of it are refused meanwhile; one whose create was
-// already past that check keeps the image (the row cannot go while an
-// instance refers to it), and the destroy answers a conflict to retry. The
-// row goes before the subvolumes, so an image is never left ready without
-// its snapshot; a subvolume left behind by a crash is reconciled away.
-func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+// Destroy removes an image: its instances (through instances), its row, its
+// snapshot and its upload. New instances of it are refused meanwhile (Ready
+// says so); one whose create was already past that check keeps the image
+// (the row cannot go while an instance refers to it), and the destroy
+// answers a conflict to retry. The row goes before the subvolumes, so an
+// image is never left ready without its snapshot; a subvolume left behind by
+// a crash is reconciled away. The instance service depends on this one, so
+// it is handed in by the caller rather than held.
+func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, instances draupnir.InstanceDestroyer) error {
 	if err := requireUpload(p, "destroy images"); err != nil {
 		return err
 	}
@@ -290,10 +276,8 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if _, err := s.store.get(ctx, id); err != nil {
 		return err
 	}
-	if s.instances != nil {
-		if err := s.instances.DestroyAllOfImage(ctx, id); err != nil {
-			return fmt.Errorf("destroying the instances of image %d: %w", id, err)
-		}
+	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
+		return fmt.Errorf("destroying the instances of image %d: %w", id, err)
 	}
 	if err := s.store.delete(ctx, id); err != nil {
 		var pe *pgconn.PgError

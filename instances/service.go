@@ -26,13 +26,13 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
-	"github.com/draupnir-db/draupnir/images"
+	"github.com/draupnir-db/draupnir/internal/diskspace"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
 // Images is what instances need of the image service.
 type Images interface {
-	Ready(ctx context.Context, id int64) (*images.Image, error)
+	Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error)
 }
 
 // Options configures a Service.
@@ -106,7 +106,7 @@ func New(opts Options) (*Service, error) {
 	// The file is named after its rules, so that a postgres started with
 	// other rules has another hba_file on its command line, and Reconcile
 	// restarts it.
-	rules := hbaRules(images.InstanceRole)
+	rules := hbaRules(draupnir.InstanceRole)
 	sum := sha256.Sum256([]byte(rules))
 	hba := filepath.Join(opts.RunDir, fmt.Sprintf("instance_pg_hba.%x.conf", sum[:8]))
 	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
@@ -231,14 +231,14 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	}
 	// A new instance on a full disk could not write, and would eat into
 	// the room the state database and the running instances need.
-	if err := images.EnsureRoom(s.opts.Dir); err != nil {
+	if err := diskspace.Ensure(s.opts.Dir); err != nil {
 		return nil, err
 	}
 	password, err := newPassword()
 	if err != nil {
 		return nil, err
 	}
-	in, err := s.allocate(ctx, imageID, owner, images.InstanceRole, password)
+	in, err := s.allocate(ctx, imageID, owner, draupnir.InstanceRole, password)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
 	"github.com/draupnir-db/draupnir/metrics"
 )
@@ -38,7 +37,7 @@ type instanceService interface {
 }
 
 var (
-	_ imageService    = (*images.Service)(nil)
+	_ imageService    = cascadingImages{}
 	_ instanceService = (*instances.Service)(nil)
 )
 

@@ -38,5 +38,5 @@ func newOps(cfg *config.Config, stderr io.Writer) (*slog.Logger, *metrics.Metric
 
 // observed returns the services as the doors should see them: measured.
 func (c *core) observed(m *metrics.Metrics) (imageService, instanceService) {
-	return newObservedImages(c.images, m, c.cfg.UploadsDir()), observedInstances{c.instances, m}
+	return newObservedImages(cascadingImages{c.images, c.instances}, m, c.cfg.UploadsDir()), observedInstances{c.instances, m}
 }
