@@ -46,9 +46,9 @@ type Options struct {
 
 // Service manages images.
 type Service struct {
-	opts  Options
-	store store
-	log   *slog.Logger
+	deps
+	opts Options
+	log  *slog.Logger
 
 	// base outlives requests: finalise jobs run on it.
 	base   context.Context
@@ -72,14 +72,18 @@ type job struct {
 
 // New returns a Service. Call Close to stop its jobs.
 func New(opts Options) *Service {
+	return newService(opts, realDeps(opts))
+}
+
+func newService(opts Options, d deps) *Service {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
+		deps:      d,
 		opts:      opts,
 		baselines: map[string]*baseline{},
-		store:     store{opts.Pool},
 		log:       opts.Log.With("component", "images"),
 		base:      base,
 		cancel:    cancel,
@@ -116,7 +120,7 @@ func requireUpload(p draupnir.Principal, what string) error {
 
 // List returns every image as p sees it (see Get).
 func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
-	rows, err := s.store.list(ctx, "")
+	rows, err := s.store.listAll(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +292,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	}
 	var errs []error
 	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
-		if err := btrfs.Delete(dir); err != nil {
+		if err := s.volumes.Delete(dir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -303,7 +307,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 // Reconcile repairs what a crash left: no image stays finalising, half-made
 // work directories go, and subvolumes that no row owns are deleted.
 func (s *Service) Reconcile(ctx context.Context) error {
-	rows, err := s.store.list(ctx, "")
+	rows, err := s.store.listAll(ctx)
 	if err != nil {
 		return err
 	}
@@ -325,11 +329,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			return err
 		}
 		if r.State == draupnir.ImageReady {
-			if ok, _ := btrfs.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
+			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
 				s.log.Error("ready image has lost its snapshot; marking it failed", "image", r.ID)
 				s.store.fail(ctx, r.ID, "the image's snapshot is missing from the data path; upload and finalise it again")
 			}
-		} else if err := btrfs.Delete(s.SnapshotDir(r.ID)); err != nil {
+		} else if err := s.volumes.Delete(s.SnapshotDir(r.ID)); err != nil {
 			return err
 		}
 		if err := s.reconcileUpload(r); err != nil {
@@ -349,8 +353,8 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			}
 			path := filepath.Join(dir, e.Name())
 			s.log.Warn("deleting a subvolume that no image owns", "path", path)
-			s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second)
-			if err := btrfs.Delete(path); err != nil {
+			s.postgres.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second)
+			if err := s.volumes.Delete(path); err != nil {
 				s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
 			}
 		}
@@ -364,11 +368,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 // by an older version get the private mode.
 func (s *Service) reconcileUpload(r *row) error {
 	dir := s.uploadDir(r.ID)
-	exists, _ := btrfs.IsSubvolume(dir)
+	exists, _ := s.volumes.IsSubvolume(dir)
 	switch {
 	case r.State == draupnir.ImageReady && exists && !s.opts.KeepUploads:
 		s.log.Info("deleting the upload of a ready image", "image", r.ID)
-		if err := btrfs.Delete(dir); err != nil {
+		if err := s.volumes.Delete(dir); err != nil {
 			return fmt.Errorf("deleting the upload of ready image %d: %w", r.ID, err)
 		}
 	case exists:
@@ -390,10 +394,10 @@ func (s *Service) discardWork(ctx context.Context, id int64) error {
 	if _, err := os.Stat(work); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err := s.opts.Supervisor.StopDataDir(ctx, work, supervisor.Immediate, 10*time.Second); err != nil {
+	if err := s.postgres.StopDataDir(ctx, work, supervisor.Immediate, 10*time.Second); err != nil {
 		return fmt.Errorf("stopping the private postgres of image %d: %w", id, err)
 	}
-	if err := btrfs.Delete(work); err != nil {
+	if err := s.volumes.Delete(work); err != nil {
 		return fmt.Errorf("deleting the work directory of image %d: %w", id, err)
 	}
 	return nil
