@@ -22,7 +22,9 @@ import (
 var Version = "2.1.0"
 
 // ImageState is a step of an image's lifecycle:
-// created → uploading → finalising → ready | failed.
+// created → uploading → finalising → ready | failed. A failed image is
+// finalised again as it is (done), or after a new upload, whose first write
+// takes it back to uploading.
 type ImageState string
 
 const (
@@ -34,8 +36,11 @@ const (
 )
 
 // AcceptsUploads reports whether bytes may still be written into the image's
-// upload subvolume.
-func (s ImageState) AcceptsUploads() bool { return s == ImageCreated || s == ImageUploading }
+// upload: until it is finalised, and again after a failed finalise, so that
+// a wrong or incomplete upload can be fixed.
+func (s ImageState) AcceptsUploads() bool {
+	return s == ImageCreated || s == ImageUploading || s == ImageFailed
+}
 
 // Image is a finalised (or finalising) PostgreSQL base backup.
 type Image struct {
@@ -63,6 +68,16 @@ type UploadSummary struct {
 	Bytes    int64 // bytes read from the client (compressed, if it was)
 	Files    int   // regular files written
 	Duration time.Duration
+	// Name is the file stored, for an upload by name; "" for a tar
+	// stream extracted into the upload.
+	Name string
+	// Replaced names what the upload held before and no longer holds:
+	// the earlier file of the same name, or everything, for a stream or
+	// a replacing upload. Empty when the upload only added.
+	Replaced []string
+	// Holds names the entries at the top of the upload after it: what
+	// done will finalise.
+	Holds []string
 }
 
 // Ready reports whether instances can be made of the image.

@@ -36,7 +36,7 @@ const (
 
 // TokenIssuer issues Draupnir access tokens; *Store is one.
 type TokenIssuer interface {
-	IssueToken(ctx context.Context, p draupnir.Principal, description string, ttl time.Duration) (string, Token, error)
+	IssueToken(ctx context.Context, p draupnir.Principal, description string, ttl time.Duration) (string, draupnir.Token, error)
 }
 
 // LoginOptions configure a Login.
@@ -403,7 +403,7 @@ func clientRedirect(base string, q url.Values) string {
 // Redeem exchanges a one-time login code for an access token. The code
 // works once, within a minute, for the redirect URI it was sent to, and
 // only with the verifier whose S256 is the challenge Begin was given.
-func (l *Login) Redeem(ctx context.Context, code, verifier, redirectURI, description string) (string, Token, error) {
+func (l *Login) Redeem(ctx context.Context, code, verifier, redirectURI, description string) (string, draupnir.Token, error) {
 	h := sha256.Sum256([]byte(code))
 	l.mu.Lock()
 	c, ok := l.codes[h]
@@ -411,14 +411,14 @@ func (l *Login) Redeem(ctx context.Context, code, verifier, redirectURI, descrip
 	l.mu.Unlock()
 	invalid := draupnir.Errorf(draupnir.KindInvalid, "the login code is unknown, already used, expired or not yours; run authenticate again")
 	if !ok || l.now().After(c.expires) {
-		return "", Token{}, invalid
+		return "", draupnir.Token{}, invalid
 	}
 	if redirectURI != "" && redirectURI != c.clientRedirect {
-		return "", Token{}, invalid
+		return "", draupnir.Token{}, invalid
 	}
 	got := oauth2.S256ChallengeFromVerifier(verifier)
 	if verifier == "" || subtle.ConstantTimeCompare([]byte(got), []byte(c.challenge)) != 1 {
-		return "", Token{}, invalid
+		return "", draupnir.Token{}, invalid
 	}
 	return l.opts.Tokens.IssueToken(ctx, c.principal, description, l.opts.TokenTTL)
 }

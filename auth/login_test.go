@@ -71,9 +71,9 @@ func TestCheckLoopbackRedirect(t *testing.T) {
 // fakeIssuer issues tokens without a database.
 type fakeIssuer struct{ issued []draupnir.Principal }
 
-func (f *fakeIssuer) IssueToken(_ context.Context, p draupnir.Principal, _ string, _ time.Duration) (string, Token, error) {
+func (f *fakeIssuer) IssueToken(_ context.Context, p draupnir.Principal, _ string, _ time.Duration) (string, draupnir.Token, error) {
 	f.issued = append(f.issued, p)
-	return "drp_fake", Token{ID: int64(len(f.issued)), Principal: p.Name}, nil
+	return "drp_fake", draupnir.Token{ID: int64(len(f.issued)), Principal: p.Name}, nil
 }
 
 // TestLoginFlow drives Login against mockoidc, playing the browser by hand:

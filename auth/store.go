@@ -31,27 +31,6 @@ const DefaultTokenTTL = 30 * 24 * time.Hour
 // key is about 2.8 KB).
 const maxPublicKeyBytes = 8 << 10
 
-// Token describes an access token; the token itself is never stored.
-type Token struct {
-	ID          int64
-	Principal   string
-	Description string
-	CreatedAt   time.Time
-	ExpiresAt   time.Time
-	LastUsedAt  time.Time // zero if never used
-	Current     bool      // the token of the request that listed it
-}
-
-// Key is a registered SSH public key.
-type Key struct {
-	ID          int64
-	Fingerprint string // SHA256:…
-	Principal   string
-	PublicKey   string // authorized_keys form: "ssh-ed25519 AAAA… comment"
-	Comment     string
-	CreatedAt   time.Time
-}
-
 // KeyLookup maps a public key to a principal; sshd.FileKeys is one.
 type KeyLookup interface {
 	PrincipalForKey(ctx context.Context, key gossh.PublicKey) (draupnir.Principal, error)
@@ -111,21 +90,21 @@ var errBadToken = draupnir.Errorf(draupnir.KindUnauthorized, "the access token i
 // IssueToken creates an access token for the user p, valid for ttl (≤ 0:
 // DefaultTokenTTL), and returns it. It is the only time the token exists in
 // clear outside the client.
-func (s *Store) IssueToken(ctx context.Context, p draupnir.Principal, description string, ttl time.Duration) (string, Token, error) {
+func (s *Store) IssueToken(ctx context.Context, p draupnir.Principal, description string, ttl time.Duration) (string, draupnir.Token, error) {
 	if p.Upload || p.Name == "" {
-		return "", Token{}, draupnir.Errorf(draupnir.KindForbidden, "access tokens are issued to people only")
+		return "", draupnir.Token{}, draupnir.Errorf(draupnir.KindForbidden, "access tokens are issued to people only")
 	}
 	if ttl <= 0 {
 		ttl = DefaultTokenTTL
 	}
 	description = cleanText(description, 200)
 	token := newSecret()
-	t := Token{Principal: p.Name, Description: description, ExpiresAt: s.now().Add(ttl).UTC().Truncate(time.Microsecond)}
+	t := draupnir.Token{Principal: p.Name, Description: description, ExpiresAt: s.now().Add(ttl).UTC().Truncate(time.Microsecond)}
 	err := s.pool.QueryRow(ctx, `INSERT INTO access_tokens (token_hash, principal, description, expires_at)
 		VALUES ($1, $2, $3, $4) RETURNING id, created_at`,
 		hashToken(token), t.Principal, t.Description, t.ExpiresAt).Scan(&t.ID, &t.CreatedAt)
 	if err != nil {
-		return "", Token{}, fmt.Errorf("storing an access token: %w", err)
+		return "", draupnir.Token{}, fmt.Errorf("storing an access token: %w", err)
 	}
 	// Expired tokens are of no use to anyone; sweep them now and then.
 	if _, err := s.pool.Exec(ctx, "DELETE FROM access_tokens WHERE expires_at < now() - interval '1 day'"); err != nil {
@@ -177,14 +156,14 @@ func (s *Store) AuthenticateToken(ctx context.Context, token string) (draupnir.P
 
 // ListTokens returns p's unexpired tokens, newest first; current (the
 // caller's own token, may be empty) is marked.
-func (s *Store) ListTokens(ctx context.Context, p draupnir.Principal, current string) ([]Token, error) {
+func (s *Store) ListTokens(ctx context.Context, p draupnir.Principal, current string) ([]draupnir.Token, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, principal, description, created_at, expires_at, last_used_at, token_hash = $2
 		FROM access_tokens WHERE principal = $1 AND expires_at > now() ORDER BY id DESC`, p.Name, hashToken(current))
 	if err != nil {
 		return nil, fmt.Errorf("listing access tokens: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Token, error) {
-		var t Token
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (draupnir.Token, error) {
+		var t draupnir.Token
 		var last *time.Time
 		err := r.Scan(&t.ID, &t.Principal, &t.Description, &t.CreatedAt, &t.ExpiresAt, &last, &t.Current)
 		if last != nil {
@@ -221,35 +200,35 @@ func (s *Store) Logout(ctx context.Context, token string) error {
 
 // AddKey registers the public key in line (authorized_keys form, options
 // refused) for the user p.
-func (s *Store) AddKey(ctx context.Context, p draupnir.Principal, line string) (Key, error) {
+func (s *Store) AddKey(ctx context.Context, p draupnir.Principal, line string) (draupnir.Key, error) {
 	if p.Upload || p.Name == "" {
-		return Key{}, draupnir.Errorf(draupnir.KindForbidden, "the upload principal's keys are configured in ssh.upload_authorized_keys")
+		return draupnir.Key{}, draupnir.Errorf(draupnir.KindForbidden, "the upload principal's keys are configured in ssh.upload_authorized_keys")
 	}
 	if len(line) > maxPublicKeyBytes {
-		return Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "public_key is too long"}
+		return draupnir.Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "public_key is too long"}
 	}
 	pub, comment, options, rest, err := gossh.ParseAuthorizedKey([]byte(strings.TrimSpace(line)))
 	if err != nil {
-		return Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key",
+		return draupnir.Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key",
 			Msg: "public_key is not an OpenSSH public key (the contents of a .pub file)"}
 	}
 	if len(options) > 0 || len(strings.TrimSpace(string(rest))) > 0 {
-		return Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key",
+		return draupnir.Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key",
 			Msg: "public_key must be one key without authorized_keys options"}
 	}
 	if _, ok := pub.(gossh.CryptoPublicKey); !ok {
 		// Certificates would need a CA policy this server does not have.
-		return Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "certificates cannot be registered; register the plain key"}
+		return draupnir.Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "certificates cannot be registered; register the plain key"}
 	}
 	if pub.Type() == gossh.KeyAlgoDSA {
-		return Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "DSA keys are not accepted"}
+		return draupnir.Key{}, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "public_key", Msg: "DSA keys are not accepted"}
 	}
 	if s.files != nil {
 		if _, err := s.files.PrincipalForKey(ctx, pub); err == nil {
-			return Key{}, draupnir.Errorf(draupnir.KindConflict, "this key is already configured on the server")
+			return draupnir.Key{}, draupnir.Errorf(draupnir.KindConflict, "this key is already configured on the server")
 		}
 	}
-	k := Key{
+	k := draupnir.Key{
 		Fingerprint: gossh.FingerprintSHA256(pub),
 		Principal:   p.Name,
 		PublicKey:   strings.TrimSpace(string(gossh.MarshalAuthorizedKey(pub))),
@@ -260,10 +239,10 @@ func (s *Store) AddKey(ctx context.Context, p draupnir.Principal, line string) (
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		// Whose it is stays unsaid.
-		return Key{}, draupnir.Errorf(draupnir.KindConflict, "key %s is already registered", k.Fingerprint)
+		return draupnir.Key{}, draupnir.Errorf(draupnir.KindConflict, "key %s is already registered", k.Fingerprint)
 	}
 	if err != nil {
-		return Key{}, fmt.Errorf("registering an SSH key: %w", err)
+		return draupnir.Key{}, fmt.Errorf("registering an SSH key: %w", err)
 	}
 	if k.Comment != "" {
 		k.PublicKey += " " + k.Comment
@@ -272,14 +251,14 @@ func (s *Store) AddKey(ctx context.Context, p draupnir.Principal, line string) (
 }
 
 // ListKeys returns p's registered keys, oldest first.
-func (s *Store) ListKeys(ctx context.Context, p draupnir.Principal) ([]Key, error) {
+func (s *Store) ListKeys(ctx context.Context, p draupnir.Principal) ([]draupnir.Key, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, fingerprint, principal, public_key, comment, created_at
 		FROM ssh_keys WHERE principal = $1 ORDER BY id`, p.Name)
 	if err != nil {
 		return nil, fmt.Errorf("listing SSH keys: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
-		var k Key
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (draupnir.Key, error) {
+		var k draupnir.Key
 		err := r.Scan(&k.ID, &k.Fingerprint, &k.Principal, &k.PublicKey, &k.Comment, &k.CreatedAt)
 		if k.Comment != "" {
 			k.PublicKey += " " + k.Comment

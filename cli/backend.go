@@ -31,50 +31,27 @@ type ServerVersioner interface {
 	ServerVersion(ctx context.Context) (string, error)
 }
 
-// StreamUploader is implemented by backends that can take an image upload as
-// a (compressed) tar stream in-process: the core adapter, when its image
-// service can. It serves `images upload N < FILE` in SSH sessions whose
-// server lets the command tree handle that command.
+// StreamUploader is implemented by backends that can take an upload from a
+// stream in-process: the core adapter, when its image service opens
+// uploads. It serves `images upload N` in SSH sessions: with no name the
+// stream is a tar of the whole backup, extracted in place of the upload;
+// with a name it is stored as that archive, beside the upload's other files
+// unless replace is set.
 type StreamUploader interface {
-	StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error)
-}
-
-// ImageService is the part of the core image service (package images) that
-// the commands use.
-type ImageService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
-	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
-	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
-
-// InstanceService is the part of the core instance service (package
-// instances) that the commands use.
-type InstanceService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error)
-	Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
-
-// imageStreamer is the optional streaming-upload method of the image service.
-type imageStreamer interface {
-	StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error)
+	StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error)
 }
 
 // CoreBackend adapts the in-process core services to Backend, acting as p.
-// SSH sessions use it. If images also has StreamUpload, the result
-// implements StreamUploader.
-func CoreBackend(images ImageService, instances InstanceService, p draupnir.Principal) Backend {
+// SSH sessions use it. If images also opens uploads (draupnir.Uploads), the
+// result serves StreamUploader.
+func CoreBackend(images draupnir.ImageService, instances draupnir.InstanceService, p draupnir.Principal) Backend {
 	return &inProcess{images: images, instances: instances, p: p}
 }
 
 // inProcess is a Backend that calls the services in this process.
 type inProcess struct {
-	images    ImageService
-	instances InstanceService
+	images    draupnir.ImageService
+	instances draupnir.InstanceService
 	p         draupnir.Principal
 }
 
@@ -121,10 +98,18 @@ func (c *inProcess) DestroyInstance(ctx context.Context, id int64) error {
 // ServerVersion is this process's version: the core is the server.
 func (c *inProcess) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
 
-func (c *inProcess) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
-	s, ok := c.images.(imageStreamer)
+func (c *inProcess) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
+	up, ok := c.images.(draupnir.Uploads)
 	if !ok {
 		return draupnir.UploadSummary{}, errors.New("this server cannot take streaming uploads through the command tree")
 	}
-	return s.StreamUpload(ctx, c.p, id, r)
+	u, err := up.OpenUpload(ctx, c.p, id)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer u.Close()
+	if name == "" {
+		return u.Extract(ctx, r)
+	}
+	return u.Store(ctx, name, r, replace)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/mock"
 )
 
 var t0 = time.Date(2017, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -151,7 +152,7 @@ func (f *fake) DestroyInstance(ctx context.Context, id int64) error {
 
 func (f *fake) ServerVersion(context.Context) (string, error) { return "9.9.9", nil }
 
-func (f *fake) StreamUpload(ctx context.Context, id int64, r io.Reader) (draupnir.UploadSummary, error) {
+func (f *fake) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return draupnir.UploadSummary{}, err
@@ -817,7 +818,7 @@ func TestUploadRunsSSH(t *testing.T) {
 			t.Fatalf("terminal=%v: exit %d, stdout %q, stderr %q", term, r.code, r.stdout, r.stderr)
 		}
 		args, _ := os.ReadFile(filepath.Join(dir, "args"))
-		if want := "-T\n-p\n2200\nup@ssh.example.com\nimages\nupload\n3\n"; string(args) != want {
+		if want := "-T\n-p\n2200\nup@ssh.example.com\nimages\nupload\n3\n--name\nbase.tar.gz\n"; string(args) != want {
 			t.Errorf("ssh args %q, want %q", args, want)
 		}
 		if st, err := os.Stat(filepath.Join(dir, "stdin")); err != nil || st.Size() != 100000 {
@@ -844,8 +845,8 @@ func TestUploadRunsSSH(t *testing.T) {
 
 func TestCoreBackend(t *testing.T) {
 	p := draupnir.Principal{Name: "alice@example.com"}
-	imgs := &fakeImages{}
-	insts := &fakeInstances{}
+	imgs := mock.NewImages()
+	insts := mock.NewInstances(imgs)
 	b := CoreBackend(imgs, insts, p)
 	ctx := context.Background()
 	b.ListImages(ctx)
@@ -858,85 +859,24 @@ func TestCoreBackend(t *testing.T) {
 	b.GetInstance(ctx, 2)
 	b.CreateInstance(ctx, 1)
 	b.DestroyInstance(ctx, 2)
-	if want := "List Get Create Update Finalise Destroy"; strings.Join(imgs.calls, " ") != want {
-		t.Errorf("image calls %v, want %s", imgs.calls, want)
+	// Create of an instance looks its image up: one more Get.
+	if want := "List Get Create Update Finalise Destroy Get"; strings.Join(imgs.Calls(), " ") != want {
+		t.Errorf("image calls %v, want %s", imgs.Calls(), want)
 	}
-	if want := "List Get Create Destroy"; strings.Join(insts.calls, " ") != want {
-		t.Errorf("instance calls %v, want %s", insts.calls, want)
+	if want := "List Get Create Destroy"; strings.Join(insts.Calls(), " ") != want {
+		t.Errorf("instance calls %v, want %s", insts.Calls(), want)
 	}
-	for _, got := range append(imgs.principals, insts.principals...) {
+	for _, got := range append(imgs.Principals(), insts.Principals()...) {
 		if got != p {
 			t.Errorf("core called as %+v, want %+v", got, p)
 		}
 	}
-	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, strings.NewReader("")); err == nil {
+	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, "", false, strings.NewReader("")); err == nil {
 		t.Error("StreamUpload without support in the image service succeeded")
 	}
 	if v, _ := b.(ServerVersioner).ServerVersion(ctx); v != draupnir.Version {
 		t.Errorf("server version %q", v)
 	}
-}
-
-type fakeImages struct {
-	calls      []string
-	principals []draupnir.Principal
-}
-
-func (f *fakeImages) rec(name string, p *draupnir.Principal) {
-	f.calls = append(f.calls, name)
-	if p != nil {
-		f.principals = append(f.principals, *p)
-	}
-}
-func (f *fakeImages) List(_ context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
-	f.rec("List", &p)
-	return nil, nil
-}
-func (f *fakeImages) Get(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Image, error) {
-	f.rec("Get", &p)
-	return nil, nil
-}
-func (f *fakeImages) Create(_ context.Context, p draupnir.Principal, _ time.Time, _ string) (*draupnir.Image, error) {
-	f.rec("Create", &p)
-	return nil, nil
-}
-func (f *fakeImages) Update(_ context.Context, p draupnir.Principal, _ int64, _ draupnir.ImagePatch) (*draupnir.Image, error) {
-	f.rec("Update", &p)
-	return nil, nil
-}
-func (f *fakeImages) Finalise(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Image, error) {
-	f.rec("Finalise", &p)
-	return nil, nil
-}
-func (f *fakeImages) Destroy(_ context.Context, p draupnir.Principal, _ int64) error {
-	f.rec("Destroy", &p)
-	return nil
-}
-
-type fakeInstances struct {
-	calls      []string
-	principals []draupnir.Principal
-}
-
-func (f *fakeInstances) rec(name string, p draupnir.Principal) {
-	f.calls = append(f.calls, name)
-	f.principals = append(f.principals, p)
-}
-func (f *fakeInstances) List(_ context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
-	f.rec("List", p)
-	return nil, nil
-}
-func (f *fakeInstances) Get(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Instance, error) {
-	f.rec("Get", p)
-	return nil, nil
-}
-func (f *fakeInstances) Create(_ context.Context, p draupnir.Principal, _ int64) (*draupnir.Instance, error) {
-	f.rec("Create", p)
-	return nil, nil
-}
-func (f *fakeInstances) Destroy(_ context.Context, p draupnir.Principal, _ int64) error {
-	f.rec("Destroy", p)
-	return nil
 }
 
 // TestEnvFailureStopsEval checks that `eval "$(… env N)" && psql` stops

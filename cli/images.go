@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,9 +24,14 @@ func (a *app) imagesCmd() *cobra.Command {
 Creating, uploading, finalising and destroying images needs the upload
 principal; everybody may list and show them.
 
-An image goes created → uploading → finalising → ready (or failed, with the
-reason; fix the upload or the script with 'images update' and run 'images done'
-again).`
+An image goes created → uploading → finalising → ready, or failed with the
+reason. 'images done' refuses an upload that holds no backup (nothing, only
+pg_wal.tar.gz, a directory without PG_VERSION) and leaves the image as it was.
+A failed image is fixed and finalised again with 'images done N':
+  a failing script: 'images update N --anonymisation-script FILE';
+  a wrong or incomplete upload: upload again ('images upload N FILE…', scp or
+  sftp add files or replace those of the same name; sftp rm removes one),
+  which takes the image back to uploading.`
 	cmd.AddCommand(
 		&cobra.Command{
 			Use:     "list",
@@ -65,8 +71,10 @@ again).`
 			Long: `Finalise image N: extract the upload, start it privately, run the
 anonymisation script, prepare it for instances and take a read-only snapshot.
 This takes a while for a large backup; the server finishes the job even if the
-command is interrupted. A failure (e.g. the script's error) leaves the image
-failed with the reason; 'done' may be run again once the cause is fixed.`,
+command is interrupted. An upload that holds no backup is refused at once and
+the image is left as it was. A failure (the script's error, an unsafe or
+broken archive…) leaves the image failed with the reason; fix the script with
+'images update' or upload again, then run 'done' again.`,
 			Args: exactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				id, err := parseID(cmd, "image id", args[0])
@@ -329,60 +337,123 @@ func parseTime(cmd *cobra.Command, s string) (time.Time, error) {
 }
 
 func (a *app) imagesUploadCmd() *cobra.Command {
+	var name string
+	var replace bool
 	if a.env.SSH {
-		return &cobra.Command{
-			Use:   "upload N < FILE",
-			Short: "Upload a backup (tar, tar.gz, tar.zst, tar.lz4) into image N from stdin",
-			Long: `Stream a tarball (optionally compressed) from standard input into image N,
-replacing whatever an earlier upload left:
+		prog := a.env.nameOrSSH()
+		cmd := &cobra.Command{
+			Use:   "upload N [--name FILE [--replace]] < FILE",
+			Short: "Upload a backup into image N from stdin: a tar of it, or one of its archives by name",
+			Long: `Upload into image N from standard input, in one of two ways:
 
-  ` + a.env.nameOrSSH() + ` images upload N < base.tar.gz
-  pg_basebackup -D - -Ft -X fetch | ` + a.env.nameOrSSH() + ` images upload N`,
+  pg_basebackup -D - -Ft -X fetch | ` + prog + ` images upload N
+      the whole backup as one tar stream (plain, gzip, zstd or lz4),
+      extracted as it arrives; it replaces whatever the upload held.
+
+  ` + prog + ` images upload N --name base.tar.gz < base.tar.gz
+  ` + prog + ` images upload N --name pg_wal.tar.gz < pg_wal.tar.gz
+      one archive of the backup, stored under its name beside the upload's
+      other files ('images done' extracts them); a file of the same name is
+      replaced, and --replace empties the upload first.
+
+Each upload says what it replaced and what the upload now holds.`,
 			Args: exactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				id, err := parseID(cmd, "image id", args[0])
 				if err != nil {
 					return err
 				}
+				if replace && name == "" {
+					return usagef(cmd, "--replace goes with --name: a stream without a name always replaces the whole upload")
+				}
 				up, ok := a.b.(StreamUploader)
 				if !ok {
 					return fmt.Errorf("uploads are not available in this session")
 				}
-				sum, err := up.StreamUpload(cmd.Context(), id, a.stdin)
+				sum, err := up.StreamUpload(cmd.Context(), id, name, replace, a.stdin)
 				if err != nil {
 					return err
 				}
 				return a.printUploadSummary(id, sum)
 			},
 		}
+		cmd.Flags().StringVar(&name, "name", "", "store stdin as this archive (base.tar.gz, pg_wal.tar.gz…) instead of extracting it")
+		cmd.Flags().BoolVar(&replace, "replace", false, "with --name: empty the upload first")
+		return cmd
 	}
-	return &cobra.Command{
-		Use:   "upload N FILE",
-		Short: "Upload a backup tarball into image N (through the SSH door)",
-		Long: `Upload FILE (a tar of a base backup, optionally compressed: .tar.gz,
-.tar.zst, .tar.lz4) into image N. The bytes go through Draupnir's SSH server:
-this runs 'ssh -p PORT USER@HOST images upload N < FILE', with a progress bar
+	cmd := &cobra.Command{
+		Use:   "upload N FILE...",
+		Short: "Upload the files of a backup into image N (through the SSH door)",
+		Long: `Upload FILE… into image N: the tar archives of a base backup, optionally
+compressed (.tar, .tar.gz, .tar.zst, .tar.lz4), e.g. both files of
+'pg_basebackup -Ft -X stream':
+
+  draupnir-client images upload N base.tar.gz pg_wal.tar.gz
+
+Each file is stored under its name beside the files already uploaded; a file
+of the same name is replaced, and --replace empties the upload first. Every
+file says which; 'images done N' extracts them. The bytes go through
+Draupnir's SSH server: for each file this runs
+'ssh -p PORT USER@HOST images upload N --name FILE < FILE', with a progress bar
 on a terminal. DRAUPNIR_SSH names the SSH endpoint as [USER@]HOST[:PORT]
 (default: upload@<host of DRAUPNIR_URL>:2222); your ssh configuration and
 agent provide the upload key.`,
-		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return usagef(cmd, "images upload takes 2 arguments or more (N FILE…), got %d", len(args))
+			}
 			id, err := parseID(cmd, "image id", args[0])
 			if err != nil {
 				return err
 			}
-			return a.upload(cmd.Context(), id, args[1])
+			return a.upload(cmd.Context(), id, args[1:], replace)
 		},
 	}
+	cmd.Flags().BoolVar(&replace, "replace", false, "empty the upload before the first file")
+	return cmd
 }
 
 func (a *app) printUploadSummary(id int64, s draupnir.UploadSummary) error {
 	if a.json {
 		return writeJSON(a.stdout, map[string]any{
-			"image_id": id, "bytes": s.Bytes, "files": s.Files, "duration_seconds": s.Duration.Seconds(),
+			"image_id": id, "name": s.Name, "bytes": s.Bytes, "files": s.Files, "duration_seconds": s.Duration.Seconds(),
+			"replaced": nonNil(s.Replaced), "holds": nonNil(s.Holds),
 		})
 	}
-	_, err := fmt.Fprintf(a.stdout, "Uploaded %s (%d files) into image %d in %s. Next: images done %s\n",
-		sizeStr(s.Bytes), s.Files, id, s.Duration.Round(time.Millisecond), strconv.FormatInt(id, 10))
+	what := fmt.Sprintf("%s (%d files)", sizeStr(s.Bytes), s.Files)
+	if s.Name != "" {
+		what = fmt.Sprintf("%s (%s)", s.Name, sizeStr(s.Bytes))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Uploaded %s into image %d in %s", what, id, s.Duration.Round(time.Millisecond))
+	others := slices.DeleteFunc(slices.Clone(s.Holds), func(n string) bool { return n == s.Name })
+	switch {
+	case s.Name != "" && len(s.Replaced) == 1 && s.Replaced[0] == s.Name:
+		fmt.Fprintf(&b, ", replacing the earlier %s", s.Name)
+	case len(s.Replaced) > 0:
+		fmt.Fprintf(&b, ", replacing the earlier upload (%s)", names(s.Replaced))
+	case s.Name != "" && len(others) > 0:
+		b.WriteString(", added")
+	}
+	if s.Name != "" && len(others) > 0 {
+		fmt.Fprintf(&b, "; beside it: %s", names(others))
+	}
+	fmt.Fprintf(&b, ". Next: images done %d\n", id)
+	_, err := io.WriteString(a.stdout, b.String())
 	return err
+}
+
+// names lists up to ten names.
+func names(list []string) string {
+	if len(list) > 10 {
+		list = append(slices.Clone(list[:10]), "…")
+	}
+	return strings.Join(list, ", ")
+}
+
+func nonNil(list []string) []string {
+	if list == nil {
+		return []string{}
+	}
+	return list
 }

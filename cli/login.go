@@ -36,11 +36,11 @@ func randomURLString(n int) string {
 // browserLogin runs the login: a loopback listener receives the server's
 // redirect with a one-time code (RFC 8252), which is redeemed with this
 // process's PKCE verifier. It returns the issued token.
-func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool, timeout time.Duration) (client.Token, error) {
+func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool, timeout time.Duration) (draupnir.Token, error) {
 	c := client.New(serverURL, "")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return client.Token{}, fmt.Errorf("listening on the loopback interface for the login: %w", err)
+		return draupnir.Token{}, fmt.Errorf("listening on the loopback interface for the login: %w", err)
 	}
 	defer l.Close()
 	redirectURI := fmt.Sprintf("http://%s/callback", l.Addr())
@@ -95,7 +95,7 @@ func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool
 	// says so now rather than in a browser while the CLI waits.
 	loginURL, err := c.BeginLogin(ctx, redirectURI, state, challenge)
 	if err != nil {
-		return client.Token{}, loginError(serverURL, err)
+		return draupnir.Token{}, loginError(serverURL, err)
 	}
 	opened := false
 	if !noBrowser {
@@ -119,12 +119,12 @@ func (a *app) browserLogin(ctx context.Context, serverURL string, noBrowser bool
 	case res = <-results:
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return client.Token{}, fmt.Errorf("the login did not finish within %s; run authenticate again", timeout)
+			return draupnir.Token{}, fmt.Errorf("the login did not finish within %s; run authenticate again", timeout)
 		}
-		return client.Token{}, ctx.Err()
+		return draupnir.Token{}, ctx.Err()
 	}
 	if res.err != nil {
-		return client.Token{}, res.err
+		return draupnir.Token{}, res.err
 	}
 	host, _ := os.Hostname()
 	desc := "draupnir-client"

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/client"
 	"github.com/draupnir-db/draupnir/wire"
 )
 
@@ -256,15 +255,15 @@ type peopleFake struct {
 	logouts   int
 }
 
-func (p *peopleFake) ListTokens(context.Context) ([]client.Token, error) { return nil, nil }
-func (p *peopleFake) RevokeToken(context.Context, int64) error           { return nil }
+func (p *peopleFake) ListTokens(context.Context) ([]draupnir.Token, error) { return nil, nil }
+func (p *peopleFake) RevokeToken(context.Context, int64) error             { return nil }
 func (p *peopleFake) Logout(context.Context) error {
 	p.logouts++
 	return p.logoutErr
 }
-func (p *peopleFake) ListKeys(context.Context) ([]client.SSHKey, error) { return nil, nil }
-func (p *peopleFake) AddKey(context.Context, string) (client.SSHKey, error) {
-	return client.SSHKey{}, nil
+func (p *peopleFake) ListKeys(context.Context) ([]draupnir.Key, error) { return nil, nil }
+func (p *peopleFake) AddKey(context.Context, string) (draupnir.Key, error) {
+	return draupnir.Key{}, nil
 }
 func (p *peopleFake) RemoveKey(context.Context, int64) error { return nil }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/client"
 )
 
 // People is implemented by backends that manage the caller's access tokens
@@ -20,11 +19,11 @@ import (
 // backend (a key already says who you are), so the commands are
 // draupnir-client commands.
 type People interface {
-	ListTokens(ctx context.Context) ([]client.Token, error)
+	ListTokens(ctx context.Context) ([]draupnir.Token, error)
 	RevokeToken(ctx context.Context, id int64) error
 	Logout(ctx context.Context) error
-	ListKeys(ctx context.Context) ([]client.SSHKey, error)
-	AddKey(ctx context.Context, publicKey string) (client.SSHKey, error)
+	ListKeys(ctx context.Context) ([]draupnir.Key, error)
+	AddKey(ctx context.Context, publicKey string) (draupnir.Key, error)
 	RemoveKey(ctx context.Context, id int64) error
 }
 

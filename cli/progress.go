@@ -2,10 +2,10 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/draupnir-db/draupnir/internal/countio"
 )
 
 // spinner draws msg with a spinner on stderr until the returned func is
@@ -39,20 +39,8 @@ func (a *app) spinner(msg string) (stop func()) {
 	}
 }
 
-// progressReader counts bytes read through it for a progress bar.
-type progressReader struct {
-	r io.Reader
-	n atomic.Int64
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.n.Add(int64(n))
-	return n, err
-}
-
 // progress draws a bar for p on stderr (terminal only) until stop is called.
-func (a *app) progress(p *progressReader, total int64, label string) (stop func()) {
+func (a *app) progress(p *countio.Reader, total int64, label string) (stop func()) {
 	if !a.env.Terminal {
 		return func() {}
 	}
@@ -65,10 +53,10 @@ func (a *app) progress(p *progressReader, total int64, label string) (stop func(
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
-			fmt.Fprint(a.stderr, "\r"+progressLine(label, p.n.Load(), total, time.Since(start)))
+			fmt.Fprint(a.stderr, "\r"+progressLine(label, p.N(), total, time.Since(start)))
 			select {
 			case <-done:
-				fmt.Fprint(a.stderr, "\r"+progressLine(label, p.n.Load(), total, time.Since(start))+"\n")
+				fmt.Fprint(a.stderr, "\r"+progressLine(label, p.N(), total, time.Since(start))+"\n")
 				return
 			case <-t.C:
 			}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/draupnir-db/draupnir/internal/countio"
 )
 
 // DefaultSSHPort is the port of Draupnir's SSH door unless DRAUPNIR_SSH
@@ -52,13 +54,43 @@ func parseSSHTarget(s, defaultHost string) (sshTarget, error) {
 	return t, nil
 }
 
-// upload streams file into image id through the SSH door: ssh runs
-// `images upload N` on the server with the file as its stdin.
-func (a *app) upload(ctx context.Context, id int64, file string) error {
+// upload sends files into image id through the SSH door, one
+// `images upload N --name NAME` per file, in order; replace empties the
+// upload before the first. Every file is checked before any is sent.
+func (a *app) upload(ctx context.Context, id int64, files []string, replace bool) error {
 	target, err := parseSSHTarget(getenv(a.env)("DRAUPNIR_SSH"), a.env.Host)
 	if err != nil {
 		return err
 	}
+	seen := map[string]string{}
+	for _, file := range files {
+		st, err := os.Stat(file)
+		if err != nil {
+			return fmt.Errorf("opening the upload: %w", err)
+		}
+		if st.IsDir() {
+			return fmt.Errorf("%s is a directory; upload its tarballs, or copy a data directory with scp -r", file)
+		}
+		name := filepath.Base(file)
+		if prev, dup := seen[name]; dup {
+			return fmt.Errorf("%s and %s have the same name, and the upload keeps one file of each name", prev, file)
+		}
+		seen[name] = file
+	}
+	for i, file := range files {
+		if err := a.uploadFile(ctx, target, id, file, replace && i == 0); err != nil {
+			if rest := files[i+1:]; len(rest) > 0 {
+				fmt.Fprintf(a.stderr, "%s: not uploaded: %s\n", a.env.name(), strings.Join(rest, ", "))
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// uploadFile sends one file: ssh runs `images upload N --name NAME` on the
+// server with the file as its stdin.
+func (a *app) uploadFile(ctx context.Context, target sshTarget, id int64, file string, replace bool) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("opening the upload: %w", err)
@@ -68,9 +100,6 @@ func (a *app) upload(ctx context.Context, id int64, file string) error {
 	if err != nil {
 		return fmt.Errorf("opening the upload: %w", err)
 	}
-	if st.IsDir() {
-		return fmt.Errorf("%s is a directory; upload a tarball, or copy the directory with scp -r", file)
-	}
 	bin := a.env.SSHCommand
 	if bin == "" {
 		bin = "ssh"
@@ -79,7 +108,11 @@ func (a *app) upload(ctx context.Context, id int64, file string) error {
 		"-T", // no PTY: the bytes must pass unchanged
 		"-p", strconv.Itoa(target.port),
 		target.user + "@" + target.host,
-		"images", "upload", strconv.FormatInt(id, 10),
+		// ssh joins the words with spaces for the server to split again.
+		"images", "upload", strconv.FormatInt(id, 10), "--name", ShellQuote(filepath.Base(file)),
+	}
+	if replace {
+		args = append(args, "--replace")
 	}
 	if a.json {
 		args = append(args, "--json")
@@ -88,7 +121,7 @@ func (a *app) upload(ctx context.Context, id int64, file string) error {
 	cmd.Stdout = a.stdout
 	cmd.Stderr = a.stderr
 	if a.env.Terminal {
-		pr := &progressReader{r: f}
+		pr := countio.NewReader(f)
 		cmd.Stdin = pr
 		stop := a.progress(pr, st.Size(), filepath.Base(file))
 		err = cmd.Run()

@@ -7,43 +7,20 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/wire"
 )
 
-// Token describes one of the caller's access tokens. Secret is set only in
-// the answer to RedeemLogin: the server never shows a token again.
-type Token struct {
-	ID          int64
-	Secret      string
-	Principal   string
-	Description string
-	CreatedAt   time.Time
-	ExpiresAt   time.Time
-	LastUsedAt  time.Time // zero if never used
-	Current     bool      // the token this client authenticated with
-}
-
-// SSHKey is a registered SSH public key.
-type SSHKey struct {
-	ID          int64
-	Fingerprint string // SHA256:…
-	PublicKey   string // authorized_keys form
-	Comment     string
-	Principal   string
-	CreatedAt   time.Time
-}
-
-func tokenOf(r *wire.TokenResource) Token {
+func tokenOf(r *wire.TokenResource) draupnir.Token {
 	a := &r.Attributes
-	return Token{ID: int64(r.ID), Secret: a.Token, Principal: a.Principal, Description: a.Description,
+	return draupnir.Token{ID: int64(r.ID), Secret: a.Token, Principal: a.Principal, Description: a.Description,
 		CreatedAt: a.CreatedAt.Time, ExpiresAt: a.ExpiresAt.Time, LastUsedAt: a.LastUsedAt.Time, Current: a.Current}
 }
 
-func keyOf(r *wire.KeyResource) SSHKey {
+func keyOf(r *wire.KeyResource) draupnir.Key {
 	a := &r.Attributes
-	return SSHKey{ID: int64(r.ID), Fingerprint: a.Fingerprint, PublicKey: a.PublicKey, Comment: a.Comment,
+	return draupnir.Key{ID: int64(r.ID), Fingerprint: a.Fingerprint, PublicKey: a.PublicKey, Comment: a.Comment,
 		Principal: a.Principal, CreatedAt: a.CreatedAt.Time}
 }
 
@@ -104,23 +81,23 @@ func (c *Client) BeginLogin(ctx context.Context, redirectURI, state, challenge s
 
 // RedeemLogin exchanges the one-time code of a login for an access token
 // (Token.Secret). description says where the token is used.
-func (c *Client) RedeemLogin(ctx context.Context, code, verifier, redirectURI, description string) (Token, error) {
+func (c *Client) RedeemLogin(ctx context.Context, code, verifier, redirectURI, description string) (draupnir.Token, error) {
 	body := wire.NewRequest(wire.TypeTokenRequests, 0, wire.TokenRequest{
 		Code: &code, CodeVerifier: &verifier, RedirectURI: &redirectURI, Description: &description})
 	var doc wire.Document[wire.TokenResource]
 	if err := c.do(ctx, http.MethodPost, "/authenticate/token", body, http.StatusCreated, &doc); err != nil {
-		return Token{}, err
+		return draupnir.Token{}, err
 	}
 	return tokenOf(&doc.Data), nil
 }
 
 // ListTokens returns the caller's unexpired access tokens.
-func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
+func (c *Client) ListTokens(ctx context.Context) ([]draupnir.Token, error) {
 	var doc wire.Document[[]wire.TokenResource]
 	if err := c.do(ctx, http.MethodGet, "/tokens", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
-	out := make([]Token, len(doc.Data))
+	out := make([]draupnir.Token, len(doc.Data))
 	for i := range doc.Data {
 		out[i] = tokenOf(&doc.Data[i])
 	}
@@ -138,12 +115,12 @@ func (c *Client) Logout(ctx context.Context) error {
 }
 
 // ListKeys returns the caller's registered SSH keys.
-func (c *Client) ListKeys(ctx context.Context) ([]SSHKey, error) {
+func (c *Client) ListKeys(ctx context.Context) ([]draupnir.Key, error) {
 	var doc wire.Document[[]wire.KeyResource]
 	if err := c.do(ctx, http.MethodGet, "/keys", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
-	out := make([]SSHKey, len(doc.Data))
+	out := make([]draupnir.Key, len(doc.Data))
 	for i := range doc.Data {
 		out[i] = keyOf(&doc.Data[i])
 	}
@@ -152,11 +129,11 @@ func (c *Client) ListKeys(ctx context.Context) ([]SSHKey, error) {
 
 // AddKey registers an SSH public key (a line of a .pub file) for the
 // caller, so that `ssh` sessions with it act as the caller.
-func (c *Client) AddKey(ctx context.Context, publicKey string) (SSHKey, error) {
+func (c *Client) AddKey(ctx context.Context, publicKey string) (draupnir.Key, error) {
 	body := wire.NewRequest(wire.TypeKeys, 0, wire.KeyCreate{PublicKey: &publicKey})
 	var doc wire.Document[wire.KeyResource]
 	if err := c.do(ctx, http.MethodPost, "/keys", body, http.StatusCreated, &doc); err != nil {
-		return SSHKey{}, err
+		return draupnir.Key{}, err
 	}
 	return keyOf(&doc.Data), nil
 }

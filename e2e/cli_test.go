@@ -102,6 +102,7 @@ func TestCLI(t *testing.T) {
 			e.Setenv("BACKUP", backup)
 			e.Setenv("BASE_GZ", filepath.Join(gz, "base.tar.gz"))
 			e.Setenv("WAL_GZ", filepath.Join(gz, "pg_wal.tar.gz"))
+			e.Setenv("STREAMED", gz) // base.tar.gz and pg_wal.tar.gz
 			e.Setenv("PGCONNECT_TIMEOUT", "10")
 			return nil
 		},

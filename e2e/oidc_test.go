@@ -165,7 +165,7 @@ func (e *oidcEnv) login(t *testing.T, c *cliLogin) url.Values {
 	}
 }
 
-func (e *oidcEnv) redeem(ctx context.Context, c *cliLogin, code, verifier string) (client.Token, error) {
+func (e *oidcEnv) redeem(ctx context.Context, c *cliLogin, code, verifier string) (draupnir.Token, error) {
 	return client.New(e.s.url, "").RedeemLogin(ctx, code, verifier, c.redirect, "e2e")
 }
 
@@ -184,7 +184,7 @@ func (e *oidcEnv) stateDB(t *testing.T) *pgx.Conn {
 func TestOIDCLogin(t *testing.T) {
 	e := startOIDC(t)
 	ctx := context.Background()
-	var jane client.Token
+	var jane draupnir.Token
 
 	t.Run("happy path, then the code is spent", func(t *testing.T) {
 		e.idp.QueueUser(person("Jane@Example.com", true))

@@ -15,31 +15,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/wire"
 )
-
-// ImageService is the part of images.Service that the API calls.
-type ImageService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error)
-	Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error)
-	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
-
-// InstanceService is the part of instances.Service that the API calls.
-type InstanceService interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
-	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error)
-	Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error)
-	Destroy(ctx context.Context, p draupnir.Principal, id int64) error
-}
 
 // Authenticator maps a bearer token to a principal. It returns an error of
 // kind draupnir.KindUnauthorized for unknown tokens.
@@ -59,8 +40,8 @@ const DefaultMaxBodyBytes = 1 << 20
 
 // Options configures the handler returned by New.
 type Options struct {
-	Images    ImageService
-	Instances InstanceService
+	Images    draupnir.ImageService
+	Instances draupnir.InstanceService
 	Auth      Authenticator
 	// Health backs GET /health_check; nil reports healthy.
 	Health Health
@@ -82,8 +63,8 @@ type Options struct {
 
 // api holds what the handlers share.
 type api struct {
-	images    ImageService
-	instances InstanceService
+	images    draupnir.ImageService
+	instances draupnir.InstanceService
 	auth      Authenticator
 	health    Health
 	login     Login

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/mock"
 	"github.com/draupnir-db/draupnir/wire"
 )
 
@@ -52,8 +53,8 @@ func (b *syncBuffer) String() string {
 
 type env struct {
 	h         http.Handler
-	images    *fakeImages
-	instances *fakeInstances
+	images    *mock.Images
+	instances *mock.Instances
 	auth      *fakeAuth
 	logs      *syncBuffer
 	version   string // the server's version the handler was built with
@@ -62,8 +63,8 @@ type env struct {
 // newEnv builds the handler over fresh fakes; mod may adjust the options.
 func newEnv(t *testing.T, mod func(*Options)) *env {
 	t.Helper()
-	e := &env{images: newFakeImages(), logs: &syncBuffer{}, version: draupnir.Version}
-	e.instances = newFakeInstances(e.images)
+	e := &env{images: mock.NewImages(), logs: &syncBuffer{}, version: draupnir.Version}
+	e.instances = mock.NewInstances(e.images)
 	e.auth = &fakeAuth{tokens: map[string]draupnir.Principal{
 		uploadToken: uploader, aliceToken: alice, bobToken: bob,
 	}}
@@ -280,7 +281,7 @@ func TestErrors(t *testing.T) {
 		{name: "destroy someone else's instance", req: req{method: "DELETE", path: "/instances/2"}, wantStatus: 404, wantCode: "not_found"},
 		{name: "destroy own instance", req: req{method: "DELETE", path: "/instances/1"}, wantStatus: 204,
 			check: func(t *testing.T, e *env, _ *httptest.ResponseRecorder) {
-				if _, ok := e.instances.instances[1]; ok {
+				if _, ok := e.instances.ByID[1]; ok {
 					t.Error("instance 1 still exists")
 				}
 			}},
@@ -296,7 +297,7 @@ func TestErrors(t *testing.T) {
 			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{}},
 		{name: "forbidden judged before the body", req: req{method: "POST", path: "/images", body: "x", contentType: "text/plain"},
 			wantStatus: 403, wantCode: "forbidden"},
-		{name: "service forbids", setup: func(e *env) { e.images.err = draupnir.Errorf(draupnir.KindForbidden, "uploads are closed") },
+		{name: "service forbids", setup: func(e *env) { e.images.Err = draupnir.Errorf(draupnir.KindForbidden, "uploads are closed") },
 			req:        req{method: "POST", path: "/images", body: createImageBody, token: uploadToken},
 			wantStatus: 403, wantCode: "forbidden", wantDetail: "uploads are closed"},
 
@@ -382,27 +383,27 @@ func TestErrors(t *testing.T) {
 		{name: "finalise twice", req: req{method: "POST", path: "/images/1/done", token: uploadToken},
 			wantStatus: 409, wantCode: "conflict"},
 		{name: "finalise fails", setup: func(e *env) {
-			e.images.err = draupnir.Errorf(draupnir.KindUnprocessable, "anonymisation script failed: ERROR:  relation \"secret_tokens\" does not exist")
+			e.images.Err = draupnir.Errorf(draupnir.KindUnprocessable, "anonymisation script failed: ERROR:  relation \"secret_tokens\" does not exist")
 		}, req: req{method: "POST", path: "/images/2/done", token: uploadToken},
 			wantStatus: 422, wantCode: "unprocessable_entity", wantDetail: `relation "secret_tokens" does not exist`},
-		{name: "invalid without field", setup: func(e *env) { e.images.err = draupnir.Errorf(draupnir.KindInvalid, "script too long") },
+		{name: "invalid without field", setup: func(e *env) { e.images.Err = draupnir.Errorf(draupnir.KindInvalid, "script too long") },
 			req:        req{method: "POST", path: "/images", body: createImageBody, token: uploadToken},
 			wantStatus: 400, wantCode: "bad_request", wantDetail: "script too long"},
 		{name: "invalid with field", setup: func(e *env) {
-			e.images.err = &draupnir.Error{Kind: draupnir.KindInvalid, Msg: "backed_up_at is in the future", Field: "backed_up_at"}
+			e.images.Err = &draupnir.Error{Kind: draupnir.KindInvalid, Msg: "backed_up_at is in the future", Field: "backed_up_at"}
 		}, req: req{method: "POST", path: "/images", body: createImageBody, token: uploadToken},
 			wantStatus: 422, wantCode: "unprocessable_entity", wantPointer: "/data/attributes/backed_up_at"},
-		{name: "service unauthorized", setup: func(e *env) { e.images.err = draupnir.Errorf(draupnir.KindUnauthorized, "token expired") },
+		{name: "service unauthorized", setup: func(e *env) { e.images.Err = draupnir.Errorf(draupnir.KindUnauthorized, "token expired") },
 			req: req{method: "GET", path: "/images"}, wantStatus: 401, wantCode: "unauthorized"},
-		{name: "port pool exhausted", setup: func(e *env) { e.instances.err = draupnir.Errorf(draupnir.KindUnavailable, "no free port") },
+		{name: "port pool exhausted", setup: func(e *env) { e.instances.Err = draupnir.Errorf(draupnir.KindUnavailable, "no free port") },
 			req:        req{method: "POST", path: "/instances", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`},
 			wantStatus: 503, wantCode: "service_unavailable", wantDetail: "no free port"},
 		{name: "disk full", setup: func(e *env) {
-			e.images.err = draupnir.Errorf(draupnir.KindInsufficientStorage, "no space left for image 3")
+			e.images.Err = draupnir.Errorf(draupnir.KindInsufficientStorage, "no space left for image 3")
 		},
 			req:        req{method: "POST", path: "/images", body: createImageBody, token: uploadToken},
 			wantStatus: 507, wantCode: "insufficient_storage"},
-		{name: "internal error", setup: func(e *env) { e.images.err = fmt.Errorf("listing images: %w", internal) },
+		{name: "internal error", setup: func(e *env) { e.images.Err = fmt.Errorf("listing images: %w", internal) },
 			req: req{method: "GET", path: "/images"}, wantStatus: 500, wantCode: "internal_server_error", wantDetail: "request id",
 			check: func(t *testing.T, e *env, rec *httptest.ResponseRecorder) {
 				if strings.Contains(rec.Body.String(), "secret.sock") {
@@ -414,7 +415,7 @@ func TestErrors(t *testing.T) {
 					t.Errorf("the log should have the cause under request id %q:\n%s", id, e.logs)
 				}
 			}},
-		{name: "panic", setup: func(e *env) { e.images.panics = true },
+		{name: "panic", setup: func(e *env) { e.images.Panics = true },
 			req: req{method: "GET", path: "/images"}, wantStatus: 500, wantCode: "internal_server_error",
 			check: func(t *testing.T, e *env, rec *httptest.ResponseRecorder) {
 				if !strings.Contains(e.logs.String(), "told to panic") {
@@ -574,7 +575,7 @@ func TestRendering(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, nil)
 			if tt.name == "no instances" {
-				delete(e.instances.instances, 2)
+				delete(e.instances.ByID, 2)
 			}
 			rec := e.do(t, tt.req)
 			if rec.Code != http.StatusOK {
@@ -602,9 +603,9 @@ func TestCreateImage(t *testing.T) {
 	if got := rec.Header().Get("Location"); got != "/images/3" {
 		t.Errorf("Location = %q", got)
 	}
-	c := e.images.created
-	if !c.p.Upload || !c.backedUpAt.Equal(time.Date(2017, 5, 1, 12, 0, 0, 0, time.UTC)) || c.backedUpAt.Location() != time.UTC ||
-		c.script != "\\c my_db\nDELETE FROM secret_tokens;" {
+	c := e.images.Created
+	if !c.P.Upload || !c.BackedUpAt.Equal(time.Date(2017, 5, 1, 12, 0, 0, 0, time.UTC)) || c.BackedUpAt.Location() != time.UTC ||
+		c.Script != "\\c my_db\nDELETE FROM secret_tokens;" {
 		t.Errorf("service got %+v", c)
 	}
 	var doc struct {
@@ -630,7 +631,7 @@ func TestPatchImage(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status = %d: %s", rec.Code, rec.Body)
 	}
-	p := e.images.patch
+	p := e.images.Patch
 	if p.BackedUpAt != nil || p.AnonymisationScript == nil || *p.AnonymisationScript != "SELECT 1;" {
 		t.Errorf("service got patch %+v", p)
 	}
@@ -694,8 +695,8 @@ func TestCreateInstanceImageID(t *testing.T) {
 				}
 				return
 			}
-			if e.instances.imageID != tt.wantID {
-				t.Errorf("service got image %d, want %d", e.instances.imageID, tt.wantID)
+			if e.instances.ImageID != tt.wantID {
+				t.Errorf("service got image %d, want %d", e.instances.ImageID, tt.wantID)
 			}
 			body := rec.Body.String()
 			if !strings.Contains(body, `"image_id":1,`) || !strings.Contains(body, `"port":6000,`) || !strings.Contains(body, `"id":"3",`) {
@@ -834,7 +835,7 @@ func TestInternalErrorWhileUnhealthy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, func(o *Options) { o.Health = tt.health })
-			e.images.err = tt.coreErr
+			e.images.Err = tt.coreErr
 			rec := e.do(t, req{method: "GET", path: "/images", token: uploadToken})
 			if rec.Code != tt.wantStatus {
 				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
@@ -881,7 +882,7 @@ func TestLogging(t *testing.T) {
 	e.do(t, req{method: "GET", path: "/instances"})
 	e.do(t, req{method: "GET", path: "/images", token: uploadToken})
 	e.do(t, req{method: "GET", path: "/images", token: "not-a-token-but-secret"})
-	e.images.err = errors.New("boom")
+	e.images.Err = errors.New("boom")
 	e.do(t, req{method: "GET", path: "/images", token: bobToken})
 
 	logs := e.logs.String()
@@ -990,7 +991,7 @@ func FuzzDecodeInstanceCreate(f *testing.F) {
 
 func TestClientGone(t *testing.T) {
 	e := newEnv(t, nil)
-	e.images.err = fmt.Errorf("waiting for the finalise job of image 2: %w", context.Canceled)
+	e.images.Err = fmt.Errorf("waiting for the finalise job of image 2: %w", context.Canceled)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	hr := httptest.NewRequest("POST", "/images/2/done", nil).WithContext(ctx)
@@ -1012,7 +1013,7 @@ func TestClientGone(t *testing.T) {
 
 func TestServerFailuresLogTheirCause(t *testing.T) {
 	e := newEnv(t, nil)
-	e.instances.err = &draupnir.Error{Kind: draupnir.KindUnavailable, Msg: "no free port; try again later",
+	e.instances.Err = &draupnir.Error{Kind: draupnir.KindUnavailable, Msg: "no free port; try again later",
 		Err: errors.New("reserving a port: all of 5600-5699 taken")}
 	rec := e.do(t, req{method: "POST", path: "/instances", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`})
 	if rec.Code != http.StatusServiceUnavailable {

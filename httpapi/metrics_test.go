@@ -60,7 +60,7 @@ func TestObserveRequests(t *testing.T) {
 func TestObserveRequestsPanic(t *testing.T) {
 	obs := &fakeObserver{}
 	e := newEnv(t, func(o *Options) { o.Requests = obs })
-	e.images.panics = true
+	e.images.Panics = true
 	e.do(t, req{method: "GET", path: "/images"})
 	if want := (observed{"/images", "GET", 500}); len(obs.got) != 1 || obs.got[0] != want {
 		t.Errorf("observed %v after a panic, want [%v]", obs.got, want)

@@ -10,7 +10,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/auth"
 	"github.com/draupnir-db/draupnir/wire"
 )
 
@@ -22,17 +21,17 @@ type Login interface {
 	// Callback returns where to send the browser back from the provider.
 	Callback(ctx context.Context, q url.Values) (string, error)
 	// Redeem exchanges the CLI's one-time code for an access token.
-	Redeem(ctx context.Context, code, verifier, redirectURI, description string) (string, auth.Token, error)
+	Redeem(ctx context.Context, code, verifier, redirectURI, description string) (string, draupnir.Token, error)
 }
 
 // People manages people's access tokens and SSH keys; *auth.Store
 // satisfies it.
 type People interface {
-	ListTokens(ctx context.Context, p draupnir.Principal, current string) ([]auth.Token, error)
+	ListTokens(ctx context.Context, p draupnir.Principal, current string) ([]draupnir.Token, error)
 	RevokeToken(ctx context.Context, p draupnir.Principal, id int64) error
 	Logout(ctx context.Context, token string) error
-	AddKey(ctx context.Context, p draupnir.Principal, line string) (auth.Key, error)
-	ListKeys(ctx context.Context, p draupnir.Principal) ([]auth.Key, error)
+	AddKey(ctx context.Context, p draupnir.Principal, line string) (draupnir.Key, error)
+	ListKeys(ctx context.Context, p draupnir.Principal) ([]draupnir.Key, error)
 	RemoveKey(ctx context.Context, p draupnir.Principal, id int64) error
 }
 
@@ -135,7 +134,7 @@ func (a *api) oauthCallback(c echo.Context) error {
 }
 
 // tokenResource renders t; secret is set only when the token is issued.
-func tokenResource(t auth.Token, secret string) wire.TokenResource {
+func tokenResource(t draupnir.Token, secret string) wire.TokenResource {
 	return wire.TokenResource{Type: wire.TypeTokens, ID: wire.ID(t.ID), Attributes: wire.TokenAttributes{
 		Token:       secret,
 		Principal:   t.Principal,
@@ -221,7 +220,7 @@ func (a *api) logout(c echo.Context) error {
 	return noContent(c)
 }
 
-func keyResource(k auth.Key) wire.KeyResource {
+func keyResource(k draupnir.Key) wire.KeyResource {
 	return wire.KeyResource{Type: wire.TypeKeys, ID: wire.ID(k.ID), Attributes: wire.KeyAttributes{
 		Fingerprint: k.Fingerprint,
 		PublicKey:   k.PublicKey,

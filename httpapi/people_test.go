@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/auth"
 )
 
 // fakePeople records who asked.
@@ -16,20 +15,20 @@ type fakePeople struct{ callers []string }
 
 func (f *fakePeople) note(p draupnir.Principal) { f.callers = append(f.callers, p.Name) }
 
-func (f *fakePeople) ListTokens(_ context.Context, p draupnir.Principal, _ string) ([]auth.Token, error) {
+func (f *fakePeople) ListTokens(_ context.Context, p draupnir.Principal, _ string) ([]draupnir.Token, error) {
 	f.note(p)
-	return []auth.Token{{ID: 1, Principal: p.Name, ExpiresAt: time.Now().Add(time.Hour), Current: true}}, nil
+	return []draupnir.Token{{ID: 1, Principal: p.Name, ExpiresAt: time.Now().Add(time.Hour), Current: true}}, nil
 }
 func (f *fakePeople) RevokeToken(_ context.Context, p draupnir.Principal, id int64) error {
 	f.note(p)
 	return draupnir.Errorf(draupnir.KindNotFound, "token %d does not exist", id)
 }
 func (f *fakePeople) Logout(context.Context, string) error { return nil }
-func (f *fakePeople) AddKey(_ context.Context, p draupnir.Principal, line string) (auth.Key, error) {
+func (f *fakePeople) AddKey(_ context.Context, p draupnir.Principal, line string) (draupnir.Key, error) {
 	f.note(p)
-	return auth.Key{ID: 3, Principal: p.Name, PublicKey: line, Fingerprint: "SHA256:x"}, nil
+	return draupnir.Key{ID: 3, Principal: p.Name, PublicKey: line, Fingerprint: "SHA256:x"}, nil
 }
-func (f *fakePeople) ListKeys(_ context.Context, p draupnir.Principal) ([]auth.Key, error) {
+func (f *fakePeople) ListKeys(_ context.Context, p draupnir.Principal) ([]draupnir.Key, error) {
 	f.note(p)
 	return nil, nil
 }
@@ -47,8 +46,8 @@ func (fakeLogin) Begin(context.Context, string, string, string, string) (string,
 func (fakeLogin) Callback(context.Context, url.Values) (string, error) {
 	return "", draupnir.Errorf(draupnir.KindInvalid, "unknown state")
 }
-func (fakeLogin) Redeem(context.Context, string, string, string, string) (string, auth.Token, error) {
-	return "", auth.Token{}, draupnir.Errorf(draupnir.KindInvalid, "unknown code")
+func (fakeLogin) Redeem(context.Context, string, string, string, string) (string, draupnir.Token, error) {
+	return "", draupnir.Token{}, draupnir.Errorf(draupnir.KindInvalid, "unknown code")
 }
 
 func TestPeopleRoutes(t *testing.T) {

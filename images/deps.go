@@ -58,6 +58,9 @@ type store interface {
 	// to, atomically. When the image is in another state it returns the
 	// image as it is, with ok false.
 	transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (r *row, ok bool, err error)
+	// startUpload marks image id uploading if it accepts uploads, and
+	// returns it as it is, with ok false, if it does not.
+	startUpload(ctx context.Context, id int64) (r *row, ok bool, err error)
 	fail(ctx context.Context, id int64, reason string) error
 	ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error)
 	update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error)

@@ -116,6 +116,10 @@ func (f *fakeStore) transition(ctx context.Context, id int64, from []draupnir.Im
 	return &c, true, nil
 }
 
+func (f *fakeStore) startUpload(ctx context.Context, id int64) (*row, bool, error) {
+	return f.transition(ctx, id, []draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading, draupnir.ImageFailed}, draupnir.ImageUploading)
+}
+
 func (f *fakeStore) fail(ctx context.Context, id int64, reason string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -190,7 +194,7 @@ type env struct {
 	vol   *mock.Btrfs
 }
 
-var upload = draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+var uploader = draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
 
 func newEnv(t *testing.T) *env {
 	t.Helper()

@@ -48,6 +48,10 @@ func (s *Service) Finalise(ctx context.Context, p draupnir.Principal, id int64) 
 		s.mu.Unlock()
 		return nil, draupnir.Errorf(draupnir.KindConflict, "an upload into image %d is still in progress; finalise it when the upload ends", id)
 	}
+	if err := s.checkUpload(ctx, id); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
 	r, ok, err := s.store.transition(ctx, id,
 		[]draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading, draupnir.ImageFailed}, draupnir.ImageFinalising)
 	if err != nil || !ok {
@@ -62,6 +66,7 @@ func (s *Service) Finalise(ctx context.Context, p draupnir.Principal, id int64) 
 	}
 	j := &job{done: make(chan struct{})}
 	s.jobs[id] = j
+	s.closeUploadsLocked()
 	s.wg.Add(1)
 	s.mu.Unlock()
 
@@ -440,10 +445,17 @@ func (s *Service) prepareData(ctx context.Context, work string) error {
 	}
 	var archives, wal []string
 	for _, e := range ents {
+		// A named upload that a crash cut short left its temporary file.
+		if e.Type().IsRegular() && isPartial(e.Name()) {
+			if err := os.Remove(filepath.Join(work, e.Name())); err != nil {
+				return err
+			}
+			continue
+		}
 		if !e.Type().IsRegular() || !extract.IsArchive(e.Name()) {
 			continue
 		}
-		if strings.HasPrefix(strings.ToLower(e.Name()), "pg_wal.tar") {
+		if isWALArchive(e.Name()) {
 			wal = append(wal, e.Name())
 		} else if tablespaceArchive.MatchString(e.Name()) {
 			return unprocessable("the backup holds tablespace archive %s; draupnir does not support tablespaces", e.Name())

@@ -58,7 +58,10 @@ type Service struct {
 	mu       sync.Mutex
 	jobs     map[int64]*job // finalise jobs in flight
 	destroys map[int64]bool // images being destroyed: no new instances
-	uploads  map[int64]int  // open uploads per image
+	uploads  map[int64]int  // upload calls and files in progress per image
+	// uploadEpoch moves when a finalise or destroy begins: open uploads
+	// then check their image's state again (see OpenUpload).
+	uploadEpoch uint64
 
 	baseMu    sync.Mutex
 	baselines map[string]*baseline // by major version
@@ -264,6 +267,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	destroying := s.destroys[id]
 	if !finalising && !destroying {
 		s.destroys[id] = true
+		s.closeUploadsLocked()
 	}
 	s.mu.Unlock()
 	if finalising {

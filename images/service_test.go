@@ -18,11 +18,7 @@ func TestDestroyingImageRefusesWork(t *testing.T) {
 		call func(s *Service) error
 	}{
 		{"finalise", func(s *Service) error { _, err := s.Finalise(context.Background(), upload, id); return err }},
-		{"begin upload", func(s *Service) error { _, _, err := s.BeginUpload(context.Background(), upload, id); return err }},
-		{"stream upload", func(s *Service) error {
-			_, err := s.StreamUpload(context.Background(), upload, id, nil)
-			return err
-		}},
+		{"open upload", func(s *Service) error { _, err := s.OpenUpload(context.Background(), upload, id); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,18 +8,18 @@ import (
 	"github.com/draupnir-db/draupnir/internal/diskspace"
 )
 
-// WriteBudget is what one upload may write into the data path before it
+// writeBudget is what one upload may write into the data path before it
 // reaches the reserve (package diskspace), measured when the upload opens.
 // Free space cannot be polled as bytes arrive: statfs counts them only once
 // they leave the page cache, by which time they may have filled the disk.
-type WriteBudget struct {
+type writeBudget struct {
 	room diskspace.Room
 	left atomic.Int64
 }
 
-// NewWriteBudget measures the filesystem of the open file fd; with no room
+// newWriteBudget measures the filesystem of the open file fd; with no room
 // above the reserve it returns an insufficient-storage error.
-func NewWriteBudget(fd int) (*WriteBudget, error) {
+func newWriteBudget(fd int) (*writeBudget, error) {
 	room, err := diskspace.OfFile(fd)
 	if err != nil {
 		return nil, err
@@ -27,14 +27,14 @@ func NewWriteBudget(fd int) (*WriteBudget, error) {
 	if room.Avail() <= 0 {
 		return nil, room.FullError(nil)
 	}
-	b := &WriteBudget{room: room}
+	b := &writeBudget{room: room}
 	b.left.Store(room.Avail())
 	return b, nil
 }
 
-// Spend takes n bytes from the budget, or returns an insufficient-storage
+// spend takes n bytes from the budget, or returns an insufficient-storage
 // error once it is used up. It is safe for concurrent use.
-func (b *WriteBudget) Spend(n int) error {
+func (b *writeBudget) spend(n int) error {
 	if b.left.Add(-int64(n)) < 0 {
 		return b.room.FullError(nil)
 	}

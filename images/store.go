@@ -97,6 +97,22 @@ func (s pgStore) transition(ctx context.Context, id int64, from []draupnir.Image
 	return im, true, nil
 }
 
+// startUpload marks image id uploading if it accepts uploads (created,
+// uploading or failed), clearing a failure's error: the upload is being
+// fixed. It returns the image as it was when it does not.
+func (s pgStore) startUpload(ctx context.Context, id int64) (*row, bool, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET state = 'uploading', error = '', updated_at = now()
+		WHERE id = $1 AND state IN ('created', 'uploading', 'failed') RETURNING `+imageColumns, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, err := s.get(ctx, id)
+		return cur, false, err
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("updating image %d: %w", id, err)
+	}
+	return im, true, nil
+}
+
 func (s pgStore) fail(ctx context.Context, id int64, reason string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE images SET state = 'failed', error = $2, updated_at = now() WHERE id = $1`, id, reason)
 	return err

@@ -33,15 +33,15 @@ func gauges(ch chan<- prometheus.Metric) gaugeFunc {
 
 // stateCollector reads the state database at scrape time.
 type stateCollector struct {
-	imageList    ImageLister
-	instanceList InstanceLister
+	imageList    draupnir.ImageService
+	instanceList draupnir.InstanceService
 	opts         Options
 	log          *slog.Logger
 
 	up, images, imageBytes, instances, portsInUse, portsTotal *prometheus.Desc
 }
 
-func newStateCollector(images ImageLister, instances InstanceLister, opts Options, log *slog.Logger) *stateCollector {
+func newStateCollector(images draupnir.ImageService, instances draupnir.InstanceService, opts Options, log *slog.Logger) *stateCollector {
 	return &stateCollector{
 		imageList:    images,
 		instanceList: instances,

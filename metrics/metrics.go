@@ -33,18 +33,6 @@ const (
 	OpInstanceDestroy = "instance_destroy"
 )
 
-// ImageLister lists the images as a principal sees them (images.Service
-// satisfies it); the collector asks as the upload principal.
-type ImageLister interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
-}
-
-// InstanceLister lists the instances a principal sees (instances.Service
-// satisfies it); the collector asks as the upload principal, who sees all.
-type InstanceLister interface {
-	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error)
-}
-
 // Options configures New. Every field is optional: what is missing is not
 // collected.
 type Options struct {
@@ -106,7 +94,7 @@ func New(opts Options) *Metrics {
 		uploadBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "upload_bytes_total",
 			Help: "Bytes uploaded into images over SSH, by method: stream (tar on stdin, bytes as sent) " +
-				"or files (SFTP and scp, growth of the upload directory).",
+				"or files (SFTP and scp, bytes written, counted as the session ends).",
 		}, []string{"method"}),
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "uploads_total",
@@ -148,7 +136,7 @@ func New(opts Options) *Metrics {
 // images and instances by state and the port pool's use. A failed query is
 // logged to log (nil discards) and reported as draupnir_state_database_up 0.
 // Call it once, when the services exist.
-func (m *Metrics) CollectState(images ImageLister, instances InstanceLister, log *slog.Logger) error {
+func (m *Metrics) CollectState(images draupnir.ImageService, instances draupnir.InstanceService, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -14,26 +14,22 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/mock"
 )
 
-type fakeImages struct {
-	list []*draupnir.Image
-	err  error
-}
-
-func (f fakeImages) List(context.Context, draupnir.Principal) ([]*draupnir.Image, error) {
-	return f.list, f.err
-}
-
-type fakeInstances struct {
-	list  []*draupnir.Instance
-	err   error
-	asked draupnir.Principal
-}
-
-func (f *fakeInstances) List(_ context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
-	f.asked = p
-	return f.list, f.err
+// fakes returns the mock services holding ims and ins, failing with err.
+func fakes(ims []*draupnir.Image, ins []*draupnir.Instance, err error) (*mock.Images, *mock.Instances) {
+	images := mock.NewImages()
+	images.ByID, images.Err = map[int64]*draupnir.Image{}, err
+	for _, im := range ims {
+		images.ByID[im.ID] = im
+	}
+	instances := mock.NewInstances(images)
+	instances.ByID, instances.Err = map[int64]*draupnir.Instance{}, err
+	for _, in := range ins {
+		instances.ByID[in.ID] = in
+	}
+	return images, instances
 }
 
 // gather returns the registry's families by name.
@@ -92,16 +88,15 @@ func want(t *testing.T, fams map[string]*dto.MetricFamily, v float64, name strin
 
 func TestStateCollector(t *testing.T) {
 	m := New(Options{DataPath: t.TempDir(), MinPort: 6000, MaxPort: 6009})
-	ins := &fakeInstances{list: []*draupnir.Instance{
-		{ID: 1, State: draupnir.InstanceRunning, Port: 6000},
-		{ID: 2, State: draupnir.InstanceRunning, Port: 6009},
-		{ID: 3, State: draupnir.InstanceFailed, Port: 7000}, // outside the range since a config change
-	}}
-	ims := fakeImages{list: []*draupnir.Image{
+	ims, ins := fakes([]*draupnir.Image{
 		{ID: 1, State: draupnir.ImageReady, SizeBytes: 100},
 		{ID: 2, State: draupnir.ImageReady, SizeBytes: 50},
 		{ID: 3, State: draupnir.ImageFailed, SizeBytes: 1000},
-	}}
+	}, []*draupnir.Instance{
+		{ID: 1, State: draupnir.InstanceRunning, Port: 6000},
+		{ID: 2, State: draupnir.InstanceRunning, Port: 6009},
+		{ID: 3, State: draupnir.InstanceFailed, Port: 7000}, // outside the range since a config change
+	}, nil)
 	if err := m.CollectState(ims, ins, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +111,10 @@ func TestStateCollector(t *testing.T) {
 	want(t, fams, 0, "draupnir_instances", "state=creating")
 	want(t, fams, 2, "draupnir_instance_ports_in_use")
 	want(t, fams, 10, "draupnir_instance_ports_total")
-	if !ins.asked.Upload {
-		t.Errorf("instances listed as %+v, want the upload principal (who sees all)", ins.asked)
+	for _, p := range append(ims.Principals(), ins.Principals()...) {
+		if !p.Upload {
+			t.Errorf("listed as %+v, want the upload principal (who sees all)", p)
+		}
 	}
 	if v, ok := value(t, fams, "draupnir_data_path_free_bytes"); !ok || v <= 0 {
 		t.Errorf("draupnir_data_path_free_bytes = %v, %v; want > 0", v, ok)
@@ -136,7 +133,8 @@ func TestStateDatabaseDown(t *testing.T) {
 	m := New(Options{})
 	var logs strings.Builder
 	down := errors.New("connection refused")
-	err := m.CollectState(fakeImages{err: down}, &fakeInstances{err: down}, slog.New(slog.NewTextHandler(&logs, nil)))
+	ims, ins := fakes(nil, nil, down)
+	err := m.CollectState(ims, ins, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

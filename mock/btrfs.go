@@ -1,7 +1,3 @@
-// Package mock holds fakes of the core's dependencies that the tests of more
-// than one package share, so that the services' logic is tested quickly and
-// without root. A fake that only one package's tests use lives in that
-// package's _test files.
 package mock
 
 import (

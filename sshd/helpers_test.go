@@ -27,15 +27,16 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/images/extract"
+	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
-// fakeUploads keeps upload directories under base/image_uploads. Images 1 and
-// 2 accept uploads, 3 is ready, others do not exist.
+// fakeUploads keeps upload directories under base/image_uploads and serves
+// them through the images service's own upload rules (images.OpenDir).
+// Images 1 and 2 accept uploads, 3 is ready, others do not exist.
 type fakeUploads struct {
 	base string
-	open atomic.Int64 // uploads begun and not ended
+	open atomic.Int64 // uploads opened and not closed
 }
 
 func (u *fakeUploads) dir(id int64) string {
@@ -55,42 +56,32 @@ func (u *fakeUploads) check(p draupnir.Principal, id int64) error {
 	return draupnir.Errorf(draupnir.KindNotFound, "image %d not found", id)
 }
 
-func (u *fakeUploads) BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (string, func(), error) {
+func (u *fakeUploads) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
 	if err := u.check(p, id); err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	d := u.dir(id)
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		return "", nil, err
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return nil, err
+	}
+	up, err := images.OpenDir(d)
+	if err != nil {
+		return nil, err
 	}
 	u.open.Add(1)
-	var once sync.Once
-	return d, func() { once.Do(func() { u.open.Add(-1) }) }, nil
+	return &countedUpload{Upload: up, open: &u.open}, nil
 }
 
-func (u *fakeUploads) StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error) {
-	if err := u.check(p, id); err != nil {
-		return draupnir.UploadSummary{}, err
-	}
-	start := time.Now()
-	d := u.dir(id)
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		return draupnir.UploadSummary{}, err
-	}
-	cr := &countingReader{r: r}
-	st, err := extract.Tar(ctx, cr, d, extract.Options{UID: -1, GID: -1})
-	return draupnir.UploadSummary{Bytes: cr.n, Files: st.Files, Duration: time.Since(start)}, err
+// countedUpload counts itself out of fakeUploads.open when closed.
+type countedUpload struct {
+	draupnir.Upload
+	open *atomic.Int64
+	once sync.Once
 }
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+func (c *countedUpload) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Upload.Close()
 }
 
 // commandLog records what the fake CommandRunner was asked.
@@ -197,7 +188,7 @@ func newEnvIn(t *testing.T, ns *netns, host string, opts ...envOption) *env {
 	e.start(o)
 	t.Cleanup(func() {
 		if n := e.uploads.open.Load(); n != 0 {
-			t.Errorf("%d uploads were begun and never ended", n)
+			t.Errorf("%d uploads were opened and never closed", n)
 		}
 	})
 	return e

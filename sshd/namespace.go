@@ -14,10 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/images"
 )
 
 // uploadsRoot is the virtual directory that holds one directory per image.
@@ -64,15 +61,24 @@ func parsePath(p string) (location, error) {
 }
 
 // namespace performs file operations on the virtual namespace for one
-// authenticated principal. Every operation inside an image directory asks
-// Uploads for the directory (which checks the principal and the image's state)
-// and resolves paths below it with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS),
-// so that neither "..", absolute paths nor symbolic links can leave it.
+// authenticated principal in one session. Inside an image directory it
+// speaks to that image's upload (draupnir.Upload), opened at the first
+// operation there and kept until the session ends: the upload confines
+// names to the image's directory, budgets and counts the bytes, and checks
+// the image's state; the namespace only maps virtual paths and renders
+// errors for the client.
 type namespace struct {
 	ctx     context.Context
 	p       draupnir.Principal
-	uploads Uploads
+	uploads draupnir.Uploads
 	log     *slog.Logger
+
+	mu   sync.Mutex
+	open map[int64]draupnir.Upload // by image id
+}
+
+func newNamespace(ctx context.Context, p draupnir.Principal, uploads draupnir.Uploads, log *slog.Logger) *namespace {
+	return &namespace{ctx: ctx, p: p, uploads: uploads, log: log, open: map[int64]draupnir.Upload{}}
 }
 
 // writable refuses principals that may not upload before Uploads is asked.
@@ -86,83 +92,72 @@ func (n *namespace) writable(loc location) error {
 	return nil
 }
 
-// begin opens the upload directory of loc's image. The caller must call the
-// returned release (which closes the directory and ends the upload).
-func (n *namespace) begin(loc location) (root int, release func(), err error) {
+// upload returns the upload of loc's image, opening it at first use.
+func (n *namespace) upload(loc location) (draupnir.Upload, error) {
 	if err := n.writable(loc); err != nil {
-		return -1, nil, err
+		return nil, err
 	}
-	dir, end, err := n.uploads.BeginUpload(n.ctx, n.p, loc.id)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if u := n.open[loc.id]; u != nil {
+		return u, nil
+	}
+	u, err := n.uploads.OpenUpload(n.ctx, n.p, loc.id)
 	if err != nil {
-		return -1, nil, err
+		return nil, err
 	}
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		end()
-		return -1, nil, fmt.Errorf("opening upload directory of image %d: %w", loc.id, err)
-	}
-	return fd, func() { unix.Close(fd); end() }, nil
+	n.open[loc.id] = u
+	return u, nil
 }
 
-// private keeps only the owner's bits of a mode a client asks for (on
-// creation, scp -p or chmod): uploads are production data, and nothing in
-// them is for group or others.
-func private(m fs.FileMode) uint32 { return uint32(m.Perm() & 0o700) }
-
-// resolveFlags keep every lookup below the upload directory and refuse any
-// symbolic link on the way, including the last component.
-const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
-
-func openBeneath(root int, rel string, flags int, mode uint32) (int, error) {
-	if rel == "" {
-		rel = "."
-	}
-	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Resolve: resolveFlags}
-	if flags&unix.O_CREAT != 0 {
-		how.Mode = uint64(mode)
-	}
-	for {
-		fd, err := unix.Openat2(root, rel, &how)
-		if err == unix.EINTR || err == unix.EAGAIN {
-			continue
+// Close closes the uploads the session opened; files still open keep theirs
+// until they are closed.
+func (n *namespace) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for id, u := range n.open {
+		if err := u.Close(); err != nil {
+			n.log.Error("closing an upload failed", "image", id, "err", err)
 		}
-		return fd, err
+		delete(n.open, id)
 	}
 }
 
-// parent opens the directory holding rel (which must not be "") and returns
-// it with rel's last component, a plain name.
-func parent(root int, rel string) (int, string, error) {
-	dir, base := path.Split(rel)
-	fd, err := openBeneath(root, strings.TrimSuffix(dir, "/"), unix.O_PATH|unix.O_DIRECTORY, 0)
-	return fd, base, err
-}
-
-// fsError turns a system error on loc into an error for the client; it never
-// names real paths.
+// fsError turns an upload's error about a file at loc into an error for the
+// client, naming loc's virtual path and never a real one. Errors that are
+// not about a file (the image's state, the disk budget) are already meant
+// for the client.
 func fsError(loc location, err error) error {
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) {
 		return err
 	}
+	var de *draupnir.Error
+	if errors.As(pe.Err, &de) {
+		return &draupnir.Error{Kind: de.Kind, Msg: loc.vpath + ": " + de.Msg, Err: err}
+	}
+	var errno syscall.Errno
+	if !errors.As(pe.Err, &errno) {
+		return fmt.Errorf("%s: %w", loc.vpath, err)
+	}
 	switch errno {
-	case unix.ENOENT:
+	case syscall.ENOENT:
 		return draupnir.Errorf(draupnir.KindNotFound, "%s: no such file or directory", loc.vpath)
-	case unix.EEXIST:
+	case syscall.EEXIST:
 		return &draupnir.Error{Kind: draupnir.KindConflict, Msg: loc.vpath + ": file exists", Err: errno}
-	case unix.ENOTEMPTY:
+	case syscall.ENOTEMPTY:
 		return &draupnir.Error{Kind: draupnir.KindConflict, Msg: loc.vpath + ": directory not empty", Err: errno}
-	case unix.ELOOP, unix.EXDEV:
+	case syscall.ELOOP, syscall.EXDEV:
 		return draupnir.Errorf(draupnir.KindForbidden, "%s: permission denied: symbolic links are not followed", loc.vpath)
-	case unix.EISDIR:
+	case syscall.EISDIR:
 		return draupnir.Errorf(draupnir.KindInvalid, "%s: is a directory", loc.vpath)
-	case unix.ENOTDIR:
+	case syscall.ENOTDIR:
 		return draupnir.Errorf(draupnir.KindInvalid, "%s: not a directory", loc.vpath)
-	case unix.ENOSPC, unix.EDQUOT:
+	case syscall.ENOSPC, syscall.EDQUOT:
 		return draupnir.Errorf(draupnir.KindInsufficientStorage, "%s: no space left on device", loc.vpath)
-	case unix.EACCES, unix.EPERM:
+	case syscall.EACCES, syscall.EPERM:
 		return draupnir.Errorf(draupnir.KindForbidden, "%s: permission denied", loc.vpath)
-	case unix.ENAMETOOLONG:
+	case syscall.ENAMETOOLONG:
 		return draupnir.Errorf(draupnir.KindInvalid, "%s: file name too long", loc.vpath)
 	}
 	return fmt.Errorf("%s: %w", loc.vpath, err)
@@ -175,26 +170,20 @@ func (n *namespace) Stat(p string) (fs.FileInfo, error) {
 		return nil, err
 	}
 	if loc.depth < 3 || loc.rel == "" {
-		// The image directory itself is presented without asking Uploads:
-		// clients stat a target before writing into it, and the write gives
-		// the real answer.
+		// The image directory itself is presented without opening the
+		// upload: clients stat a target before writing into it, and the
+		// write gives the real answer.
 		return virtualDir(path.Base(loc.vpath)), nil
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-	pfd, base, err := parent(root, loc.rel)
+	info, err := u.Stat(loc.rel)
 	if err != nil {
 		return nil, fsError(loc, err)
 	}
-	defer unix.Close(pfd)
-	var st unix.Stat_t
-	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return nil, fsError(loc, err)
-	}
-	return &statInfo{name: base, st: st}, nil
+	return info, nil
 }
 
 // List returns the entries of the directory p.
@@ -211,28 +200,13 @@ func (n *namespace) List(p string) ([]fs.FileInfo, error) {
 	case 2:
 		return nil, nil
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-	fd, err := openBeneath(root, loc.rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	infos, err := u.ReadDir(loc.rel)
 	if err != nil {
 		return nil, fsError(loc, err)
-	}
-	f := os.NewFile(uintptr(fd), loc.vpath)
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, fsError(loc, err)
-	}
-	infos := make([]fs.FileInfo, 0, len(names))
-	for _, name := range names {
-		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			continue // removed meanwhile
-		}
-		infos = append(infos, &statInfo{name: name, st: st})
 	}
 	return infos, nil
 }
@@ -244,30 +218,17 @@ func (n *namespace) Mkdir(p string, mode fs.FileMode, exclusive bool) error {
 	if err != nil {
 		return err
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return err
 	}
-	defer release()
 	if loc.rel == "" {
 		if exclusive {
-			return fsError(loc, unix.EEXIST)
+			return draupnir.Errorf(draupnir.KindConflict, "%s: file exists", loc.vpath)
 		}
 		return nil
 	}
-	pfd, base, err := parent(root, loc.rel)
-	if err != nil {
-		return fsError(loc, err)
-	}
-	defer unix.Close(pfd)
-	err = unix.Mkdirat(pfd, base, private(mode))
-	if err == unix.EEXIST && !exclusive {
-		var st unix.Stat_t
-		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			return nil
-		}
-	}
-	if err != nil {
+	if err := u.Mkdir(loc.rel, mode, exclusive); err != nil {
 		return fsError(loc, err)
 	}
 	n.log.Debug("ssh mkdir", "principal", n.p.Name, "path", loc.vpath)
@@ -280,27 +241,19 @@ func (n *namespace) Remove(p string, dir bool) error {
 	if err != nil {
 		return err
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return err
 	}
-	defer release()
 	if loc.rel == "" {
 		return draupnir.Errorf(draupnir.KindForbidden, "%s: permission denied: an image's upload directory cannot be removed", loc.vpath)
 	}
-	pfd, base, err := parent(root, loc.rel)
-	if err != nil {
-		return fsError(loc, err)
-	}
-	defer unix.Close(pfd)
-	flags := 0
 	if dir {
-		flags = unix.AT_REMOVEDIR
+		err = u.RemoveDir(loc.rel)
+	} else {
+		err = u.Remove(loc.rel)
 	}
-	if err := unix.Unlinkat(pfd, base, flags); err != nil {
-		return fsError(loc, err)
-	}
-	return nil
+	return fsError(loc, err)
 }
 
 // Rename moves a file within one image's directory; replace allows
@@ -317,95 +270,33 @@ func (n *namespace) Rename(from, to string, replace bool) error {
 	if src.depth < 3 || dst.depth < 3 || src.id != dst.id || src.rel == "" || dst.rel == "" {
 		return draupnir.Errorf(draupnir.KindForbidden, "rename %s to %s: permission denied: files can only be renamed within one image's directory", src.vpath, dst.vpath)
 	}
-	root, release, err := n.begin(src)
+	u, err := n.upload(src)
 	if err != nil {
 		return err
 	}
-	defer release()
-	sfd, sbase, err := parent(root, src.rel)
-	if err != nil {
+	err = u.Rename(src.rel, dst.rel, replace)
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == src.rel {
 		return fsError(src, err)
 	}
-	defer unix.Close(sfd)
-	dfd, dbase, err := parent(root, dst.rel)
-	if err != nil {
-		return fsError(dst, err)
-	}
-	defer unix.Close(dfd)
-	flags := uint(unix.RENAME_NOREPLACE)
-	if replace {
-		flags = 0
-	}
-	if err := unix.Renameat2(sfd, sbase, dfd, dbase, flags); err != nil {
-		return fsError(dst, err)
-	}
-	return nil
-}
-
-// Attrs are the attributes a client may set; nil fields stay unchanged.
-type attrs struct {
-	size  *int64
-	mode  *fs.FileMode
-	atime *time.Time
-	mtime *time.Time
+	return fsError(dst, err)
 }
 
 // Setstat changes the size, mode or times of the file p.
-func (n *namespace) Setstat(p string, a attrs) error {
+func (n *namespace) Setstat(p string, a draupnir.FileAttrs) error {
 	loc, err := parsePath(p)
 	if err != nil {
 		return err
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return err
 	}
-	defer release()
-	flags := unix.O_RDONLY
-	if a.size != nil {
-		flags = unix.O_WRONLY
-	}
-	fd, err := openBeneath(root, loc.rel, flags, 0)
-	if err != nil {
-		return fsError(loc, err)
-	}
-	defer unix.Close(fd)
-	return setAttrs(fd, loc, a)
-}
-
-func setAttrs(fd int, loc location, a attrs) error {
-	if a.size != nil {
-		if *a.size < 0 {
-			return draupnir.Errorf(draupnir.KindInvalid, "%s: negative size", loc.vpath)
-		}
-		if err := unix.Ftruncate(fd, *a.size); err != nil {
-			return fsError(loc, err)
-		}
-	}
-	if a.mode != nil {
-		// No set-id or sticky bits from clients, nor access for others.
-		if err := unix.Fchmod(fd, private(*a.mode)); err != nil {
-			return fsError(loc, err)
-		}
-	}
-	if a.atime != nil || a.mtime != nil {
-		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
-		if a.atime != nil {
-			ts[0] = unix.NsecToTimespec(a.atime.UnixNano())
-		}
-		if a.mtime != nil {
-			ts[1] = unix.NsecToTimespec(a.mtime.UnixNano())
-		}
-		if err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH); err != nil {
-			return fsError(loc, err)
-		}
-	}
-	return nil
+	return fsError(loc, u.SetAttrs(loc.rel, a))
 }
 
 // OpenFile opens the file p inside an image directory. flags are os.O_*
-// flags; O_APPEND is ignored because writes carry their offsets. The upload
-// stays open until the file is closed.
+// flags; O_APPEND is ignored because writes carry their offsets. The file
+// holds its image's finalising off until it is closed.
 func (n *namespace) OpenFile(p string, flags int, mode fs.FileMode) (*uploadFile, error) {
 	loc, err := parsePath(p)
 	if err != nil {
@@ -414,58 +305,30 @@ func (n *namespace) OpenFile(p string, flags int, mode fs.FileMode) (*uploadFile
 	if loc.depth == 3 && loc.rel == "" {
 		return nil, draupnir.Errorf(draupnir.KindInvalid, "%s: is a directory", loc.vpath)
 	}
-	root, release, err := n.begin(loc)
+	u, err := n.upload(loc)
 	if err != nil {
 		return nil, err
 	}
-	fd, err := openBeneath(root, loc.rel, flags&^os.O_APPEND, private(mode))
+	f, err := u.OpenFile(loc.rel, flags, mode)
 	if err != nil {
-		release()
 		return nil, fsError(loc, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		release()
-		return nil, draupnir.Errorf(draupnir.KindInvalid, "%s: not a regular file", loc.vpath)
-	}
-	var budget *images.WriteBudget
 	if flags&(os.O_WRONLY|os.O_RDWR) != 0 {
-		if budget, err = images.NewWriteBudget(fd); err != nil {
-			unix.Close(fd)
-			release()
-			return nil, err
-		}
 		n.log.Debug("ssh upload open", "principal", n.p.Name, "path", loc.vpath)
 	}
-	return &uploadFile{File: os.NewFile(uintptr(fd), loc.vpath), loc: loc, release: release, budget: budget}, nil
+	return &uploadFile{f: f, loc: loc}, nil
 }
 
-// uploadFile is an open file in an upload directory; closing it ends the
-// upload it belongs to.
+// uploadFile is a file open in an upload, with errors for the client.
 type uploadFile struct {
-	*os.File
-	loc     location
-	once    sync.Once
-	release func()
-	// budget stops writes short of the data path's free-space reserve, so
-	// that an upload larger than the disk cannot fill it and take the
-	// state database down with it. Nil for files opened read-only.
-	budget *images.WriteBudget
+	f   draupnir.UploadFile
+	loc location
 }
 
-func (f *uploadFile) spend(n int) error {
-	if f.budget == nil {
-		return nil
-	}
-	return f.budget.Spend(n)
-}
+func (f *uploadFile) ReadAt(b []byte, off int64) (int, error) { return f.f.ReadAt(b, off) }
 
 func (f *uploadFile) WriteAt(b []byte, off int64) (int, error) {
-	if err := f.spend(len(b)); err != nil {
-		return 0, err
-	}
-	n, err := f.File.WriteAt(b, off)
+	n, err := f.f.WriteAt(b, off)
 	if err != nil {
 		err = fsError(f.loc, err)
 	}
@@ -473,10 +336,7 @@ func (f *uploadFile) WriteAt(b []byte, off int64) (int, error) {
 }
 
 func (f *uploadFile) Write(b []byte) (int, error) {
-	if err := f.spend(len(b)); err != nil {
-		return 0, err
-	}
-	n, err := f.File.Write(b)
+	n, err := f.f.Write(b)
 	if err != nil {
 		err = fsError(f.loc, err)
 	}
@@ -484,15 +344,10 @@ func (f *uploadFile) Write(b []byte) (int, error) {
 }
 
 func (f *uploadFile) Close() error {
-	var err error
-	f.once.Do(func() {
-		err = f.File.Close()
-		f.release()
-		if err != nil {
-			err = fsError(f.loc, err)
-		}
-	})
-	return err
+	if err := f.f.Close(); err != nil {
+		return fsError(f.loc, err)
+	}
+	return nil
 }
 
 // virtualDir is a directory of the namespace that exists only in it.
@@ -504,44 +359,3 @@ func (d virtualDir) Mode() fs.FileMode  { return fs.ModeDir | 0o755 }
 func (d virtualDir) ModTime() time.Time { return time.Time{} }
 func (d virtualDir) IsDir() bool        { return true }
 func (d virtualDir) Sys() any           { return nil }
-
-// statInfo is an fs.FileInfo from fstatat(2).
-type statInfo struct {
-	name string
-	st   unix.Stat_t
-}
-
-func (i *statInfo) Name() string       { return i.name }
-func (i *statInfo) Size() int64        { return i.st.Size }
-func (i *statInfo) ModTime() time.Time { return time.Unix(i.st.Mtim.Unix()) }
-func (i *statInfo) IsDir() bool        { return i.st.Mode&unix.S_IFMT == unix.S_IFDIR }
-func (i *statInfo) Sys() any           { return nil }
-func (i *statInfo) Uid() uint32        { return i.st.Uid }
-func (i *statInfo) Gid() uint32        { return i.st.Gid }
-func (i *statInfo) Mode() fs.FileMode {
-	m := fs.FileMode(i.st.Mode & 0o777)
-	switch i.st.Mode & unix.S_IFMT {
-	case unix.S_IFDIR:
-		m |= fs.ModeDir
-	case unix.S_IFLNK:
-		m |= fs.ModeSymlink
-	case unix.S_IFIFO:
-		m |= fs.ModeNamedPipe
-	case unix.S_IFSOCK:
-		m |= fs.ModeSocket
-	case unix.S_IFCHR:
-		m |= fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		m |= fs.ModeDevice
-	}
-	if i.st.Mode&unix.S_ISUID != 0 {
-		m |= fs.ModeSetuid
-	}
-	if i.st.Mode&unix.S_ISGID != 0 {
-		m |= fs.ModeSetgid
-	}
-	if i.st.Mode&unix.S_ISVTX != 0 {
-		m |= fs.ModeSticky
-	}
-	return m
-}

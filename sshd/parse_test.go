@@ -248,10 +248,10 @@ func (m *memSinkFS) Create(p string, mode fs.FileMode) (io.WriteCloser, error) {
 	return nopCloser{b}, nil
 }
 
-func (m *memSinkFS) Setstat(p string, a attrs) error {
+func (m *memSinkFS) Setstat(p string, a draupnir.FileAttrs) error {
 	m.check(p)
-	if a.mode != nil {
-		m.modes[p] = *a.mode
+	if a.Mode != nil {
+		m.modes[p] = *a.Mode
 	}
 	return nil
 }
@@ -432,12 +432,4 @@ func TestFileKeys(t *testing.T) {
 			t.Error("key accepted while the keys file is missing")
 		}
 	})
-}
-
-func TestHumanBytes(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 129394278: "123.4 MiB", 5 << 30: "5.0 GiB", 3 << 40: "3.0 TiB"} {
-		if got := humanBytes(n); got != want {
-			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
 }

@@ -134,7 +134,7 @@ type sinkFS interface {
 	// Create creates or truncates the regular file p.
 	Create(p string, mode fs.FileMode) (io.WriteCloser, error)
 	// Setstat sets the mode and times of p (scp -p).
-	Setstat(p string, a attrs) error
+	Setstat(p string, a draupnir.FileAttrs) error
 }
 
 // scpOptions are the flags of "scp -t".
@@ -346,9 +346,9 @@ func (s *scpSink) sink(target string, targetIsDir bool, depth int) error {
 
 func (s *scpSink) setstat(p string, rec scpRecord, t *scpRecord) {
 	mode := rec.mode
-	a := attrs{mode: &mode}
+	a := draupnir.FileAttrs{Mode: &mode}
 	if t != nil {
-		a.atime, a.mtime = &t.atime, &t.mtime
+		a.Atime, a.Mtime = &t.atime, &t.mtime
 	}
 	if err := s.fs.Setstat(p, a); err != nil {
 		s.failed = true
@@ -452,4 +452,4 @@ func (f nsSinkFS) Create(p string, mode fs.FileMode) (io.WriteCloser, error) {
 	return file, nil
 }
 
-func (f nsSinkFS) Setstat(p string, a attrs) error { return f.ns.Setstat(p, a) }
+func (f nsSinkFS) Setstat(p string, a draupnir.FileAttrs) error { return f.ns.Setstat(p, a) }

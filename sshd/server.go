@@ -1,11 +1,13 @@
 // Package sshd is Draupnir's SSH door: an embedded SSH server (gliderlabs/ssh)
 // that authenticates clients by public key only and lets the upload principal
-// deliver base backups into an image's upload directory by SFTP (and
-// OpenSSH's default scp), by legacy scp (scp -O) or as a streamed tar
-// ("images upload <id>"), while any other command line runs through the
-// shared CLI command tree as the authenticated principal. SSH clients see a
-// virtual namespace, /draupnir/image_uploads/<id>[/…], and nothing of the
-// real filesystem; there are no PTYs, no forwarding of any kind and no shell.
+// deliver base backups into an image's upload by SFTP (and OpenSSH's default
+// scp) or by legacy scp (scp -O), while any other command line, the streamed
+// "images upload <id>" included, runs through the shared CLI command tree as
+// the authenticated principal. SSH clients see a virtual namespace,
+// /draupnir/image_uploads/<id>[/…], and nothing of the real filesystem: the
+// door maps it onto the images' uploads (draupnir.Upload), which own the
+// files, and only speaks the protocols. There are no PTYs, no forwarding of
+// any kind and no shell.
 package sshd
 
 import (
@@ -15,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,15 +26,6 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 )
-
-// Uploads receives uploads into images; *images.Service satisfies it.
-type Uploads interface {
-	// BeginUpload checks that p may write into image id now and returns
-	// the real directory to write into, and a func to call when done.
-	BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (dir string, end func(), err error)
-	// StreamUpload extracts a (compressed) tar stream into image id.
-	StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error)
-}
 
 // Keys maps a verified public key to a principal (KindUnauthorized if unknown).
 type Keys interface {
@@ -51,7 +43,7 @@ type Options struct {
 	// is created, 0600, if missing, and then kept so that clients'
 	// known_hosts stay valid.
 	HostKeyPath string
-	Uploads     Uploads
+	Uploads     draupnir.Uploads
 	Keys        Keys
 	Commands    CommandRunner // nil: other commands are refused
 
@@ -340,12 +332,7 @@ func (s *Server) principal(sess ssh.Session) (draupnir.Principal, bool) {
 }
 
 func (s *Server) namespace(sess ssh.Session, p draupnir.Principal) *namespace {
-	return &namespace{
-		ctx:     sess.Context(),
-		p:       p,
-		uploads: s.opts.Uploads,
-		log:     s.log.With("principal", p.Name, "remote", sess.RemoteAddr().String()),
-	}
+	return newNamespace(sess.Context(), p, s.opts.Uploads, s.log.With("principal", p.Name, "remote", sess.RemoteAddr().String()))
 }
 
 // handleSFTP serves the "sftp" subsystem.
@@ -355,7 +342,10 @@ func (s *Server) handleSFTP(sess ssh.Session) {
 		return
 	}
 	s.log.Info("ssh sftp session", "principal", p.Name, "remote", sess.RemoteAddr().String())
-	if err := serveSFTP(s.namespace(sess, p), sess, sess.Stderr()); err != nil {
+	ns := s.namespace(sess, p)
+	err := serveSFTP(ns, sess, sess.Stderr())
+	ns.Close()
+	if err != nil {
 		s.log.Info("ssh sftp session ended with an error", "principal", p.Name, "err", err)
 		sess.Exit(1)
 		return
@@ -389,15 +379,8 @@ func (s *Server) run(sess ssh.Session, p draupnir.Principal) int {
 		}
 	}
 	s.log.Info("ssh command", "principal", p.Name, "remote", sess.RemoteAddr().String(), "command", verb)
-	switch {
-	case len(args) > 0 && args[0] == "scp":
+	if len(args) > 0 && args[0] == "scp" {
 		return s.runSCP(sess, p, args[1:])
-	case len(args) == 3 && args[0] == "images" && args[1] == "upload" && isDigits(args[2]):
-		id, err := strconv.ParseInt(args[2], 10, 64)
-		if err != nil || id <= 0 {
-			return s.fail(sess, p, draupnir.Errorf(draupnir.KindInvalid, "invalid image id %q", args[2]))
-		}
-		return s.streamUpload(sess, p, id)
 	}
 	if s.opts.Commands == nil {
 		if len(args) == 0 {
@@ -431,44 +414,10 @@ func (s *Server) runSCP(sess ssh.Session, p draupnir.Principal, args []string) i
 		return 1
 	}
 	ns := s.namespace(sess, p)
+	defer ns.Close()
 	status, err := runSCPSink(nsSinkFS{ns}, sess, sess, opts, target)
 	if err != nil {
 		ns.log.Info("scp upload failed", "target", target, "err", err)
 	}
 	return status
-}
-
-// streamUpload serves "images upload <id>": a tar stream on stdin.
-func (s *Server) streamUpload(sess ssh.Session, p draupnir.Principal, id int64) int {
-	if !p.Upload {
-		return s.fail(sess, p, draupnir.Errorf(draupnir.KindForbidden, "permission denied: only the upload principal may upload images"))
-	}
-	start := time.Now()
-	sum, err := s.opts.Uploads.StreamUpload(sess.Context(), p, id, sess)
-	if err != nil {
-		s.log.Info("ssh stream upload failed", "image", id, "err", err)
-		return s.fail(sess, p, err)
-	}
-	d := sum.Duration
-	if d <= 0 {
-		d = time.Since(start)
-	}
-	fmt.Fprintf(sess, "uploaded %s (%d files) into image %d in %.1fs\n", humanBytes(sum.Bytes), sum.Files, id, d.Seconds())
-	s.log.Info("ssh stream upload", "image", id, "bytes", sum.Bytes, "files", sum.Files, "duration", d)
-	return 0
-}
-
-// humanBytes formats n in binary units: "123.4 MiB".
-func humanBytes(n int64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	v := float64(n) / 1024
-	for _, unit := range []string{"KiB", "MiB", "GiB", "TiB"} {
-		if v < 1024 || unit == "TiB" {
-			return fmt.Sprintf("%.1f %s", v, unit)
-		}
-		v /= 1024
-	}
-	return ""
 }

@@ -180,23 +180,23 @@ func (h *sftpHandler) PosixRename(r *sftp.Request) error {
 func (h *sftpHandler) setstat(r *sftp.Request) error {
 	af := r.AttrFlags()
 	st := r.Attributes()
-	var a attrs
+	var a draupnir.FileAttrs
 	if af.Size {
 		size := int64(st.Size)
-		a.size = &size
+		a.Size = &size
 	}
 	if af.Permissions {
 		mode := st.FileMode()
-		a.mode = &mode
+		a.Mode = &mode
 	}
 	if af.Acmodtime {
 		at, mt := time.Unix(int64(st.Atime), 0), time.Unix(int64(st.Mtime), 0)
-		a.atime, a.mtime = &at, &mt
+		a.Atime, a.Mtime = &at, &mt
 	}
 	if af.UidGid {
 		return draupnir.Errorf(draupnir.KindForbidden, "%s: permission denied: ownership cannot be changed", r.Filepath)
 	}
-	if a == (attrs{}) {
+	if a == (draupnir.FileAttrs{}) {
 		return nil
 	}
 	return h.ns.Setstat(r.Filepath, a)

@@ -81,7 +81,11 @@ func makeDemoImage(ctx context.Context, c *core, log *slog.Logger) error {
 	if err := backup.Start(); err != nil {
 		return err
 	}
-	_, uerr := c.images.StreamUpload(ctx, upload, im.ID, stdout)
+	u, uerr := c.images.OpenUpload(ctx, upload, im.ID)
+	if uerr == nil {
+		_, uerr = u.Extract(ctx, stdout)
+		u.Close()
+	}
 	if err := backup.Wait(); err != nil || uerr != nil {
 		return fmt.Errorf("uploading the demo backup: %v %v", err, uerr)
 	}

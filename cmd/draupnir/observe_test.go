@@ -2,33 +2,32 @@ package main
 
 import (
 	"context"
-	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/metrics"
 )
 
-// fakeImageService is an image service whose uploads land in dir/<id>.
+// fakeImageService is an image service whose uploads are dir/<id>, with
+// the images service's own upload rules.
 type fakeImageService struct {
 	imageService // nil: methods the test does not use panic
 	dir          string
 	err          error
 }
 
-func (f fakeImageService) BeginUpload(ctx context.Context, p draupnir.Principal, id int64) (string, func(), error) {
-	return filepath.Join(f.dir, "1"), func() {}, f.err
-}
-
-func (f fakeImageService) StreamUpload(ctx context.Context, p draupnir.Principal, id int64, r io.Reader) (draupnir.UploadSummary, error) {
-	n, _ := io.Copy(io.Discard, r)
-	return draupnir.UploadSummary{Bytes: n}, f.err
+func (f fakeImageService) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return images.OpenDir(filepath.Join(f.dir, strconv.FormatInt(id, 10)))
 }
 
 func (f fakeImageService) Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
@@ -36,7 +35,7 @@ func (f fakeImageService) Finalise(ctx context.Context, p draupnir.Principal, id
 }
 
 type fakeInstanceService struct {
-	instanceService
+	draupnir.InstanceService
 	err error
 }
 
@@ -73,52 +72,69 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[str
 
 func TestObservedUploads(t *testing.T) {
 	dir := t.TempDir()
-	upload := filepath.Join(dir, "1")
-	if err := os.Mkdir(upload, 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "1"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(upload, "old"), make([]byte, 100), 0o644) // there before: not counted
 	m := metrics.New(metrics.Options{})
-	o := newObservedImages(fakeImageService{dir: dir}, m, dir)
-	o.meter.every = 0 // measure at every end
+	o := newObservedImages(fakeImageService{dir: dir}, m)
 	files := map[string]string{"method": "files"}
 	p := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	ctx := context.Background()
 
-	d, end, err := o.BeginUpload(context.Background(), p, 1)
+	// Files count when the upload closes, whatever was written through it
+	// (overwrites too); looking only is no upload.
+	u, err := o.OpenUpload(ctx, p, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(d, "base.tar"), make([]byte, 1000), 0o644)
-	end()
-	if got := counter(t, m.Registry(), "draupnir_upload_bytes_total", files); got != 1000 {
-		t.Errorf("after the first file: %v bytes, want 1000", got)
+	for _, f := range []struct {
+		name string
+		size int
+	}{{"base.tar", 1000}, {"pg_wal.tar", 24}} {
+		w, err := u.OpenFile(f.name, os.O_WRONLY|os.O_CREATE, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(make([]byte, f.size))
+		w.Close()
 	}
-
-	// Between two measurements the bytes wait for the next end, or for
-	// finalise, which always measures.
-	o.meter.every = time.Hour
-	_, end, _ = o.BeginUpload(context.Background(), p, 1)
-	os.MkdirAll(filepath.Join(d, "sub"), 0o755)
-	os.WriteFile(filepath.Join(d, "sub", "pg_wal.tar"), make([]byte, 24), 0o644)
-	end()
-	if got := counter(t, m.Registry(), "draupnir_upload_bytes_total", files); got != 1000 {
-		t.Errorf("within the interval: %v bytes, want still 1000", got)
+	if got := counter(t, m.Registry(), "draupnir_upload_bytes_total", files); got != 0 {
+		t.Errorf("before the upload closed: %v bytes, want 0", got)
 	}
-	if _, err := o.Finalise(context.Background(), p, 1); err != nil {
-		t.Fatal(err)
-	}
+	u.Close()
 	if got := counter(t, m.Registry(), "draupnir_upload_bytes_total", files); got != 1024 {
-		t.Errorf("after finalise: %v bytes, want 1024", got)
+		t.Errorf("after it closed: %v bytes, want 1024", got)
+	}
+	u, _ = o.OpenUpload(ctx, p, 1)
+	u.ReadDir("")
+	u.Close()
+	if got := counter(t, m.Registry(), "draupnir_uploads_total", map[string]string{"method": "files", "outcome": "ok"}); got != 1 {
+		t.Errorf("%v file uploads, want 1 (a listing is none)", got)
+	}
+	if _, err := o.Finalise(ctx, p, 1); err != nil {
+		t.Fatal(err)
 	}
 	if got := counter(t, m.Registry(), "draupnir_operation_duration_seconds", map[string]string{"operation": "image_finalise", "outcome": "ok"}); got != 1 {
 		t.Errorf("finalise observed %v times, want 1", got)
 	}
 
-	if _, err := o.StreamUpload(context.Background(), p, 1, strings.NewReader("0123456789")); err != nil {
-		t.Fatal(err)
+	// A stream counts the bytes as sent, even when they are no archive.
+	u, _ = o.OpenUpload(ctx, p, 1)
+	if _, err := u.Extract(ctx, strings.NewReader("0123456789")); err == nil {
+		t.Error("extracted ten bytes that are no archive")
 	}
+	u.Close()
 	if got := counter(t, m.Registry(), "draupnir_upload_bytes_total", map[string]string{"method": "stream"}); got != 10 {
 		t.Errorf("stream upload: %v bytes, want 10", got)
+	}
+
+	// A refused upload counts as one, with its reason.
+	refused := newObservedImages(fakeImageService{dir: dir, err: draupnir.Errorf(draupnir.KindConflict, "image 1 is ready; uploads are closed")}, m)
+	if _, err := refused.OpenUpload(ctx, p, 1); err == nil {
+		t.Fatal("the refusal was swallowed")
+	}
+	if got := counter(t, m.Registry(), "draupnir_uploads_total", map[string]string{"method": "files", "outcome": "conflict"}); got != 1 {
+		t.Errorf("%v refused uploads, want 1", got)
 	}
 }
 

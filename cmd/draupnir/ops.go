@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/config"
 	"github.com/draupnir-db/draupnir/metrics"
 )
@@ -37,6 +38,6 @@ func newOps(cfg *config.Config, stderr io.Writer) (*slog.Logger, *metrics.Metric
 }
 
 // observed returns the services as the doors should see them: measured.
-func (c *core) observed(m *metrics.Metrics) (imageService, instanceService) {
-	return newObservedImages(cascadingImages{c.images, c.instances}, m, c.cfg.UploadsDir()), observedInstances{c.instances, m}
+func (c *core) observed(m *metrics.Metrics) (imageService, draupnir.InstanceService) {
+	return newObservedImages(cascadingImages{c.images, c.instances}, m), observedInstances{c.instances, m}
 }

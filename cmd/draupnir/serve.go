@@ -43,7 +43,7 @@ type core struct {
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
-	doorInstances instanceService
+	doorInstances draupnir.InstanceService
 }
 
 // cascadingImages is the image service as the doors use it: destroying an
@@ -292,7 +292,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	c.doorImages, c.doorInstances = c.observed(m)
-	if err := m.CollectState(c.images, c.instances, log.With("component", "metrics")); err != nil {
+	if err := m.CollectState(cascadingImages{c.images, c.instances}, c.instances, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	handler := httpapi.New(httpapi.Options{

@@ -20,8 +20,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/draupnir-db/draupnir"
 	"golang.org/x/sys/unix"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/countio"
+	"github.com/draupnir-db/draupnir/internal/saferoot"
 )
 
 // Options tune an extraction.
@@ -88,24 +91,26 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 	}
 	defer plain.Close()
 
-	// O_NOFOLLOW: a data directory's pg_wal, where WAL archives go, may
-	// itself be a link planted by the upload.
-	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	// A data directory's pg_wal, where WAL archives go, may itself be a
+	// link planted by the upload.
+	root, err := saferoot.Open(dir)
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 		return Stats{}, draupnir.Errorf(draupnir.KindUnprocessable,
 			"cannot extract into %s: it is a symbolic link or not a directory", path.Base(dir))
 	}
 	if err != nil {
-		return Stats{}, fmt.Errorf("opening extraction directory %s: %w", dir, err)
+		return Stats{}, fmt.Errorf("opening extraction directory: %w", err)
+	}
+	if opts.walkOnly {
+		root.WalkOnly()
 	}
 	x := &extractor{
-		ctx:     ctx,
-		opts:    opts,
-		root:    root,
-		cached:  -1,
-		buf:     make([]byte, copyBufferSize),
-		umask:   currentUmask(),
-		openat2: !opts.walkOnly,
+		ctx:    ctx,
+		opts:   opts,
+		root:   root,
+		cached: -1,
+		buf:    make([]byte, copyBufferSize),
+		umask:  currentUmask(),
 	}
 	if x.opts.MaxEntries <= 0 {
 		x.opts.MaxEntries = DefaultMaxEntries
@@ -113,23 +118,18 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 	x.chown = (opts.UID >= 0 && opts.UID != os.Geteuid()) || (opts.GID >= 0 && opts.GID != os.Getegid())
 	defer x.close()
 
-	return x.run(&countingReader{r: plain}, src)
+	return x.run(countio.NewReader(plain), src)
 }
 
 // extractor holds the state of one Tar call.
 type extractor struct {
 	ctx   context.Context
 	opts  Options
-	root  int  // fd of the target directory
-	chown bool // whether files need an fchown
+	root  *saferoot.Root // the target directory
+	chown bool           // whether files need an fchown
 	umask uint32
 	buf   []byte
 	stats Stats
-
-	// openat2 is true while the kernel accepts openat2 (Linux ≥ 5.6 and
-	// not filtered by seccomp); otherwise paths are walked one component
-	// at a time with O_NOFOLLOW.
-	openat2 bool
 
 	// cachedPath/cached is the directory last used as a parent: tar
 	// archives list a directory's files together, so this saves a path
@@ -142,10 +142,10 @@ func (x *extractor) close() {
 	if x.cached >= 0 {
 		unix.Close(x.cached)
 	}
-	unix.Close(x.root)
+	x.root.Close()
 }
 
-func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
+func (x *extractor) run(cr *countio.Reader, src *sourceReader) (Stats, error) {
 	tr := tar.NewReader(cr)
 	var entries int
 	var endOfLast int64 // stream offset at the end of the last member's data
@@ -160,7 +160,7 @@ func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
 		if err == io.EOF {
 			// archive/tar accepts a stream that simply stops between
 			// members; an upload cut at such a point must not pass.
-			if cr.n-endOfLast < endMarkerLen {
+			if cr.N()-endOfLast < endMarkerLen {
 				return x.stats, draupnir.Errorf(draupnir.KindUnprocessable,
 					"truncated archive: it ends without tar's end-of-archive marker (was the upload complete?)")
 			}
@@ -180,7 +180,7 @@ func (x *extractor) run(cr *countingReader, src *sourceReader) (Stats, error) {
 			}
 			return x.stats, err
 		}
-		endOfLast = cr.n
+		endOfLast = cr.N()
 	}
 }
 
@@ -192,7 +192,7 @@ const maxTrailing = 64 << 20
 // drain reads the plain stream to its end, so that the decompressor verifies
 // its checksums over everything extracted: a corrupt upload must fail even
 // when the damage did not break the tar structure.
-func (x *extractor) drain(cr *countingReader, src *sourceReader) error {
+func (x *extractor) drain(cr *countio.Reader, src *sourceReader) error {
 	lr := &io.LimitedReader{R: cr, N: maxTrailing + 1}
 	for {
 		if err := x.ctx.Err(); err != nil {
@@ -488,14 +488,14 @@ func (x *extractor) ownDir(fd int, created bool) error {
 func (x *extractor) parent(raw, dir string) (int, error) {
 	dir = strings.TrimSuffix(dir, "/")
 	if dir == "" {
-		return x.root, nil
+		return x.root.FD(), nil
 	}
 	if x.cached >= 0 && x.cachedPath == dir {
 		return x.cached, nil
 	}
-	fd, err := x.open(dir)
+	fd, err := x.root.OpenFD(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if errors.Is(err, unix.ENOENT) {
-		fd, err = x.mkdirAll(dir)
+		fd, err = x.root.MkdirAll(dir, dirMode, func(fd int) error { return x.ownDir(fd, true) })
 	}
 	if err != nil {
 		return -1, fsError(raw, "opening its directory", err)
@@ -509,81 +509,6 @@ func (x *extractor) setCache(dir string, fd int) {
 		unix.Close(x.cached)
 	}
 	x.cachedPath, x.cached = dir, fd
-}
-
-// release closes an fd from open unless it is the root's.
-func (x *extractor) release(fd int) {
-	if fd != x.root {
-		unix.Close(fd)
-	}
-}
-
-// open opens directory dir (clean, relative, no "..") beneath the root
-// without following any symlink; "" is the root itself (not a new fd).
-func (x *extractor) open(dir string) (int, error) {
-	dir = strings.TrimSuffix(dir, "/")
-	if dir == "" {
-		return x.root, nil
-	}
-	if x.openat2 {
-		fd, err := unix.Openat2(x.root, dir, &unix.OpenHow{
-			Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
-		})
-		switch {
-		case err == nil:
-			return fd, nil
-		case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM), errors.Is(err, unix.E2BIG):
-			x.openat2 = false // old kernel or a seccomp filter: walk instead
-		default:
-			return -1, err
-		}
-	}
-	return x.walk(dir, false)
-}
-
-func (x *extractor) mkdirAll(dir string) (int, error) { return x.walk(dir, true) }
-
-// walk opens dir one component at a time with O_NOFOLLOW, creating missing
-// components (dirMode, owned like everything else) if create is set.
-func (x *extractor) walk(dir string, create bool) (int, error) {
-	cur := x.root
-	for _, c := range strings.Split(dir, "/") {
-		if c == "" || c == "." || c == ".." {
-			x.release(cur)
-			return -1, fmt.Errorf("walking %q: unexpected component %q", dir, c)
-		}
-		made := false
-		if create {
-			err := unix.Mkdirat(cur, c, dirMode)
-			if err != nil && !errors.Is(err, unix.EEXIST) {
-				x.release(cur)
-				return -1, err
-			}
-			made = err == nil
-		}
-		next, err := unix.Openat(cur, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOTDIR) && isSymlink(cur, c) {
-			err = unix.ELOOP // say what openat2 would say
-		}
-		x.release(cur)
-		if err != nil {
-			return -1, err
-		}
-		if made {
-			if err := x.ownDir(next, true); err != nil {
-				unix.Close(next)
-				return -1, err
-			}
-		}
-		cur = next
-	}
-	return cur, nil
-}
-
-func isSymlink(dirfd int, name string) bool {
-	var st unix.Stat_t
-	return unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK
 }
 
 // currentUmask reads the process umask without changing it (umask(2) would
@@ -620,17 +545,5 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 	if err != nil && s.err == nil {
 		s.err = err
 	}
-	return n, err
-}
-
-// countingReader counts the bytes of the plain tar stream.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
 	return n, err
 }

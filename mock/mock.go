@@ -1,0 +1,300 @@
+// Package mock holds the one set of stand-ins for the service contracts
+// declared in package draupnir (ImageService, InstanceService): small
+// in-memory implementations that keep state, enforce visibility like the
+// real services, record what they were asked and as whom, and can be told
+// to fail. The doors' and the metrics wrapper's unit tests use them instead
+// of a fake each. Btrfs is the same for the core's own dependency: a fake of
+// btrfs on a plain directory tree, for the unit tests of images and
+// instances, which run without root.
+package mock
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+var (
+	_ draupnir.ImageService    = (*Images)(nil)
+	_ draupnir.InstanceService = (*Instances)(nil)
+)
+
+// Images is an in-memory draupnir.ImageService: images 1 (ready) and 2
+// (created) to begin with, visibility and state rules like the real
+// service's, every call recorded, and a switch to make every call fail.
+type Images struct {
+	mu         sync.Mutex
+	ByID       map[int64]*draupnir.Image
+	NextID     int64
+	calls      []string
+	principals []draupnir.Principal
+	Err        error // returned by every call when set
+	Panics     bool  // every call panics when set
+
+	// Created holds the arguments of the last Create, Patch the last
+	// Update's patch.
+	Created struct {
+		P          draupnir.Principal
+		BackedUpAt time.Time
+		Script     string
+	}
+	Patch draupnir.ImagePatch
+}
+
+func NewImages() *Images {
+	t0 := time.Date(2017, 5, 1, 12, 0, 0, 0, time.UTC)
+	return &Images{
+		NextID: 3,
+		ByID: map[int64]*draupnir.Image{
+			1: {ID: 1, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0,
+				AnonymisationScript: "\\c db\nDELETE FROM secrets;", SizeBytes: 4096, PostgresVersion: "15", Database: "db"},
+			2: {ID: 2, State: draupnir.ImageCreated, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0},
+		},
+	}
+}
+
+func (f *Images) record(name string, p draupnir.Principal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, name)
+	f.principals = append(f.principals, p)
+	if f.Panics {
+		panic("fake images: told to panic")
+	}
+	return f.Err
+}
+
+// Calls returns the names of the methods called so far, in order.
+func (f *Images) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+func (f *Images) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
+	if err := f.record("List", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*draupnir.Image
+	for _, im := range f.ByID {
+		out = append(out, im)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (f *Images) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
+	if err := f.record("Get", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	im, ok := f.ByID[id]
+	if !ok {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+	}
+	return im, nil
+}
+
+func (f *Images) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	if err := f.record("Create", p); err != nil {
+		return nil, err
+	}
+	if !p.Upload {
+		return nil, draupnir.Errorf(draupnir.KindForbidden, "only the upload principal may create images")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Created.P, f.Created.BackedUpAt, f.Created.Script = p, backedUpAt, script
+	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	im := &draupnir.Image{ID: f.NextID, State: draupnir.ImageCreated, BackedUpAt: backedUpAt,
+		AnonymisationScript: script, CreatedAt: now, UpdatedAt: now}
+	f.ByID[im.ID] = im
+	f.NextID++
+	return im, nil
+}
+
+func (f *Images) Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+	if err := f.record("Update", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Patch = patch
+	im, ok := f.ByID[id]
+	if !ok {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+	}
+	if im.Ready() {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is ready and can no longer change", id)
+	}
+	cp := *im
+	if patch.AnonymisationScript != nil {
+		cp.AnonymisationScript = *patch.AnonymisationScript
+	}
+	if patch.BackedUpAt != nil {
+		cp.BackedUpAt = *patch.BackedUpAt
+	}
+	f.ByID[id] = &cp
+	return &cp, nil
+}
+
+func (f *Images) Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
+	if err := f.record("Finalise", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	im, ok := f.ByID[id]
+	if !ok {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+	}
+	if im.Ready() {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is already ready", id)
+	}
+	cp := *im
+	cp.State = draupnir.ImageReady
+	f.ByID[id] = &cp
+	return &cp, nil
+}
+
+func (f *Images) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+	if err := f.record("Destroy", p); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.ByID[id]; !ok {
+		return draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+	}
+	delete(f.ByID, id)
+	return nil
+}
+
+// Instances is an in-memory draupnir.InstanceService: instances 1 (of
+// alice@example.com) and 2 (of bob@example.com) of image 1 to begin with;
+// each principal sees its own, the upload principal all.
+type Instances struct {
+	mu         sync.Mutex
+	ByID       map[int64]*draupnir.Instance
+	Images     *Images // where Create looks the image up
+	Err        error   // returned by every call when set
+	ImageID    int64   // the image_id of the last Create
+	calls      []string
+	principals []draupnir.Principal
+}
+
+func NewInstances(images *Images) *Instances {
+	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	return &Instances{
+		Images: images,
+		ByID: map[int64]*draupnir.Instance{
+			1: {ID: 1, ImageID: 1, Owner: "alice@example.com", State: draupnir.InstanceRunning, Port: 5678,
+				Hostname: "db.example.com", Username: "draupnir", Password: "s3cret", Database: "db",
+				CACertificate: "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n",
+				CreatedAt:     t0, UpdatedAt: t0},
+			2: {ID: 2, ImageID: 1, Owner: "bob@example.com", State: draupnir.InstanceRunning, Port: 5679,
+				Hostname: "db.example.com", Username: "draupnir", Password: "other", Database: "db",
+				CreatedAt: t0, UpdatedAt: t0},
+		},
+	}
+}
+
+func (f *Instances) record(name string, p draupnir.Principal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, name)
+	f.principals = append(f.principals, p)
+	return f.Err
+}
+
+// Calls returns the names of the methods called so far, in order.
+func (f *Instances) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+func (f *Instances) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
+	if err := f.record("List", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*draupnir.Instance
+	for _, in := range f.ByID {
+		if p.CanSee(in.Owner) {
+			out = append(out, in)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (f *Instances) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error) {
+	if err := f.record("Get", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in, ok := f.ByID[id]
+	if !ok || !p.CanSee(in.Owner) {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	return in, nil
+}
+
+func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
+	if err := f.record("Create", p); err != nil {
+		return nil, err
+	}
+	im, err := f.Images.Get(ctx, p, imageID)
+	if err != nil {
+		return nil, err
+	}
+	if !im.Ready() {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready", imageID)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ImageID = imageID
+	now := time.Date(2026, 11, 24, 11, 0, 0, 0, time.UTC)
+	in := &draupnir.Instance{ID: 3, ImageID: imageID, Owner: p.Name, State: draupnir.InstanceRunning,
+		Port: 6000, Hostname: "db.example.com", Username: "draupnir", Password: "pw", Database: "db",
+		CreatedAt: now, UpdatedAt: now}
+	f.ByID[in.ID] = in
+	return in, nil
+}
+
+func (f *Instances) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+	if err := f.record("Destroy", p); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in, ok := f.ByID[id]
+	if !ok || !p.CanSee(in.Owner) {
+		return draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	delete(f.ByID, id)
+	return nil
+}
+
+// Principals returns who each call so far acted as, in order.
+func (f *Images) Principals() []draupnir.Principal {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]draupnir.Principal(nil), f.principals...)
+}
+
+// Principals returns who each call so far acted as, in order.
+func (f *Instances) Principals() []draupnir.Principal {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]draupnir.Principal(nil), f.principals...)
+}

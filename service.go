@@ -1,0 +1,41 @@
+package draupnir
+
+import (
+	"context"
+	"time"
+)
+
+// ImageService is the image lifecycle as every door calls it: the HTTP API,
+// the SSH door's command tree and the metrics wrapper around it. Each call
+// acts as principal p; a principal may see or change only what it is
+// allowed to (errors of kind KindForbidden or KindNotFound otherwise).
+// *images.Service implements it; mock.ImageService is its fake.
+type ImageService interface {
+	// List returns every image, oldest first.
+	List(ctx context.Context, p Principal) ([]*Image, error)
+	// Get returns image id. Users other than the upload principal see a
+	// failed image's error only as the fact that it failed.
+	Get(ctx context.Context, p Principal, id int64) (*Image, error)
+	// Create registers an image and makes its empty upload (upload principal).
+	Create(ctx context.Context, p Principal, backedUpAt time.Time, script string) (*Image, error)
+	// Update changes an image that is not ready or finalising.
+	Update(ctx context.Context, p Principal, id int64, patch ImagePatch) (*Image, error)
+	// Finalise turns the upload into a ready image and returns when that
+	// job ends or ctx does; the job goes on without the caller.
+	Finalise(ctx context.Context, p Principal, id int64) (*Image, error)
+	// Destroy removes the image, its instances and its files.
+	Destroy(ctx context.Context, p Principal, id int64) error
+}
+
+// InstanceService is the instance lifecycle as every door calls it; each
+// call acts as principal p, who sees only its own instances (the upload
+// principal sees all). *instances.Service implements it;
+// mock.InstanceService is its fake.
+type InstanceService interface {
+	List(ctx context.Context, p Principal) ([]*Instance, error)
+	Get(ctx context.Context, p Principal, id int64) (*Instance, error)
+	// Create makes an instance of ready image imageID owned by p and
+	// returns it running, with its credentials.
+	Create(ctx context.Context, p Principal, imageID int64) (*Instance, error)
+	Destroy(ctx context.Context, p Principal, id int64) error
+}
