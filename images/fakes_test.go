@@ -190,7 +190,7 @@ type env struct {
 	vol   *mock.Btrfs
 }
 
-var upload = draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+var uploader = draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
 
 func newEnv(t *testing.T) *env {
 	t.Helper()

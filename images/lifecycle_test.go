@@ -52,10 +52,10 @@ func (f *fakeInstances) DestroyAllOfImage(ctx context.Context, imageID int64) er
 	if _, err := f.s.Ready(ctx, imageID); !strings.Contains(fmt.Sprint(err), "being destroyed") {
 		f.t.Errorf("during the destroy, Ready answers %v; want the image being destroyed", err)
 	}
-	if _, err := f.s.Finalise(ctx, upload, imageID); !strings.Contains(fmt.Sprint(err), "being destroyed") {
+	if _, err := f.s.Finalise(ctx, uploader, imageID); !strings.Contains(fmt.Sprint(err), "being destroyed") {
 		f.t.Errorf("during the destroy, Finalise answers %v; want the image being destroyed", err)
 	}
-	if err := f.s.Destroy(ctx, upload, imageID, f); !strings.Contains(fmt.Sprint(err), "already being destroyed") {
+	if err := f.s.Destroy(ctx, uploader, imageID, f); !strings.Contains(fmt.Sprint(err), "already being destroyed") {
 		f.t.Errorf("during the destroy, a second destroy answers %v", err)
 	}
 	return f.err
@@ -76,18 +76,18 @@ func TestDestroy(t *testing.T) {
 		rowGone   bool
 		subvsGone bool
 	}{
-		{name: "destroyed", p: upload, id: 1, ok: true, cascade: true, rowGone: true, subvsGone: true},
+		{name: "destroyed", p: uploader, id: 1, ok: true, cascade: true, rowGone: true, subvsGone: true},
 		{name: "by a user", p: draupnir.Principal{Name: "alice@example.com"}, id: 1, wantKind: draupnir.KindForbidden},
-		{name: "missing", p: upload, id: 9, wantKind: draupnir.KindNotFound},
-		{name: "while it is finalised", p: upload, id: 1, wantKind: draupnir.KindConflict, wantMsg: "being finalised",
+		{name: "missing", p: uploader, id: 9, wantKind: draupnir.KindNotFound},
+		{name: "while it is finalised", p: uploader, id: 1, wantKind: draupnir.KindConflict, wantMsg: "being finalised",
 			setup: func(e *env, _ *fakeInstances) { e.s.jobs[1] = &job{done: make(chan struct{})} }},
-		{name: "its instances cannot be destroyed", p: upload, id: 1, wantKind: draupnir.KindInternal, wantMsg: "destroying the instances of image 1",
+		{name: "its instances cannot be destroyed", p: uploader, id: 1, wantKind: draupnir.KindInternal, wantMsg: "destroying the instances of image 1",
 			cascade: true, setup: func(_ *env, in *fakeInstances) { in.err = boom }},
-		{name: "an instance was created meanwhile", p: upload, id: 1, wantKind: draupnir.KindConflict, wantMsg: "destroy it again",
+		{name: "an instance was created meanwhile", p: uploader, id: 1, wantKind: draupnir.KindConflict, wantMsg: "destroy it again",
 			cascade: true, setup: func(e *env, _ *fakeInstances) { e.store.failNext("delete", fmt.Errorf("deleting: %w", fk)) }},
-		{name: "the state database fails", p: upload, id: 1, wantKind: draupnir.KindInternal, wantMsg: "destroying image 1",
+		{name: "the state database fails", p: uploader, id: 1, wantKind: draupnir.KindInternal, wantMsg: "destroying image 1",
 			cascade: true, setup: func(e *env, _ *fakeInstances) { e.store.failNext("delete", boom) }},
-		{name: "a subvolume cannot be deleted", p: upload, id: 1, wantKind: draupnir.KindInternal, wantMsg: "not all deleted",
+		{name: "a subvolume cannot be deleted", p: uploader, id: 1, wantKind: draupnir.KindInternal, wantMsg: "not all deleted",
 			cascade: true, rowGone: true, setup: func(e *env, _ *fakeInstances) {
 				e.vol.Fail = func(op, path string) error {
 					if op == "Delete" && path == e.s.SnapshotDir(1) {
@@ -178,7 +178,7 @@ func TestFinaliseFails(t *testing.T) {
 				tt.setup(e)
 			}
 			for attempt := range 2 { // a failed image may be finalised again
-				_, err := e.s.Finalise(context.Background(), upload, 1)
+				_, err := e.s.Finalise(context.Background(), uploader, 1)
 				if draupnir.KindOf(err) != tt.wantKind || !strings.Contains(fmt.Sprint(err), tt.want) {
 					t.Fatalf("attempt %d: got %v (kind %v), want kind %v saying %q", attempt, err, draupnir.KindOf(err), tt.wantKind, tt.want)
 				}
@@ -208,13 +208,13 @@ func TestFinaliseRefused(t *testing.T) {
 		want     string
 	}{
 		{name: "by a user", p: draupnir.Principal{Name: "alice@example.com"}, state: draupnir.ImageUploading, wantKind: draupnir.KindForbidden},
-		{name: "ready", p: upload, state: draupnir.ImageReady, wantKind: draupnir.KindConflict, want: "already ready"},
-		{name: "finalising elsewhere", p: upload, state: draupnir.ImageFinalising, wantKind: draupnir.KindConflict, want: "already being finalised"},
-		{name: "a job runs", p: upload, state: draupnir.ImageUploading, wantKind: draupnir.KindConflict, want: "already being finalised",
+		{name: "ready", p: uploader, state: draupnir.ImageReady, wantKind: draupnir.KindConflict, want: "already ready"},
+		{name: "finalising elsewhere", p: uploader, state: draupnir.ImageFinalising, wantKind: draupnir.KindConflict, want: "already being finalised"},
+		{name: "a job runs", p: uploader, state: draupnir.ImageUploading, wantKind: draupnir.KindConflict, want: "already being finalised",
 			setup: func(e *env) { e.s.jobs[1] = &job{done: make(chan struct{})} }},
-		{name: "an upload is open", p: upload, state: draupnir.ImageUploading, wantKind: draupnir.KindConflict, want: "still in progress",
+		{name: "an upload is open", p: uploader, state: draupnir.ImageUploading, wantKind: draupnir.KindConflict, want: "still in progress",
 			setup: func(e *env) { e.s.uploads[1] = 1 }},
-		{name: "the state database fails", p: upload, state: draupnir.ImageUploading, wantKind: draupnir.KindInternal, want: "connection refused",
+		{name: "the state database fails", p: uploader, state: draupnir.ImageUploading, wantKind: draupnir.KindInternal, want: "connection refused",
 			setup: func(e *env) { e.store.failNext("transition", errors.New("connection refused")) }},
 	}
 	for _, tt := range tests {
@@ -235,7 +235,7 @@ func TestFinaliseRefused(t *testing.T) {
 	}
 	t.Run("missing", func(t *testing.T) {
 		e := newEnv(t)
-		if _, err := e.s.Finalise(context.Background(), upload, 1); draupnir.KindOf(err) != draupnir.KindNotFound {
+		if _, err := e.s.Finalise(context.Background(), uploader, 1); draupnir.KindOf(err) != draupnir.KindNotFound {
 			t.Errorf("got %v, want not found", err)
 		}
 	})
@@ -247,7 +247,7 @@ func TestFinaliseRecordsFailureDespiteTheStore(t *testing.T) {
 	e := newEnv(t)
 	e.image(t, 1, draupnir.ImageUploading, "upload")
 	e.store.failNext("fail", errors.New("connection refused"), errors.New("connection refused"))
-	if _, err := e.s.Finalise(context.Background(), upload, 1); draupnir.KindOf(err) != draupnir.KindUnprocessable {
+	if _, err := e.s.Finalise(context.Background(), uploader, 1); draupnir.KindOf(err) != draupnir.KindUnprocessable {
 		t.Fatalf("got %v", err)
 	}
 	if r := e.store.row(1); r.State != draupnir.ImageFailed {
