@@ -147,16 +147,13 @@ func TestFinaliseFails(t *testing.T) {
 		wantKind draupnir.Kind
 		want     string
 	}{
-		{name: "an empty upload", wantKind: draupnir.KindUnprocessable, want: "nothing has been uploaded"},
-		{name: "not a data directory", files: map[string]string{"notes.txt": "hello"},
-			wantKind: draupnir.KindUnprocessable, want: "no PG_VERSION found"},
 		{name: "a tablespace archive", files: map[string]string{"16384.tar": "x"},
 			wantKind: draupnir.KindUnprocessable, want: "tablespace archive 16384.tar"},
 		{name: "a tablespace map", files: map[string]string{"PG_VERSION": "15\n", "tablespace_map": "16384 /srv/ts\n"},
 			wantKind: draupnir.KindUnprocessable, want: "uses tablespaces"},
 		{name: "no postgres for its version", files: map[string]string{"PG_VERSION": "15\n"},
 			wantKind: draupnir.KindUnprocessable, want: errNoPostgres.Error()},
-		{name: "the disk is full", setup: func(e *env) {
+		{name: "the disk is full", files: map[string]string{"PG_VERSION": "15\n"}, setup: func(e *env) {
 			e.vol.Fail = func(op, path string) error {
 				if op == "Snapshot" {
 					return fmt.Errorf("snapshot: %w", unix.ENOSPC)
@@ -221,6 +218,9 @@ func TestFinaliseRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
 			e.image(t, 1, tt.state, "upload")
+			if err := os.WriteFile(filepath.Join(e.s.uploadDir(1), "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			if tt.setup != nil {
 				tt.setup(e)
 			}
@@ -246,6 +246,9 @@ func TestFinaliseRefused(t *testing.T) {
 func TestFinaliseRecordsFailureDespiteTheStore(t *testing.T) {
 	e := newEnv(t)
 	e.image(t, 1, draupnir.ImageUploading, "upload")
+	if err := os.WriteFile(filepath.Join(e.s.uploadDir(1), "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	e.store.failNext("fail", errors.New("connection refused"), errors.New("connection refused"))
 	if _, err := e.s.Finalise(context.Background(), uploader, 1); draupnir.KindOf(err) != draupnir.KindUnprocessable {
 		t.Fatalf("got %v", err)
