@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
@@ -182,4 +184,54 @@ func TestCreatePortTaken(t *testing.T) {
 			t.Errorf("rows left behind: %v", rows)
 		}
 	})
+}
+
+// With a disk limit, an instance's data and its WAL get limits of their
+// own, on simple quotas where the kernel has them.
+func TestCreateLimitsDisk(t *testing.T) {
+	const limit = 4 << 30
+	for _, simple := range []bool{true, false} {
+		t.Run(fmt.Sprintf("simple quotas %v", simple), func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.DiskLimit = limit })
+			want := btrfs.QuotaFull
+			if simple {
+				want = btrfs.QuotaSimple
+			}
+			// newEnv turned quotas on already: as on a fresh filesystem,
+			// with or without simple quotas, make the service again.
+			e.vol.Simple, e.vol.Mode = simple, btrfs.QuotaOff
+			s, err := newService(e.s.opts, e.s.deps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(s.Close)
+			e.s = s
+			if e.s.quota != want {
+				t.Fatalf("quota mode %q, want %q", e.s.quota, want)
+			}
+			if err := os.Mkdir(filepath.Join(e.images[testImage].Snapshot, "pg_wal"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			in, err := e.s.Create(context.Background(), alice, testImage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wal := filepath.Join(e.s.dir(in.ID), "pg_wal")
+			if got, ok := e.vol.Limit(e.s.dir(in.ID)); !ok || got != limit {
+				t.Errorf("data limit %d (set %v), want %d", got, ok, limit)
+			}
+			if got, ok := e.vol.Limit(wal); !ok || got != walLimit(limit) {
+				t.Errorf("WAL limit %d (set %v), want %d", got, ok, walLimit(limit))
+			}
+			if got := e.s.settings(in.ID, e.s.dir(in.ID))["temp_file_limit"]; got != tempFileLimit(limit) {
+				t.Errorf("temp_file_limit %q, want %q", got, tempFileLimit(limit))
+			}
+			if err := e.s.Destroy(context.Background(), alice, in.ID); err != nil {
+				t.Fatal(err)
+			}
+			if subs := e.vol.Subvolumes(); len(subs) != 1 {
+				t.Errorf("left behind: %v", subs)
+			}
+		})
+	}
 }
