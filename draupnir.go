@@ -7,6 +7,7 @@
 package draupnir
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"syscall"
@@ -81,6 +82,27 @@ type UploadSummary struct {
 
 // Ready reports whether instances can be made of the image.
 func (i *Image) Ready() bool { return i.State == ImageReady }
+
+// ReadyImage is what it takes to make an instance of a ready image.
+type ReadyImage struct {
+	ID        int64
+	Database  string // where instances land users
+	Snapshot  string // the read-only snapshot directory that instances snapshot
+	Superuser string // the backup's bootstrap superuser, for an instance's private socket
+}
+
+// InstanceDestroyer destroys the instances of an image. Destroying an image
+// destroys its instances first; the image service reaches them through this
+// interface, so that it does not depend on the instance service, which
+// depends on it.
+type InstanceDestroyer interface {
+	DestroyAllOfImage(ctx context.Context, imageID int64) error
+}
+
+// InstanceRole is the login role that instances hand to their owners:
+// finalise makes it the owner of the image's data, and an instance gives it
+// a fresh password.
+const InstanceRole = "draupnir"
 
 // InstanceState is a step of an instance's lifecycle.
 type InstanceState string

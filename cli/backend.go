@@ -45,59 +45,60 @@ type StreamUploader interface {
 // SSH sessions use it. If images also opens uploads (draupnir.Uploads), the
 // result serves StreamUploader.
 func CoreBackend(images draupnir.ImageService, instances draupnir.InstanceService, p draupnir.Principal) Backend {
-	return &core{images: images, instances: instances, p: p}
+	return &inProcess{images: images, instances: instances, p: p}
 }
 
-type core struct {
+// inProcess is a Backend that calls the services in this process.
+type inProcess struct {
 	images    draupnir.ImageService
 	instances draupnir.InstanceService
 	p         draupnir.Principal
 }
 
-func (c *core) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
+func (c *inProcess) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
 	return c.images.List(ctx, c.p)
 }
 
-func (c *core) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+func (c *inProcess) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
 	return c.images.Get(ctx, c.p, id)
 }
 
-func (c *core) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (c *inProcess) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	return c.images.Create(ctx, c.p, backedUpAt, script)
 }
 
-func (c *core) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+func (c *inProcess) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
 	return c.images.Update(ctx, c.p, id, patch)
 }
 
-func (c *core) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+func (c *inProcess) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
 	return c.images.Finalise(ctx, c.p, id)
 }
 
-func (c *core) DestroyImage(ctx context.Context, id int64) error {
+func (c *inProcess) DestroyImage(ctx context.Context, id int64) error {
 	return c.images.Destroy(ctx, c.p, id)
 }
 
-func (c *core) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
+func (c *inProcess) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
 	return c.instances.List(ctx, c.p)
 }
 
-func (c *core) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
+func (c *inProcess) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
 	return c.instances.Get(ctx, c.p, id)
 }
 
-func (c *core) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
+func (c *inProcess) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
 	return c.instances.Create(ctx, c.p, imageID)
 }
 
-func (c *core) DestroyInstance(ctx context.Context, id int64) error {
+func (c *inProcess) DestroyInstance(ctx context.Context, id int64) error {
 	return c.instances.Destroy(ctx, c.p, id)
 }
 
 // ServerVersion is this process's version: the core is the server.
-func (c *core) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
+func (c *inProcess) ServerVersion(context.Context) (string, error) { return draupnir.Version, nil }
 
-func (c *core) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
+func (c *inProcess) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
 	up, ok := c.images.(draupnir.Uploads)
 	if !ok {
 		return draupnir.UploadSummary{}, errors.New("this server cannot take streaming uploads through the command tree")

@@ -66,7 +66,7 @@ func (s *Service) WarmUp(major string) {
 }
 
 func (s *Service) readBaseline(ctx context.Context, major string) (*baseline, error) {
-	sup := s.opts.Supervisor
+	sup := s.postgres
 	tmp, err := os.MkdirTemp(s.opts.RunDir, "baseline-")
 	if err != nil {
 		return nil, err

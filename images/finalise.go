@@ -17,13 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/images/extract"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
-
-// InstanceRole is the login role that instances hand to their owners.
-const InstanceRole = "draupnir"
 
 // privatePort names the finalise boot's unix socket; no TCP socket exists.
 const privatePort = 5432
@@ -156,13 +152,13 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if err := s.discardWork(ctx, id); err != nil {
 		return nil, err
 	}
-	if err := btrfs.Delete(s.SnapshotDir(id)); err != nil {
+	if err := s.volumes.Delete(s.SnapshotDir(id)); err != nil {
 		return nil, err
 	}
-	if err := btrfs.Snapshot(s.uploadDir(id), work, false); err != nil {
+	if err := s.volumes.Snapshot(s.uploadDir(id), work, false); err != nil {
 		return nil, fmt.Errorf("snapshotting the upload: %w", err)
 	}
-	sup := s.opts.Supervisor
+	sup := s.postgres
 	var proc *supervisor.Process
 	defer func() {
 		if err == nil {
@@ -172,7 +168,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		if proc != nil {
 			proc.Stop(cleanup, supervisor.Immediate, 10*time.Second)
 		}
-		if derr := btrfs.Delete(work); derr != nil {
+		if derr := s.volumes.Delete(work); derr != nil {
 			s.log.Error("could not delete the work directory of a failed finalise", "image", id, "err", derr)
 		}
 	}()
@@ -251,7 +247,7 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 		// As the data owners by default: what the source planted in the
 		// data (triggers, rules, functions the script's expressions
 		// resolve to) then runs with no more rights than theirs.
-		user := InstanceRole
+		user := draupnir.InstanceRole
 		if s.opts.ScriptAsSuperuser {
 			if err := h.disableUserTriggers(ctx); err != nil {
 				return nil, securing(err)
@@ -315,21 +311,21 @@ func (s *Service) finalise(ctx context.Context, r *row) (_ *draupnir.Image, err 
 	if err != nil {
 		return nil, err
 	}
-	if err := btrfs.Snapshot(work, s.SnapshotDir(id), true); err != nil {
+	if err := s.volumes.Snapshot(work, s.SnapshotDir(id), true); err != nil {
 		return nil, draupnir.StorageError(fmt.Errorf("freezing the image: %w", err))
 	}
-	if err := btrfs.Delete(work); err != nil {
+	if err := s.volumes.Delete(work); err != nil {
 		s.log.Error("could not delete the work directory", "image", id, "err", err)
 	}
 	ready, err := s.store.ready(ctx, id, size, version, dbs.largest, superuser)
 	if err != nil {
-		btrfs.Delete(s.SnapshotDir(id))
+		s.volumes.Delete(s.SnapshotDir(id))
 		return nil, fmt.Errorf("recording image %d as ready: %w", id, err)
 	}
 	// The raw backup is no longer needed, and it holds what the script
 	// removed. Only now: a failed finalise keeps it, for done to retry.
 	if !s.opts.KeepUploads {
-		if err := btrfs.Delete(s.uploadDir(id)); err != nil {
+		if err := s.volumes.Delete(s.uploadDir(id)); err != nil {
 			s.log.Error("could not delete the upload of a ready image; the next start retries", "image", id, "err", err)
 		}
 	}
@@ -351,7 +347,7 @@ func securing(err error) error {
 // empty segment: the old segments hold the source's changes, values the
 // script removed among them (recycled segments keep their old bytes too).
 func (s *Service) dropOldWAL(ctx context.Context, bin, dir string) error {
-	cmd := s.opts.Supervisor.Command(ctx, filepath.Join(bin, "pg_resetwal"), "-D", dir)
+	cmd := s.postgres.Command(ctx, filepath.Join(bin, "pg_resetwal"), "-D", dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("removing the WAL written before the script: %w: %s", err, strings.TrimSpace(string(out)))
 	}

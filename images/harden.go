@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 // This file holds what finalise does to a booted backup, as its superuser,
@@ -384,13 +386,13 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 			}
 			// A role of the source named like the instance role would hand
 			// its memberships, settings and objects to every instance.
-			if r.name == InstanceRole {
+			if r.name == draupnir.InstanceRole {
 				if r.oid == bootstrapOID {
-					return unprocessable("the backup's bootstrap superuser is called %q, the name draupnir gives the instance role; rename it on the source", InstanceRole)
+					return unprocessable("the backup's bootstrap superuser is called %q, the name draupnir gives the instance role; rename it on the source", draupnir.InstanceRole)
 				}
-				to := InstanceRole + "_from_source"
+				to := draupnir.InstanceRole + "_from_source"
 				for i := 2; names[to]; i++ {
-					to = InstanceRole + "_from_source_" + strconv.Itoa(i)
+					to = draupnir.InstanceRole + "_from_source_" + strconv.Itoa(i)
 				}
 				if err := runSQL(ctx, conn, "ALTER ROLE "+quoteIdent(r.name)+" RENAME TO "+quoteIdent(to)); err != nil {
 					return err
@@ -398,7 +400,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 				names[to] = true
 			}
 		}
-		if err := runSQL(ctx, conn, "CREATE ROLE "+quoteIdent(InstanceRole)+
+		if err := runSQL(ctx, conn, "CREATE ROLE "+quoteIdent(draupnir.InstanceRole)+
 			" LOGIN NOSUPERUSER NOCREATEROLE CREATEDB NOREPLICATION NOBYPASSRLS INHERIT PASSWORD NULL"); err != nil {
 			return err
 		}
@@ -416,7 +418,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 				stmts = append(stmts, "ALTER ROLE "+quoteIdent(r.name)+" PASSWORD NULL")
 			}
 		case r.oid < 16384: // predefined roles cannot log in or hold passwords
-		case r.name == InstanceRole:
+		case r.name == draupnir.InstanceRole:
 			stmts = append(stmts, "ALTER ROLE "+quoteIdent(r.name)+
 				" LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD NULL CONNECTION LIMIT -1 VALID UNTIL 'infinity'")
 		default:
@@ -450,7 +452,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 		switch {
 		case goid < 16384 || h.superusers[goid]: // predefined roles, the source's superusers
 			stmts = append(stmts, "REVOKE "+quoteIdent(grp)+" FROM "+quoteIdent(member)+" GRANTED BY "+quoteIdent(grantor))
-		case member == InstanceRole:
+		case member == draupnir.InstanceRole:
 			if _, ok := isMember[grp]; ok {
 				isMember[grp] = true
 			} else {
@@ -463,7 +465,7 @@ func (h *hardening) roles(ctx context.Context, conn *pgx.Conn) error {
 	}
 	for grp, member := range isMember {
 		if !member {
-			stmts = append(stmts, "GRANT "+quoteIdent(grp)+" TO "+quoteIdent(InstanceRole))
+			stmts = append(stmts, "GRANT "+quoteIdent(grp)+" TO "+quoteIdent(draupnir.InstanceRole))
 		}
 	}
 	slices.Sort(stmts)
@@ -678,7 +680,7 @@ func (h *hardening) ownership(ctx context.Context, conn *pgx.Conn, db string) er
 		supers = append(supers, strconv.FormatUint(uint64(oid), 10))
 	}
 	owners := "'{" + strings.Join(supers, ",") + "}'::pg_catalog.oid[]"
-	to := " OWNER TO " + quoteIdent(InstanceRole)
+	to := " OWNER TO " + quoteIdent(draupnir.InstanceRole)
 	stmts := []string{"ALTER DATABASE " + quoteIdent(db) + to}
 	query := func(q string, row func(rows pgx.Rows) (string, error)) error {
 		rows, err := conn.Query(ctx, q)
@@ -951,7 +953,7 @@ func (c *cluster) superuserAccess(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return runSQL(ctx, conn, "ALTER ROLE "+quoteIdent(InstanceRole)+" SUPERUSER")
+	return runSQL(ctx, conn, "ALTER ROLE "+quoteIdent(draupnir.InstanceRole)+" SUPERUSER")
 }
 
 // outboundCredentials removes from the connected database what would let an

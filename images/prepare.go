@@ -204,7 +204,7 @@ func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, p
 	*proc = nil
 	// Through the supervisor: the server's environment may hold secrets and
 	// must not reach a postgres booted from an uploaded backup.
-	cmd := s.opts.Supervisor.Command(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
+	cmd := s.postgres.Command(ctx, filepath.Join(bin, "postgres"), "--single", "-D", dir, "-j", "template1")
 	// Qualified and exactly typed: single-user mode has the default
 	// search_path, where an operator the source planted would be found.
 	cmd.Stdin = strings.NewReader("SELECT rolname FROM pg_catalog.pg_authid WHERE oid OPERATOR(pg_catalog.=) '10'::pg_catalog.oid;\n")
@@ -217,7 +217,7 @@ func (s *Service) findSuperuser(ctx context.Context, sockDir, bin, dir string, p
 	if m == nil {
 		return "", fmt.Errorf("could not find the bootstrap superuser in: %s", out)
 	}
-	p, err := s.opts.Supervisor.Start(ctx, spec)
+	p, err := s.postgres.Start(ctx, spec)
 	if err != nil {
 		return "", unprocessable("the backup's postgres did not start again: %v", err)
 	}

@@ -28,12 +28,6 @@ import (
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
-// InstanceDestroyer destroys every instance of an image; destroying an image
-// destroys its instances first.
-type InstanceDestroyer interface {
-	DestroyAllOfImage(ctx context.Context, imageID int64) error
-}
-
 // Options configures a Service.
 type Options struct {
 	Pool            *pgxpool.Pool
@@ -52,9 +46,9 @@ type Options struct {
 
 // Service manages images.
 type Service struct {
-	opts  Options
-	store store
-	log   *slog.Logger
+	deps
+	opts Options
+	log  *slog.Logger
 
 	// base outlives requests: finalise jobs run on it.
 	base   context.Context
@@ -68,7 +62,6 @@ type Service struct {
 	// uploadEpoch moves when a finalise or destroy begins: open uploads
 	// then check their image's state again (see OpenUpload).
 	uploadEpoch uint64
-	instances   InstanceDestroyer
 
 	baseMu    sync.Mutex
 	baselines map[string]*baseline // by major version
@@ -82,14 +75,18 @@ type job struct {
 
 // New returns a Service. Call Close to stop its jobs.
 func New(opts Options) *Service {
+	return newService(opts, realDeps(opts))
+}
+
+func newService(opts Options, d deps) *Service {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
+		deps:      d,
 		opts:      opts,
 		baselines: map[string]*baseline{},
-		store:     store{opts.Pool},
 		log:       opts.Log.With("component", "images"),
 		base:      base,
 		cancel:    cancel,
@@ -98,9 +95,6 @@ func New(opts Options) *Service {
 		uploads:   map[int64]int{},
 	}
 }
-
-// SetInstances wires the instance service in (the two depend on each other).
-func (s *Service) SetInstances(d InstanceDestroyer) { s.instances = d }
 
 // Close cancels running finalise jobs (their images end up failed, as after a
 // crash) and waits for them.
@@ -129,7 +123,7 @@ func requireUpload(p draupnir.Principal, what string) error {
 
 // List returns every image as p sees it (see Get).
 func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
-	rows, err := s.store.list(ctx, "")
+	rows, err := s.store.listAll(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -168,15 +162,9 @@ func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
 	return &c
 }
 
-// Image is what the instance service needs of a ready image.
-type Image struct {
-	draupnir.Image
-	Snapshot  string // read-only snapshot directory
-	Superuser string // bootstrap superuser, reachable on the private socket
-}
-
-// Ready returns image id if instances can be made of it.
-func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
+// Ready returns what it takes to make an instance of image id, if instances
+// can be made of it: it is ready and not being destroyed.
+func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error) {
 	r, err := s.store.get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -190,7 +178,7 @@ func (s *Service) Ready(ctx context.Context, id int64) (*Image, error) {
 	if destroying {
 		return nil, destroyingError(id)
 	}
-	return &Image{Image: r.Image, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
+	return &draupnir.ReadyImage{ID: id, Database: r.Database, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
 }
 
 // destroyingError refuses work on an image whose destroy is under way: a
@@ -262,13 +250,15 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 	return &r.Image, nil
 }
 
-// Destroy removes an image: its instances, its row, its snapshot and its
-// upload. New instances of it are refused meanwhile; one whose create was
-// already past that check keeps the image (the row cannot go while an
-// instance refers to it), and the destroy answers a conflict to retry. The
-// row goes before the subvolumes, so an image is never left ready without
-// its snapshot; a subvolume left behind by a crash is reconciled away.
-func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+// Destroy removes an image: its instances (through instances), its row, its
+// snapshot and its upload. New instances of it are refused meanwhile (Ready
+// says so); one whose create was already past that check keeps the image
+// (the row cannot go while an instance refers to it), and the destroy
+// answers a conflict to retry. The row goes before the subvolumes, so an
+// image is never left ready without its snapshot; a subvolume left behind by
+// a crash is reconciled away. The instance service depends on this one, so
+// it is handed in by the caller rather than held.
+func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, instances draupnir.InstanceDestroyer) error {
 	if err := requireUpload(p, "destroy images"); err != nil {
 		return err
 	}
@@ -294,10 +284,8 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if _, err := s.store.get(ctx, id); err != nil {
 		return err
 	}
-	if s.instances != nil {
-		if err := s.instances.DestroyAllOfImage(ctx, id); err != nil {
-			return fmt.Errorf("destroying the instances of image %d: %w", id, err)
-		}
+	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
+		return fmt.Errorf("destroying the instances of image %d: %w", id, err)
 	}
 	if err := s.store.delete(ctx, id); err != nil {
 		var pe *pgconn.PgError
@@ -308,7 +296,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	}
 	var errs []error
 	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
-		if err := btrfs.Delete(dir); err != nil {
+		if err := s.volumes.Delete(dir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -323,7 +311,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 // Reconcile repairs what a crash left: no image stays finalising, half-made
 // work directories go, and subvolumes that no row owns are deleted.
 func (s *Service) Reconcile(ctx context.Context) error {
-	rows, err := s.store.list(ctx, "")
+	rows, err := s.store.listAll(ctx)
 	if err != nil {
 		return err
 	}
@@ -345,11 +333,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			return err
 		}
 		if r.State == draupnir.ImageReady {
-			if ok, _ := btrfs.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
+			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
 				s.log.Error("ready image has lost its snapshot; marking it failed", "image", r.ID)
 				s.store.fail(ctx, r.ID, "the image's snapshot is missing from the data path; upload and finalise it again")
 			}
-		} else if err := btrfs.Delete(s.SnapshotDir(r.ID)); err != nil {
+		} else if err := s.volumes.Delete(s.SnapshotDir(r.ID)); err != nil {
 			return err
 		}
 		if err := s.reconcileUpload(r); err != nil {
@@ -369,8 +357,8 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			}
 			path := filepath.Join(dir, e.Name())
 			s.log.Warn("deleting a subvolume that no image owns", "path", path)
-			s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second)
-			if err := btrfs.Delete(path); err != nil {
+			s.postgres.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second)
+			if err := s.volumes.Delete(path); err != nil {
 				s.log.Error("could not delete an orphaned subvolume", "path", path, "err", err)
 			}
 		}
@@ -384,11 +372,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 // by an older version get the private mode.
 func (s *Service) reconcileUpload(r *row) error {
 	dir := s.uploadDir(r.ID)
-	exists, _ := btrfs.IsSubvolume(dir)
+	exists, _ := s.volumes.IsSubvolume(dir)
 	switch {
 	case r.State == draupnir.ImageReady && exists && !s.opts.KeepUploads:
 		s.log.Info("deleting the upload of a ready image", "image", r.ID)
-		if err := btrfs.Delete(dir); err != nil {
+		if err := s.volumes.Delete(dir); err != nil {
 			return fmt.Errorf("deleting the upload of ready image %d: %w", r.ID, err)
 		}
 	case exists:
@@ -410,10 +398,10 @@ func (s *Service) discardWork(ctx context.Context, id int64) error {
 	if _, err := os.Stat(work); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err := s.opts.Supervisor.StopDataDir(ctx, work, supervisor.Immediate, 10*time.Second); err != nil {
+	if err := s.postgres.StopDataDir(ctx, work, supervisor.Immediate, 10*time.Second); err != nil {
 		return fmt.Errorf("stopping the private postgres of image %d: %w", id, err)
 	}
-	if err := btrfs.Delete(work); err != nil {
+	if err := s.volumes.Delete(work); err != nil {
 		return fmt.Errorf("deleting the work directory of image %d: %w", id, err)
 	}
 	return nil

@@ -12,8 +12,8 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// store is the images table.
-type store struct{ pool *pgxpool.Pool }
+// pgStore is the images table in the state database.
+type pgStore struct{ pool *pgxpool.Pool }
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
 	postgres_version, database_name, superuser_name, created_at, updated_at`
@@ -43,7 +43,7 @@ func notFound(id int64) error {
 	return draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
 }
 
-func (s store) get(ctx context.Context, id int64) (*row, error) {
+func (s pgStore) get(ctx context.Context, id int64) (*row, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, notFound(id)
@@ -54,8 +54,8 @@ func (s store) get(ctx context.Context, id int64) (*row, error) {
 	return im, nil
 }
 
-func (s store) list(ctx context.Context, where string, args ...any) ([]*row, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+imageColumns+` FROM images `+where+` ORDER BY id`, args...)
+func (s pgStore) listAll(ctx context.Context) ([]*row, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+imageColumns+` FROM images ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("listing images: %w", err)
 	}
@@ -71,7 +71,7 @@ func (s store) list(ctx context.Context, where string, args ...any) ([]*row, err
 	return out, rows.Err()
 }
 
-func (s store) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
+func (s pgStore) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script)
 		VALUES ($1, $2) RETURNING `+imageColumns, backedUpAt, script))
 	if err != nil {
@@ -80,10 +80,7 @@ func (s store) insert(ctx context.Context, backedUpAt time.Time, script string) 
 	return im, nil
 }
 
-// transition moves image id from one of the states in from to state to,
-// atomically. It returns the image before the change was refused (with ok
-// false) when the image is in another state.
-func (s store) transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (*row, bool, error) {
+func (s pgStore) transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (*row, bool, error) {
 	fromS := make([]string, len(from))
 	for i, f := range from {
 		fromS[i] = string(f)
@@ -103,7 +100,7 @@ func (s store) transition(ctx context.Context, id int64, from []draupnir.ImageSt
 // startUpload marks image id uploading if it accepts uploads (created,
 // uploading or failed), clearing a failure's error: the upload is being
 // fixed. It returns the image as it was when it does not.
-func (s store) startUpload(ctx context.Context, id int64) (*row, bool, error) {
+func (s pgStore) startUpload(ctx context.Context, id int64) (*row, bool, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET state = 'uploading', error = '', updated_at = now()
 		WHERE id = $1 AND state IN ('created', 'uploading', 'failed') RETURNING `+imageColumns, id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -116,12 +113,12 @@ func (s store) startUpload(ctx context.Context, id int64) (*row, bool, error) {
 	return im, true, nil
 }
 
-func (s store) fail(ctx context.Context, id int64, reason string) error {
+func (s pgStore) fail(ctx context.Context, id int64, reason string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE images SET state = 'failed', error = $2, updated_at = now() WHERE id = $1`, id, reason)
 	return err
 }
 
-func (s store) ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error) {
+func (s pgStore) ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error) {
 	return scanImage(s.pool.QueryRow(ctx, `UPDATE images SET state = 'ready', error = '', size_bytes = $2,
 		postgres_version = $3, database_name = $4, superuser_name = $5, updated_at = now()
 		WHERE id = $1 RETURNING `+imageColumns, id, size, version, database, superuser))
@@ -131,7 +128,7 @@ func (s store) ready(ctx context.Context, id int64, size int64, version, databas
 // changed since, so that `images show` says what to do next.
 const scriptChanged = "The anonymisation script has changed since this failure: run done to finalise again. It failed with:"
 
-func (s store) update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error) {
+func (s pgStore) update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `UPDATE images SET
 		backed_up_at = coalesce($2, backed_up_at),
 		anonymisation_script = coalesce($3, anonymisation_script),
@@ -151,7 +148,7 @@ func (s store) update(ctx context.Context, id int64, patch draupnir.ImagePatch) 
 	return im, err
 }
 
-func (s store) delete(ctx context.Context, id int64) error {
+func (s pgStore) delete(ctx context.Context, id int64) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1`, id)
 	return err
 }

@@ -86,7 +86,7 @@ func (s *Service) hasAuthDelay(dataDir string) bool {
 	if ok, known := s.authDelay[major]; known {
 		return ok
 	}
-	bin, err := s.opts.Supervisor.BinDir(major)
+	bin, err := s.postgres.BinDir(major)
 	if err != nil {
 		return false
 	}
@@ -133,16 +133,16 @@ func settingsCurrent(dataDir string, settings map[string]string) bool {
 // have a disk limit: simple quotas where the kernel has them (≥ 6.7), which
 // cost next to nothing, else full qgroups. Quotas already on stay in the
 // mode they are in.
-func enableQuotas(dir string, limit int64) (btrfs.QuotaMode, error) {
-	mode, err := btrfs.Quota(dir)
+func enableQuotas(vol volumes, dir string, limit int64) (btrfs.QuotaMode, error) {
+	mode, err := vol.Quota(dir)
 	if err != nil || limit == 0 {
 		return mode, err
 	}
 	want := btrfs.QuotaFull
-	if btrfs.SimpleQuotaSupported() {
+	if vol.SimpleQuotaSupported() {
 		want = btrfs.QuotaSimple
 	}
-	mode, err = btrfs.EnableQuota(dir, want)
+	mode, err = vol.EnableQuota(dir, want)
 	if err != nil {
 		return "", fmt.Errorf("turning on btrfs quotas for the per-instance disk limit (instances.disk_limit; 0 turns it off): %w", err)
 	}
@@ -168,7 +168,7 @@ func (s *Service) separateWAL(id int64) error {
 	if s.quota == btrfs.QuotaOff || s.opts.DiskLimit == 0 {
 		return nil
 	}
-	err := btrfs.ConvertToSubvolume(filepath.Join(s.dir(id), "pg_wal"))
+	err := s.volumes.ConvertToSubvolume(filepath.Join(s.dir(id), "pg_wal"))
 	if errors.Is(err, unix.ENOTDIR) {
 		s.log.Warn("the image's pg_wal is not a directory; the instance's WAL counts against its disk limit", "instance", id)
 		return nil
@@ -186,12 +186,12 @@ func (s *Service) limitDisk(id int64) error {
 	if s.quota == btrfs.QuotaOff {
 		return nil
 	}
-	if err := btrfs.LimitExclusive(s.dir(id), s.opts.DiskLimit); err != nil {
+	if err := s.volumes.LimitExclusive(s.dir(id), s.opts.DiskLimit); err != nil {
 		return fmt.Errorf("limiting the disk use of instance %d: %w", id, err)
 	}
 	wal := filepath.Join(s.dir(id), "pg_wal")
-	if ok, _ := btrfs.IsSubvolume(wal); ok {
-		if err := btrfs.LimitExclusive(wal, walLimit(s.opts.DiskLimit)); err != nil {
+	if ok, _ := s.volumes.IsSubvolume(wal); ok {
+		if err := s.volumes.LimitExclusive(wal, walLimit(s.opts.DiskLimit)); err != nil {
 			return fmt.Errorf("limiting the WAL of instance %d: %w", id, err)
 		}
 	}
@@ -203,13 +203,13 @@ func (s *Service) limitDisk(id int64) error {
 // refused.
 func (s *Service) deleteSnapshot(dir string) error {
 	if s.quota != btrfs.QuotaOff {
-		if ok, _ := btrfs.IsSubvolume(dir); ok {
-			if err := btrfs.LimitExclusive(dir, 0); err != nil {
+		if ok, _ := s.volumes.IsSubvolume(dir); ok {
+			if err := s.volumes.LimitExclusive(dir, 0); err != nil {
 				s.log.Warn("could not lift the disk limit of an instance snapshot being deleted", "path", dir, "err", err)
 			}
 		}
 	}
-	return btrfs.Delete(dir)
+	return s.volumes.Delete(dir)
 }
 
 // removeStaleQgroups drops the qgroups of deleted snapshots, which some
@@ -218,7 +218,7 @@ func (s *Service) removeStaleQgroups() {
 	if s.quota == btrfs.QuotaOff {
 		return
 	}
-	if _, err := btrfs.RemoveStaleQgroups(s.opts.Dir); err != nil {
+	if _, err := s.volumes.RemoveStaleQgroups(s.opts.Dir); err != nil {
 		s.log.Warn("could not remove the qgroups of deleted instances", "err", err)
 	}
 }

@@ -73,10 +73,16 @@ func (s *Service) fillPool(ctx context.Context) {
 func (s *Service) shrinkPool(ctx context.Context, imageID int64, extra int) {
 	s.poolMu.Lock()
 	defer s.poolMu.Unlock()
-	warm, err := s.store.list(ctx, "WHERE i.image_id = $1 AND i.state = 'warm'", imageID)
+	list, err := s.store.listOfImage(ctx, imageID)
 	if err != nil {
 		s.log.Warn("warm pool: cannot list warm instances", "err", err)
 		return
+	}
+	var warm []*draupnir.Instance
+	for _, in := range list {
+		if in.State == draupnir.InstanceWarm {
+			warm = append(warm, in)
+		}
 	}
 	for _, in := range warm[:min(extra, len(warm))] {
 		if ok, err := s.store.claimDestroy(ctx, in.ID); err != nil || !ok {

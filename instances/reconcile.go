@@ -10,13 +10,12 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
 // track watches proc, the postgres of instance id, and restarts it if it
 // dies on its own.
-func (s *Service) track(id int64, proc *supervisor.Process) {
+func (s *Service) track(id int64, proc process) {
 	t := &tracked{proc: proc}
 	s.mu.Lock()
 	s.procs[id] = t
@@ -65,8 +64,7 @@ func (s *Service) recover(id int64) {
 		return // being destroyed, or gone
 	}
 	var err error
-	// Space out restarts of a postgres that keeps dying.
-	for _, wait := range []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second} {
+	for _, wait := range s.restartWaits {
 		select {
 		case <-ctx.Done():
 			return
@@ -76,7 +74,7 @@ func (s *Service) recover(id int64) {
 		if gerr != nil || in.State == draupnir.InstanceDestroying {
 			return // destroyed meanwhile
 		}
-		var proc *supervisor.Process
+		var proc process
 		if proc, err = s.start(ctx, id, in.Port); err == nil {
 			// A destroy may have claimed it while postgres started.
 			if ok, _ := s.store.setLiveState(ctx, id, liveState(in), ""); !ok {
@@ -98,7 +96,7 @@ func (s *Service) recover(id int64) {
 // limit, finishes creates and destroys that a crash interrupted, and deletes
 // subvolumes that no row owns and stale qgroups.
 func (s *Service) Reconcile(ctx context.Context) error {
-	list, err := s.store.list(ctx, "")
+	list, err := s.store.listAll(ctx)
 	if err != nil {
 		return err
 	}
@@ -113,7 +111,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			continue
 		}
 		known[strconv.FormatInt(in.ID, 10)] = true
-		if ok, _ := btrfs.IsSubvolume(s.dir(in.ID)); !ok {
+		if ok, _ := s.volumes.IsSubvolume(s.dir(in.ID)); !ok {
 			log.Error("instance has lost its data directory")
 			s.store.setState(ctx, in.ID, draupnir.InstanceFailed, "the instance's data directory is missing")
 			continue
@@ -122,7 +120,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		if err := s.limitDisk(in.ID); err != nil {
 			log.Error("could not limit the instance's disk use", "err", err)
 		}
-		proc, err := s.opts.Supervisor.Adopt(s.dir(in.ID))
+		proc, err := s.postgres.Adopt(s.dir(in.ID))
 		if err == nil && !settingsCurrent(s.dir(in.ID), s.settings(in.ID, s.dir(in.ID))) {
 			// Started by an older server, or with other settings: it may
 			// lack the access rules and limits it must have.
@@ -160,7 +158,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 		path := filepath.Join(s.opts.Dir, e.Name())
 		s.log.Warn("deleting an instance subvolume that no row owns", "path", path)
-		if err := s.opts.Supervisor.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second); err != nil {
+		if err := s.postgres.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second); err != nil {
 			s.log.Error("could not stop an orphaned postgres", "path", path, "err", err)
 			continue
 		}

@@ -26,13 +26,13 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
-	"github.com/draupnir-db/draupnir/images"
+	"github.com/draupnir-db/draupnir/internal/diskspace"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
 // Images is what instances need of the image service.
 type Images interface {
-	Ready(ctx context.Context, id int64) (*images.Image, error)
+	Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error)
 }
 
 // Options configures a Service.
@@ -58,8 +58,8 @@ type Options struct {
 
 // Service manages instances.
 type Service struct {
+	deps
 	opts  Options
-	store store
 	log   *slog.Logger
 	hba   string
 	tls   *certs
@@ -85,12 +85,16 @@ type Service struct {
 
 // tracked is a postgres the service watches.
 type tracked struct {
-	proc     *supervisor.Process
+	proc     process
 	stopping bool // set before a deliberate stop, so its exit is no crash
 }
 
 // New prepares the run directory and returns a Service.
 func New(opts Options) (*Service, error) {
+	return newService(opts, realDeps(opts))
+}
+
+func newService(opts Options, d deps) (*Service, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
@@ -106,7 +110,7 @@ func New(opts Options) (*Service, error) {
 	// The file is named after its rules, so that a postgres started with
 	// other rules has another hba_file on its command line, and Reconcile
 	// restarts it.
-	rules := hbaRules(images.InstanceRole)
+	rules := hbaRules(draupnir.InstanceRole)
 	sum := sha256.Sum256([]byte(rules))
 	hba := filepath.Join(opts.RunDir, fmt.Sprintf("instance_pg_hba.%x.conf", sum[:8]))
 	if err := os.WriteFile(hba, []byte(rules), 0o644); err != nil {
@@ -125,7 +129,7 @@ func New(opts Options) (*Service, error) {
 	if opts.DiskLimit < 0 {
 		return nil, fmt.Errorf("negative disk limit %d", opts.DiskLimit)
 	}
-	quota, err := enableQuotas(opts.Dir, opts.DiskLimit)
+	quota, err := enableQuotas(d.volumes, opts.Dir, opts.DiskLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -133,14 +137,14 @@ func New(opts Options) (*Service, error) {
 		opts.Log.Warn("per-instance disk limits use full btrfs qgroups (this kernel has no simple quotas, or they were on already): every transaction commit pays for the accounting; see docs/operations.md")
 	}
 	tls, err := issueServerCert(opts.KeysDir, filepath.Join(opts.RunDir, "tls"), certNames(opts.Hostname),
-		opts.Supervisor.UID(), opts.Supervisor.GID())
+		d.postgres.UID(), d.postgres.GID())
 	if err != nil {
 		return nil, fmt.Errorf("preparing the instances' TLS certificate: %w", err)
 	}
 	base, cancel := context.WithCancel(context.Background())
 	return &Service{
+		deps:   d,
 		opts:   opts,
-		store:  store{opts.Pool},
 		log:    opts.Log.With("component", "instances"),
 		hba:    hba,
 		tls:    tls,
@@ -178,9 +182,9 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 	var list []*draupnir.Instance
 	var err error
 	if p.Upload {
-		list, err = s.store.list(ctx, "WHERE true"+visible)
+		list, err = s.store.listOwned(ctx, nil)
 	} else {
-		list, err = s.store.list(ctx, "WHERE i.owner = $1"+visible, p.Name)
+		list, err = s.store.listOwned(ctx, &p.Name)
 	}
 	for _, in := range list {
 		s.decorate(in)
@@ -231,20 +235,20 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	}
 	// A new instance on a full disk could not write, and would eat into
 	// the room the state database and the running instances need.
-	if err := images.EnsureRoom(s.opts.Dir); err != nil {
+	if err := diskspace.Ensure(s.opts.Dir); err != nil {
 		return nil, err
 	}
 	password, err := newPassword()
 	if err != nil {
 		return nil, err
 	}
-	in, err := s.allocate(ctx, imageID, owner, images.InstanceRole, password)
+	in, err := s.allocate(ctx, imageID, owner, draupnir.InstanceRole, password)
 	if err != nil {
 		return nil, err
 	}
 	log := s.log.With("instance", in.ID, "image", imageID, "owner", owner)
 	dir := s.dir(in.ID)
-	var proc *supervisor.Process
+	var proc process
 	defer func() {
 		if err == nil {
 			return
@@ -264,7 +268,7 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 		}
 	}()
 
-	if err := btrfs.Snapshot(im.Snapshot, dir, false); err != nil {
+	if err := s.volumes.Snapshot(im.Snapshot, dir, false); err != nil {
 		return nil, draupnir.StorageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
 	}
 	if err := s.separateWAL(in.ID); err != nil {
@@ -291,13 +295,13 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	if err != nil {
 		return nil, fmt.Errorf("starting postgres for instance %d: %w", in.ID, err)
 	}
-	if err := prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
+	if err := s.prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
 		return nil, err
 	}
 	if state == draupnir.InstanceWarm {
 		// Pay the first login's cache loading now rather than in the
 		// owner's first connection.
-		warmUp(ctx, s.sockDir(in.ID), in.Port, in.Username, im.Database)
+		s.warmUp(ctx, s.sockDir(in.ID), in.Port, in.Username, im.Database)
 	}
 	if err := s.store.setState(ctx, in.ID, state, ""); err != nil {
 		return nil, err
@@ -321,7 +325,7 @@ func (s *Service) allocate(ctx context.Context, imageID int64, owner, username, 
 		return nil, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d; destroy instances or widen instances.min_port/max_port",
 			s.opts.MinPort, s.opts.MaxPort)
 	}
-	if !portFree(in.Port) {
+	if !s.portFree(in.Port) {
 		// Another program holds it: keep the row, take the next port.
 		port, err := s.freePort(ctx, in.ID, []int32{int32(in.Port)})
 		if err != nil {
@@ -341,7 +345,7 @@ func (s *Service) freePort(ctx context.Context, id int64, skip []int32) (int, er
 		if err != nil {
 			return 0, draupnir.Errorf(draupnir.KindUnavailable, "no free port in the instance range %d-%d", s.opts.MinPort, s.opts.MaxPort)
 		}
-		if portFree(port) {
+		if s.portFree(port) {
 			return port, nil
 		}
 		skip = append(skip, int32(port))
@@ -362,11 +366,11 @@ func portFree(port int) bool {
 
 // start runs the postgres of instance id on port and waits until it accepts
 // connections.
-func (s *Service) start(ctx context.Context, id int64, port int) (*supervisor.Process, error) {
+func (s *Service) start(ctx context.Context, id int64, port int) (process, error) {
 	settings := s.settings(id, s.dir(id))
 	ctx, cancel := context.WithTimeout(ctx, s.opts.StartTimeout)
 	defer cancel()
-	return s.opts.Supervisor.Start(ctx, supervisor.Spec{
+	return s.postgres.Start(ctx, supervisor.Spec{
 		DataDir:         s.dir(id),
 		SocketDir:       s.sockDir(id),
 		Port:            port,
@@ -464,7 +468,7 @@ func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 	// Creates in flight are left to finish: the image's row cannot go while
 	// they refer to it, so its destroy answers a conflict to retry instead
 	// of failing them half-way.
-	list, err := s.store.list(ctx, "WHERE i.image_id = $1 AND i.state <> 'creating'", imageID)
+	list, err := s.store.listOfImage(ctx, imageID)
 	if err != nil {
 		return err
 	}
@@ -487,7 +491,7 @@ func (s *Service) teardown(ctx context.Context, id int64) error {
 		if err := t.proc.Stop(ctx, supervisor.Immediate, 10*time.Second); err != nil {
 			return fmt.Errorf("stopping instance %d: %w", id, err)
 		}
-	} else if err := s.opts.Supervisor.StopDataDir(ctx, dir, supervisor.Immediate, 10*time.Second); err != nil {
+	} else if err := s.postgres.StopDataDir(ctx, dir, supervisor.Immediate, 10*time.Second); err != nil {
 		return fmt.Errorf("stopping instance %d: %w", id, err)
 	}
 	if err := s.deleteSnapshot(dir); err != nil {

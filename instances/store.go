@@ -11,8 +11,8 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// store is the instances table.
-type store struct{ pool *pgxpool.Pool }
+// pgStore is the instances table in the state database.
+type pgStore struct{ pool *pgxpool.Pool }
 
 const instanceColumns = `i.id, i.image_id, i.owner, i.state, i.port, i.username, i.password, i.error,
 	i.created_at, i.updated_at, im.database_name`
@@ -36,7 +36,7 @@ func notFound(id int64) error {
 	return draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
 }
 
-func (s store) get(ctx context.Context, id int64) (*draupnir.Instance, error) {
+func (s pgStore) get(ctx context.Context, id int64) (*draupnir.Instance, error) {
 	in, err := scanInstance(s.pool.QueryRow(ctx, `SELECT `+instanceColumns+fromInstances+`WHERE i.id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, notFound(id)
@@ -47,11 +47,24 @@ func (s store) get(ctx context.Context, id int64) (*draupnir.Instance, error) {
 	return in, nil
 }
 
-// visible restricts a query to instances somebody owns: the warm pool's,
-// starting or waiting, are nobody's.
-const visible = ` AND i.owner <> ''`
+func (s pgStore) listAll(ctx context.Context) ([]*draupnir.Instance, error) {
+	return s.list(ctx, "")
+}
 
-func (s store) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
+// listOwned leaves out the warm pool's instances, starting or waiting:
+// they are nobody's.
+func (s pgStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error) {
+	if owner == nil {
+		return s.list(ctx, "WHERE i.owner <> ''")
+	}
+	return s.list(ctx, "WHERE i.owner = $1 AND i.owner <> ''", *owner)
+}
+
+func (s pgStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
+	return s.list(ctx, "WHERE i.image_id = $1 AND i.state <> 'creating'", imageID)
+}
+
+func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+instanceColumns+fromInstances+where+` ORDER BY i.id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing instances: %w", err)
@@ -71,7 +84,7 @@ func (s store) list(ctx context.Context, where string, args ...any) ([]*draupnir
 // insert creates an instance row on the lowest port of [min, max] that no
 // other instance holds and that is not in skip. It returns nil, nil when no
 // port is free.
-func (s store) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
+func (s pgStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
 	// One round trip: instance create is on the hot path.
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
 			INSERT INTO instances (image_id, owner, port, username, password)
@@ -92,7 +105,7 @@ func (s store) insert(ctx context.Context, imageID int64, owner, username, passw
 }
 
 // movePort gives instance id another free port, not in skip.
-func (s store) movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error) {
+func (s pgStore) movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error) {
 	var port int
 	err := s.pool.QueryRow(ctx, `UPDATE instances SET port = (
 			SELECT p FROM generate_series($2::int, $3::int) AS p
@@ -108,7 +121,7 @@ func (s store) movePort(ctx context.Context, id int64, min, max int, skip []int3
 // claimWarm hands a warm instance of image imageID to owner, or returns nil
 // when the pool has none. SKIP LOCKED lets concurrent creates take different
 // ones without waiting on each other.
-func (s store) claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error) {
+func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error) {
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
 			UPDATE instances SET owner = $2, state = 'running', created_at = now(), updated_at = now()
 			WHERE id = (SELECT id FROM instances WHERE image_id = $1 AND state = 'warm'
@@ -125,7 +138,7 @@ func (s store) claimWarm(ctx context.Context, imageID int64, owner string) (*dra
 }
 
 // poolSizes returns, for every ready image, how many warm instances it has.
-func (s store) poolSizes(ctx context.Context) (map[int64]int, error) {
+func (s pgStore) poolSizes(ctx context.Context) (map[int64]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT im.id, count(i.id) FROM images im
 		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm'
 		WHERE im.state = 'ready' GROUP BY im.id`)
@@ -145,7 +158,7 @@ func (s store) poolSizes(ctx context.Context) (map[int64]int, error) {
 	return sizes, rows.Err()
 }
 
-func (s store) setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error {
+func (s pgStore) setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now() WHERE id = $1`,
 		id, string(state), reason)
 	if err != nil {
@@ -157,7 +170,7 @@ func (s store) setState(ctx context.Context, id int64, state draupnir.InstanceSt
 // setLiveState is setState for the crash-recovery path: it leaves alone an
 // instance that is being destroyed (or is gone) and reports whether it
 // changed anything.
-func (s store) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
+func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now()
 		WHERE id = $1 AND state <> 'destroying'`, id, string(state), reason)
 	if err != nil {
@@ -168,7 +181,7 @@ func (s store) setLiveState(ctx context.Context, id int64, state draupnir.Instan
 
 // claimDestroy marks instance id as being destroyed, unless another request
 // got there first.
-func (s store) claimDestroy(ctx context.Context, id int64) (bool, error) {
+func (s pgStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', updated_at = now()
 		WHERE id = $1 AND state <> 'destroying'`, id)
 	if err != nil {
@@ -177,7 +190,7 @@ func (s store) claimDestroy(ctx context.Context, id int64) (bool, error) {
 	return tag.RowsAffected() == 1, nil
 }
 
-func (s store) delete(ctx context.Context, id int64) error {
+func (s pgStore) delete(ctx context.Context, id int64) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM instances WHERE id = $1`, id)
 	if err != nil {
 		return fmt.Errorf("deleting the row of instance %d: %w", id, err)

@@ -3,7 +3,9 @@
 // in-memory implementations that keep state, enforce visibility like the
 // real services, record what they were asked and as whom, and can be told
 // to fail. The doors' and the metrics wrapper's unit tests use them instead
-// of a fake each.
+// of a fake each. Btrfs is the same for the core's own dependency: a fake of
+// btrfs on a plain directory tree, for the unit tests of images and
+// instances, which run without root.
 package mock
 
 import (

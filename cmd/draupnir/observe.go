@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
 	"github.com/draupnir-db/draupnir/metrics"
 )
@@ -20,7 +19,7 @@ type imageService interface {
 }
 
 var (
-	_ imageService             = (*images.Service)(nil)
+	_ imageService             = cascadingImages{}
 	_ draupnir.InstanceService = (*instances.Service)(nil)
 )
 

@@ -46,6 +46,19 @@ type core struct {
 	doorInstances draupnir.InstanceService
 }
 
+// cascadingImages is the image service as the doors use it: destroying an
+// image destroys its instances first. The instance service depends on the
+// image service (it makes instances of ready images), so the cascade is
+// wired here rather than held by the image service.
+type cascadingImages struct {
+	*images.Service
+	instances *instances.Service
+}
+
+func (c cascadingImages) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
+	return c.Service.Destroy(ctx, p, id, c.instances)
+}
+
 // openCore checks the data path, brings up the state database and migrates
 // it. With services false it stops there (draupnir migrate).
 func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool) (*core, error) {
@@ -173,7 +186,6 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.Close(ctx)
 		return nil, err
 	}
-	c.images.SetInstances(c.instances)
 	if err := c.images.Reconcile(ctx); err != nil {
 		c.Close(ctx)
 		return nil, fmt.Errorf("reconciling images: %w", err)
@@ -280,7 +292,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	c.doorImages, c.doorInstances = c.observed(m)
-	if err := m.CollectState(c.images, c.instances, log.With("component", "metrics")); err != nil {
+	if err := m.CollectState(cascadingImages{c.images, c.instances}, c.instances, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	handler := httpapi.New(httpapi.Options{

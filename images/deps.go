@@ -1,0 +1,68 @@
+package images
+
+import (
+	"context"
+	osexec "os/exec"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// deps are what the service reaches outside its own logic: postgres through
+// the supervisor, btrfs and the state database. New gives it the real ones;
+// the tests give it fakes, so that the lifecycle logic runs quickly and
+// without root.
+type deps struct {
+	postgres postgres
+	volumes  volumes
+	store    store
+}
+
+func realDeps(opts Options) deps {
+	d := deps{volumes: btrfs.FS{}, store: pgStore{opts.Pool}}
+	if opts.Supervisor != nil {
+		// Not a nil *Supervisor in a non-nil postgres.
+		d.postgres = opts.Supervisor
+	}
+	return d
+}
+
+// postgres is what the service needs of the supervisor to boot a backup
+// privately and run its tools (*supervisor.Supervisor).
+type postgres interface {
+	Start(ctx context.Context, spec supervisor.Spec) (*supervisor.Process, error)
+	StopDataDir(ctx context.Context, dataDir string, mode supervisor.StopMode, timeout time.Duration) error
+	BinDir(major string) (string, error)
+	Chown(root string) error
+	Command(ctx context.Context, name string, args ...string) *osexec.Cmd
+	PSQL(ctx context.Context, bin, socketDir string, port int, user, db, script string) (string, error)
+	InitDB(ctx context.Context, major, dataDir string) error
+}
+
+// volumes is what the service needs of btrfs (btrfs.FS) to freeze and
+// delete images.
+type volumes interface {
+	Snapshot(src, dst string, readOnly bool) error
+	Delete(path string) error
+	IsSubvolume(path string) (bool, error)
+}
+
+// store is the images table (pgStore).
+type store interface {
+	get(ctx context.Context, id int64) (*row, error)
+	listAll(ctx context.Context) ([]*row, error)
+	insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error)
+	// transition moves image id from one of the states in from to state
+	// to, atomically. When the image is in another state it returns the
+	// image as it is, with ok false.
+	transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (r *row, ok bool, err error)
+	// startUpload marks image id uploading if it accepts uploads, and
+	// returns it as it is, with ok false, if it does not.
+	startUpload(ctx context.Context, id int64) (r *row, ok bool, err error)
+	fail(ctx context.Context, id int64, reason string) error
+	ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error)
+	update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error)
+	delete(ctx context.Context, id int64) error
+}

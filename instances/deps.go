@@ -1,0 +1,112 @@
+package instances
+
+import (
+	"context"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/supervisor"
+)
+
+// deps are what the service reaches outside its own logic: postgres through
+// the supervisor, btrfs, the state database, and the instance's own
+// postgres over its private socket. New gives it the real ones; the tests
+// give it fakes, so that the lifecycle logic runs quickly and without root.
+type deps struct {
+	postgres postgres
+	volumes  volumes
+	store    store
+	// prepareRole gives a started instance's role its password (and pins
+	// its limits); warmUp logs in once, to load the caches.
+	prepareRole func(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error
+	warmUp      func(ctx context.Context, sockDir string, port int, role, db string)
+	// portFree reports whether no other program listens on a port.
+	portFree func(port int) bool
+	// restartWaits space out the restarts of a postgres that keeps dying.
+	restartWaits []time.Duration
+}
+
+func realDeps(opts Options) deps {
+	return deps{
+		postgres:     supervised{opts.Supervisor},
+		volumes:      btrfs.FS{},
+		store:        pgStore{opts.Pool},
+		prepareRole:  prepareRole,
+		warmUp:       warmUp,
+		portFree:     portFree,
+		restartWaits: []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second},
+	}
+}
+
+// postgres is what the service needs of the supervisor.
+type postgres interface {
+	Start(ctx context.Context, spec supervisor.Spec) (process, error)
+	Adopt(dataDir string) (process, error)
+	StopDataDir(ctx context.Context, dataDir string, mode supervisor.StopMode, timeout time.Duration) error
+	BinDir(major string) (string, error)
+	UID() int
+	GID() int
+}
+
+// process is an instance's running postgres.
+type process interface {
+	PID() int
+	Done() <-chan struct{}
+	Stop(ctx context.Context, mode supervisor.StopMode, timeout time.Duration) error
+}
+
+// supervised is the supervisor as a postgres: its processes are
+// *supervisor.Process.
+type supervised struct{ *supervisor.Supervisor }
+
+func (s supervised) Start(ctx context.Context, spec supervisor.Spec) (process, error) {
+	p, err := s.Supervisor.Start(ctx, spec)
+	if err != nil {
+		return nil, err // not a nil *Process in a non-nil process
+	}
+	return p, nil
+}
+
+func (s supervised) Adopt(dataDir string) (process, error) {
+	p, err := s.Supervisor.Adopt(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// volumes is what the service needs of btrfs (btrfs.FS).
+type volumes interface {
+	Snapshot(src, dst string, readOnly bool) error
+	Delete(path string) error
+	IsSubvolume(path string) (bool, error)
+	ConvertToSubvolume(path string) error
+	LimitExclusive(path string, max int64) error
+	RemoveStaleQgroups(path string) (int, error)
+	Quota(path string) (btrfs.QuotaMode, error)
+	EnableQuota(path string, mode btrfs.QuotaMode) (btrfs.QuotaMode, error)
+	SimpleQuotaSupported() bool
+}
+
+// store is the instances table (pgStore).
+type store interface {
+	get(ctx context.Context, id int64) (*draupnir.Instance, error)
+	// listAll returns every instance, the warm pool's and those being
+	// created or destroyed too.
+	listAll(ctx context.Context) ([]*draupnir.Instance, error)
+	// listOwned returns the instances somebody owns: owner's, or with
+	// owner nil everybody's.
+	listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error)
+	// listOfImage returns the instances of an image that are not being
+	// created.
+	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
+	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error)
+	movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error)
+	claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error)
+	poolSizes(ctx context.Context) (map[int64]int, error)
+	setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error
+	setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error)
+	claimDestroy(ctx context.Context, id int64) (bool, error)
+	delete(ctx context.Context, id int64) error
+}
