@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/httpapi"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
@@ -32,14 +32,14 @@ import (
 // core is the part of the server every door shares.
 type core struct {
 	cfg       *config.Config
+	paths     datapath.Layout
 	log       *slog.Logger
 	sup       *supervisor.Supervisor
 	state     *supervisor.Process // the embedded state cluster, if any
 	pool      *pgxpool.Pool
 	images    *images.Service
 	instances *instances.Service
-	lock      *os.File // held while the server runs
-	runLock   *os.File // the same, on run_path
+	lock      *datapath.Lock // the data path and run path, held while the server runs
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -49,70 +49,22 @@ type core struct {
 // openCore checks the data path, brings up the state database and migrates
 // it. With services false it stops there (draupnir migrate).
 func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool) (*core, error) {
-	ok, err := btrfs.IsBtrfs(cfg.DataPath)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("data_path %s: %w", cfg.DataPath, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("data_path %s is not on a btrfs filesystem; run `draupnir setup --data-path %s` to loop-mount one there", cfg.DataPath, cfg.DataPath)
-	}
 	// Modes below are meant as written, whatever umask the server got.
 	syscall.Umask(0o022)
-	// One server per data path: a second one would fight the first over
-	// instances and, on its way out, stop the state cluster they share.
-	lock, err := os.OpenFile(filepath.Join(cfg.DataPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	paths := datapath.Layout{Data: cfg.DataPath, Run: cfg.RunPath}
+	lock, err := datapath.Acquire(paths)
 	if err != nil {
-		return nil, fmt.Errorf("data_path: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("another draupnir is already serving data_path %s", cfg.DataPath)
-	}
-	for _, d := range []string{cfg.UploadsDir(), cfg.SnapshotsDir(), cfg.InstancesDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-		// The postgres user must reach the snapshots inside.
-		if err := os.Chmod(d, 0o711); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.MkdirAll(cfg.KeysDir(), 0o700); err != nil {
 		return nil, err
-	}
-	if err := os.MkdirAll(cfg.RunPath, 0o755); err != nil {
-		return nil, fmt.Errorf("run_path: %w", err)
-	}
-	// The postgres user must reach the data path and the run path; keep both
-	// traversable but not listable by others.
-	for _, d := range []string{cfg.DataPath, cfg.RunPath} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			return nil, err
-		}
-	}
-	// One server per run path too: two servers on different data paths but
-	// the same (default) run_path would share socket directories, the
-	// instances' TLS files and the state cluster's socket.
-	runLock, err := os.OpenFile(filepath.Join(cfg.RunPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("run_path: %w", err)
-	}
-	if err := syscall.Flock(int(runLock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		runLock.Close()
-		lock.Close()
-		return nil, fmt.Errorf("another draupnir is already using run_path %s; give each server its own run_path", cfg.RunPath)
 	}
 	sup, err := supervisor.New(cfg.Instances.PostgresUser, cfg.Postgres.BinDirs, log)
 	if err != nil {
-		runLock.Close()
-		lock.Close()
+		lock.Release()
 		return nil, err
 	}
-	c := &core{cfg: cfg, log: log, sup: sup, lock: lock, runLock: runLock}
+	c := &core{cfg: cfg, paths: paths, log: log, sup: sup, lock: lock}
 	url := cfg.DatabaseURL
 	if cfg.Embedded() {
-		url, c.state, err = sup.StateCluster(ctx, cfg.StateDir(), filepath.Join(cfg.RunPath, "state"))
+		url, c.state, err = sup.StateCluster(ctx, paths.State(), paths.StateSockets())
 		if err != nil {
 			return nil, err
 		}
@@ -141,8 +93,8 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	c.images = images.New(images.Options{
 		Pool:              c.pool,
 		Supervisor:        sup,
-		UploadsDir:        cfg.UploadsDir(),
-		SnapshotsDir:      cfg.SnapshotsDir(),
+		UploadsDir:        paths.Uploads(),
+		SnapshotsDir:      paths.Snapshots(),
 		RunDir:            cfg.RunPath,
 		SuperuserAccess:   cfg.Instances.SuperuserAccess,
 		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
@@ -156,8 +108,8 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Pool:            c.pool,
 		Supervisor:      sup,
 		Images:          c.images,
-		Dir:             cfg.InstancesDir(),
-		KeysDir:         cfg.KeysDir(),
+		Dir:             paths.Instances(),
+		KeysDir:         paths.Keys(),
 		RunDir:          cfg.RunPath,
 		MinPort:         cfg.Instances.MinPort,
 		MaxPort:         cfg.Instances.MaxPort,
@@ -202,8 +154,7 @@ func (c *core) Close(ctx context.Context) {
 			c.log.Error("stopping the state cluster", "err", err)
 		}
 	}
-	c.runLock.Close()
-	c.lock.Close()
+	c.lock.Release()
 }
 
 // Check backs GET /health_check: the state database answers and the data
@@ -214,7 +165,7 @@ func (c *core) Check(ctx context.Context) error {
 	if err := c.pool.Ping(ctx); err != nil {
 		return draupnir.Errorf(draupnir.KindUnavailable, "the state database does not answer")
 	}
-	if ok, _ := btrfs.IsBtrfs(c.cfg.DataPath); !ok {
+	if ok, _ := btrfs.IsBtrfs(c.paths.Data); !ok {
 		return draupnir.Errorf(draupnir.KindUnavailable, "the data path is not usable")
 	}
 	return nil

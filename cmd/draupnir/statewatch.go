@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"time"
 )
 
@@ -29,14 +28,14 @@ func (c *core) watchState(ctx context.Context) (stop func()) {
 				return
 			case <-c.state.Done():
 			}
-			c.log.Error("the embedded state cluster stopped; restarting it", "data_dir", c.cfg.StateDir())
+			c.log.Error("the embedded state cluster stopped; restarting it", "data_dir", c.paths.State())
 			for attempt := 0; ; attempt++ {
 				select {
 				case <-ctx.Done():
 					return
 				case <-time.After(stateRestartBackoff[min(attempt, len(stateRestartBackoff)-1)]):
 				}
-				_, p, err := c.sup.StateCluster(ctx, c.cfg.StateDir(), filepath.Join(c.cfg.RunPath, "state"))
+				_, p, err := c.sup.StateCluster(ctx, c.paths.State(), c.paths.StateSockets())
 				if err != nil {
 					c.log.Error("could not restart the state cluster; retrying", "attempt", attempt+1, "err", err)
 					continue
