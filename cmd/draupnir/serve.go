@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/config"
@@ -25,7 +23,7 @@ import (
 	"github.com/draupnir-db/draupnir/httpapi"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
-	"github.com/draupnir-db/draupnir/migrations"
+	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
@@ -35,8 +33,7 @@ type core struct {
 	paths     datapath.Layout
 	log       *slog.Logger
 	sup       *supervisor.Supervisor
-	state     *supervisor.Process // the embedded state cluster, if any
-	pool      *pgxpool.Pool
+	db        *statedb.DB
 	images    *images.Service
 	instances *instances.Service
 	lock      *datapath.Lock // the data path and run path, held while the server runs
@@ -46,7 +43,7 @@ type core struct {
 	doorInstances instanceService
 }
 
-// openCore checks the data path, brings up the state database and migrates
+// openCore takes the data path, brings up the state database and migrates
 // it. With services false it stops there (draupnir migrate).
 func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool) (*core, error) {
 	// Modes below are meant as written, whatever umask the server got.
@@ -62,40 +59,26 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		return nil, err
 	}
 	c := &core{cfg: cfg, paths: paths, log: log, sup: sup, lock: lock}
-	url := cfg.DatabaseURL
-	if cfg.Embedded() {
-		url, c.state, err = sup.StateCluster(ctx, paths.State(), paths.StateSockets())
-		if err != nil {
-			return nil, err
-		}
-	}
-	pcfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("database_url: %w", err)
-	}
-	pcfg.MaxConns = 16
-	c.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		c.Close(ctx)
-		return nil, fmt.Errorf("connecting to the state database: %w", err)
-	}
-	applied, err := migrations.Apply(ctx, c.pool)
+	c.db, err = statedb.Open(ctx, statedb.Options{
+		URL:        cfg.DatabaseURL,
+		Supervisor: sup,
+		DataDir:    paths.State(),
+		SocketDir:  paths.StateSockets(),
+		Log:        log,
+	})
 	if err != nil {
 		c.Close(ctx)
 		return nil, err
-	}
-	if len(applied) > 0 {
-		log.Info("state database migrated", "applied", applied)
 	}
 	if !services {
 		return c, nil
 	}
 	c.images = images.New(images.Options{
-		Pool:              c.pool,
+		Pool:              c.db.Pool(),
 		Supervisor:        sup,
 		UploadsDir:        paths.Uploads(),
 		SnapshotsDir:      paths.Snapshots(),
-		RunDir:            cfg.RunPath,
+		RunDir:            paths.Run,
 		SuperuserAccess:   cfg.Instances.SuperuserAccess,
 		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
 		KeepUploads:       cfg.Images.KeepUploads,
@@ -105,12 +88,12 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.images.WarmUp(major)
 	}
 	c.instances, err = instances.New(instances.Options{
-		Pool:            c.pool,
+		Pool:            c.db.Pool(),
 		Supervisor:      sup,
 		Images:          c.images,
 		Dir:             paths.Instances(),
 		KeysDir:         paths.Keys(),
-		RunDir:          cfg.RunPath,
+		RunDir:          paths.Run,
 		MinPort:         cfg.Instances.MinPort,
 		MaxPort:         cfg.Instances.MaxPort,
 		ListenAddresses: cfg.Instances.ListenAddresses,
@@ -146,13 +129,8 @@ func (c *core) Close(ctx context.Context) {
 	if c.instances != nil {
 		c.instances.Close()
 	}
-	if c.pool != nil {
-		c.pool.Close()
-	}
-	if c.state != nil {
-		if err := c.state.Stop(ctx, supervisor.Fast, 30*time.Second); err != nil {
-			c.log.Error("stopping the state cluster", "err", err)
-		}
+	if c.db != nil {
+		c.db.Close(ctx)
 	}
 	c.lock.Release()
 }
@@ -162,7 +140,7 @@ func (c *core) Close(ctx context.Context) {
 func (c *core) Check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := c.pool.Ping(ctx); err != nil {
+	if err := c.db.Pool().Ping(ctx); err != nil {
 		return draupnir.Errorf(draupnir.KindUnavailable, "the state database does not answer")
 	}
 	if ok, _ := btrfs.IsBtrfs(c.paths.Data); !ok {
@@ -222,9 +200,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
-	// Deferred after Close, so it runs first: the watch ends before the
-	// state cluster is stopped.
-	defer c.watchState(ctx)()
+	c.db.Watch(ctx)
 
 	people, login, err := openPeople(ctx, cfg, c, log)
 	if err != nil {
