@@ -9,13 +9,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
-
-	"golang.org/x/term"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
@@ -92,39 +88,6 @@ type usageError struct{ error }
 func loadConfig(explicit string) (*config.Config, error) {
 	path := config.Path(explicit)
 	return config.Load(path, path == config.DefaultPath, os.Environ())
-}
-
-// newLogger logs text on a terminal and JSON otherwise, tagged with the
-// environment, with durations in milliseconds. Each wrap, in order, wraps
-// the handler (to count records, to report errors to Sentry) before the
-// environment attribute is added, so that the wrappers see it too.
-func newLogger(w io.Writer, environment string, wrap ...func(slog.Handler) slog.Handler) *slog.Logger {
-	var h slog.Handler
-	opts := &slog.HandlerOptions{ReplaceAttr: durationMillis}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		h = slog.NewTextHandler(w, opts)
-	} else {
-		h = slog.NewJSONHandler(w, opts)
-	}
-	for _, wr := range wrap {
-		h = wr(h)
-	}
-	return slog.New(h).With("environment", environment)
-}
-
-// durationMillis logs a time.Duration as a number of milliseconds under a
-// key that says so ("duration" becomes "duration_ms": 12.345): slog's JSON
-// handler would write nanoseconds and its text handler Go's "12.345ms",
-// neither of which a log query can compare or sum.
-func durationMillis(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() != slog.KindDuration {
-		return a
-	}
-	key := a.Key
-	if !strings.HasSuffix(key, "_ms") {
-		key += "_ms"
-	}
-	return slog.Float64(key, float64(a.Value.Duration().Microseconds())/1000)
 }
 
 func setupCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {

@@ -23,6 +23,7 @@ import (
 	"github.com/draupnir-db/draupnir/httpapi"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
+	"github.com/draupnir-db/draupnir/internal/logging"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -157,7 +158,7 @@ func migrateCmd(ctx context.Context, configPath string, args []string, stdout, s
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.Environment)
+	log := logging.New(stderr, cfg.Environment)
 	c, err := openCore(ctx, cfg, log, false)
 	if err != nil {
 		return err
