@@ -23,6 +23,7 @@ import (
 	"github.com/draupnir-db/draupnir/httpapi"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
+	"github.com/draupnir-db/draupnir/internal/demo"
 	"github.com/draupnir-db/draupnir/internal/logging"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
@@ -171,7 +172,7 @@ func migrateCmd(ctx context.Context, configPath string, args []string, stdout, s
 func serveCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	demo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
+	makeDemo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
 	readyFile := fs.String("ready-file", "", "create this file once every door listens (for scripts that wait for the server, e.g. make run)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -276,9 +277,16 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
-	if *demo {
+	if *makeDemo {
 		go func() {
-			if err := makeDemoImage(ctx, c, log); err != nil {
+			err := demo.Make(ctx, demo.Options{
+				Images:     c.images,
+				Supervisor: c.sup,
+				Dir:        c.paths.Data,
+				RunDir:     c.paths.Run,
+				Log:        log,
+			})
+			if err != nil {
 				log.Error("could not make the demo image", "err", err)
 			}
 		}()
