@@ -1,6 +1,12 @@
 // Command draupnir is the Draupnir server: it serves the HTTP API and the SSH
 // door over one btrfs/postgres core. Sub-commands: serve (the default),
 // migrate, setup and version.
+//
+// It only wires the other packages together. Read main.go for the commands,
+// core.go for how the core is opened (data path, state database, image and
+// instance services) and closed, and serve.go for the doors put in front of
+// it; ops.go, observe.go, people.go and ssh.go build the metrics and logs,
+// the measured services, authentication and the SSH door.
 package main
 
 import (
@@ -16,6 +22,7 @@ import (
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/internal/logging"
 )
 
 const usage = `usage: draupnir [--config FILE] [command]
@@ -90,6 +97,8 @@ func loadConfig(explicit string) (*config.Config, error) {
 	return config.Load(path, path == config.DefaultPath, os.Environ())
 }
 
+// setupCmd makes a data path usable: if it is not on btrfs, it loop-mounts
+// a btrfs file there.
 func setupCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -124,5 +133,24 @@ func setupCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if hint != "" {
 		fmt.Fprintln(stdout, hint)
 	}
+	return nil
+}
+
+// migrateCmd brings the state database's schema up to date and exits.
+func migrateCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
+	}
+	cfg, err := loadConfig(configPath)
+	if err != nil {
+		return err
+	}
+	log := logging.New(stderr, cfg.Environment)
+	c, err := openCore(ctx, cfg, log, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	fmt.Fprintln(stdout, "the state database is up to date")
 	return nil
 }
