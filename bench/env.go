@@ -25,6 +25,7 @@ import (
 
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/client"
+	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
@@ -69,6 +70,10 @@ type env struct {
 	// serverEnv is added to the server's environment (config overrides).
 	serverEnv []string
 }
+
+// layout names the parts of the server's data path (the loop btrfs) and
+// run path.
+func (e *env) layout() datapath.Layout { return datapath.Layout{Data: e.mnt, Run: e.runPath} }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -70,7 +70,7 @@ func (e *env) imageOf(ctx context.Context, backup, script string) (int64, time.D
 	// The SSH door is what uploads in production; here the bytes are
 	// reflinked straight into the upload subvolume, which is what a finished
 	// upload leaves there.
-	dst := filepath.Join(e.mnt, "image_uploads", strconv.FormatInt(im.ID, 10))
+	dst := filepath.Join(e.layout().Uploads(), strconv.FormatInt(im.ID, 10))
 	ents, err := os.ReadDir(backup)
 	if err != nil {
 		return 0, 0, err
@@ -312,7 +312,7 @@ func (e *env) quiesce(ctx context.Context) error {
 // postgres exec'd as the postgres user, connect attempts every 250 µs until
 // SELECT 1 is answered. Nothing of draupnir is in the path.
 func (e *env) floorSeries(ctx context.Context, image int64, db string, n int, prefix string, record bool) error {
-	snap := filepath.Join(e.mnt, "image_snapshots", strconv.FormatInt(image, 10))
+	snap := filepath.Join(e.layout().Snapshots(), strconv.FormatInt(image, 10))
 	parent := filepath.Join(e.mnt, "floor")
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return err
@@ -637,7 +637,7 @@ func (e *env) idle(ctx context.Context) error {
 	unix.Sync()
 	var maxExcl, maxPSS float64
 	for _, in := range made {
-		dir := filepath.Join(e.mnt, "instances", strconv.FormatInt(in.ID, 10))
+		dir := filepath.Join(e.layout().Instances(), strconv.FormatInt(in.ID, 10))
 		_, excl, err := btrfs.Usage(ctx, dir)
 		if err != nil {
 			return err
@@ -653,7 +653,7 @@ func (e *env) idle(ctx context.Context) error {
 	}
 	excl := Summarize(e.rep.Samples["idle_exclusive_bytes"])
 	pss := Summarize(e.rep.Samples["idle_pss_bytes"])
-	imageBytes, _ := dirSize(filepath.Join(e.mnt, "image_snapshots", strconv.FormatInt(e.image, 10)))
+	imageBytes, _ := dirSize(filepath.Join(e.layout().Snapshots(), strconv.FormatInt(e.image, 10)))
 	e.rep.Values["image_bytes"] = float64(imageBytes)
 	e.rep.add(Figure{
 		Name:     fmt.Sprintf("%d idle instances at once: exclusive disk each (btrfs, after sync)", len(made)),
@@ -701,7 +701,7 @@ func (e *env) leftovers(ctx context.Context) ([]string, error) {
 	if len(list) > 0 {
 		left = append(left, fmt.Sprintf("%d instance rows", len(list)))
 	}
-	dir := filepath.Join(e.mnt, "instances")
+	dir := e.layout().Instances()
 	ents, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -34,7 +33,7 @@ func (e *env) warmPool(ctx context.Context) error {
 
 	// Instances on disk = the ones handed out + the pool.
 	onDisk := func() int {
-		ents, _ := os.ReadDir(filepath.Join(e.mnt, "instances"))
+		ents, _ := os.ReadDir(e.layout().Instances())
 		return len(ents)
 	}
 	waitFull := func(handedOut int) error {

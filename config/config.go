@@ -548,13 +548,6 @@ func validSettingName(k string) bool {
 	return true
 }
 
-// Embedded reports whether Draupnir runs its own state cluster under
-// DataPath/state, because no database_url is configured.
+// Embedded reports whether Draupnir runs its own state cluster in the data
+// path, because no database_url is configured.
 func (c *Config) Embedded() bool { return c.DatabaseURL == "" }
-
-// UploadsDir and the other helpers name the data path's parts (DESIGN.md §2).
-func (c *Config) UploadsDir() string   { return filepath.Join(c.DataPath, "image_uploads") }
-func (c *Config) SnapshotsDir() string { return filepath.Join(c.DataPath, "image_snapshots") }
-func (c *Config) InstancesDir() string { return filepath.Join(c.DataPath, "instances") }
-func (c *Config) StateDir() string     { return filepath.Join(c.DataPath, "state") }
-func (c *Config) KeysDir() string      { return filepath.Join(c.DataPath, "keys") }

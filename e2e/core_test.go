@@ -47,7 +47,7 @@ func TestImageFormats(t *testing.T) {
 			if im.PostgresVersion == "" || im.SizeBytes == 0 {
 				t.Errorf("ready image lacks version or size: %+v", im)
 			}
-			ro, err := btrfs.IsReadOnly(filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10)))
+			ro, err := btrfs.IsReadOnly(filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im.ID, 10)))
 			if err != nil || !ro {
 				t.Fatalf("image snapshot read-only = %v, %v", ro, err)
 			}
@@ -185,7 +185,7 @@ func TestInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 		syscall.Sync()
-		total, exclusive, err := btrfs.Usage(ctx, filepath.Join(s.dataPath, "instances", strconv.FormatInt(fresh.ID, 10)))
+		total, exclusive, err := btrfs.Usage(ctx, filepath.Join(s.layout().Instances(), strconv.FormatInt(fresh.ID, 10)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,14 +205,14 @@ func TestInstances(t *testing.T) {
 	})
 
 	t.Run("secrets stay out of the logs", func(t *testing.T) {
-		caKey, err := os.ReadFile(filepath.Join(s.dataPath, "keys", "instance-ca.key"))
+		caKey, err := os.ReadFile(filepath.Join(s.layout().Keys(), "instance-ca.key"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		keyBody := strings.Split(strings.TrimSpace(string(caKey)), "\n")[1]
 		logs := map[string]string{"server": s.logs()}
 		for _, in := range ins {
-			b, _ := os.ReadFile(filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10), "draupnir.log"))
+			b, _ := os.ReadFile(filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10), "draupnir.log"))
 			logs["instance "+strconv.FormatInt(in.ID, 10)] = string(b)
 		}
 		for name, log := range logs {
@@ -232,7 +232,7 @@ func TestInstances(t *testing.T) {
 
 	t.Run("a destroy that fails can be retried", func(t *testing.T) {
 		in := ins[1]
-		dir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10))
+		dir := filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))
 		testenv.Run(t, "chattr", "+i", dir) // btrfs refuses to delete it now
 		defer exec.Command("chattr", "-i", dir).Run()
 		if err := s.user().DestroyInstance(ctx, in.ID); err == nil {
@@ -256,7 +256,7 @@ func TestInstances(t *testing.T) {
 		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := os.Stat(filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10))); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))); !os.IsNotExist(err) {
 			t.Errorf("the instance's subvolume is still there: %v", err)
 		}
 		if _, err := psql(t, in, "SELECT 1"); err == nil {
@@ -281,8 +281,8 @@ func TestInstances(t *testing.T) {
 		if len(list) != 0 {
 			t.Errorf("%d instances left after destroying their image", len(list))
 		}
-		for _, dir := range []string{"instances", "image_snapshots", "image_uploads"} {
-			ents, _ := os.ReadDir(filepath.Join(s.dataPath, dir))
+		for _, dir := range []string{s.layout().Instances(), s.layout().Snapshots(), s.layout().Uploads()} {
+			ents, _ := os.ReadDir(dir)
 			if len(ents) != 0 {
 				t.Errorf("%s still holds %d entries", dir, len(ents))
 			}
@@ -320,8 +320,8 @@ func TestHostileUploads(t *testing.T) {
 			if got.State != draupnir.ImageFailed || got.Error == "" {
 				t.Errorf("image after a hostile upload: %s %q", got.State, got.Error)
 			}
-			for _, p := range []string{filepath.Join(s.dataPath, "image_uploads", "escaped"), filepath.Join(s.dataPath, "escaped"),
-				filepath.Join(s.dataPath, "image_snapshots", "escaped"), "/tmp/draupnir-e2e-escaped"} {
+			for _, p := range []string{filepath.Join(s.layout().Uploads(), "escaped"), filepath.Join(s.dataPath, "escaped"),
+				filepath.Join(s.layout().Snapshots(), "escaped"), "/tmp/draupnir-e2e-escaped"} {
 				if _, err := os.Lstat(p); err == nil {
 					os.Remove(p)
 					t.Errorf("%s was written outside the upload", p)
@@ -349,14 +349,14 @@ func TestKillServer(t *testing.T) {
 		ins = append(ins, in)
 	}
 	// An orphan: a subvolume no row owns, as a crash mid-create leaves.
-	orphan := filepath.Join(s.dataPath, "instances", "999")
-	if err := btrfs.Snapshot(filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10)), orphan, false); err != nil {
+	orphan := filepath.Join(s.layout().Instances(), "999")
+	if err := btrfs.Snapshot(filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im.ID, 10)), orphan, false); err != nil {
 		t.Fatal(err)
 	}
 
 	s.stop(syscall.SIGKILL)
 	// The postgres of instance 1 dies too, as in a reboot.
-	killPostmaster(t, filepath.Join(s.dataPath, "instances", strconv.FormatInt(ins[1].ID, 10)))
+	killPostmaster(t, filepath.Join(s.layout().Instances(), strconv.FormatInt(ins[1].ID, 10)))
 	s.start()
 
 	list, err := s.user().ListInstances(ctx)

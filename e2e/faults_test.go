@@ -51,7 +51,7 @@ func TestFaults(t *testing.T) {
 		}
 		s.copyInto(t, im.ID, baseTar)
 		go up.FinaliseImage(ctx, im.ID) // fails when the server dies
-		work := filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10)+".work")
+		work := filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im.ID, 10)+".work")
 		waitFor(t, 60*time.Second, "the finalise script to run", func() bool {
 			return scriptRunning(work)
 		})
@@ -199,7 +199,7 @@ func TestFaults(t *testing.T) {
 		// One instance's postgres dies while the server runs: it is
 		// restarted and the API says so.
 		victim := ins[0]
-		victimDir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(victim.ID, 10))
+		victimDir := filepath.Join(s.layout().Instances(), strconv.FormatInt(victim.ID, 10))
 		oldPID := pidOfPostmaster(t, victimDir)
 		killPostmaster(t, victimDir)
 		waitFor(t, 30*time.Second, "the killed instance to run again", func() bool {
@@ -352,12 +352,12 @@ func TestFaults(t *testing.T) {
 			_, err := up.FinaliseImage(ctx, im2.ID)
 			finalised <- err
 		}()
-		work := filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im2.ID, 10)+".work")
+		work := filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im2.ID, 10)+".work")
 		waitFor(t, 60*time.Second, "the finalise script to run", func() bool { return scriptRunning(work) })
 
 		// The state cluster stops and cannot start again for a while (its
 		// data directory has permissions postgres refuses).
-		state := filepath.Join(s.dataPath, "state")
+		state := s.layout().State()
 		if err := os.Chmod(state, 0o777); err != nil {
 			t.Fatal(err)
 		}
@@ -527,7 +527,7 @@ func checkConsistent(t testing.TB, s *server) []*draupnir.Instance {
 			t.Errorf("instance %d does not answer: %v %s", in.ID, err, out)
 		}
 	}
-	instDir := filepath.Join(s.dataPath, "instances")
+	instDir := s.layout().Instances()
 	ents, _ := os.ReadDir(instDir)
 	for _, e := range ents {
 		if !rows[e.Name()] {

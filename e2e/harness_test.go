@@ -26,6 +26,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/client"
+	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
@@ -315,8 +316,13 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 func (s *server) upload() *client.Client { return client.New(s.url, sharedSecret) }
 func (s *server) user() *client.Client   { return client.New(s.url, "the-integration-access-token") }
 
+// layout names the parts of the server's data path and run path.
+func (s *server) layout() datapath.Layout {
+	return datapath.Layout{Data: s.dataPath, Run: s.runPath}
+}
+
 func (s *server) uploadDir(id int64) string {
-	return filepath.Join(s.dataPath, "image_uploads", strconv.FormatInt(id, 10))
+	return filepath.Join(s.layout().Uploads(), strconv.FormatInt(id, 10))
 }
 
 // copyInto copies files into image id's upload directory, as scp would.

@@ -303,7 +303,7 @@ func TestHostileSource(t *testing.T) {
 	t.Run("no removed value is left in the image's files", func(t *testing.T) {
 		secrets := append([]string{"real.example", "4000-1234-5678", "s3cr3t-production-token",
 			"prod-fdw-secret", "public-fdw-secret", "subscription-secret"}, verifiers...)
-		found := grepTree(t, filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(im.ID, 10)), secrets)
+		found := grepTree(t, filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im.ID, 10)), secrets)
 		for _, f := range found {
 			t.Error(f)
 		}

@@ -173,7 +173,7 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 		t.Fatal(err)
 	}
 	for _, in := range []*draupnir.Instance{hog, neighbour} {
-		u, err := btrfs.Qgroup(filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10)))
+		u, err := btrfs.Qgroup(filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10)))
 		if err != nil || u.MaxExclusive != limit {
 			t.Fatalf("instance %d: qgroup %+v, %v; want a limit of %d", in.ID, u, err, limit)
 		}
@@ -218,7 +218,7 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 	// The full instance is destroyed like any other, although its snapshot
 	// is at its limit (taking its WAL subvolume out changes it).
 	// Its qgroups go too (the kernel's doing, or the next sweep's).
-	dir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(hog.ID, 10))
+	dir := filepath.Join(s.layout().Instances(), strconv.FormatInt(hog.ID, 10))
 	var ids []uint64
 	for _, p := range []string{dir, filepath.Join(dir, "pg_wal")} {
 		id, err := btrfs.SubvolumeID(p)
@@ -276,7 +276,7 @@ func TestInstanceLimitsAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10))
+	dir := filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))
 	mustPSQL(t, in, "CREATE TABLE kept AS SELECT 42 AS n")
 	if got := mustPSQL(t, in, "SHOW temp_file_limit"); got != "-1" {
 		t.Fatalf("temp_file_limit with disk_limit = 0 is %q, want -1", got)

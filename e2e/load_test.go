@@ -196,7 +196,7 @@ func TestLoad(t *testing.T) {
 	if left := checkConsistent(t, s); len(left) != 0 {
 		t.Errorf("%d instances left after the load", len(left))
 	}
-	if pids := postgresUnder(filepath.Join(s.dataPath, "instances")); len(pids) != 0 {
+	if pids := postgresUnder(s.layout().Instances()); len(pids) != 0 {
 		t.Errorf("postgres processes left under instances/: %v", pids)
 	}
 	for p := s.minPort; p < s.minPort+instancePorts; p++ {

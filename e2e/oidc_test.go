@@ -173,7 +173,7 @@ func (e *oidcEnv) redeem(ctx context.Context, c *cliLogin, code, verifier string
 func (e *oidcEnv) stateDB(t *testing.T) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=%d user=postgres dbname=%s sslmode=disable",
-		filepath.Join(e.s.runPath, "state"), supervisor.StatePort, supervisor.StateDatabase))
+		e.s.layout().StateSockets(), supervisor.StatePort, supervisor.StateDatabase))
 	if err != nil {
 		t.Fatalf("connecting to the state database: %v", err)
 	}

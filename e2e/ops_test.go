@@ -51,7 +51,7 @@ func (s *server) scrape(t *testing.T) map[string]float64 {
 
 func postmasterPID(t *testing.T, s *server, id int64) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(s.dataPath, "instances", strconv.FormatInt(id, 10), "postmaster.pid"))
+	b, err := os.ReadFile(filepath.Join(s.layout().Instances(), strconv.FormatInt(id, 10), "postmaster.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ func TestWarmPool(t *testing.T) {
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
 	subvolumes := func() int {
-		ents, _ := os.ReadDir(filepath.Join(s.dataPath, "instances"))
+		ents, _ := os.ReadDir(s.layout().Instances())
 		return len(ents)
 	}
 	waitFor := func(want int) {

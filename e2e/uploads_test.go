@@ -100,15 +100,15 @@ func TestUploadLinks(t *testing.T) {
 	}
 	rel := mustPSQL(t, in, "SELECT pg_relation_filepath('customers')") // base/<db>/<relfilenode>
 	count := mustPSQL(t, in, "SELECT count(*) FROM customers")
-	inFile := filepath.Join(s.dataPath, "instances", strconv.FormatInt(in.ID, 10), rel)
-	imageFile := filepath.Join(s.dataPath, "image_snapshots", strconv.FormatInt(other.ID, 10), rel)
-	stateConf := filepath.Join(s.dataPath, "state", "postgresql.conf")
+	inFile := filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10), rel)
+	imageFile := filepath.Join(s.layout().Snapshots(), strconv.FormatInt(other.ID, 10), rel)
+	stateConf := filepath.Join(s.layout().State(), "postgresql.conf")
 	host := filepath.Join(testenv.TempDir(t), "host-secret")
 	if err := os.WriteFile(host, []byte("lc_messages = 'host secret'\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// Where a link one level above the data directory lands after the move.
-	beside := filepath.Join(s.dataPath, "image_snapshots", "x")
+	beside := filepath.Join(s.layout().Snapshots(), "x")
 	targets := map[string]string{}
 	for _, p := range []string{inFile, imageFile, stateConf, host} {
 		targets[p] = testenv.Run(t, "sha256sum", p)
@@ -419,12 +419,12 @@ func TestUploadsPrivate(t *testing.T) {
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("readable by nobody (only %v should be):\n%s", want, strings.Join(got, "\n"))
 		}
-		if !strings.Contains(strings.Join(readableBy(t, "postgres", s.dataPath), "\n"), filepath.Join("instances", strconv.FormatInt(in.ID, 10))) {
+		if !strings.Contains(strings.Join(readableBy(t, "postgres", s.dataPath), "\n"), filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))) {
 			t.Error("the sweep as postgres cannot read the instance's files; it proves nothing")
 		}
 		// Whatever runs as postgres (an instance's server, a script's \!)
 		// cannot reach the raw backups.
-		if got := readableBy(t, "postgres", filepath.Join(s.dataPath, "image_uploads")); len(got) != 0 {
+		if got := readableBy(t, "postgres", s.layout().Uploads()); len(got) != 0 {
 			t.Errorf("readable by postgres: %v", got)
 		}
 	})

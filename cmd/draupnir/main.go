@@ -1,6 +1,12 @@
 // Command draupnir is the Draupnir server: it serves the HTTP API and the SSH
 // door over one btrfs/postgres core. Sub-commands: serve (the default),
 // migrate, setup and version.
+//
+// It only wires the other packages together. Read main.go for the commands,
+// core.go for how the core is opened (data path, state database, image and
+// instance services) and closed, and serve.go for the doors put in front of
+// it; ops.go, observe.go, people.go and ssh.go build the metrics and logs,
+// the measured services, authentication and the SSH door.
 package main
 
 import (
@@ -9,17 +15,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
-
-	"golang.org/x/term"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/internal/logging"
 )
 
 const usage = `usage: draupnir [--config FILE] [command]
@@ -94,39 +97,8 @@ func loadConfig(explicit string) (*config.Config, error) {
 	return config.Load(path, path == config.DefaultPath, os.Environ())
 }
 
-// newLogger logs text on a terminal and JSON otherwise, tagged with the
-// environment, with durations in milliseconds. Each wrap, in order, wraps
-// the handler (to count records, to report errors to Sentry) before the
-// environment attribute is added, so that the wrappers see it too.
-func newLogger(w io.Writer, environment string, wrap ...func(slog.Handler) slog.Handler) *slog.Logger {
-	var h slog.Handler
-	opts := &slog.HandlerOptions{ReplaceAttr: durationMillis}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		h = slog.NewTextHandler(w, opts)
-	} else {
-		h = slog.NewJSONHandler(w, opts)
-	}
-	for _, wr := range wrap {
-		h = wr(h)
-	}
-	return slog.New(h).With("environment", environment)
-}
-
-// durationMillis logs a time.Duration as a number of milliseconds under a
-// key that says so ("duration" becomes "duration_ms": 12.345): slog's JSON
-// handler would write nanoseconds and its text handler Go's "12.345ms",
-// neither of which a log query can compare or sum.
-func durationMillis(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() != slog.KindDuration {
-		return a
-	}
-	key := a.Key
-	if !strings.HasSuffix(key, "_ms") {
-		key += "_ms"
-	}
-	return slog.Float64(key, float64(a.Value.Duration().Microseconds())/1000)
-}
-
+// setupCmd makes a data path usable: if it is not on btrfs, it loop-mounts
+// a btrfs file there.
 func setupCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -161,5 +133,24 @@ func setupCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if hint != "" {
 		fmt.Fprintln(stdout, hint)
 	}
+	return nil
+}
+
+// migrateCmd brings the state database's schema up to date and exits.
+func migrateCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
+	}
+	cfg, err := loadConfig(configPath)
+	if err != nil {
+		return err
+	}
+	log := logging.New(stderr, cfg.Environment)
+	c, err := openCore(ctx, cfg, log, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	fmt.Fprintln(stdout, "the state database is up to date")
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/internal/logging"
 	"github.com/draupnir-db/draupnir/metrics"
 )
 
@@ -23,14 +24,14 @@ func newOps(cfg *config.Config, stderr io.Writer) (*slog.Logger, *metrics.Metric
 	wrap := []func(slog.Handler) slog.Handler{m.LogHandler}
 	closeFn := func() {}
 	if cfg.SentryDSN != "" {
-		client, err := newSentry(cfg.SentryDSN, cfg.Environment)
+		client, err := logging.NewSentry(cfg.SentryDSN, cfg.Environment)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		wrap = append(wrap, func(h slog.Handler) slog.Handler { return newSentryHandler(h, client) })
+		wrap = append(wrap, func(h slog.Handler) slog.Handler { return logging.SentryHandler(h, client) })
 		closeFn = func() { client.Flush(5 * time.Second) }
 	}
-	log := newLogger(stderr, cfg.Environment, wrap...)
+	log := logging.New(stderr, cfg.Environment, wrap...)
 	if cfg.SentryDSN != "" {
 		log.Info("reporting errors to sentry") // never the DSN: it holds a key
 	}

@@ -29,7 +29,7 @@ func openPeople(ctx context.Context, cfg *config.Config, c *core, log *slog.Logg
 	}
 	authLog := log.With("component", "auth")
 	store := auth.NewStore(auth.StoreOptions{
-		Pool:     c.pool,
+		Pool:     c.db.Pool(),
 		Static:   auth.NewTokens(cfg.SharedSecret, cfg.Environment),
 		FileKeys: files,
 		Log:      authLog,

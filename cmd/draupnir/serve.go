@@ -11,249 +11,22 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/btrfs"
-	"github.com/draupnir-db/draupnir/config"
 	"github.com/draupnir-db/draupnir/httpapi"
-	"github.com/draupnir-db/draupnir/images"
-	"github.com/draupnir-db/draupnir/instances"
-	"github.com/draupnir-db/draupnir/migrations"
-	"github.com/draupnir-db/draupnir/supervisor"
+	"github.com/draupnir-db/draupnir/internal/demo"
 )
 
-// core is the part of the server every door shares.
-type core struct {
-	cfg       *config.Config
-	log       *slog.Logger
-	sup       *supervisor.Supervisor
-	state     *supervisor.Process // the embedded state cluster, if any
-	pool      *pgxpool.Pool
-	images    *images.Service
-	instances *instances.Service
-	lock      *os.File // held while the server runs
-	runLock   *os.File // the same, on run_path
-	// doorImages and doorInstances are the services as the doors see
-	// them: measured.
-	doorImages    imageService
-	doorInstances draupnir.InstanceService
-}
-
-// cascadingImages is the image service as the doors use it: destroying an
-// image destroys its instances first. The instance service depends on the
-// image service (it makes instances of ready images), so the cascade is
-// wired here rather than held by the image service.
-type cascadingImages struct {
-	*images.Service
-	instances *instances.Service
-}
-
-func (c cascadingImages) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
-	return c.Service.Destroy(ctx, p, id, c.instances)
-}
-
-// openCore checks the data path, brings up the state database and migrates
-// it. With services false it stops there (draupnir migrate).
-func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool) (*core, error) {
-	ok, err := btrfs.IsBtrfs(cfg.DataPath)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("data_path %s: %w", cfg.DataPath, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("data_path %s is not on a btrfs filesystem; run `draupnir setup --data-path %s` to loop-mount one there", cfg.DataPath, cfg.DataPath)
-	}
-	// Modes below are meant as written, whatever umask the server got.
-	syscall.Umask(0o022)
-	// One server per data path: a second one would fight the first over
-	// instances and, on its way out, stop the state cluster they share.
-	lock, err := os.OpenFile(filepath.Join(cfg.DataPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("data_path: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("another draupnir is already serving data_path %s", cfg.DataPath)
-	}
-	for _, d := range []string{cfg.UploadsDir(), cfg.SnapshotsDir(), cfg.InstancesDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-		// The postgres user must reach the snapshots inside.
-		if err := os.Chmod(d, 0o711); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.MkdirAll(cfg.KeysDir(), 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(cfg.RunPath, 0o755); err != nil {
-		return nil, fmt.Errorf("run_path: %w", err)
-	}
-	// The postgres user must reach the data path and the run path; keep both
-	// traversable but not listable by others.
-	for _, d := range []string{cfg.DataPath, cfg.RunPath} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			return nil, err
-		}
-	}
-	// One server per run path too: two servers on different data paths but
-	// the same (default) run_path would share socket directories, the
-	// instances' TLS files and the state cluster's socket.
-	runLock, err := os.OpenFile(filepath.Join(cfg.RunPath, "draupnir.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("run_path: %w", err)
-	}
-	if err := syscall.Flock(int(runLock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		runLock.Close()
-		lock.Close()
-		return nil, fmt.Errorf("another draupnir is already using run_path %s; give each server its own run_path", cfg.RunPath)
-	}
-	sup, err := supervisor.New(cfg.Instances.PostgresUser, cfg.Postgres.BinDirs, log)
-	if err != nil {
-		runLock.Close()
-		lock.Close()
-		return nil, err
-	}
-	c := &core{cfg: cfg, log: log, sup: sup, lock: lock, runLock: runLock}
-	url := cfg.DatabaseURL
-	if cfg.Embedded() {
-		url, c.state, err = sup.StateCluster(ctx, cfg.StateDir(), filepath.Join(cfg.RunPath, "state"))
-		if err != nil {
-			return nil, err
-		}
-	}
-	pcfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("database_url: %w", err)
-	}
-	pcfg.MaxConns = 16
-	c.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		c.Close(ctx)
-		return nil, fmt.Errorf("connecting to the state database: %w", err)
-	}
-	applied, err := migrations.Apply(ctx, c.pool)
-	if err != nil {
-		c.Close(ctx)
-		return nil, err
-	}
-	if len(applied) > 0 {
-		log.Info("state database migrated", "applied", applied)
-	}
-	if !services {
-		return c, nil
-	}
-	c.images = images.New(images.Options{
-		Pool:              c.pool,
-		Supervisor:        sup,
-		UploadsDir:        cfg.UploadsDir(),
-		SnapshotsDir:      cfg.SnapshotsDir(),
-		RunDir:            cfg.RunPath,
-		SuperuserAccess:   cfg.Instances.SuperuserAccess,
-		ScriptAsSuperuser: cfg.Images.ScriptAsSuperuser,
-		KeepUploads:       cfg.Images.KeepUploads,
-		Log:               log,
-	})
-	if major, err := sup.NewestMajor(); err == nil {
-		c.images.WarmUp(major)
-	}
-	c.instances, err = instances.New(instances.Options{
-		Pool:            c.pool,
-		Supervisor:      sup,
-		Images:          c.images,
-		Dir:             cfg.InstancesDir(),
-		KeysDir:         cfg.KeysDir(),
-		RunDir:          cfg.RunPath,
-		MinPort:         cfg.Instances.MinPort,
-		MaxPort:         cfg.Instances.MaxPort,
-		ListenAddresses: cfg.Instances.ListenAddresses,
-		Hostname:        cfg.PublicHostname,
-		Settings:        cfg.Instances.Settings,
-		StartTimeout:    cfg.Instances.StartTimeout.Duration,
-		WarmPool:        cfg.Instances.WarmPool,
-		DiskLimit:       int64(cfg.Instances.DiskLimit),
-		Log:             log,
-	})
-	if err != nil {
-		c.Close(ctx)
-		return nil, err
-	}
-	if err := c.images.Reconcile(ctx); err != nil {
-		c.Close(ctx)
-		return nil, fmt.Errorf("reconciling images: %w", err)
-	}
-	if err := c.instances.Reconcile(ctx); err != nil {
-		c.Close(ctx)
-		return nil, fmt.Errorf("reconciling instances: %w", err)
-	}
-	c.instances.StartPool()
-	return c, nil
-}
-
-// Close stops the services and the state cluster; instances keep running.
-func (c *core) Close(ctx context.Context) {
-	if c.images != nil {
-		c.images.Close()
-	}
-	if c.instances != nil {
-		c.instances.Close()
-	}
-	if c.pool != nil {
-		c.pool.Close()
-	}
-	if c.state != nil {
-		if err := c.state.Stop(ctx, supervisor.Fast, 30*time.Second); err != nil {
-			c.log.Error("stopping the state cluster", "err", err)
-		}
-	}
-	c.runLock.Close()
-	c.lock.Close()
-}
-
-// Check backs GET /health_check: the state database answers and the data
-// path is there.
-func (c *core) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := c.pool.Ping(ctx); err != nil {
-		return draupnir.Errorf(draupnir.KindUnavailable, "the state database does not answer")
-	}
-	if ok, _ := btrfs.IsBtrfs(c.cfg.DataPath); !ok {
-		return draupnir.Errorf(draupnir.KindUnavailable, "the data path is not usable")
-	}
-	return nil
-}
-
-func migrateCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
-	}
-	cfg, err := loadConfig(configPath)
-	if err != nil {
-		return err
-	}
-	log := newLogger(stderr, cfg.Environment)
-	c, err := openCore(ctx, cfg, log, false)
-	if err != nil {
-		return err
-	}
-	defer c.Close(context.WithoutCancel(ctx))
-	fmt.Fprintln(stdout, "the state database is up to date")
-	return nil
-}
-
+// serveCmd runs the server until ctx ends (SIGINT, SIGTERM) or a listener
+// fails: it opens the core, then the doors (HTTP, SSH), and on the way out
+// closes them before the core. Instances keep running.
 func serveCmd(ctx context.Context, configPath string, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	demo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
+	makeDemo := fs.Bool("demo", false, "create a small demo image (pgbench) if there are no images yet")
 	readyFile := fs.String("ready-file", "", "create this file once every door listens (for scripts that wait for the server, e.g. make run)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -283,9 +56,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
-	// Deferred after Close, so it runs first: the watch ends before the
-	// state cluster is stopped.
-	defer c.watchState(ctx)()
+	c.db.Watch(ctx)
 
 	people, login, err := openPeople(ctx, cfg, c, log)
 	if err != nil {
@@ -360,9 +131,16 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
-	if *demo {
+	if *makeDemo {
 		go func() {
-			if err := makeDemoImage(ctx, c, log); err != nil {
+			err := demo.Make(ctx, demo.Options{
+				Images:     c.images,
+				Supervisor: c.sup,
+				Dir:        c.paths.Data,
+				RunDir:     c.paths.Run,
+				Log:        log,
+			})
+			if err != nil {
 				log.Error("could not make the demo image", "err", err)
 			}
 		}()

@@ -27,7 +27,7 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	}
 	hostKey := cfg.SSH.HostKey
 	if hostKey == "" {
-		hostKey = filepath.Join(cfg.KeysDir(), "ssh_host_ed25519_key")
+		hostKey = filepath.Join(c.paths.Keys(), "ssh_host_ed25519_key")
 	}
 	sshLog := log.With("component", "ssh")
 	run := func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {

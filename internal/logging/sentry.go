@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"context"
@@ -12,11 +12,11 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// newSentry returns a Sentry client for dsn that tags events with the
+// NewSentry returns a Sentry client for dsn that tags events with the
 // environment and the server's version. It keeps no global state: the
-// client reaches Sentry only through the log handler that newLogger wraps
-// around the server's logs.
-func newSentry(dsn, environment string) (*sentry.Client, error) {
+// client reaches Sentry only through the SentryHandler that New wraps around
+// the server's logs.
+func NewSentry(dsn, environment string) (*sentry.Client, error) {
 	c, err := sentry.NewClient(sentry.ClientOptions{
 		Dsn:         dsn,
 		Environment: environment,
@@ -43,8 +43,8 @@ type sentryHandler struct {
 	groups string      // "a.b." prefix for the attributes of later records
 }
 
-// newSentryHandler wraps next; records below slog.LevelError only go to next.
-func newSentryHandler(next slog.Handler, client *sentry.Client) slog.Handler {
+// SentryHandler wraps next; records below slog.LevelError only go to next.
+func SentryHandler(next slog.Handler, client *sentry.Client) slog.Handler {
 	return &sentryHandler{next: next, hub: sentry.NewHub(client, sentry.NewScope())}
 }
 

@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 // of milliseconds under keys that say so, wherever they are attached.
 func TestLogDurationsInMillis(t *testing.T) {
 	var out bytes.Buffer
-	log := newLogger(&out, "test").With("timeout", 30*time.Second)
+	log := New(&out, "test").With("timeout", 30*time.Second)
 	log.Info("finalised", "duration", 1500*time.Microsecond, "took_ms", 2*time.Millisecond,
 		slog.Group("job", "wait", 3*time.Second), "port", 6000, "tiny", time.Nanosecond)
 	var rec map[string]any

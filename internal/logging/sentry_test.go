@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"bytes"
@@ -62,12 +62,12 @@ func TestSentryHandler(t *testing.T) {
 	t.Cleanup(srv.Close)
 	dsn := strings.Replace(srv.URL, "http://", "http://publickey@", 1) + "/42"
 
-	client, err := newSentry(dsn, "staging")
+	client, err := NewSentry(dsn, "staging")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	log := newLogger(&out, "staging", func(h slog.Handler) slog.Handler { return newSentryHandler(h, client) })
+	log := New(&out, "staging", func(h slog.Handler) slog.Handler { return SentryHandler(h, client) })
 	log = log.With("component", "instances", "shared_secret", "s3cr3t-shared").WithGroup("job")
 	log.Info("an info record stays local", "n", 1)
 	log.Warn("so does a warning")
@@ -132,8 +132,8 @@ func TestSentryHandler(t *testing.T) {
 }
 
 func TestSentryBadDSN(t *testing.T) {
-	if _, err := newSentry("not a dsn", "test"); err == nil || !strings.Contains(err.Error(), "sentry_dsn") {
-		t.Errorf("newSentry(bad DSN) = %v, want an error naming sentry_dsn", err)
+	if _, err := NewSentry("not a dsn", "test"); err == nil || !strings.Contains(err.Error(), "sentry_dsn") {
+		t.Errorf("NewSentry(bad DSN) = %v, want an error naming sentry_dsn", err)
 	}
 }
 
