@@ -1,9 +1,10 @@
-// Package mock holds the one set of stand-ins for the service contracts
-// declared in package draupnir (ImageService, InstanceService): small
-// in-memory implementations that keep state, enforce visibility like the
-// real services, record what they were asked and as whom, and can be told
-// to fail. The doors' and the metrics wrapper's unit tests use them instead
-// of a fake each. Btrfs is the same for the core's own dependency: a fake of
+// Package mock holds the one set of stand-ins that the unit tests of
+// several packages share: the service contracts declared in package
+// draupnir (ImageService, InstanceService) as small in-memory
+// implementations that keep state, enforce visibility like the real
+// services, record what they were asked and as whom, and can be told to
+// fail; and btrfs on a plain directory tree, for the lifecycle tests of
+// images and instances that run without root. Btrfs is the same for the core's own dependency: a fake of
 // btrfs on a plain directory tree, for the unit tests of images and
 // instances, which run without root.
 package mock
