@@ -482,10 +482,16 @@ func pidOfPostmaster(t testing.TB, dataDir string) int {
 // killAll SIGKILLs every process running under dir, as a reboot would.
 func killAll(t testing.TB, dir string) {
 	t.Helper()
-	for pid := range procsUnder(dir) {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	waitFor(t, 30*time.Second, "every process under "+dir+" to die", func() bool { return len(procsUnder(dir)) == 0 })
+	// Again on every check: a postmaster may have forked a child just
+	// before it died, which the first pass did not see; a reboot spares
+	// none of them either.
+	waitFor(t, 30*time.Second, "every process under "+dir+" to die", func() bool {
+		procs := procsUnder(dir)
+		for pid := range procs {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return len(procs) == 0
+	})
 }
 
 // stopPostmaster sends sig to the postmaster of dataDir and waits for it to go.
