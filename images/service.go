@@ -1,10 +1,11 @@
 // Package images owns the lifecycle of images: a row and an empty upload
 // subvolume when one is created, the bytes that arrive by scp, sftp or a
 // streaming upload, and finalising — extracting the backup, booting it
-// privately, running the anonymisation script, preparing it for instances and
-// freezing it as a read-only btrfs snapshot, after which the raw upload is
-// deleted. Uploads are private to root. Finalising is a job owned by the
-// service, not by the request that asked for it.
+// privately, securing it against what the source planted (harden.go), running
+// the anonymisation script as the data owners, leaving no removed value in
+// its files, and freezing it as a read-only btrfs snapshot, after which the
+// raw upload is deleted. Uploads are private to root. Finalising is a job
+// owned by the service, not by the request that asked for it.
 package images
 
 import (
