@@ -27,13 +27,12 @@ var (
 // (created) to begin with, visibility and state rules like the real
 // service's, every call recorded, and a switch to make every call fail.
 type Images struct {
-	mu         sync.Mutex
-	ByID       map[int64]*draupnir.Image
-	NextID     int64
-	calls      []string
-	principals []draupnir.Principal
-	Err        error // returned by every call when set
-	Panics     bool  // every call panics when set
+	mu     sync.Mutex
+	ByID   map[int64]*draupnir.Image
+	NextID int64
+	recorder
+	Err    error // returned by every call when set
+	Panics bool  // every call panics when set
 
 	// Created holds the arguments of the last Create, Patch the last
 	// Update's patch.
@@ -58,21 +57,13 @@ func NewImages() *Images {
 }
 
 func (f *Images) record(name string, p draupnir.Principal) error {
+	f.note(name, p)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, name)
-	f.principals = append(f.principals, p)
 	if f.Panics {
 		panic("fake images: told to panic")
 	}
 	return f.Err
-}
-
-// Calls returns the names of the methods called so far, in order.
-func (f *Images) Calls() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.calls...)
 }
 
 func (f *Images) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error) {
@@ -181,13 +172,12 @@ func (f *Images) Destroy(ctx context.Context, p draupnir.Principal, id int64) er
 // alice@example.com) and 2 (of bob@example.com) of image 1 to begin with;
 // each principal sees its own, the upload principal all.
 type Instances struct {
-	mu         sync.Mutex
-	ByID       map[int64]*draupnir.Instance
-	Images     *Images // where Create looks the image up
-	Err        error   // returned by every call when set
-	ImageID    int64   // the image_id of the last Create
-	calls      []string
-	principals []draupnir.Principal
+	mu      sync.Mutex
+	ByID    map[int64]*draupnir.Instance
+	Images  *Images // where Create looks the image up
+	Err     error   // returned by every call when set
+	ImageID int64   // the image_id of the last Create
+	recorder
 }
 
 func NewInstances(images *Images) *Instances {
@@ -207,18 +197,10 @@ func NewInstances(images *Images) *Instances {
 }
 
 func (f *Instances) record(name string, p draupnir.Principal) error {
+	f.note(name, p)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, name)
-	f.principals = append(f.principals, p)
 	return f.Err
-}
-
-// Calls returns the names of the methods called so far, in order.
-func (f *Instances) Calls() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.calls...)
 }
 
 func (f *Instances) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
@@ -286,16 +268,30 @@ func (f *Instances) Destroy(ctx context.Context, p draupnir.Principal, id int64)
 	return nil
 }
 
-// Principals returns who each call so far acted as, in order.
-func (f *Images) Principals() []draupnir.Principal {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]draupnir.Principal(nil), f.principals...)
+// recorder keeps what a fake was asked, and as whom.
+type recorder struct {
+	rmu        sync.Mutex
+	calls      []string
+	principals []draupnir.Principal
+}
+
+func (r *recorder) note(name string, p draupnir.Principal) {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	r.calls = append(r.calls, name)
+	r.principals = append(r.principals, p)
+}
+
+// Calls returns the names of the methods called so far, in order.
+func (r *recorder) Calls() []string {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	return append([]string(nil), r.calls...)
 }
 
 // Principals returns who each call so far acted as, in order.
-func (f *Instances) Principals() []draupnir.Principal {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]draupnir.Principal(nil), f.principals...)
+func (r *recorder) Principals() []draupnir.Principal {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	return append([]draupnir.Principal(nil), r.principals...)
 }
