@@ -16,12 +16,13 @@ import (
 type Backend struct {
 	Images    draupnir.ImageService
 	Instances draupnir.InstanceService
-	// Principal is who every call acts as. It must name someone unless
-	// ByToken is set: Run refuses to act as nobody.
+	// Principal is who every call acts as. It must name someone, except in
+	// an HTTPBackend: Run refuses to act as nobody.
 	Principal draupnir.Principal
-	// ByToken says that the services decide the principal themselves (over
-	// HTTP, the token's), so that Principal is not used.
-	ByToken bool
+	// byToken says that the services decide the principal themselves (over
+	// HTTP, the token's), so that Principal is not used. Only HTTPBackend
+	// sets it, so that no other wiring can skip the check.
+	byToken bool
 
 	// The rest is optional.
 
@@ -39,7 +40,7 @@ type Backend struct {
 // HTTPBackend is the backend of the local client: the services of the
 // server c talks to, acting as c's token's principal.
 func HTTPBackend(c *client.Client) Backend {
-	return Backend{Images: c.Images(), Instances: c.Instances(), ByToken: true,
+	return Backend{Images: c.Images(), Instances: c.Instances(), byToken: true,
 		ServerVersion: c.ServerVersion, People: c}
 }
 
@@ -47,7 +48,7 @@ func HTTPBackend(c *client.Client) Backend {
 // principal: a wiring mistake, which must fail closed rather than act as
 // nobody in particular.
 func (b *Backend) check() error {
-	if !b.ByToken && b.Principal.Name == "" {
+	if !b.byToken && b.Principal.Name == "" {
 		return &draupnir.Error{Kind: draupnir.KindInternal,
 			Err: errors.New("the command tree was given no principal to act as")}
 	}

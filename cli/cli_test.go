@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/client"
 	"github.com/draupnir-db/draupnir/mock"
 )
 
@@ -907,8 +910,8 @@ func TestCommandsActAsPrincipal(t *testing.T) {
 
 // TestNoPrincipalFailsClosed checks that a backend that names no principal
 // is refused before any service is called, whatever the command: a wiring
-// mistake must not act as nobody in particular. Only services that decide
-// the principal themselves (over HTTP, the token's) do without one.
+// mistake must not act as nobody in particular. Only the HTTP client's
+// services, whose server acts as the token's principal, do without one.
 func TestNoPrincipalFailsClosed(t *testing.T) {
 	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
 	for _, p := range []draupnir.Principal{{}, {Upload: true}} {
@@ -935,11 +938,23 @@ func TestNoPrincipalFailsClosed(t *testing.T) {
 			}
 		}
 	}
-	// Services that act as their token's principal need none.
+	// Services that act as their token's principal need none (only
+	// HTTPBackend says so).
 	imgs := mock.NewImages()
-	b := Backend{Images: imgs, Instances: mock.NewInstances(imgs), ByToken: true}
+	b := Backend{Images: imgs, Instances: mock.NewInstances(imgs), byToken: true}
 	if r := run(t, b, Env{}, "", "images", "list"); r.code != 0 || len(imgs.Calls()) != 1 {
-		t.Errorf("ByToken backend: exit %d, stderr %q, calls %v", r.code, r.stderr, imgs.Calls())
+		t.Errorf("backend by token: exit %d, stderr %q, calls %v", r.code, r.stderr, imgs.Calls())
+	}
+	// The local client's backend is one of those.
+	var requests int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests++
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"data":[]}`)
+	}))
+	defer srv.Close()
+	if r := run(t, HTTPBackend(client.New(srv.URL, "tok")), Env{}, "", "images", "list"); r.code != 0 || requests != 1 {
+		t.Errorf("HTTPBackend: exit %d, stderr %q, %d requests", r.code, r.stderr, requests)
 	}
 	// The upload principal's is a name like any other.
 	if r := run(t, Backend{Images: imgs, Instances: mock.NewInstances(imgs), Principal: upload}, Env{}, "", "images", "list"); r.code != 0 {
