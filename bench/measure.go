@@ -63,7 +63,7 @@ func (e *env) makeImage(ctx context.Context) error {
 // imageOf makes a ready image of a pg_basebackup directory and returns its id
 // and how long POST /images/:id/done took.
 func (e *env) imageOf(ctx context.Context, backup, script string) (int64, time.Duration, error) {
-	im, err := e.upload.CreateImage(ctx, time.Now(), script)
+	im, err := e.upload.Images().Create(ctx, draupnir.Principal{}, time.Now(), script)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -86,7 +86,7 @@ func (e *env) imageOf(ctx context.Context, backup, script string) (int64, time.D
 		return 0, 0, err
 	}
 	t0 := time.Now()
-	done, err := e.upload.FinaliseImage(ctx, im.ID)
+	done, err := e.upload.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 	d := time.Since(t0)
 	if err != nil {
 		return 0, 0, fmt.Errorf("finalising image %d: %w\nserver log: %s", im.ID, err, e.srv.logTail())
@@ -178,7 +178,7 @@ func firstQuery(ctx context.Context, cfg *pgx.ConnConfig) error {
 // and the total.
 func (e *env) createAndQuery(ctx context.Context, image int64) (in *draupnir.Instance, api, total time.Duration, err error) {
 	t0 := time.Now()
-	in, err = e.user.CreateInstance(ctx, image)
+	in, err = e.user.Instances().Create(ctx, draupnir.Principal{}, image)
 	api = time.Since(t0)
 	if err != nil {
 		return nil, api, 0, fmt.Errorf("creating an instance of image %d: %w", image, err)
@@ -200,7 +200,7 @@ func (e *env) createOnce(ctx context.Context, image int64, prefix string, record
 	in, api, total, err := e.createAndQuery(ctx, image)
 	if err != nil {
 		if in != nil {
-			e.user.DestroyInstance(context.WithoutCancel(ctx), in.ID)
+			e.user.Instances().Destroy(context.WithoutCancel(ctx), draupnir.Principal{}, in.ID)
 		}
 		return err
 	}
@@ -216,7 +216,7 @@ func (e *env) createOnce(ctx context.Context, image int64, prefix string, record
 	}
 	connect := time.Since(t0)
 	t0 = time.Now()
-	if err := e.user.DestroyInstance(ctx, in.ID); err != nil {
+	if err := e.user.Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 		return fmt.Errorf("destroying instance %d: %w", in.ID, err)
 	}
 	destroy := time.Since(t0)
@@ -553,7 +553,7 @@ func (e *env) concurrent(ctx context.Context) error {
 	wg.Wait()
 	wall := time.Since(t0)
 	for _, in := range made {
-		if err := e.user.DestroyInstance(context.WithoutCancel(ctx), in.ID); err != nil {
+		if err := e.user.Instances().Destroy(context.WithoutCancel(ctx), draupnir.Principal{}, in.ID); err != nil {
 			errs = append(errs, fmt.Errorf("destroying instance %d: %w", in.ID, err))
 		}
 	}
@@ -585,7 +585,7 @@ func (e *env) idle(ctx context.Context) error {
 		var errs []error
 		for _, in := range made {
 			t0 := time.Now()
-			if err := e.user.DestroyInstance(ctx, in.ID); err != nil {
+			if err := e.user.Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 				errs = append(errs, fmt.Errorf("destroying instance %d: %w", in.ID, err))
 				continue
 			}
@@ -613,7 +613,7 @@ func (e *env) idle(ctx context.Context) error {
 	// (8) listing, with every idle instance as a row.
 	for i := 0; i < e.cfg.ListSamples; i++ {
 		t0 := time.Now()
-		list, err := e.user.ListInstances(ctx)
+		list, err := e.user.Instances().List(ctx, draupnir.Principal{})
 		if err != nil {
 			return err
 		}
@@ -694,7 +694,7 @@ func (e *env) idle(ctx context.Context) error {
 // leftovers lists what remains of instances once all are destroyed.
 func (e *env) leftovers(ctx context.Context) ([]string, error) {
 	var left []string
-	list, err := e.upload.ListInstances(ctx)
+	list, err := e.upload.Instances().List(ctx, draupnir.Principal{})
 	if err != nil {
 		return nil, err
 	}
@@ -898,7 +898,7 @@ func (e *env) anonymisingFinalise(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer e.upload.DestroyImage(context.WithoutCancel(ctx), id)
+	defer e.upload.Images().Destroy(context.WithoutCancel(ctx), draupnir.Principal{}, id)
 	e.rep.sample("anonymising_finalise_ms", fin)
 	trivial := e.rep.Samples["finalise_ms"][0]
 	ratio := ms(fin) / trivial

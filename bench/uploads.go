@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 // cipher is the one both servers are measured with: the fastest OpenSSH
@@ -243,13 +245,13 @@ func (e *env) uploads(ctx context.Context) error {
 				return err
 			}
 
-			im, err := e.upload.CreateImage(ctx, time.Now(), trivialScript)
+			im, err := e.upload.Images().Create(ctx, draupnir.Principal{}, time.Now(), trivialScript)
 			if err != nil {
 				return err
 			}
 			d, err = runTimed(m.ours(im.ID), in)
 			if err != nil {
-				e.upload.DestroyImage(context.WithoutCancel(ctx), im.ID)
+				e.upload.Images().Destroy(context.WithoutCancel(ctx), draupnir.Principal{}, im.ID)
 				return fmt.Errorf("draupnir %s: %w\nserver log: %s", m.name, err, e.srv.logTail())
 			}
 			e.rep.sample("upload_"+m.key+"_draupnir_ms", d)
@@ -257,7 +259,7 @@ func (e *env) uploads(ctx context.Context) error {
 				streamedImage = im.ID // finalised below
 				continue
 			}
-			if err := e.upload.DestroyImage(ctx, im.ID); err != nil {
+			if err := e.upload.Images().Destroy(ctx, draupnir.Principal{}, im.ID); err != nil {
 				return err
 			}
 		}
@@ -278,7 +280,7 @@ func (e *env) uploads(ctx context.Context) error {
 	// Finalise after a streaming upload: the data is already extracted.
 	if streamedImage != 0 {
 		t0 := time.Now()
-		done, err := e.upload.FinaliseImage(ctx, streamedImage)
+		done, err := e.upload.Images().Finalise(ctx, draupnir.Principal{}, streamedImage)
 		d := time.Since(t0)
 		if err != nil {
 			return fmt.Errorf("finalising the streamed image %d: %w", streamedImage, err)
@@ -293,7 +295,7 @@ func (e *env) uploads(ctx context.Context) error {
 			Measured: fmtMS(ms(d)),
 			Status:   Info,
 		})
-		if err := e.upload.DestroyImage(ctx, streamedImage); err != nil {
+		if err := e.upload.Images().Destroy(ctx, draupnir.Principal{}, streamedImage); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/client"
 )
 
@@ -59,7 +60,7 @@ func (e *env) warmPool(ctx context.Context) error {
 	var ids []int64
 	defer func() {
 		for _, id := range ids {
-			e.user.DestroyInstance(context.WithoutCancel(ctx), id)
+			e.user.Instances().Destroy(context.WithoutCancel(ctx), draupnir.Principal{}, id)
 		}
 	}()
 	for i := 0; i < e.cfg.Samples; i++ {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/client"
 	"github.com/draupnir-db/draupnir/mock"
 )
 
@@ -66,14 +69,14 @@ func notFound(what string, id int64) error {
 	return draupnir.Errorf(draupnir.KindNotFound, "%s %d does not exist", what, id)
 }
 
-func (f *fake) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
+func (f fakeImages) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Image, error) {
 	if err := f.call("ListImages"); err != nil {
 		return nil, err
 	}
 	return f.images, nil
 }
 
-func (f *fake) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+func (f fakeImages) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
 	if err := f.call("GetImage", id); err != nil {
 		return nil, err
 	}
@@ -85,7 +88,7 @@ func (f *fake) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) 
 	return nil, notFound("image", id)
 }
 
-func (f *fake) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (f fakeImages) Create(ctx context.Context, _ draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	if err := f.call("CreateImage"); err != nil {
 		return nil, err
 	}
@@ -93,37 +96,37 @@ func (f *fake) CreateImage(ctx context.Context, backedUpAt time.Time, script str
 	return &draupnir.Image{ID: 9, State: draupnir.ImageCreated, BackedUpAt: backedUpAt, AnonymisationScript: script, CreatedAt: t0, UpdatedAt: t0}, nil
 }
 
-func (f *fake) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+func (f fakeImages) Update(ctx context.Context, _ draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
 	if err := f.call("UpdateImage", id); err != nil {
 		return nil, err
 	}
 	f.patch = patch
-	return f.GetImage(ctx, id)
+	return f.Get(ctx, draupnir.Principal{}, id)
 }
 
-func (f *fake) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
+func (f fakeImages) Finalise(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
 	if err := f.call("FinaliseImage", id); err != nil {
 		return nil, err
 	}
-	return f.GetImage(ctx, id)
+	return f.Get(ctx, draupnir.Principal{}, id)
 }
 
-func (f *fake) DestroyImage(ctx context.Context, id int64) error {
+func (f fakeImages) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	if err := f.call("DestroyImage", id); err != nil {
 		return err
 	}
-	_, err := f.GetImage(ctx, id)
+	_, err := f.Get(ctx, draupnir.Principal{}, id)
 	return err
 }
 
-func (f *fake) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
+func (f fakeInstances) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Instance, error) {
 	if err := f.call("ListInstances"); err != nil {
 		return nil, err
 	}
 	return f.instances, nil
 }
 
-func (f *fake) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
+func (f fakeInstances) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Instance, error) {
 	if err := f.call("GetInstance", id); err != nil {
 		return nil, err
 	}
@@ -135,31 +138,55 @@ func (f *fake) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, e
 	return nil, notFound("instance", id)
 }
 
-func (f *fake) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
+func (f fakeInstances) Create(ctx context.Context, _ draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
 	if err := f.call("CreateInstance", imageID); err != nil {
 		return nil, err
 	}
 	return &draupnir.Instance{ID: 5, ImageID: imageID, State: draupnir.InstanceRunning, Port: 6002, Hostname: "db.example.com", CreatedAt: t0}, nil
 }
 
-func (f *fake) DestroyInstance(ctx context.Context, id int64) error {
+func (f fakeInstances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	if err := f.call("DestroyInstance", id); err != nil {
 		return err
 	}
-	_, err := f.GetInstance(ctx, id)
+	_, err := f.Get(ctx, draupnir.Principal{}, id)
 	return err
 }
 
-func (f *fake) ServerVersion(context.Context) (string, error) { return "9.9.9", nil }
+// fakeImages and fakeInstances are the services of a fake.
+type (
+	fakeImages    struct{ *fake }
+	fakeInstances struct{ *fake }
+)
 
-func (f *fake) StreamUpload(ctx context.Context, id int64, name string, replace bool, r io.Reader) (draupnir.UploadSummary, error) {
+// backend is what the commands act on: the fake's services, as a user.
+func (f *fake) backend() Backend {
+	return Backend{Images: fakeImages{f}, Instances: fakeInstances{f}, Principal: draupnir.Principal{Name: "alice@example.com"},
+		ServerVersion: func(context.Context) (string, error) { return "9.9.9", nil }, Uploads: fakeUploads{f}}
+}
+
+// fakeUploads takes stream uploads whole, in memory.
+type fakeUploads struct{ *fake }
+
+func (f fakeUploads) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
+	return fakeUpload{f: f.fake}, nil
+}
+
+type fakeUpload struct {
+	draupnir.Upload // nil: the commands only stream
+	f               *fake
+}
+
+func (u fakeUpload) Extract(ctx context.Context, r io.Reader) (draupnir.UploadSummary, error) {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return draupnir.UploadSummary{}, err
 	}
-	f.uploaded = string(b)
+	u.f.uploaded = string(b)
 	return draupnir.UploadSummary{Bytes: int64(len(b)), Files: 1, Duration: time.Second}, nil
 }
+
+func (u fakeUpload) Close() error { return nil }
 
 type result struct {
 	code           int
@@ -257,7 +284,7 @@ func TestCommands(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend()
-			r := run(t, b, Env{SSH: tt.ssh}, tt.stdin, tt.args...)
+			r := run(t, b.backend(), Env{SSH: tt.ssh}, tt.stdin, tt.args...)
 			if r.code != tt.code {
 				t.Errorf("exit %d, want %d; stderr: %s", r.code, tt.code, r.stderr)
 			}
@@ -302,7 +329,7 @@ func TestCommands(t *testing.T) {
 
 func TestCreateSendsScriptAndTime(t *testing.T) {
 	b := newFakeBackend()
-	r := run(t, b, Env{}, "\\c app\nDELETE FROM tokens;\n", "images", "create", "--backed-up-at", "2017-05-01T14:00:00+02:00", "--anonymisation-script", "-")
+	r := run(t, b.backend(), Env{}, "\\c app\nDELETE FROM tokens;\n", "images", "create", "--backed-up-at", "2017-05-01T14:00:00+02:00", "--anonymisation-script", "-")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -353,7 +380,7 @@ func TestJSONOutput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			r := run(t, newFakeBackend(), Env{}, "", tt.args...)
+			r := run(t, newFakeBackend().backend(), Env{}, "", tt.args...)
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
 			}
@@ -383,7 +410,7 @@ func TestBackendErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFakeBackend()
 			b.err = tt.err
-			r := run(t, b, Env{SSH: tt.ssh}, "", "instances", "list")
+			r := run(t, b.backend(), Env{SSH: tt.ssh}, "", "instances", "list")
 			if r.code != 1 || r.stderr != tt.want || r.stdout != "" {
 				t.Errorf("exit %d, stdout %q, stderr %q; want 1, nothing, %q", r.code, r.stdout, r.stderr, tt.want)
 			}
@@ -394,7 +421,7 @@ func TestBackendErrors(t *testing.T) {
 func TestNoReadyImage(t *testing.T) {
 	b := newFakeBackend()
 	b.images = b.images[2:] // only the failed one
-	r := run(t, b, Env{}, "", "new")
+	r := run(t, b.backend(), Env{}, "", "new")
 	if r.code != 1 || !strings.Contains(r.stderr, "no image is ready") {
 		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -430,7 +457,7 @@ func TestHelp(t *testing.T) {
 		for _, p := range paths {
 			forms := [][]string{append(append([]string{}, p...), "--help"), append([]string{"help"}, p...)}
 			for _, args := range forms {
-				r := run(t, newFakeBackend(), Env{SSH: ssh}, "", args...)
+				r := run(t, newFakeBackend().backend(), Env{SSH: ssh}, "", args...)
 				if r.code != 0 || !strings.Contains(r.stdout, "Usage:") || r.stderr != "" {
 					t.Errorf("ssh=%v %q: exit %d, stdout %q, stderr %q", ssh, args, r.code, r.stdout, r.stderr)
 				}
@@ -438,19 +465,19 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{{}, {"images"}, {"images", "help"}, {"instances", "help"}, {"images", "help", "create"}} {
-		r := run(t, newFakeBackend(), Env{}, "", args...)
+		r := run(t, newFakeBackend().backend(), Env{}, "", args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Usage:") {
 			t.Errorf("%q: exit %d, stdout %q", args, r.code, r.stdout)
 		}
 	}
-	r := run(t, newFakeBackend(), Env{}, "", "images", "help", "create")
+	r := run(t, newFakeBackend().backend(), Env{}, "", "images", "help", "create")
 	if !strings.Contains(r.stdout, "--backed-up-at") {
 		t.Errorf("images help create does not describe create:\n%s", r.stdout)
 	}
-	if want := run(t, newFakeBackend(), Env{}, "", "help", "images", "create"); r.stdout != want.stdout {
+	if want := run(t, newFakeBackend().backend(), Env{}, "", "help", "images", "create"); r.stdout != want.stdout {
 		t.Errorf("images help create differs from help images create:\n%s\n---\n%s", r.stdout, want.stdout)
 	}
-	r = run(t, newFakeBackend(), Env{SSH: true}, "")
+	r = run(t, newFakeBackend().backend(), Env{SSH: true}, "")
 	if !strings.Contains(r.stdout, "ssh HOST") || strings.Contains(r.stdout, "authenticate") {
 		t.Errorf("ssh help should speak of ssh and not offer authenticate:\n%s", r.stdout)
 	}
@@ -458,7 +485,7 @@ func TestHelp(t *testing.T) {
 
 func TestCompletion(t *testing.T) {
 	for _, sh := range []string{"bash", "zsh", "fish"} {
-		r := run(t, newFakeBackend(), Env{}, "", "completion", sh)
+		r := run(t, newFakeBackend().backend(), Env{}, "", "completion", sh)
 		if r.code != 0 || !strings.Contains(r.stdout, "draupnir-client") {
 			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", sh, r.code, len(r.stdout), r.stderr)
 		}
@@ -467,7 +494,7 @@ func TestCompletion(t *testing.T) {
 
 func TestSpinnerOnlyOnTerminal(t *testing.T) {
 	for _, term := range []bool{false, true} {
-		r := run(t, newFakeBackend(), Env{Terminal: term}, "", "images", "done", "1")
+		r := run(t, newFakeBackend().backend(), Env{Terminal: term}, "", "images", "done", "1")
 		if r.code != 0 {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
@@ -492,7 +519,7 @@ func TestConcurrentRuns(t *testing.T) {
 				args = append(args, "--json")
 			}
 			var out, errb bytes.Buffer
-			if code := Run(context.Background(), newFakeBackend(), Env{SSH: true}, args, strings.NewReader(""), &out, &errb); code != 0 {
+			if code := Run(context.Background(), newFakeBackend().backend(), Env{SSH: true}, args, strings.NewReader(""), &out, &errb); code != 0 {
 				t.Errorf("exit %d: %s", code, errb.String())
 			}
 			if got := strings.HasPrefix(out.String(), "{"); got != json {
@@ -506,7 +533,7 @@ func TestConcurrentRuns(t *testing.T) {
 func TestAuthenticateAndConfig(t *testing.T) {
 	dir := t.TempDir()
 	env := Env{ConfigDir: dir, Getenv: func(string) string { return "" }}
-	r := run(t, newFakeBackend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/", "--token", "-", "--no-check")
+	r := run(t, newFakeBackend().backend(), env, "tok-from-stdin\n", "authenticate", "--url", "https://draupnir.example.com/", "--token", "-", "--no-check")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -527,7 +554,7 @@ func TestAuthenticateAndConfig(t *testing.T) {
 	}
 
 	// --token replaces the token and keeps the URL.
-	if r := run(t, newFakeBackend(), env, "", "authenticate", "--token", "tok2", "--no-check"); r.code != 0 {
+	if r := run(t, newFakeBackend().backend(), env, "", "authenticate", "--token", "tok2", "--no-check"); r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	if cfg, _ := LoadConfig(env); cfg.Token != "tok2" || cfg.URL != "https://draupnir.example.com" {
@@ -557,7 +584,7 @@ func TestAuthenticateAndConfig(t *testing.T) {
 		{"", []string{"authenticate", "--url", "http://127.0.0.1:1", "--no-browser"}}, // nothing listens there
 		{"", []string{"authenticate", "--token", "  "}},
 	} {
-		if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, tt.stdin, tt.args...); r.code == 0 {
+		if r := run(t, newFakeBackend().backend(), Env{ConfigDir: dir}, tt.stdin, tt.args...); r.code == 0 {
 			t.Errorf("%q with stdin %q succeeded", tt.args, tt.stdin)
 		}
 	}
@@ -580,7 +607,7 @@ func TestBrokenConfigFile(t *testing.T) {
 		t.Errorf("config %+v, want defaults and the environment", cfg)
 	}
 	// authenticate repairs it.
-	if r := run(t, newFakeBackend(), Env{ConfigDir: dir}, "", "authenticate", "--token", "new", "--no-check"); r.code != 0 {
+	if r := run(t, newFakeBackend().backend(), Env{ConfigDir: dir}, "", "authenticate", "--token", "new", "--no-check"); r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
 	if cfg, err := LoadConfig(Env{ConfigDir: dir, Getenv: func(string) string { return "" }}); err != nil || cfg.Token != "new" {
@@ -645,7 +672,7 @@ func TestShellQuoteRoundTrip(t *testing.T) {
 const testPEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUZ2x+/AbC=\n-----END CERTIFICATE-----\n"
 
 func TestEnvPlain(t *testing.T) {
-	r := run(t, newFakeBackend(), Env{}, "", "env", "4")
+	r := run(t, newFakeBackend().backend(), Env{}, "", "env", "4")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -665,7 +692,7 @@ func TestEnvPlain(t *testing.T) {
 func TestEnvHostFallback(t *testing.T) {
 	b := newFakeBackend()
 	b.instances[0].Hostname = ""
-	r := run(t, b, Env{Host: "from-url.example.com"}, "", "env", "4")
+	r := run(t, b.backend(), Env{Host: "from-url.example.com"}, "", "env", "4")
 	if !strings.Contains(r.stdout, "PGHOST=from-url.example.com ") {
 		t.Errorf("env printed %s", r.stdout)
 	}
@@ -675,7 +702,7 @@ func TestEnvLocalCA(t *testing.T) {
 	b := newFakeBackend()
 	b.instances[0].CACertificate = testPEM
 	cache := filepath.Join(t.TempDir(), "cache with space")
-	r := run(t, b, Env{CacheDir: cache}, "", "env", "4")
+	r := run(t, b.backend(), Env{CacheDir: cache}, "", "env", "4")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -698,7 +725,7 @@ func TestEnvSSHCA(t *testing.T) {
 	b := newFakeBackend()
 	b.instances[0].CACertificate = testPEM
 	b.instances[0].Password = "simple-pw" // unquoted eval squeezes blanks, so keep it plain here
-	r := run(t, b, Env{SSH: true}, "", "env", "4")
+	r := run(t, b.backend(), Env{SSH: true}, "", "env", "4")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -813,7 +840,7 @@ func TestUploadRunsSSH(t *testing.T) {
 	for _, term := range []bool{false, true} {
 		env := Env{SSHCommand: fakeSSH, Terminal: term, Host: "db.example.com",
 			Getenv: func(k string) string { return map[string]string{"DRAUPNIR_SSH": "up@ssh.example.com:2200"}[k] }}
-		r := run(t, newFakeBackend(), env, "", "images", "upload", "3", payload)
+		r := run(t, newFakeBackend().backend(), env, "", "images", "upload", "3", payload)
 		if r.code != 0 || r.stdout != "uploaded\n" {
 			t.Fatalf("terminal=%v: exit %d, stdout %q, stderr %q", term, r.code, r.stdout, r.stderr)
 		}
@@ -835,47 +862,103 @@ func TestUploadRunsSSH(t *testing.T) {
 	}}
 	os.Setenv("FAKE_SSH_EXIT", "5")
 	defer os.Unsetenv("FAKE_SSH_EXIT")
-	if r := run(t, newFakeBackend(), env, "", "images", "upload", "3", payload); r.code != 1 {
+	if r := run(t, newFakeBackend().backend(), env, "", "images", "upload", "3", payload); r.code != 1 {
 		t.Errorf("failing ssh: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if r := run(t, newFakeBackend(), env, "", "images", "upload", "3", filepath.Join(dir, "missing.tar")); r.code != 1 || !strings.Contains(r.stderr, "missing.tar") {
+	if r := run(t, newFakeBackend().backend(), env, "", "images", "upload", "3", filepath.Join(dir, "missing.tar")); r.code != 1 || !strings.Contains(r.stderr, "missing.tar") {
 		t.Errorf("missing file: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
-func TestCoreBackend(t *testing.T) {
-	p := draupnir.Principal{Name: "alice@example.com"}
-	imgs := mock.NewImages()
-	insts := mock.NewInstances(imgs)
-	b := CoreBackend(imgs, insts, p)
-	ctx := context.Background()
-	b.ListImages(ctx)
-	b.GetImage(ctx, 1)
-	b.CreateImage(ctx, t0, "s")
-	b.UpdateImage(ctx, 1, draupnir.ImagePatch{})
-	b.FinaliseImage(ctx, 1)
-	b.DestroyImage(ctx, 1)
-	b.ListInstances(ctx)
-	b.GetInstance(ctx, 2)
-	b.CreateInstance(ctx, 1)
-	b.DestroyInstance(ctx, 2)
-	// Create of an instance looks its image up: one more Get.
-	if want := "List Get Create Update Finalise Destroy Get"; strings.Join(imgs.Calls(), " ") != want {
-		t.Errorf("image calls %v, want %s", imgs.Calls(), want)
-	}
-	if want := "List Get Create Destroy"; strings.Join(insts.Calls(), " ") != want {
-		t.Errorf("instance calls %v, want %s", insts.Calls(), want)
-	}
-	for _, got := range append(imgs.Principals(), insts.Principals()...) {
-		if got != p {
-			t.Errorf("core called as %+v, want %+v", got, p)
+// commandLines are command lines that call every method of both services.
+var commandLines = [][]string{
+	{"images", "list"}, {"images", "show", "1"},
+	{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-"},
+	{"images", "update", "2", "--anonymisation-script", "-"}, {"images", "done", "2"},
+	{"instances", "list"}, {"instances", "show", "1"}, {"env", "1"}, {"new"},
+	{"instances", "create", "1"}, {"instances", "destroy", "2"}, {"images", "destroy", "2", "--yes"},
+}
+
+// TestCommandsActAsPrincipal checks that every command calls the services as
+// the backend's principal, and nobody else: the SSH door's commands act as
+// the session key's principal through it.
+func TestCommandsActAsPrincipal(t *testing.T) {
+	for _, p := range []draupnir.Principal{
+		{Name: "alice@example.com"},
+		{Name: draupnir.UploadPrincipal, Upload: true},
+	} {
+		imgs := mock.NewImages()
+		insts := mock.NewInstances(imgs)
+		for _, args := range commandLines {
+			run(t, Backend{Images: imgs, Instances: insts, Principal: p}, Env{SSH: true}, "SELECT 1;", args...)
+		}
+		for _, want := range []string{"List Get Create Update Finalise", "Destroy"} {
+			if got := strings.Join(imgs.Calls(), " "); !strings.Contains(got, want) {
+				t.Errorf("%s: image calls %s, want %s among them", p.Name, got, want)
+			}
+		}
+		if got, want := strings.Join(insts.Calls(), " "), "List Get Get Create Create Destroy"; got != want {
+			t.Errorf("%s: instance calls %s, want %s", p.Name, got, want)
+		}
+		for _, got := range append(imgs.Principals(), insts.Principals()...) {
+			if got != p {
+				t.Errorf("called as %+v, want %+v", got, p)
+			}
 		}
 	}
-	if _, err := b.(StreamUploader).StreamUpload(ctx, 1, "", false, strings.NewReader("")); err == nil {
-		t.Error("StreamUpload without support in the image service succeeded")
+}
+
+// TestNoPrincipalFailsClosed checks that a backend that names no principal
+// is refused before any service is called, whatever the command: a wiring
+// mistake must not act as nobody in particular. Only the HTTP client's
+// services, whose server acts as the token's principal, do without one.
+func TestNoPrincipalFailsClosed(t *testing.T) {
+	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	for _, p := range []draupnir.Principal{{}, {Upload: true}} {
+		for _, ssh := range []bool{false, true} {
+			imgs := mock.NewImages()
+			insts := mock.NewInstances(imgs)
+			uploads := dirUploads{base: t.TempDir()}
+			b := Backend{Images: imgs, Instances: insts, Uploads: uploads, Principal: p}
+			for _, args := range append(commandLines, []string{"images", "upload", "1"}) {
+				r := run(t, b, Env{SSH: ssh}, "SELECT 1;", args...)
+				want := "no principal"
+				if ssh {
+					want = "internal error"
+				}
+				if r.code != ExitFailure || !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+					t.Errorf("%+v ssh=%v %v: exit %d, stderr %q; want exit 1 and one line with %q", p, ssh, args, r.code, r.stderr, want)
+				}
+			}
+			if calls := append(imgs.Calls(), insts.Calls()...); len(calls) != 0 {
+				t.Errorf("%+v ssh=%v: the services were called: %v", p, ssh, calls)
+			}
+			if ents, _ := os.ReadDir(uploads.base); len(ents) != 0 {
+				t.Errorf("%+v ssh=%v: an upload was opened", p, ssh)
+			}
+		}
 	}
-	if v, _ := b.(ServerVersioner).ServerVersion(ctx); v != draupnir.Version {
-		t.Errorf("server version %q", v)
+	// Services that act as their token's principal need none (only
+	// HTTPBackend says so).
+	imgs := mock.NewImages()
+	b := Backend{Images: imgs, Instances: mock.NewInstances(imgs), byToken: true}
+	if r := run(t, b, Env{}, "", "images", "list"); r.code != 0 || len(imgs.Calls()) != 1 {
+		t.Errorf("backend by token: exit %d, stderr %q, calls %v", r.code, r.stderr, imgs.Calls())
+	}
+	// The local client's backend is one of those.
+	var requests int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests++
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"data":[]}`)
+	}))
+	defer srv.Close()
+	if r := run(t, HTTPBackend(client.New(srv.URL, "tok")), Env{}, "", "images", "list"); r.code != 0 || requests != 1 {
+		t.Errorf("HTTPBackend: exit %d, stderr %q, %d requests", r.code, r.stderr, requests)
+	}
+	// The upload principal's is a name like any other.
+	if r := run(t, Backend{Images: imgs, Instances: mock.NewInstances(imgs), Principal: upload}, Env{}, "", "images", "list"); r.code != 0 {
+		t.Errorf("upload principal refused: %s", r.stderr)
 	}
 }
 
@@ -908,7 +991,7 @@ func TestEnvFailureStopsEval(t *testing.T) {
 			t.Run(fmt.Sprintf("ssh=%v/%s", ssh, tt.name), func(t *testing.T) {
 				b := newFakeBackend()
 				b.err = tt.err
-				r := run(t, b, Env{SSH: ssh}, "", tt.args...)
+				r := run(t, b.backend(), Env{SSH: ssh}, "", tt.args...)
 				if r.code != tt.code {
 					t.Fatalf("exit %d, want %d; stderr %q", r.code, tt.code, r.stderr)
 				}
@@ -940,12 +1023,12 @@ func TestEnvFailureStopsEval(t *testing.T) {
 		}
 	}
 	// --json output is not for eval: a failure prints nothing there.
-	r := run(t, newFakeBackend(), Env{}, "", "env", "8", "--json")
+	r := run(t, newFakeBackend().backend(), Env{}, "", "env", "8", "--json")
 	if r.code != 1 || r.stdout != "" {
 		t.Errorf("env --json of a missing instance: exit %d, stdout %q", r.code, r.stdout)
 	}
 	// Other commands print nothing on stdout when they fail.
-	r = run(t, newFakeBackend(), Env{}, "", "instances", "show", "8")
+	r = run(t, newFakeBackend().backend(), Env{}, "", "instances", "show", "8")
 	if r.code != 1 || r.stdout != "" {
 		t.Errorf("instances show of a missing instance: exit %d, stdout %q", r.code, r.stdout)
 	}
@@ -961,7 +1044,7 @@ func TestEnvDatabaseURL(t *testing.T) {
 	inst.Username = "user name"
 	inst.Database = "my/db"
 	cache := filepath.Join(t.TempDir(), "cache & more?")
-	r := run(t, b, Env{CacheDir: cache}, "", "env", "4")
+	r := run(t, b.backend(), Env{CacheDir: cache}, "", "env", "4")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -969,7 +1052,7 @@ func TestEnvDatabaseURL(t *testing.T) {
 	checkURI(t, got["DATABASE_URL"], inst, got["PGSSLROOTCERT"])
 
 	// JSON has it too.
-	r = run(t, b, Env{CacheDir: cache}, "", "env", "4", "--json")
+	r = run(t, b.backend(), Env{CacheDir: cache}, "", "env", "4", "--json")
 	var m map[string]string
 	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
 		t.Fatal(err)
@@ -977,7 +1060,7 @@ func TestEnvDatabaseURL(t *testing.T) {
 	checkURI(t, m["DATABASE_URL"], inst, m["PGSSLROOTCERT"])
 
 	// Over SSH the client's shell puts in the path of the CA file it wrote.
-	r = run(t, b, Env{SSH: true}, "", "env", "4")
+	r = run(t, b.backend(), Env{SSH: true}, "", "env", "4")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -992,14 +1075,14 @@ func TestEnvDatabaseURL(t *testing.T) {
 		}
 		checkURI(t, got["DATABASE_URL"], inst, got["PGSSLROOTCERT"])
 	}
-	r = run(t, b, Env{SSH: true}, "", "env", "4", "--json")
+	r = run(t, b.backend(), Env{SSH: true}, "", "env", "4", "--json")
 	if strings.Contains(r.stdout, "DATABASE_URL") {
 		t.Errorf("env --json over SSH names a CA file it did not write: %s", r.stdout)
 	}
 
 	// No TLS: no parameters.
 	b = newFakeBackend()
-	r = run(t, b, Env{}, "", "env", "4", "--json")
+	r = run(t, b.backend(), Env{}, "", "env", "4", "--json")
 	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
 		t.Fatal(err)
 	}
@@ -1057,7 +1140,7 @@ func TestDestroyImageAsks(t *testing.T) {
 			b.instances = append(b.instances,
 				&draupnir.Instance{ID: 5, ImageID: 2, Owner: "alice@example.com"},
 				&draupnir.Instance{ID: 6, ImageID: 1, Owner: "bob@example.com"})
-			r := run(t, b, Env{SSH: tt.ssh, Interactive: tt.interactive}, tt.stdin, tt.args...)
+			r := run(t, b.backend(), Env{SSH: tt.ssh, Interactive: tt.interactive}, tt.stdin, tt.args...)
 			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) {
 				t.Errorf("exit %d, stderr %q; want %d, %q", r.code, r.stderr, tt.code, tt.stderr)
 			}
@@ -1075,7 +1158,7 @@ func TestDestroyImageAsks(t *testing.T) {
 	for i := int64(10); i < 20; i++ {
 		b.instances = append(b.instances, &draupnir.Instance{ID: i, ImageID: 1})
 	}
-	r := run(t, b, Env{}, "", "images", "destroy", "1")
+	r := run(t, b.backend(), Env{}, "", "images", "destroy", "1")
 	if want := "its 11 instances: 4, 10, 11, 12, 13 and 6 more; "; !strings.Contains(r.stderr, want) {
 		t.Errorf("stderr %q lacks %q", r.stderr, want)
 	}
@@ -1093,7 +1176,7 @@ func TestSSHHelpNamesTheServer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, args := range [][]string{nil, {"env", "--help"}, {"images", "upload", "--help"}, {"instances", "show", "4"}} {
-			r := run(t, newFakeBackend(), tt.env, "", args...)
+			r := run(t, newFakeBackend().backend(), tt.env, "", args...)
 			if r.code != 0 || !strings.Contains(r.stdout, tt.want+" ") {
 				t.Errorf("%+v %q: exit %d, stdout lacks %q:\n%s", tt.env, args, r.code, tt.want, r.stdout)
 			}
@@ -1126,7 +1209,7 @@ func TestCreatePrintsNextStep(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := run(t, newFakeBackend(), tt.env, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-")
+			r := run(t, newFakeBackend().backend(), tt.env, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-")
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
 			}
@@ -1137,7 +1220,7 @@ func TestCreatePrintsNextStep(t *testing.T) {
 			}
 		})
 	}
-	r := run(t, newFakeBackend(), Env{}, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-", "--json")
+	r := run(t, newFakeBackend().backend(), Env{}, "SELECT 1;", "images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-", "--json")
 	var v any
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
 		t.Errorf("--json output is not one JSON document: %v\n%s", err, r.stdout)
@@ -1148,14 +1231,14 @@ func TestInstancesListOwners(t *testing.T) {
 	b := newFakeBackend()
 	b.instances[0].Owner = "alice@example.com"
 	b.instances = append(b.instances, &draupnir.Instance{ID: 7, ImageID: 2, State: draupnir.InstanceRunning, Port: 6003, Owner: "bob@example.com"})
-	r := run(t, b, Env{}, "", "instances", "list")
+	r := run(t, b.backend(), Env{}, "", "instances", "list")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if len(lines) != 3 || !strings.HasSuffix(lines[0], "  OWNER") ||
 		!strings.HasSuffix(lines[1], " alice@example.com") || !strings.HasSuffix(lines[2], " bob@example.com") {
 		t.Errorf("instances list:\n%s", r.stdout)
 	}
 	// Without owners (an older server) the column is left out.
-	r = run(t, newFakeBackend(), Env{}, "", "instances", "list")
+	r = run(t, newFakeBackend().backend(), Env{}, "", "instances", "list")
 	if strings.Contains(r.stdout, "OWNER") {
 		t.Errorf("instances list:\n%s", r.stdout)
 	}

@@ -128,7 +128,7 @@ func (a *app) unauthorized() string {
 // checkToken asks the server at serverURL whether it accepts token, with a
 // request that any principal may make.
 func checkToken(ctx context.Context, serverURL, token string) error {
-	_, err := client.New(serverURL, token).ListImages(ctx)
+	_, err := client.New(serverURL, token).Images().List(ctx, draupnir.Principal{})
 	switch {
 	case err == nil:
 		return nil

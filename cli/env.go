@@ -36,7 +36,7 @@ fails (false), so that the line above stops before psql.` + a.envCANote(),
 			if err != nil {
 				return err
 			}
-			inst, err := a.b.GetInstance(cmd.Context(), id)
+			inst, err := a.b.Instances.Get(cmd.Context(), a.b.Principal, id)
 			if err != nil {
 				return err
 			}

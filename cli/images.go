@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,7 +41,7 @@ A failed image is fixed and finalised again with 'images done N':
 			Short:   "List images",
 			Args:    exactArgs(0),
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				imgs, err := a.b.ListImages(cmd.Context())
+				imgs, err := a.b.Images.List(cmd.Context(), a.b.Principal)
 				if err != nil {
 					return err
 				}
@@ -55,7 +57,7 @@ A failed image is fixed and finalised again with 'images done N':
 				if err != nil {
 					return err
 				}
-				img, err := a.b.GetImage(cmd.Context(), id)
+				img, err := a.b.Images.Get(cmd.Context(), a.b.Principal, id)
 				if err != nil {
 					return err
 				}
@@ -82,7 +84,7 @@ broken archive…) leaves the image failed with the reason; fix the script with
 					return err
 				}
 				stop := a.spinner(fmt.Sprintf("finalising image %d", id))
-				img, err := a.b.FinaliseImage(cmd.Context(), id)
+				img, err := a.b.Images.Finalise(cmd.Context(), a.b.Principal, id)
 				stop()
 				if err != nil {
 					return err
@@ -118,7 +120,7 @@ given.`,
 					return err
 				}
 			}
-			if err := a.b.DestroyImage(cmd.Context(), id); err != nil {
+			if err := a.b.Images.Destroy(cmd.Context(), a.b.Principal, id); err != nil {
 				return err
 			}
 			return a.done("Destroyed image %d.", id)
@@ -133,7 +135,7 @@ given.`,
 // not at all. The instances in sight are all of them for the upload
 // principal, who alone may destroy images.
 func (a *app) confirmDestroyImage(cmd *cobra.Command, id int64) error {
-	insts, err := a.b.ListInstances(cmd.Context())
+	insts, err := a.b.Instances.List(cmd.Context(), a.b.Principal)
 	if err != nil {
 		return err
 	}
@@ -227,7 +229,7 @@ run 'images done N'.`,
 			if err != nil {
 				return err
 			}
-			img, err := a.b.CreateImage(cmd.Context(), t, sql)
+			img, err := a.b.Images.Create(cmd.Context(), a.b.Principal, t, sql)
 			if err != nil {
 				return err
 			}
@@ -274,7 +276,7 @@ FILE "-" reads the script from standard input` + a.sshStdinNote() + `.`,
 			if patch.BackedUpAt == nil && patch.AnonymisationScript == nil {
 				return usagef(cmd, "nothing to change: give --backed-up-at and/or --anonymisation-script")
 			}
-			img, err := a.b.UpdateImage(cmd.Context(), id, patch)
+			img, err := a.b.Images.Update(cmd.Context(), a.b.Principal, id, patch)
 			if err != nil {
 				return err
 			}
@@ -366,11 +368,7 @@ Each upload says what it replaced and what the upload now holds.`,
 				if replace && name == "" {
 					return usagef(cmd, "--replace goes with --name: a stream without a name always replaces the whole upload")
 				}
-				up, ok := a.b.(StreamUploader)
-				if !ok {
-					return fmt.Errorf("uploads are not available in this session")
-				}
-				sum, err := up.StreamUpload(cmd.Context(), id, name, replace, a.stdin)
+				sum, err := a.streamUpload(cmd.Context(), id, name, replace)
 				if err != nil {
 					return err
 				}
@@ -411,6 +409,24 @@ agent provide the upload key.`,
 	}
 	cmd.Flags().BoolVar(&replace, "replace", false, "empty the upload before the first file")
 	return cmd
+}
+
+// streamUpload takes stdin into image id's upload as the backend's
+// principal: extracted in place of the upload without a name, stored as
+// that archive with one.
+func (a *app) streamUpload(ctx context.Context, id int64, name string, replace bool) (draupnir.UploadSummary, error) {
+	if a.b.Uploads == nil {
+		return draupnir.UploadSummary{}, errors.New("uploads are not available in this session")
+	}
+	u, err := a.b.Uploads.OpenUpload(ctx, a.b.Principal, id)
+	if err != nil {
+		return draupnir.UploadSummary{}, err
+	}
+	defer u.Close()
+	if name == "" {
+		return u.Extract(ctx, a.stdin)
+	}
+	return u.Store(ctx, name, a.stdin, replace)
 }
 
 func (a *app) printUploadSummary(id int64, s draupnir.UploadSummary) error {

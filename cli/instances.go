@@ -21,7 +21,7 @@ settings psql and other libpq programs need to connect.`
 			Short:   "List your instances",
 			Args:    exactArgs(0),
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				insts, err := a.b.ListInstances(cmd.Context())
+				insts, err := a.b.Instances.List(cmd.Context(), a.b.Principal)
 				if err != nil {
 					return err
 				}
@@ -37,7 +37,7 @@ settings psql and other libpq programs need to connect.`
 				if err != nil {
 					return err
 				}
-				inst, err := a.b.GetInstance(cmd.Context(), id)
+				inst, err := a.b.Instances.Get(cmd.Context(), a.b.Principal, id)
 				if err != nil {
 					return err
 				}
@@ -53,7 +53,7 @@ settings psql and other libpq programs need to connect.`
 				if err != nil {
 					return err
 				}
-				inst, err := a.b.CreateInstance(cmd.Context(), id)
+				inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, id)
 				if err != nil {
 					return err
 				}
@@ -70,7 +70,7 @@ settings psql and other libpq programs need to connect.`
 				if err != nil {
 					return err
 				}
-				if err := a.b.DestroyInstance(cmd.Context(), id); err != nil {
+				if err := a.b.Instances.Destroy(cmd.Context(), a.b.Principal, id); err != nil {
 					return err
 				}
 				return a.done("Destroyed instance %d.", id)
@@ -92,7 +92,7 @@ print it, with the command that sets up psql to connect to it.`,
 			if err != nil {
 				return err
 			}
-			inst, err := a.b.CreateInstance(cmd.Context(), img.ID)
+			inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, img.ID)
 			if err != nil {
 				return err
 			}
@@ -104,7 +104,7 @@ print it, with the command that sets up psql to connect to it.`,
 // newestReady returns the ready image with the latest backup time (the
 // highest id among equals).
 func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
-	imgs, err := b.ListImages(ctx)
+	imgs, err := b.Images.List(ctx, b.Principal)
 	if err != nil {
 		return nil, err
 	}

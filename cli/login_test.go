@@ -79,7 +79,7 @@ func TestAuthenticateFailsBeforeWaiting(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := loginServer(t, tt.begin, "good")
 			dir := t.TempDir()
-			r := run(t, newFakeBackend(), Env{ConfigDir: dir}, "", "authenticate", "--url", srv.URL, "--no-browser", "--timeout", "10s")
+			r := run(t, newFakeBackend().backend(), Env{ConfigDir: dir}, "", "authenticate", "--url", srv.URL, "--no-browser", "--timeout", "10s")
 			if r.code != ExitFailure || !strings.Contains(r.stderr, tt.want) || !strings.HasPrefix(r.stderr, "draupnir-client: cannot log in at "+srv.URL+": ") {
 				t.Errorf("exit %d, stderr %q; want 1 and %q", r.code, r.stderr, tt.want)
 			}
@@ -157,7 +157,7 @@ func TestAuthenticateChecksToken(t *testing.T) {
 		return cfg
 	}
 
-	r := run(t, newFakeBackend(), env, "", "authenticate", "--url", srv.URL, "--token", "good-token")
+	r := run(t, newFakeBackend().backend(), env, "", "authenticate", "--url", srv.URL, "--token", "good-token")
 	if r.code != 0 || !strings.Contains(r.stderr, "accepts the token") {
 		t.Fatalf("a good token: exit %d, %s", r.code, r.stderr)
 	}
@@ -177,7 +177,7 @@ func TestAuthenticateChecksToken(t *testing.T) {
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {
-			r := run(t, newFakeBackend(), env, tt.stdin, append([]string{"authenticate"}, tt.args...)...)
+			r := run(t, newFakeBackend().backend(), env, tt.stdin, append([]string{"authenticate"}, tt.args...)...)
 			if r.code != ExitFailure || !strings.Contains(r.stderr, tt.want) || !strings.Contains(r.stderr, "nothing was stored") {
 				t.Errorf("exit %d, stderr %q; want 1 and %q", r.code, r.stderr, tt.want)
 			}
@@ -187,17 +187,17 @@ func TestAuthenticateChecksToken(t *testing.T) {
 		})
 	}
 
-	r = run(t, newFakeBackend(), env, "", "authenticate", "--token", "offline-token", "--no-check")
+	r = run(t, newFakeBackend().backend(), env, "", "authenticate", "--token", "offline-token", "--no-check")
 	if r.code != 0 || !strings.Contains(r.stderr, "without checking") || stored().Token != "offline-token" {
 		t.Errorf("--no-check: exit %d, %s, stored %+v", r.code, r.stderr, stored())
 	}
-	if r := run(t, newFakeBackend(), env, "", "authenticate", "--no-check", "--no-browser"); r.code != ExitUsage {
+	if r := run(t, newFakeBackend().backend(), env, "", "authenticate", "--no-check", "--no-browser"); r.code != ExitUsage {
 		t.Errorf("--no-check without --token: exit %d, %s", r.code, r.stderr)
 	}
 
 	// The environment's token wins: say so.
 	env.Getenv = func(k string) string { return map[string]string{"DRAUPNIR_TOKEN": "x"}[k] }
-	r = run(t, newFakeBackend(), env, "", "authenticate", "--token", "good-token")
+	r = run(t, newFakeBackend().backend(), env, "", "authenticate", "--token", "good-token")
 	if r.code != 0 || !strings.Contains(r.stderr, "DRAUPNIR_TOKEN is set") {
 		t.Errorf("with DRAUPNIR_TOKEN set: exit %d, %s", r.code, r.stderr)
 	}
@@ -234,7 +234,7 @@ func TestUnauthorizedSpeaksCLI(t *testing.T) {
 			b.err = draupnir.Errorf(draupnir.KindUnauthorized, "an Authorization: Bearer <token> header is required")
 			env := Env{ConfigDir: tt.configDir, Getenv: func(k string) string { return tt.env[k] }}
 			for _, args := range [][]string{{"instances", "list"}, {"new"}, {"images", "show", "1"}} {
-				if r := run(t, b, env, "", args...); r.code != ExitFailure || r.stderr != tt.want {
+				if r := run(t, b.backend(), env, "", args...); r.code != ExitFailure || r.stderr != tt.want {
 					t.Errorf("%q: exit %d, stderr %q; want 1, %q", args, r.code, r.stderr, tt.want)
 				}
 			}
@@ -243,16 +243,22 @@ func TestUnauthorizedSpeaksCLI(t *testing.T) {
 	// Over SSH there is no token to speak of.
 	b := newFakeBackend()
 	b.err = draupnir.Errorf(draupnir.KindUnauthorized, "no such key")
-	if r := run(t, b, Env{SSH: true}, "", "instances", "list"); r.stderr != "draupnir: no such key\n" {
+	if r := run(t, b.backend(), Env{SSH: true}, "", "instances", "list"); r.stderr != "draupnir: no such key\n" {
 		t.Errorf("ssh: %q", r.stderr)
 	}
 }
 
-// peopleFake is a Backend with People whose Logout answers logoutErr.
+// peopleFake is a fake with People whose Logout answers logoutErr.
 type peopleFake struct {
 	*fake
 	logoutErr error
 	logouts   int
+}
+
+func (p *peopleFake) backend() Backend {
+	b := p.fake.backend()
+	b.People = p
+	return b
 }
 
 func (p *peopleFake) ListTokens(context.Context) ([]draupnir.Token, error) { return nil, nil }
@@ -303,7 +309,7 @@ func TestLogoutAlwaysForgets(t *testing.T) {
 				}
 			}
 			b := &peopleFake{fake: newFakeBackend(), logoutErr: tt.err}
-			r := run(t, b, env, "", "logout")
+			r := run(t, b.backend(), env, "", "logout")
 			if r.code != tt.code {
 				t.Errorf("exit %d, want %d; stderr %q", r.code, tt.code, r.stderr)
 			}

@@ -14,10 +14,9 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// People is implemented by backends that manage the caller's access tokens
-// and registered SSH keys: the HTTP client. SSH sessions have no such
-// backend (a key already says who you are), so the commands are
-// draupnir-client commands.
+// People manages the caller's access tokens and registered SSH keys: the
+// HTTP client does. SSH sessions have none (a key already says who you
+// are), so the commands are draupnir-client commands.
 type People interface {
 	ListTokens(ctx context.Context) ([]draupnir.Token, error)
 	RevokeToken(ctx context.Context, id int64) error
@@ -29,8 +28,8 @@ type People interface {
 
 // people returns the backend's People, or a usage error naming cmd.
 func (a *app) people(cmd *cobra.Command) (People, error) {
-	p, ok := a.b.(People)
-	if !ok || a.env.SSH {
+	p := a.b.People
+	if p == nil || a.env.SSH {
 		return nil, usagef(cmd, "%s is a draupnir-client command: log in with draupnir-client authenticate, then run it there", cmd.CommandPath())
 	}
 	return p, nil

@@ -131,6 +131,9 @@ func Run(ctx context.Context, b Backend, env Env, args []string, stdin io.Reader
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(a.stderr)
+	if err := b.check(); err != nil {
+		return a.report(root, err)
+	}
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return ExitOK

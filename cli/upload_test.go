@@ -18,10 +18,7 @@ import (
 
 // dirUploads opens uploads in base/<id> with the images service's own
 // rules; image 3 is ready.
-type dirUploads struct {
-	draupnir.ImageService // nil: the upload tests call nothing else
-	base                  string
-}
+type dirUploads struct{ base string }
 
 func (d dirUploads) OpenUpload(ctx context.Context, p draupnir.Principal, id int64) (draupnir.Upload, error) {
 	if !p.Upload {
@@ -77,7 +74,7 @@ func TestSSHStreamUpload(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := run(t, CoreBackend(dirUploads{base: base}, nil, tt.p), env, tt.stdin, "images", "upload", tt.image)
+			r := run(t, Backend{Uploads: dirUploads{base: base}, Principal: tt.p}, env, tt.stdin, "images", "upload", tt.image)
 			if r.code != tt.code {
 				t.Fatalf("exit %d, want %d; stderr %q", r.code, tt.code, r.stderr)
 			}
@@ -113,7 +110,7 @@ func TestSizeStr(t *testing.T) {
 func TestSSHUploadByName(t *testing.T) {
 	base := t.TempDir()
 	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
-	b := CoreBackend(dirUploads{base: base}, nil, upload)
+	b := Backend{Uploads: dirUploads{base: base}, Principal: upload}
 	env := Env{SSH: true, Name: "draupnir"}
 	tests := []struct {
 		args   []string
@@ -185,7 +182,7 @@ func TestUploadFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			os.Remove(log)
-			r := run(t, newFakeBackend(), env, "", append([]string{"images", "upload", "3"}, tt.args...)...)
+			r := run(t, newFakeBackend().backend(), env, "", append([]string{"images", "upload", "3"}, tt.args...)...)
 			ran, _ := os.ReadFile(log)
 			if r.code != tt.code || string(ran) != tt.ran || !strings.Contains(r.stderr, tt.stderr) {
 				t.Errorf("exit %d, ran %q, stderr %q; want %d, %q, %q", r.code, ran, r.stderr, tt.code, tt.ran, tt.stderr)

@@ -19,8 +19,8 @@ func (a *app) versionCmd() *cobra.Command {
 				out["client"] = draupnir.Version
 			}
 			var verr error
-			if v, ok := a.b.(ServerVersioner); ok {
-				s, err := v.ServerVersion(cmd.Context())
+			if a.b.ServerVersion != nil {
+				s, err := a.b.ServerVersion(cmd.Context())
 				if err != nil {
 					verr = err
 				} else {

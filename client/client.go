@@ -1,9 +1,11 @@
 // Package client is a Go client for Draupnir's HTTP JSON API (docs/api.md):
-// it sends the version and bearer token the server expects, writes and reads
-// the documents of package wire, and turns the server's error bodies (of
-// either shape) into *draupnir.Error values with the matching Kind, so that
-// callers (the CLI, the benchmarks, the end-to-end tests) handle errors
-// without looking at HTTP status codes.
+// its Images and Instances implement the service contracts of package
+// draupnir over HTTP, as the principal the client's token names. It sends
+// the version and bearer token the server expects, writes and reads the
+// documents of package wire, and turns the server's error bodies (of either
+// shape) into *draupnir.Error values with the matching Kind, so that callers
+// (the CLI, the benchmarks, the end-to-end tests) handle errors without
+// looking at HTTP status codes.
 package client
 
 import (
@@ -67,10 +69,26 @@ func New(baseURL, token string, opts ...Option) *Client {
 // URL returns the server's base URL.
 func (c *Client) URL() string { return c.base }
 
-// ListImages returns every image.
-func (c *Client) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
+// Images returns the image service of the server, over HTTP.
+func (c *Client) Images() Images { return Images{c} }
+
+// Instances returns the instance service of the server, over HTTP.
+func (c *Client) Instances() Instances { return Instances{c} }
+
+var (
+	_ draupnir.ImageService    = Images{}
+	_ draupnir.InstanceService = Instances{}
+)
+
+// Images is draupnir.ImageService over the HTTP API. The server acts as the
+// principal its client's token names: the principal argument of every
+// method is not sent, and is ignored.
+type Images struct{ c *Client }
+
+// List returns every image.
+func (s Images) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Image, error) {
 	var doc wire.Document[[]wire.ImageResource]
-	if err := c.do(ctx, http.MethodGet, "/images", nil, http.StatusOK, &doc); err != nil {
+	if err := s.c.do(ctx, http.MethodGet, "/images", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
 	out := make([]*draupnir.Image, len(doc.Data))
@@ -80,46 +98,51 @@ func (c *Client) ListImages(ctx context.Context) ([]*draupnir.Image, error) {
 	return out, nil
 }
 
-// GetImage returns image id.
-func (c *Client) GetImage(ctx context.Context, id int64) (*draupnir.Image, error) {
-	return c.image(ctx, http.MethodGet, imagePath(id, ""), nil, http.StatusOK)
+// Get returns image id.
+func (s Images) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	return s.c.image(ctx, http.MethodGet, imagePath(id, ""), nil, http.StatusOK)
 }
 
-// CreateImage registers a new image of a backup taken at backedUpAt, to be
+// Create registers a new image of a backup taken at backedUpAt, to be
 // anonymised with script when it is finalised.
-func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (s Images) Create(ctx context.Context, _ draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	at := wire.RequestTime(backedUpAt)
 	body := wire.NewRequest(wire.TypeImages, 0, wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script})
-	return c.image(ctx, http.MethodPost, "/images", body, http.StatusCreated)
+	return s.c.image(ctx, http.MethodPost, "/images", body, http.StatusCreated)
 }
 
-// UpdateImage changes the attributes of an image that is not ready yet.
-func (c *Client) UpdateImage(ctx context.Context, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
+// Update changes the attributes of an image that is not ready yet.
+func (s Images) Update(ctx context.Context, _ draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {
 	attrs := wire.ImageChange{AnonymisationScript: patch.AnonymisationScript}
 	if patch.BackedUpAt != nil {
 		at := wire.RequestTime(*patch.BackedUpAt)
 		attrs.BackedUpAt = &at
 	}
-	return c.image(ctx, http.MethodPatch, imagePath(id, ""), wire.NewRequest(wire.TypeImages, id, attrs), http.StatusOK)
+	return s.c.image(ctx, http.MethodPatch, imagePath(id, ""), wire.NewRequest(wire.TypeImages, id, attrs), http.StatusOK)
 }
 
-// FinaliseImage finalises image id and returns it once it is ready. It
-// blocks for as long as finalising takes; cancelling ctx stops waiting but
-// not the server's job.
-func (c *Client) FinaliseImage(ctx context.Context, id int64) (*draupnir.Image, error) {
-	return c.image(ctx, http.MethodPost, imagePath(id, "/done"), nil, http.StatusOK)
+// Finalise finalises image id and returns it once it is ready. It blocks
+// for as long as finalising takes; cancelling ctx stops waiting but not
+// the server's job.
+func (s Images) Finalise(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	return s.c.image(ctx, http.MethodPost, imagePath(id, "/done"), nil, http.StatusOK)
 }
 
-// DestroyImage destroys image id and all its instances.
-func (c *Client) DestroyImage(ctx context.Context, id int64) error {
-	return c.do(ctx, http.MethodDelete, imagePath(id, ""), nil, http.StatusNoContent, nil)
+// Destroy destroys image id and all its instances.
+func (s Images) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
+	return s.c.do(ctx, http.MethodDelete, imagePath(id, ""), nil, http.StatusNoContent, nil)
 }
 
-// ListInstances returns the caller's instances (every instance for the
+// Instances is draupnir.InstanceService over the HTTP API. As with Images,
+// the server acts as the token's principal and the principal argument of
+// every method is ignored.
+type Instances struct{ c *Client }
+
+// List returns the token principal's instances (every instance for the
 // upload principal).
-func (c *Client) ListInstances(ctx context.Context) ([]*draupnir.Instance, error) {
+func (s Instances) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Instance, error) {
 	var doc wire.Document[[]wire.InstanceResource]
-	if err := c.do(ctx, http.MethodGet, "/instances", nil, http.StatusOK, &doc); err != nil {
+	if err := s.c.do(ctx, http.MethodGet, "/instances", nil, http.StatusOK, &doc); err != nil {
 		return nil, err
 	}
 	out := make([]*draupnir.Instance, len(doc.Data))
@@ -129,21 +152,21 @@ func (c *Client) ListInstances(ctx context.Context) ([]*draupnir.Instance, error
 	return out, nil
 }
 
-// GetInstance returns instance id.
-func (c *Client) GetInstance(ctx context.Context, id int64) (*draupnir.Instance, error) {
-	return c.instance(ctx, http.MethodGet, instancePath(id), nil, http.StatusOK)
+// Get returns instance id.
+func (s Instances) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Instance, error) {
+	return s.c.instance(ctx, http.MethodGet, instancePath(id), nil, http.StatusOK)
 }
 
-// CreateInstance starts an instance of image imageID; it returns once
-// Postgres accepts connections.
-func (c *Client) CreateInstance(ctx context.Context, imageID int64) (*draupnir.Instance, error) {
+// Create starts an instance of image imageID; it returns once Postgres
+// accepts connections.
+func (s Instances) Create(ctx context.Context, _ draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
 	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceCreate(imageID))
-	return c.instance(ctx, http.MethodPost, "/instances", body, http.StatusCreated)
+	return s.c.instance(ctx, http.MethodPost, "/instances", body, http.StatusCreated)
 }
 
-// DestroyInstance stops instance id and deletes its data.
-func (c *Client) DestroyInstance(ctx context.Context, id int64) error {
-	return c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)
+// Destroy stops instance id and deletes its data.
+func (s Instances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
+	return s.c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)
 }
 
 // ServerVersion asks the server for its version (the Draupnir-Version header

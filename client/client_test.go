@@ -131,71 +131,71 @@ func TestRequestsAndDecoding(t *testing.T) {
 		wantBody string // compared as JSON; "" means no body
 	}{
 		{"list images", func(t *testing.T) {
-			imgs, err := c.ListImages(ctx)
+			imgs, err := c.Images().List(ctx, draupnir.Principal{})
 			if err != nil || len(imgs) != 1 {
 				t.Fatalf("ListImages = %v, %v", imgs, err)
 			}
 			wantImage(t, imgs[0])
 		}, "GET", "/images", ""},
 		{"get image", func(t *testing.T) {
-			img, err := c.GetImage(ctx, 3)
+			img, err := c.Images().Get(ctx, draupnir.Principal{}, 3)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantImage(t, img)
 		}, "GET", "/images/3", ""},
 		{"create image", func(t *testing.T) {
-			img, err := c.CreateImage(ctx, backedUp.In(time.FixedZone("X", 3600)), script)
+			img, err := c.Images().Create(ctx, draupnir.Principal{}, backedUp.In(time.FixedZone("X", 3600)), script)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantImage(t, img)
 		}, "POST", "/images", `{"data":{"type":"images","attributes":{"backed_up_at":"2017-05-01T12:00:00Z","anonymisation_script":"DELETE FROM t;"}}}`},
 		{"update image script only", func(t *testing.T) {
-			if _, err := c.UpdateImage(ctx, 3, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
+			if _, err := c.Images().Update(ctx, draupnir.Principal{}, 3, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
 				t.Fatal(err)
 			}
 		}, "PATCH", "/images/3", `{"data":{"type":"images","id":"3","attributes":{"anonymisation_script":"DELETE FROM t;"}}}`},
 		{"update image time only", func(t *testing.T) {
-			if _, err := c.UpdateImage(ctx, 3, draupnir.ImagePatch{BackedUpAt: &backedUp}); err != nil {
+			if _, err := c.Images().Update(ctx, draupnir.Principal{}, 3, draupnir.ImagePatch{BackedUpAt: &backedUp}); err != nil {
 				t.Fatal(err)
 			}
 		}, "PATCH", "/images/3", `{"data":{"type":"images","id":"3","attributes":{"backed_up_at":"2017-05-01T12:00:00Z"}}}`},
 		{"finalise image", func(t *testing.T) {
-			img, err := c.FinaliseImage(ctx, 3)
+			img, err := c.Images().Finalise(ctx, draupnir.Principal{}, 3)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantImage(t, img)
 		}, "POST", "/images/3/done", ""},
 		{"destroy image", func(t *testing.T) {
-			if err := c.DestroyImage(ctx, 3); err != nil {
+			if err := c.Images().Destroy(ctx, draupnir.Principal{}, 3); err != nil {
 				t.Fatal(err)
 			}
 		}, "DELETE", "/images/3", ""},
 		{"list instances", func(t *testing.T) {
-			insts, err := c.ListInstances(ctx)
+			insts, err := c.Instances().List(ctx, draupnir.Principal{})
 			if err != nil || len(insts) != 1 {
 				t.Fatalf("ListInstances = %v, %v", insts, err)
 			}
 			wantInstance(t, insts[0])
 		}, "GET", "/instances", ""},
 		{"get instance", func(t *testing.T) {
-			inst, err := c.GetInstance(ctx, 7)
+			inst, err := c.Instances().Get(ctx, draupnir.Principal{}, 7)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantInstance(t, inst)
 		}, "GET", "/instances/7", ""},
 		{"create instance", func(t *testing.T) {
-			inst, err := c.CreateInstance(ctx, 3)
+			inst, err := c.Instances().Create(ctx, draupnir.Principal{}, 3)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantInstance(t, inst)
 		}, "POST", "/instances", `{"data":{"type":"instances","attributes":{"image_id":3}}}`},
 		{"destroy instance", func(t *testing.T) {
-			if err := c.DestroyInstance(ctx, 7); err != nil {
+			if err := c.Instances().Destroy(ctx, draupnir.Principal{}, 7); err != nil {
 				t.Fatal(err)
 			}
 		}, "DELETE", "/instances/7", ""},
@@ -263,7 +263,7 @@ func TestErrorKinds(t *testing.T) {
 		t.Run(tt.code, func(t *testing.T) {
 			detail := "image 7 does not exist (" + tt.code + ")"
 			f.on("GET /images/7", tt.status, errorBody("x", tt.code, detail))
-			_, err := c.GetImage(context.Background(), 7)
+			_, err := c.Images().Get(context.Background(), draupnir.Principal{}, 7)
 			var de *draupnir.Error
 			if !errors.As(err, &de) {
 				t.Fatalf("error %v (%T) is not a *draupnir.Error", err, err)
@@ -282,7 +282,7 @@ func TestValidationField(t *testing.T) {
 	f, srv := newFake(t)
 	f.on("POST /images", 422, `{"errors":[{"status":"422","code":"unprocessable_entity","title":"x",
 		"detail":"backed_up_at is in the future","source":{"pointer":"/data/attributes/backed_up_at"}}]}`)
-	_, err := New(srv.URL, "t").CreateImage(context.Background(), time.Now(), "")
+	_, err := New(srv.URL, "t").Images().Create(context.Background(), draupnir.Principal{}, time.Now(), "")
 	var de *draupnir.Error
 	if !errors.As(err, &de) || de.Field != "backed_up_at" || de.Kind != draupnir.KindUnprocessable {
 		t.Fatalf("error %#v, want unprocessable on backed_up_at", err)
@@ -301,15 +301,15 @@ func TestOriginalErrorShape(t *testing.T) {
 		"title":"Invalid API Version","detail":"Specified API version (2.1.0) does not match server version (2.0.0)","source":{}}`)
 	c := New(srv.URL, "t")
 	ctx := context.Background()
-	_, err := c.GetImage(ctx, 7)
+	_, err := c.Images().Get(ctx, draupnir.Principal{}, 7)
 	if draupnir.KindOf(err) != draupnir.KindUnauthorized || err.Error() != "You do not have permission to view this resource" {
 		t.Errorf("401: %v (kind %v)", err, draupnir.KindOf(err))
 	}
-	_, err = c.CreateInstance(ctx, 3)
+	_, err = c.Instances().Create(ctx, draupnir.Principal{}, 3)
 	if draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), "not ready") {
 		t.Errorf("422: %v (kind %v)", err, draupnir.KindOf(err))
 	}
-	_, err = c.ListInstances(ctx)
+	_, err = c.Instances().List(ctx, draupnir.Principal{})
 	if err == nil || !strings.Contains(err.Error(), "upgrade") || !strings.Contains(err.Error(), "2.0.0") {
 		t.Errorf("version refused: %v, want advice naming the server's version", err)
 	}
@@ -327,7 +327,7 @@ func TestIncompatibleVersion(t *testing.T) {
 	f.on("GET /instances", 400, errorBody("400", "incompatible_version", "client version is incompatible"))
 	for _, tt := range tests {
 		t.Run(tt.client, func(t *testing.T) {
-			_, err := New(srv.URL, "t", WithVersion(tt.client)).ListInstances(context.Background())
+			_, err := New(srv.URL, "t", WithVersion(tt.client)).Instances().List(context.Background(), draupnir.Principal{})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -345,7 +345,7 @@ func TestIncompatibleVersion(t *testing.T) {
 
 func TestNotDraupnirAnswer(t *testing.T) {
 	_, srv := newFake(t) // unknown routes answer 418 with no body
-	_, err := New(srv.URL, "t").GetImage(context.Background(), 1)
+	_, err := New(srv.URL, "t").Images().Get(context.Background(), draupnir.Principal{}, 1)
 	if err == nil || !strings.Contains(err.Error(), "418") || !strings.Contains(err.Error(), srv.URL) {
 		t.Fatalf("error %v, want one naming the status and URL", err)
 	}
@@ -358,7 +358,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	url := "http://" + l.Addr().String()
 	l.Close() // nothing listens there now
-	_, err = New(url, "t").ListImages(context.Background())
+	_, err = New(url, "t").Images().List(context.Background(), draupnir.Principal{})
 	if err == nil || !strings.Contains(err.Error(), url) || draupnir.KindOf(err) != draupnir.KindUnavailable {
 		t.Fatalf("error %v (kind %v), want an unavailable error naming %s", err, draupnir.KindOf(err), url)
 	}
@@ -368,7 +368,7 @@ func TestCancelled(t *testing.T) {
 	_, srv := newFake(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := New(srv.URL, "t").ListImages(ctx)
+	_, err := New(srv.URL, "t").Images().List(ctx, draupnir.Principal{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
@@ -377,7 +377,7 @@ func TestCancelled(t *testing.T) {
 func TestNoTokenNoHeader(t *testing.T) {
 	f, srv := newFake(t)
 	f.on("GET /images", 200, `{"data":[]}`)
-	imgs, err := New(srv.URL, "").ListImages(context.Background())
+	imgs, err := New(srv.URL, "").Images().List(context.Background(), draupnir.Principal{})
 	if err != nil || len(imgs) != 0 {
 		t.Fatalf("ListImages = %v, %v", imgs, err)
 	}
@@ -409,6 +409,44 @@ func TestCompareVersions(t *testing.T) {
 	for _, tt := range tests {
 		if got := compareVersions(tt.a, tt.b); got != tt.want {
 			t.Errorf("compareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// TestPrincipalIsNotSent checks that the services of a Client send nothing
+// of the principal they are given: the server acts as the token's
+// principal, so that a caller cannot claim another by naming it.
+func TestPrincipalIsNotSent(t *testing.T) {
+	f, srv := newFake(t)
+	c := New(srv.URL, "alice-token")
+	ctx := context.Background()
+	calls := func(p draupnir.Principal) {
+		im, in := c.Images(), c.Instances()
+		im.List(ctx, p)
+		im.Get(ctx, p, 1)
+		im.Create(ctx, p, time.Date(2017, 5, 1, 0, 0, 0, 0, time.UTC), "s")
+		im.Update(ctx, p, 1, draupnir.ImagePatch{})
+		im.Finalise(ctx, p, 1)
+		im.Destroy(ctx, p, 1)
+		in.List(ctx, p)
+		in.Get(ctx, p, 1)
+		in.Create(ctx, p, 1)
+		in.Destroy(ctx, p, 1)
+	}
+	calls(draupnir.Principal{})
+	f.mu.Lock()
+	plain := append([]recorded(nil), f.seen...)
+	f.seen = nil
+	f.mu.Unlock()
+	calls(draupnir.Principal{Name: "upload-mallory@example.com", Upload: true})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.seen) != 10 || len(plain) != 10 {
+		t.Fatalf("%d and %d requests, want 10 each", len(plain), len(f.seen))
+	}
+	for i, r := range f.seen {
+		if r != plain[i] || strings.Contains(r.body+r.path, "mallory") {
+			t.Errorf("request %d depends on the principal: %+v, without one %+v", i, r, plain[i])
 		}
 	}
 }

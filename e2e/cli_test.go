@@ -470,12 +470,12 @@ func TestREADMEWalkthrough(t *testing.T) {
 	// Images and an instance the walkthrough must leave alone.
 	ctx := context.Background()
 	for i := 0; i < 2; i++ {
-		if _, err := s.upload().CreateImage(ctx, time.Now(), "SELECT 1;"); err != nil {
+		if _, err := s.upload().Images().Create(ctx, draupnir.Principal{}, time.Now(), "SELECT 1;"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	theirs := s.readyImage(t, "SELECT 1;", filepath.Join(backup, "base.tar.gz"), filepath.Join(backup, "pg_wal.tar.gz"))
-	other, err := s.user().CreateInstance(ctx, theirs.ID)
+	other, err := s.user().Instances().Create(ctx, draupnir.Principal{}, theirs.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,10 +552,10 @@ cp `+shq(backup)+`/* "$d"/`)
 
 	// What was there before is untouched; what the walkthrough made is as
 	// it left it: one new ready image, and no instance of it.
-	if got, err := s.user().GetInstance(ctx, other.ID); err != nil || got.State != draupnir.InstanceRunning {
+	if got, err := s.user().Instances().Get(ctx, draupnir.Principal{}, other.ID); err != nil || got.State != draupnir.InstanceRunning {
 		t.Errorf("the other instance: %+v, %v", got, err)
 	}
-	imgs, err := s.upload().ListImages(ctx)
+	imgs, err := s.upload().Images().List(ctx, draupnir.Principal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +565,7 @@ cp `+shq(backup)+`/* "$d"/`)
 			ready++
 		}
 	}
-	insts, err := s.upload().ListInstances(ctx)
+	insts, err := s.upload().Instances().List(ctx, draupnir.Principal{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func TestImageFormats(t *testing.T) {
 			if err != nil || !ro {
 				t.Fatalf("image snapshot read-only = %v, %v", ro, err)
 			}
-			in, err := s.user().CreateInstance(context.Background(), im.ID)
+			in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +64,7 @@ func TestImageFormats(t *testing.T) {
 			if got := mustPSQL(t, in, "SELECT count(*) FROM customers WHERE email LIKE '%@real.example'"); got != "0" {
 				t.Errorf("%s real emails survived anonymisation", got)
 			}
-			if err := s.user().DestroyInstance(context.Background(), in.ID); err != nil {
+			if err := s.user().Instances().Destroy(context.Background(), draupnir.Principal{}, in.ID); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -82,7 +82,7 @@ func TestInstances(t *testing.T) {
 
 	var ins []*draupnir.Instance
 	for i := 0; i < 3; i++ {
-		in, err := s.user().CreateInstance(ctx, im.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +180,7 @@ func TestInstances(t *testing.T) {
 	})
 
 	t.Run("a fresh instance uses almost no disk", func(t *testing.T) {
-		fresh, err := s.user().CreateInstance(ctx, im.ID)
+		fresh, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,10 +196,10 @@ func TestInstances(t *testing.T) {
 
 	t.Run("others cannot see or destroy an instance", func(t *testing.T) {
 		other := s.upload() // sees all instances, but a stranger would not
-		if _, err := other.GetInstance(ctx, ins[0].ID); err != nil {
+		if _, err := other.Instances().Get(ctx, draupnir.Principal{}, ins[0].ID); err != nil {
 			t.Errorf("the upload principal cannot see instance %d: %v", ins[0].ID, err)
 		}
-		if _, err := s.user().GetInstance(ctx, 999999); !errors.Is(err, draupnir.ErrNotFound) {
+		if _, err := s.user().Instances().Get(ctx, draupnir.Principal{}, 999999); !errors.Is(err, draupnir.ErrNotFound) {
 			t.Errorf("unknown instance: %v, want not found", err)
 		}
 	})
@@ -235,15 +235,15 @@ func TestInstances(t *testing.T) {
 		dir := filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))
 		testenv.Run(t, "chattr", "+i", dir) // btrfs refuses to delete it now
 		defer exec.Command("chattr", "-i", dir).Run()
-		if err := s.user().DestroyInstance(ctx, in.ID); err == nil {
+		if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err == nil {
 			t.Fatal("destroying an immutable instance directory succeeded")
 		}
-		got, err := s.user().GetInstance(ctx, in.ID)
+		got, err := s.user().Instances().Get(ctx, draupnir.Principal{}, in.ID)
 		if err != nil || got.State != draupnir.InstanceFailed || got.Error == "" {
 			t.Fatalf("after a failed destroy: %v %+v; want failed with the reason", err, got)
 		}
 		testenv.Run(t, "chattr", "-i", dir)
-		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
+		if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 			t.Fatalf("destroying again: %v", err)
 		}
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -253,7 +253,7 @@ func TestInstances(t *testing.T) {
 
 	t.Run("destroy stops postgres and deletes everything", func(t *testing.T) {
 		in := ins[2]
-		if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
+		if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := os.Stat(filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))); !os.IsNotExist(err) {
@@ -262,19 +262,19 @@ func TestInstances(t *testing.T) {
 		if _, err := psql(t, in, "SELECT 1"); err == nil {
 			t.Error("a destroyed instance still answers")
 		}
-		if _, err := s.user().GetInstance(ctx, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
+		if _, err := s.user().Instances().Get(ctx, draupnir.Principal{}, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
 			t.Errorf("destroyed instance: %v, want not found", err)
 		}
-		if err := s.user().DestroyInstance(ctx, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
+		if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
 			t.Errorf("second destroy: %v, want not found", err)
 		}
 	})
 
 	t.Run("destroying the image destroys its instances", func(t *testing.T) {
-		if err := s.upload().DestroyImage(ctx, im.ID); err != nil {
+		if err := s.upload().Images().Destroy(ctx, draupnir.Principal{}, im.ID); err != nil {
 			t.Fatal(err)
 		}
-		list, err := s.upload().ListInstances(ctx)
+		list, err := s.upload().Instances().List(ctx, draupnir.Principal{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,16 +307,16 @@ func TestHostileUploads(t *testing.T) {
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
-			im, err := s.upload().CreateImage(ctx, time.Now(), "")
+			im, err := s.upload().Images().Create(ctx, draupnir.Principal{}, time.Now(), "")
 			if err != nil {
 				t.Fatal(err)
 			}
 			writeTar(t, filepath.Join(s.uploadDir(im.ID), "base.tar"), entries)
-			_, err = s.upload().FinaliseImage(ctx, im.ID)
+			_, err = s.upload().Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 			if !errors.Is(err, draupnir.ErrUnprocessable) {
 				t.Fatalf("done on a hostile tarball: %v, want 422", err)
 			}
-			got, _ := s.upload().GetImage(ctx, im.ID)
+			got, _ := s.upload().Images().Get(ctx, draupnir.Principal{}, im.ID)
 			if got.State != draupnir.ImageFailed || got.Error == "" {
 				t.Errorf("image after a hostile upload: %s %q", got.State, got.Error)
 			}
@@ -341,7 +341,7 @@ func TestKillServer(t *testing.T) {
 	ctx := context.Background()
 	var ins []*draupnir.Instance
 	for i := 0; i < 2; i++ {
-		in, err := s.user().CreateInstance(ctx, im.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,7 +359,7 @@ func TestKillServer(t *testing.T) {
 	killPostmaster(t, filepath.Join(s.layout().Instances(), strconv.FormatInt(ins[1].ID, 10)))
 	s.start()
 
-	list, err := s.user().ListInstances(ctx)
+	list, err := s.user().Instances().List(ctx, draupnir.Principal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +379,7 @@ func TestKillServer(t *testing.T) {
 		t.Errorf("the orphaned subvolume survived the restart: %v", err)
 	}
 	// A new create does not reuse a port in use.
-	in, err := s.user().CreateInstance(ctx, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

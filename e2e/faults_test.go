@@ -45,19 +45,19 @@ func TestFaults(t *testing.T) {
 
 		// Finalise: the script sleeps, so the kill lands while the
 		// private postgres runs it.
-		im, err := up.CreateImage(ctx, time.Now(), "SELECT pg_sleep(600);")
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), "SELECT pg_sleep(600);")
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.copyInto(t, im.ID, baseTar)
-		go up.FinaliseImage(ctx, im.ID) // fails when the server dies
+		go up.Images().Finalise(ctx, draupnir.Principal{}, im.ID) // fails when the server dies
 		work := filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im.ID, 10)+".work")
 		waitFor(t, 60*time.Second, "the finalise script to run", func() bool {
 			return scriptRunning(work)
 		})
 		s.stop(syscall.SIGKILL)
 		s.start()
-		got, err := up.GetImage(ctx, im.ID)
+		got, err := up.Images().Get(ctx, draupnir.Principal{}, im.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,15 +71,15 @@ func TestFaults(t *testing.T) {
 			t.Errorf("the private postgres of the interrupted finalise still runs: %v", pids)
 		}
 		script := anonymise
-		if _, err := up.UpdateImage(ctx, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
+		if _, err := up.Images().Update(ctx, draupnir.Principal{}, im.ID, draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := up.FinaliseImage(ctx, im.ID); err != nil || !got.Ready() {
+		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im.ID); err != nil || !got.Ready() {
 			t.Fatalf("done again after the crash: %v %+v\n%s", err, got, s.logs())
 		}
 
 		// Streaming upload: half the stream is in when the server dies.
-		im2, err := up.CreateImage(ctx, time.Now(), anonymise)
+		im2, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), anonymise)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +107,7 @@ func TestFaults(t *testing.T) {
 			t.Error("the streaming upload succeeded although the server died under it")
 		}
 		s.start()
-		if got, err := up.GetImage(ctx, im2.ID); err != nil || !got.State.AcceptsUploads() {
+		if got, err := up.Images().Get(ctx, draupnir.Principal{}, im2.ID); err != nil || !got.State.AcceptsUploads() {
 			t.Fatalf("image after a crash mid-upload: %v %+v; want it open for uploads", err, got)
 		}
 		cmd = stream()
@@ -116,10 +116,10 @@ func TestFaults(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("streaming upload again after the crash: %v\n%s", err, out)
 		}
-		if got, err := up.FinaliseImage(ctx, im2.ID); err != nil || !got.Ready() {
+		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im2.ID); err != nil || !got.Ready() {
 			t.Fatalf("done after the redone upload: %v %+v\n%s", err, got, s.logs())
 		}
-		in, err := s.user().CreateInstance(ctx, im2.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +152,7 @@ func TestFaults(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := s.user().CreateInstance(ctx, im.ID); err == nil {
+				if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); err == nil {
 					first <- struct{}{}
 				}
 			}()
@@ -178,7 +178,7 @@ func TestFaults(t *testing.T) {
 			}
 			mustPSQL(t, in, "CREATE TABLE kept AS SELECT "+strconv.FormatInt(in.ID, 10)+" AS id")
 		}
-		if in, err := s.user().CreateInstance(ctx, im.ID); err != nil {
+		if in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); err != nil {
 			t.Fatalf("create after the crash: %v", err)
 		} else {
 			mustPSQL(t, in, "CREATE TABLE kept AS SELECT "+strconv.FormatInt(in.ID, 10)+" AS id")
@@ -203,7 +203,7 @@ func TestFaults(t *testing.T) {
 		oldPID := pidOfPostmaster(t, victimDir)
 		killPostmaster(t, victimDir)
 		waitFor(t, 30*time.Second, "the killed instance to run again", func() bool {
-			in, err := s.user().GetInstance(ctx, victim.ID)
+			in, err := s.user().Instances().Get(ctx, draupnir.Principal{}, victim.ID)
 			if err != nil || in.State != draupnir.InstanceRunning {
 				return false
 			}
@@ -217,7 +217,7 @@ func TestFaults(t *testing.T) {
 			t.Errorf("restarted instance lost its data: kept = %q", got)
 		}
 		for _, in := range ins {
-			if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
+			if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 				t.Errorf("destroy %d: %v", in.ID, err)
 			}
 		}
@@ -234,7 +234,7 @@ func TestFaults(t *testing.T) {
 		up := s.upload()
 
 		// Upload: a stream of many files, together far larger than the disk.
-		im, err := up.CreateImage(ctx, time.Now(), anonymise)
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), anonymise)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,11 +276,11 @@ func TestFaults(t *testing.T) {
 		freeWithBase := freeBytes(t, s.dataPath)
 		zeros := filepath.Join(s.uploadDir(im.ID), "zz.tar.gz")
 		writeFile(t, zeros, bigTar(8, 64<<20, true))
-		_, err = up.FinaliseImage(ctx, im.ID)
+		_, err = up.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 		if !errors.Is(err, draupnir.ErrInsufficientStorage) || !strings.Contains(err.Error(), "full") {
 			t.Fatalf("done on an upload larger than the disk: %v; want insufficient storage saying the disk is full\n%s", err, s.logs())
 		}
-		got, err := up.GetImage(ctx, im.ID)
+		got, err := up.Images().Get(ctx, draupnir.Principal{}, im.ID)
 		if err != nil || got.State != draupnir.ImageFailed || !strings.Contains(got.Error, "full") {
 			t.Fatalf("image after a finalise on a full disk: %v %+v\n%s", err, got, s.logs())
 		}
@@ -296,13 +296,13 @@ func TestFaults(t *testing.T) {
 			syscall.Sync()
 			return freeBytes(t, s.dataPath) > freeWithBase-(20<<20)
 		})
-		if got, err := up.FinaliseImage(ctx, im.ID); err != nil || !got.Ready() {
+		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im.ID); err != nil || !got.Ready() {
 			t.Fatalf("done after fixing the upload: %v %+v\n%s", err, got, s.logs())
 		}
 
 		// Create: something else has filled the disk.
 		filler := fill(t, s.dataPath, 16<<20)
-		if _, err := s.user().CreateInstance(ctx, im.ID); !errors.Is(err, draupnir.ErrInsufficientStorage) {
+		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); !errors.Is(err, draupnir.ErrInsufficientStorage) {
 			t.Errorf("create on a full disk: %v; want insufficient storage\n%s", err, s.logs())
 		}
 		os.Remove(filler)
@@ -311,7 +311,7 @@ func TestFaults(t *testing.T) {
 		var in *draupnir.Instance
 		waitFor(t, 60*time.Second, "a create to succeed after freeing space", func() bool {
 			syscall.Sync()
-			in, err = s.user().CreateInstance(ctx, im.ID)
+			in, err = s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 			if err != nil && !errors.Is(err, draupnir.ErrInsufficientStorage) {
 				t.Fatalf("create after freeing space: %v\n%s", err, s.logs())
 			}
@@ -328,28 +328,28 @@ func TestFaults(t *testing.T) {
 		up := s.upload()
 
 		// An upload of a major version that is not installed.
-		im, err := up.CreateImage(ctx, time.Now(), "")
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		writeTar(t, filepath.Join(s.uploadDir(im.ID), "base.tar"), []tarEntry{{name: "PG_VERSION", body: "99\n"}, {name: "global/pg_control", body: "x"}})
-		_, err = up.FinaliseImage(ctx, im.ID)
+		_, err = up.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 		if !errors.Is(err, draupnir.ErrUnprocessable) || !strings.Contains(err.Error(), "PostgreSQL 99") {
 			t.Fatalf("done on a PostgreSQL 99 backup: %v; want 422 naming the missing version", err)
 		}
-		if got, _ := up.GetImage(ctx, im.ID); got == nil || got.State != draupnir.ImageFailed || !strings.Contains(got.Error, "99") {
+		if got, _ := up.Images().Get(ctx, draupnir.Principal{}, im.ID); got == nil || got.State != draupnir.ImageFailed || !strings.Contains(got.Error, "99") {
 			t.Errorf("image of a missing version: %+v", got)
 		}
 
 		// A finalise whose script is running when the state database goes.
-		im2, err := up.CreateImage(ctx, time.Now(), "SELECT pg_sleep(1);\n"+anonymise)
+		im2, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), "SELECT pg_sleep(1);\n"+anonymise)
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.copyInto(t, im2.ID, baseTar)
 		finalised := make(chan error, 1)
 		go func() {
-			_, err := up.FinaliseImage(ctx, im2.ID)
+			_, err := up.Images().Finalise(ctx, draupnir.Principal{}, im2.ID)
 			finalised <- err
 		}()
 		work := filepath.Join(s.layout().Snapshots(), strconv.FormatInt(im2.ID, 10)+".work")
@@ -374,7 +374,7 @@ func TestFaults(t *testing.T) {
 				t.Errorf("GET %s with the state database down: %d %s, want 503 service_unavailable", path, status, code)
 			}
 		}
-		if _, err := s.user().CreateInstance(ctx, 1); !errors.Is(err, draupnir.ErrUnavailable) {
+		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 1); !errors.Is(err, draupnir.ErrUnavailable) {
 			t.Errorf("create with the state database down: %v, want unavailable", err)
 		}
 		// The finalise ends meanwhile and cannot record its outcome.
@@ -390,14 +390,14 @@ func TestFaults(t *testing.T) {
 		if err := <-finalised; err == nil {
 			t.Error("a finalise that could not record its result succeeded")
 		}
-		got, err := up.GetImage(ctx, im2.ID)
+		got, err := up.Images().Get(ctx, draupnir.Principal{}, im2.ID)
 		if err != nil || got.State != draupnir.ImageFailed {
 			t.Fatalf("image whose finalise lost the state database: %v %+v; want failed, not stuck", err, got)
 		}
-		if got, err := up.FinaliseImage(ctx, im2.ID); err != nil || !got.Ready() {
+		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im2.ID); err != nil || !got.Ready() {
 			t.Fatalf("done again after the state database came back: %v %+v\n%s", err, got, s.logs())
 		}
-		in, err := s.user().CreateInstance(ctx, im2.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID)
 		if err != nil {
 			t.Fatalf("create after the state database came back: %v\n%s", err, s.logs())
 		}
@@ -512,7 +512,7 @@ func stopPostmaster(t testing.TB, dataDir string, sig syscall.Signal) {
 // instances.
 func checkConsistent(t testing.TB, s *server) []*draupnir.Instance {
 	t.Helper()
-	ins, err := s.upload().ListInstances(context.Background())
+	ins, err := s.upload().Instances().List(context.Background(), draupnir.Principal{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -338,12 +338,12 @@ func (s *server) copyInto(t testing.TB, id int64, files ...string) {
 func (s *server) readyImage(t testing.TB, script string, files ...string) *draupnir.Image {
 	t.Helper()
 	ctx := context.Background()
-	im, err := s.upload().CreateImage(ctx, time.Now(), script)
+	im, err := s.upload().Images().Create(ctx, draupnir.Principal{}, time.Now(), script)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.copyInto(t, im.ID, files...)
-	done, err := s.upload().FinaliseImage(ctx, im.ID)
+	done, err := s.upload().Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatalf("finalising image %d: %v\n%s", im.ID, err, s.logs())
 	}

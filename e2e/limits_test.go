@@ -68,7 +68,7 @@ CREATE ROLE draupnir LOGIN PASSWORD 'source-draupnir-password';`)
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	in, err := s.user().CreateInstance(ctx, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,11 +164,11 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	hog, err := s.user().CreateInstance(ctx, im.ID)
+	hog, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	neighbour, err := s.user().CreateInstance(ctx, im.ID)
+	neighbour, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 	}
 	// The others carry on.
 	mustPSQL(t, neighbour, "CREATE TABLE after AS SELECT repeat('y', 900) AS pad FROM generate_series(1, 30000) g")
-	third, err := s.user().CreateInstance(ctx, im.ID)
+	third, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatalf("a create after one instance filled its limit: %v", err)
 	}
@@ -231,10 +231,10 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 		t.Errorf("the WAL subvolume's qgroup: %+v, %v; want a limit of 1 GiB", u, err)
 	}
 	testenv.Run(t, "mount", "-o", "remount,commit=1", s.dataPath)
-	if err := s.user().DestroyInstance(ctx, hog.ID); err != nil {
+	if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, hog.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.user().DestroyInstance(ctx, third.ID); err != nil { // its teardown sweeps
+	if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, third.ID); err != nil { // its teardown sweeps
 		t.Fatal(err)
 	}
 	qgroups := sysfsQgroups(t, s.dataPath)
@@ -272,7 +272,7 @@ func TestInstanceLimitsAfterRestart(t *testing.T) {
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	in, err := s.user().CreateInstance(ctx, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

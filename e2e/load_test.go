@@ -137,13 +137,13 @@ func TestLoad(t *testing.T) {
 					}
 					createSSH.add(time.Since(start))
 					id, _ := strconv.ParseInt(string(m[1]), 10, 64)
-					if in, err = api.GetInstance(ctx, id); err != nil {
+					if in, err = api.Instances().Get(ctx, draupnir.Principal{}, id); err != nil {
 						fail("get instance %d: %v", id, err)
 						return
 					}
 				} else {
 					var err error
-					if in, err = api.CreateInstance(ctx, im.ID); err != nil {
+					if in, err = api.Instances().Create(ctx, draupnir.Principal{}, im.ID); err != nil {
 						fail("create: %v", err)
 						return
 					}
@@ -160,7 +160,7 @@ func TestLoad(t *testing.T) {
 						fail("ssh instances destroy %d: %v %s", in.ID, err, out)
 						return
 					}
-				} else if err := api.DestroyInstance(ctx, in.ID); err != nil {
+				} else if err := api.Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 					fail("destroy %d: %v", in.ID, err)
 					return
 				}

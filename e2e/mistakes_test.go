@@ -48,7 +48,7 @@ func TestUploadMistakes(t *testing.T) {
 	}
 	create := func(t *testing.T) int64 {
 		t.Helper()
-		im, err := up.CreateImage(ctx, time.Now(), anonymise)
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), anonymise)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func TestUploadMistakes(t *testing.T) {
 	}
 	state := func(t *testing.T, id int64, want draupnir.ImageState, wantErr string) {
 		t.Helper()
-		im, err := up.GetImage(ctx, id)
+		im, err := up.Images().Get(ctx, draupnir.Principal{}, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +68,7 @@ func TestUploadMistakes(t *testing.T) {
 	// and over SSH, and leaves the image in state.
 	refused := func(t *testing.T, id int64, st draupnir.ImageState, reason string) {
 		t.Helper()
-		_, err := up.FinaliseImage(ctx, id)
+		_, err := up.Images().Finalise(ctx, draupnir.Principal{}, id)
 		if draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), "cannot be finalised yet, and is left as it was") || !strings.Contains(err.Error(), reason) {
 			t.Fatalf("done: %v; want a refusal saying %q", err, reason)
 		}
@@ -80,7 +80,7 @@ func TestUploadMistakes(t *testing.T) {
 	}
 	done := func(t *testing.T, id int64) {
 		t.Helper()
-		im, err := up.FinaliseImage(ctx, id)
+		im, err := up.Images().Finalise(ctx, draupnir.Principal{}, id)
 		if err != nil || !im.Ready() {
 			t.Fatalf("done: %v %+v\n%s", err, im, s.logs())
 		}
@@ -88,7 +88,7 @@ func TestUploadMistakes(t *testing.T) {
 	// failed finalises image id, which must fail saying reason.
 	failed := func(t *testing.T, id int64, reason string) {
 		t.Helper()
-		if _, err := up.FinaliseImage(ctx, id); draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), reason) {
+		if _, err := up.Images().Finalise(ctx, draupnir.Principal{}, id); draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), reason) {
 			t.Fatalf("done: %v; want it to fail saying %q", err, reason)
 		}
 		state(t, id, draupnir.ImageFailed, reason)

@@ -201,7 +201,7 @@ func TestOIDCLogin(t *testing.T) {
 			t.Fatalf("token %+v", tok)
 		}
 		jane = tok
-		if _, err := client.New(e.s.url, tok.Secret).ListInstances(ctx); err != nil {
+		if _, err := client.New(e.s.url, tok.Secret).Instances().List(ctx, draupnir.Principal{}); err != nil {
 			t.Fatalf("the new token does not work: %v", err)
 		}
 		if _, err := e.redeem(ctx, c, q.Get("code"), c.verifier); draupnir.KindOf(err) != draupnir.KindInvalid {
@@ -356,7 +356,7 @@ func TestOIDCLogin(t *testing.T) {
 		if err := client.New(e.s.url, jane.Secret).RevokeToken(ctx, second.ID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := client.New(e.s.url, second.Secret).ListInstances(ctx); draupnir.KindOf(err) != draupnir.KindUnauthorized {
+		if _, err := client.New(e.s.url, second.Secret).Instances().List(ctx, draupnir.Principal{}); draupnir.KindOf(err) != draupnir.KindUnauthorized {
 			t.Errorf("revoked token: %v, want 401", err)
 		}
 	})
@@ -449,16 +449,16 @@ func TestOIDCLogin(t *testing.T) {
 	})
 
 	t.Run("the test token only in environment test", func(t *testing.T) {
-		if _, err := e.s.user().ListInstances(ctx); err != nil {
+		if _, err := e.s.user().Instances().List(ctx, draupnir.Principal{}); err != nil {
 			t.Fatalf("test token in test: %v", err)
 		}
 		e.s.stop(syscall.SIGTERM)
 		t.Setenv("DRAUPNIR_ENVIRONMENT", "production")
 		e.s.start()
-		if _, err := e.s.user().ListInstances(ctx); draupnir.KindOf(err) != draupnir.KindUnauthorized {
+		if _, err := e.s.user().Instances().List(ctx, draupnir.Principal{}); draupnir.KindOf(err) != draupnir.KindUnauthorized {
 			t.Errorf("test token in production: %v, want 401", err)
 		}
-		if _, err := client.New(e.s.url, jane.Secret).ListInstances(ctx); err != nil {
+		if _, err := client.New(e.s.url, jane.Secret).Instances().List(ctx, draupnir.Principal{}); err != nil {
 			t.Errorf("a stored token after a restart: %v", err)
 		}
 		e.s.stop(syscall.SIGTERM)
@@ -560,7 +560,7 @@ func TestSSHKeyRegistry(t *testing.T) {
 
 	// Ownership across the doors: alice's instance is hers only.
 	im := e.s.readyImage(t, anonymise, filepath.Join(newSource(t).BaseBackup(t, "-X", "fetch"), "base.tar"))
-	in, err := alice.CreateInstance(ctx, im.ID)
+	in, err := alice.Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,7 +572,7 @@ func TestSSHKeyRegistry(t *testing.T) {
 	if out, err := sshAs(key, "instances", "show", id); err != nil {
 		t.Fatalf("alice's instance over SSH: %v\n%s", err, out)
 	}
-	if _, err := e.s.user().GetInstance(ctx, in.ID); draupnir.KindOf(err) != draupnir.KindNotFound {
+	if _, err := e.s.user().Instances().Get(ctx, draupnir.Principal{}, in.ID); draupnir.KindOf(err) != draupnir.KindNotFound {
 		t.Errorf("another user over HTTP: %v, want 404", err)
 	}
 	if out, err := sshAs(e.keys.user, "instances", "show", id); err == nil || !strings.Contains(out, "does not exist") {
@@ -581,7 +581,7 @@ func TestSSHKeyRegistry(t *testing.T) {
 	if out, err := sshAs(e.keys.user, "instances", "list"); err != nil || strings.Contains(out, " "+id+" ") {
 		t.Errorf("another user's list over SSH shows alice's instance: %v\n%s", err, out)
 	}
-	if err := alice.DestroyInstance(ctx, in.ID); err != nil {
+	if err := alice.Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 		t.Fatal(err)
 	}
 

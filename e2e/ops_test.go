@@ -68,7 +68,7 @@ func TestOperations(t *testing.T) {
 	b := src.BaseBackup(t, "-X", "fetch")
 	ctx := context.Background()
 
-	im, err := s.upload().CreateImage(ctx, time.Now(), anonymise)
+	im, err := s.upload().Images().Create(ctx, draupnir.Principal{}, time.Now(), anonymise)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +77,10 @@ func TestOperations(t *testing.T) {
 	if out, err := scp.CombinedOutput(); err != nil {
 		t.Fatalf("scp: %v\n%s", err, out)
 	}
-	if _, err := s.upload().FinaliseImage(ctx, im.ID); err != nil {
+	if _, err := s.upload().Images().Finalise(ctx, draupnir.Principal{}, im.ID); err != nil {
 		t.Fatalf("finalise: %v\n%s", err, s.logs())
 	}
-	kept, err := s.user().CreateInstance(ctx, im.ID)
+	kept, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,18 +88,18 @@ func TestOperations(t *testing.T) {
 	if out, err := s.ssh(t, keys, keys.user, "ssh", "someone@127.0.0.1", "instances", "create", strconv.FormatInt(im.ID, 10)).CombinedOutput(); err != nil {
 		t.Fatalf("ssh instances create: %v\n%s", err, out)
 	}
-	list, err := s.user().ListInstances(ctx)
+	list, err := s.user().Instances().List(ctx, draupnir.Principal{})
 	if err != nil || len(list) != 2 {
 		t.Fatalf("%d instances, %v; want 2", len(list), err)
 	}
 	for _, in := range list {
 		if in.ID != kept.ID {
-			if err := s.user().DestroyInstance(ctx, in.ID); err != nil {
+			if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	if _, err := s.user().CreateInstance(ctx, 999); !errors.Is(err, draupnir.ErrNotFound) {
+	if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 999); !errors.Is(err, draupnir.ErrNotFound) {
 		t.Fatalf("instance of a missing image: %v, want not found", err)
 	}
 	st, err := os.Stat(tarball)
@@ -178,7 +178,7 @@ func TestOperations(t *testing.T) {
 	if got := postmasterPID(t, s, kept.ID); got != pid {
 		t.Errorf("postmaster of instance %d changed from %s to %s: restarted, not adopted", kept.ID, pid, got)
 	}
-	in, err := s.user().GetInstance(ctx, kept.ID)
+	in, err := s.user().Instances().Get(ctx, draupnir.Principal{}, kept.ID)
 	if err != nil || in.State != draupnir.InstanceRunning {
 		t.Fatalf("instance %d after restart: %v %+v", kept.ID, err, in)
 	}

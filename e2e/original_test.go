@@ -266,7 +266,7 @@ func TestOriginalClients(t *testing.T) {
 			}
 			// Their env prints PGHOST=<domain> PGPORT=<port> PGUSER=postgres
 			// and no password: the port is the instance's...
-			ours, err := s.user().GetInstance(t.Context(), int64(in.ID))
+			ours, err := s.user().Instances().Get(t.Context(), draupnir.Principal{}, int64(in.ID))
 			if err != nil || ours.Port != in.Port {
 				t.Fatalf("instance %d as our client sees it: %+v, %v", in.ID, ours, err)
 			}

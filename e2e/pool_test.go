@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 // TestWarmPool: with instances.warm_pool set, ready images keep started
@@ -31,15 +33,15 @@ func TestWarmPool(t *testing.T) {
 		}
 	}
 	waitFor(2)
-	if list, err := s.upload().ListInstances(ctx); err != nil || len(list) != 0 {
+	if list, err := s.upload().Instances().List(ctx, draupnir.Principal{}); err != nil || len(list) != 0 {
 		t.Fatalf("warm instances are visible: %v %d", err, len(list))
 	}
 
-	a, err := s.user().CreateInstance(ctx, im.ID)
+	a, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, err := s.user().CreateInstance(ctx, im.ID)
+	b2, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +49,7 @@ func TestWarmPool(t *testing.T) {
 		t.Errorf("instances from the pool: %+v %+v", a, b2)
 	}
 	for _, in := range []int64{a.ID, b2.ID} {
-		got, err := s.user().GetInstance(ctx, in)
+		got, err := s.user().Instances().Get(ctx, draupnir.Principal{}, in)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,12 +58,12 @@ func TestWarmPool(t *testing.T) {
 		}
 	}
 	waitFor(4) // two handed out, two warm again
-	list, err := s.user().ListInstances(ctx)
+	list, err := s.user().Instances().List(ctx, draupnir.Principal{})
 	if err != nil || len(list) != 2 {
 		t.Fatalf("user sees %d instances (%v), want the 2 created", len(list), err)
 	}
 
-	if err := s.upload().DestroyImage(ctx, im.ID); err != nil {
+	if err := s.upload().Images().Destroy(ctx, draupnir.Principal{}, im.ID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(0)

@@ -47,7 +47,7 @@ func TestSharedRunPath(t *testing.T) {
 	if !strings.Contains(string(out), "run_path") {
 		t.Errorf("the refusal does not name run_path:\n%s", out)
 	}
-	if _, err := s.upload().ListImages(ctx); err != nil {
+	if _, err := s.upload().Images().List(ctx, draupnir.Principal{}); err != nil {
 		t.Errorf("the first server suffered: %v", err)
 	}
 }
@@ -81,7 +81,7 @@ func TestDestroyImageWhileCreating(t *testing.T) {
 						return
 					default:
 					}
-					in, err := s.user().CreateInstance(ctx, im.ID)
+					in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 					switch {
 					case err == nil:
 						mu.Lock()
@@ -95,27 +95,27 @@ func TestDestroyImageWhileCreating(t *testing.T) {
 			}()
 		}
 		time.Sleep(100 * time.Millisecond)
-		derr := s.upload().DestroyImage(ctx, im.ID)
+		derr := s.upload().Images().Destroy(ctx, draupnir.Principal{}, im.ID)
 		close(stop)
 		wg.Wait()
 		if derr != nil && draupnir.KindOf(derr) == draupnir.KindInternal {
 			t.Errorf("round %d: destroy: %v", round, derr)
 		}
-		_, gerr := s.upload().GetImage(ctx, im.ID)
+		_, gerr := s.upload().Images().Get(ctx, draupnir.Principal{}, im.ID)
 		switch {
 		case errors.Is(gerr, draupnir.ErrNotFound):
 			for _, in := range created {
-				if _, err := s.user().GetInstance(ctx, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
+				if _, err := s.user().Instances().Get(ctx, draupnir.Principal{}, in.ID); !errors.Is(err, draupnir.ErrNotFound) {
 					t.Errorf("round %d: instance %d of destroyed image %d survives (%v)", round, in.ID, im.ID, err)
 				}
 			}
 		case gerr == nil:
-			in, err := s.user().CreateInstance(ctx, im.ID)
+			in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 			if err != nil {
 				t.Fatalf("round %d: image %d survived its destroy (%v) but cannot be used: %v", round, im.ID, derr, err)
 			}
 			mustPSQL(t, in, "SELECT 1")
-			if err := s.upload().DestroyImage(ctx, im.ID); err != nil {
+			if err := s.upload().Images().Destroy(ctx, draupnir.Principal{}, im.ID); err != nil {
 				t.Fatalf("round %d: destroying image %d again: %v", round, im.ID, err)
 			}
 		default:
@@ -141,7 +141,7 @@ func TestDestroyInstanceWhileCreating(t *testing.T) {
 	for round := 0; round < 10 && caught < 3; round++ {
 		created := make(chan error, 1)
 		go func() {
-			_, err := s.user().CreateInstance(ctx, im.ID)
+			_, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
 			created <- err
 		}()
 		var derr error
@@ -154,13 +154,13 @@ func TestDestroyInstanceWhileCreating(t *testing.T) {
 				break poll
 			default:
 			}
-			list, err := s.user().ListInstances(ctx)
+			list, err := s.user().Instances().List(ctx, draupnir.Principal{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, in := range list {
 				if in.State == draupnir.InstanceCreating {
-					derr = s.user().DestroyInstance(ctx, in.ID)
+					derr = s.user().Instances().Destroy(ctx, draupnir.Principal{}, in.ID)
 					destroyed = true
 					caught++
 					break poll

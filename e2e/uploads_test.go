@@ -94,7 +94,7 @@ func TestUploadLinks(t *testing.T) {
 	up := s.upload()
 
 	other := s.readyImage(t, anonymise, fetch)
-	in, err := s.user().CreateInstance(ctx, other.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, other.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,25 +192,25 @@ func TestUploadLinks(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			im, err := up.CreateImage(ctx, time.Now(), "")
+			im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), "")
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, f := range c.files(t) {
 				testenv.Run(t, "cp", "-a", f, s.uploadDir(im.ID)+"/")
 			}
-			_, err = up.FinaliseImage(ctx, im.ID)
+			_, err = up.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 			if !errors.Is(err, draupnir.ErrUnprocessable) || !strings.Contains(err.Error(), c.reason) {
 				t.Fatalf("done: %v; want 422 saying %q", err, c.reason)
 			}
-			if got, _ := up.GetImage(ctx, im.ID); got.State != draupnir.ImageFailed || !strings.Contains(got.Error, c.reason) {
+			if got, _ := up.Images().Get(ctx, draupnir.Principal{}, im.ID); got.State != draupnir.ImageFailed || !strings.Contains(got.Error, c.reason) {
 				t.Errorf("image after done: %s %q", got.State, got.Error)
 			}
 			check(t)
 		})
 	}
 	t.Run("streamed", func(t *testing.T) {
-		im, err := up.CreateImage(ctx, time.Now(), "")
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,7 +316,7 @@ func TestUploadsPrivate(t *testing.T) {
 		return "upload@127.0.0.1:/draupnir/image_uploads/" + strconv.FormatInt(id, 10) + "/"
 	}
 	newImage := func(t *testing.T, script string) int64 {
-		im, err := up.CreateImage(ctx, time.Now(), script)
+		im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), script)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -362,18 +362,18 @@ func TestUploadsPrivate(t *testing.T) {
 		})
 	}
 	t.Run("a failed finalise keeps the upload", func(t *testing.T) {
-		if _, err := up.FinaliseImage(ctx, ids[0]); !errors.Is(err, draupnir.ErrUnprocessable) {
+		if _, err := up.Images().Finalise(ctx, draupnir.Principal{}, ids[0]); !errors.Is(err, draupnir.ErrUnprocessable) {
 			t.Fatalf("done with a failing script: %v", err)
 		}
 		checkPrivate(t, s.uploadDir(ids[0]))
 		script := anonymise
-		if _, err := up.UpdateImage(ctx, ids[0], draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
+		if _, err := up.Images().Update(ctx, draupnir.Principal{}, ids[0], draupnir.ImagePatch{AnonymisationScript: &script}); err != nil {
 			t.Fatal(err)
 		}
 	})
 	for i, d := range doors {
 		t.Run("done after "+d.name+" deletes the upload", func(t *testing.T) {
-			im, err := up.FinaliseImage(ctx, ids[i])
+			im, err := up.Images().Finalise(ctx, draupnir.Principal{}, ids[i])
 			if err != nil || !im.Ready() {
 				t.Fatalf("done: %v\n%s", err, s.logs())
 			}
@@ -394,13 +394,13 @@ func TestUploadsPrivate(t *testing.T) {
 	s.start()
 	kept := newImage(t, anonymise)
 	run(t, s.ssh(t, keys, keys.upload, "scp", open, target(kept)))
-	if im, err := up.FinaliseImage(ctx, kept); err != nil || !im.Ready() {
+	if im, err := up.Images().Finalise(ctx, draupnir.Principal{}, kept); err != nil || !im.Ready() {
 		t.Fatalf("done: %v", err)
 	}
 	checkPrivate(t, s.uploadDir(kept))
 
 	t.Run("nothing is readable by other local users", func(t *testing.T) {
-		in, err := s.user().CreateInstance(ctx, kept)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, kept)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,7 +444,7 @@ func TestUploadsPrivate(t *testing.T) {
 	if got := readableBy(t, "nobody", s.uploadDir(old)); len(got) != 0 {
 		t.Errorf("an older upload is still readable by nobody after a start: %v", got)
 	}
-	if im, err := up.GetImage(ctx, kept); err != nil || !im.Ready() {
+	if im, err := up.Images().Get(ctx, draupnir.Principal{}, kept); err != nil || !im.Ready() {
 		t.Errorf("image %d after the start: %v %+v", kept, err, im)
 	}
 }

@@ -25,7 +25,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "draupnir-client: warning: %v\n", err)
 	}
 	env.Host = cli.HostOf(cfg.URL)
-	code := cli.Run(ctx, client.New(cfg.URL, cfg.Token), env, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := cli.Run(ctx, cli.HTTPBackend(client.New(cfg.URL, cfg.Token)), env, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

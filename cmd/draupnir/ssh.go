@@ -30,18 +30,11 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 		hostKey = filepath.Join(c.paths.Keys(), "ssh_host_ed25519_key")
 	}
 	sshLog := log.With("component", "ssh")
-	run := func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-		env := cli.Env{SSH: true, Name: "draupnir", Logger: sshLog, Host: cfg.PublicHostname, SSHPort: cfg.SSH.Port}
-		if p.Upload {
-			env.SSHUser = draupnir.UploadPrincipal
-		}
-		return cli.Run(ctx, cli.CoreBackend(c.doorImages, c.doorInstances, p), env, args, stdin, stdout, stderr)
-	}
 	srv, err := sshd.New(sshd.Options{
 		HostKeyPath:    hostKey,
 		Uploads:        c.doorImages,
 		Keys:           keys,
-		Commands:       run,
+		Commands:       sshCommands(cfg, c, sshLog),
 		IdleTimeout:    cfg.SSH.IdleTimeout.Duration,
 		MaxTimeout:     cfg.SSH.MaxTimeout.Duration,
 		MaxConnections: cfg.SSH.MaxConnections,
@@ -63,4 +56,24 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	// The server logs "ssh server listening", with the host key's
 	// fingerprint, as it starts serving.
 	return func(ctx context.Context) { srv.Shutdown(ctx) }, nil
+}
+
+// sshCommands runs the command tree of an SSH session in process, on the
+// core's services as the doors see them, as p, the principal of the
+// session's verified key.
+func sshCommands(cfg *config.Config, c *core, log *slog.Logger) sshd.CommandRunner {
+	return func(ctx context.Context, p draupnir.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+		env := cli.Env{SSH: true, Name: "draupnir", Logger: log, Host: cfg.PublicHostname, SSHPort: cfg.SSH.Port}
+		if p.Upload {
+			env.SSHUser = draupnir.UploadPrincipal
+		}
+		b := cli.Backend{
+			Images:        c.doorImages,
+			Instances:     c.doorInstances,
+			Uploads:       c.doorImages,
+			Principal:     p,
+			ServerVersion: func(context.Context) (string, error) { return draupnir.Version, nil }, // the core is the server
+		}
+		return cli.Run(ctx, b, env, args, stdin, stdout, stderr)
+	}
 }
