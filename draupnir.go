@@ -135,7 +135,22 @@ type Instance struct {
 	Error         string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
+	// ExpiresAt is when the instance is destroyed; zero for never.
+	ExpiresAt time.Time
+	// ProtectedUntil is until when no rule (expiry, idle clean-up) may
+	// destroy the instance; zero or past for unprotected.
+	ProtectedUntil time.Time
+	// LastActiveAt is when the instance was last seen with a client
+	// connection or a finished transaction.
+	LastActiveAt time.Time
+	// Notice tells the caller of a create or change what the server did
+	// otherwise than asked (a ttl capped at instances.max_ttl, say); it is
+	// not stored.
+	Notice string
 }
+
+// Protected reports whether no rule may destroy the instance at now.
+func (in *Instance) Protected(now time.Time) bool { return now.Before(in.ProtectedUntil) }
 
 // Principal is who is asking.
 type Principal struct {
@@ -165,6 +180,8 @@ const (
 	KindUnauthorized             // no or unknown credentials
 	KindUnavailable              // try again later (port pool exhausted, state DB down)
 	KindInsufficientStorage      // the disk is full
+	KindGone                     // the thing was destroyed by a rule (an instance's tombstone)
+	KindQuotaExceeded            // the principal has as many as it may have
 )
 
 // Error is an error with a Kind and a message meant for the client. Field names
@@ -201,6 +218,8 @@ var (
 	ErrUnauthorized        = &Error{Kind: KindUnauthorized}
 	ErrUnavailable         = &Error{Kind: KindUnavailable}
 	ErrInsufficientStorage = &Error{Kind: KindInsufficientStorage}
+	ErrGone                = &Error{Kind: KindGone}
+	ErrQuotaExceeded       = &Error{Kind: KindQuotaExceeded}
 )
 
 // Errorf returns an *Error of the given kind with a formatted client message.

@@ -33,9 +33,18 @@ type ImageService interface {
 // mock.InstanceService is its fake.
 type InstanceService interface {
 	List(ctx context.Context, p Principal) ([]*Instance, error)
+	// Get returns instance id. One that a rule destroyed (expiry, idle
+	// clean-up, its image's destroy) is an error of kind KindGone saying
+	// which and when, for instances.tombstone_days.
 	Get(ctx context.Context, p Principal, id int64) (*Instance, error)
 	// Create makes an instance of ready image imageID owned by p and
-	// returns it running, with its credentials.
-	Create(ctx context.Context, p Principal, imageID int64) (*Instance, error)
+	// returns it running, with its credentials. Beyond instances.max_per_user
+	// it fails with KindQuotaExceeded.
+	Create(ctx context.Context, p Principal, imageID int64, opts CreateOptions) (*Instance, error)
+	// Update extends or protects instance id (see InstancePatch).
+	Update(ctx context.Context, p Principal, id int64, patch InstancePatch) (*Instance, error)
 	Destroy(ctx context.Context, p Principal, id int64) error
+	// Tombstones returns what remains of p's instances that rules
+	// destroyed (everybody's, for the upload principal), newest first.
+	Tombstones(ctx context.Context, p Principal) ([]*Tombstone, error)
 }

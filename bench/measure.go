@@ -178,7 +178,7 @@ func firstQuery(ctx context.Context, cfg *pgx.ConnConfig) error {
 // and the total.
 func (e *env) createAndQuery(ctx context.Context, image int64) (in *draupnir.Instance, api, total time.Duration, err error) {
 	t0 := time.Now()
-	in, err = e.user.Instances().Create(ctx, draupnir.Principal{}, image)
+	in, err = e.user.Instances().Create(ctx, draupnir.Principal{}, image, draupnir.CreateOptions{})
 	api = time.Since(t0)
 	if err != nil {
 		return nil, api, 0, fmt.Errorf("creating an instance of image %d: %w", image, err)

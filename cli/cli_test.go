@@ -42,10 +42,13 @@ type fake struct {
 	}
 	patch    draupnir.ImagePatch
 	uploaded string
+	gone     []*draupnir.Tombstone
 }
 
 func newFakeBackend() *fake {
 	return &fake{
+		gone: []*draupnir.Tombstone{{ID: 3, ImageID: 1, Reason: draupnir.ReasonExpired, Detail: "it expired at 2026-11-24T12:00:00Z",
+			DestroyedAt: time.Date(2026, 11, 24, 12, 0, 5, 0, time.UTC)}},
 		images: []*draupnir.Image{
 			{ID: 1, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0, SizeBytes: 3 << 30, PostgresVersion: "15", AnonymisationScript: "DELETE FROM users;"},
 			{ID: 2, State: draupnir.ImageReady, BackedUpAt: t0.Add(48 * time.Hour), CreatedAt: t0, UpdatedAt: t0, PostgresVersion: "15"},
@@ -138,11 +141,52 @@ func (f fakeInstances) Get(ctx context.Context, _ draupnir.Principal, id int64) 
 	return nil, notFound("instance", id)
 }
 
-func (f fakeInstances) Create(ctx context.Context, _ draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
-	if err := f.call("CreateInstance", imageID); err != nil {
+func (f fakeInstances) Create(ctx context.Context, _ draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
+	args := []any{imageID}
+	if opts.TTL != 0 {
+		args = append(args, "ttl="+opts.TTL.String())
+	}
+	if err := f.call("CreateInstance", args...); err != nil {
 		return nil, err
 	}
 	return &draupnir.Instance{ID: 5, ImageID: imageID, State: draupnir.InstanceRunning, Port: 6002, Hostname: "db.example.com", CreatedAt: t0}, nil
+}
+
+func (f fakeInstances) Update(ctx context.Context, _ draupnir.Principal, id int64, patch draupnir.InstancePatch) (*draupnir.Instance, error) {
+	var ttl, protect any
+	if patch.TTL != nil {
+		ttl = *patch.TTL
+	}
+	if patch.ProtectFor != nil {
+		protect = *patch.ProtectFor
+	}
+	if err := f.call("UpdateInstance", id, ttl, protect); err != nil {
+		return nil, err
+	}
+	var inst *draupnir.Instance
+	for _, in := range f.instances {
+		if in.ID == id {
+			inst = in
+		}
+	}
+	if inst == nil {
+		return nil, notFound("instance", id)
+	}
+	c := *inst
+	if patch.TTL != nil && *patch.TTL > 0 {
+		c.ExpiresAt = t0.Add(*patch.TTL)
+	}
+	if patch.ProtectFor != nil && *patch.ProtectFor > 0 {
+		c.ProtectedUntil = t0.Add(*patch.ProtectFor)
+	}
+	return &c, nil
+}
+
+func (f fakeInstances) Tombstones(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Tombstone, error) {
+	if err := f.call("Tombstones"); err != nil {
+		return nil, err
+	}
+	return f.gone, nil
 }
 
 func (f fakeInstances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
@@ -261,6 +305,17 @@ func TestCommands(t *testing.T) {
 		{name: "instances show someone else's", args: []string{"instances", "show", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
 		{name: "instances create", args: []string{"instances", "create", "2"}, stdout: []string{"ID:", "5", "Image:", "2"}, wantCalls: "CreateInstance 2"},
 		{name: "instances destroy", args: []string{"instances", "destroy", "4"}, stdout: []string{"Destroyed instance 4."}},
+		{name: "instances create with ttl", args: []string{"instances", "create", "2", "--ttl", "7d"}, stdout: []string{"ID:", "5"}, wantCalls: "CreateInstance 2 ttl=168h0m0s"},
+		{name: "instances create with ttl in seconds", args: []string{"instances", "create", "2", "--ttl=30s"}, stdout: []string{"ID:", "5"}, wantCalls: "CreateInstance 2 ttl=30s"},
+		{name: "instances create with a bad ttl", args: []string{"instances", "create", "2", "--ttl", "soon"}, code: 2, stderr: `--ttl must be a duration such as 90m, 8h or 7d, not "soon"`, wantCalls: "-"},
+		{name: "instances extend", args: []string{"instances", "extend", "4", "8h"}, stdout: []string{"Instance 4: expires at 2017-05-01T20:00:00Z; not protected."}, wantCalls: "UpdateInstance 4 8h0m0s <nil>"},
+		{name: "instances extend to never", args: []string{"instances", "extend", "4", "0"}, stdout: []string{"Instance 4: never expires"}, wantCalls: "UpdateInstance 4 0s <nil>"},
+		{name: "instances extend without duration", args: []string{"instances", "extend", "4"}, code: 2, stderr: "takes 2 arguments", wantCalls: "-"},
+		{name: "instances protect", args: []string{"instances", "protect", "4", "2d"}, stdout: []string{"protected until 2017-05-03T12:00:00Z."}, wantCalls: "UpdateInstance 4 <nil> 48h0m0s"},
+		{name: "instances protect negative", args: []string{"instances", "protect", "4", "--", "-1h"}, code: 2, stderr: `duration must be a duration such as 90m, 8h or 7d, not "-1h"`, wantCalls: "-"},
+		{name: "instances unprotect", args: []string{"instances", "unprotect", "4"}, stdout: []string{"not protected."}, wantCalls: "UpdateInstance 4 <nil> 0s"},
+		{name: "instances list shows lifetimes", args: []string{"instances", "list"}, stdout: []string{"EXPIRES AT", "PROTECTED UNTIL", "IDLE"}},
+		{name: "instances list --all", args: []string{"instances", "list", "--all"}, stdout: []string{"Destroyed by a rule:", "expired", "it expired at 2026-11-24T12:00:00Z"}, wantCalls: "ListInstances Tombstones"},
 		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
 		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},
 		{name: "version over ssh", ssh: true, args: []string{"version"}, stdout: []string{"server 9.9.9"}},

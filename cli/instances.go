@@ -3,6 +3,9 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,19 +18,7 @@ func (a *app) instancesCmd() *cobra.Command {
 second. Each is yours alone; destroy it when you are done. 'env N' prints the
 settings psql and other libpq programs need to connect.`
 	cmd.AddCommand(
-		&cobra.Command{
-			Use:     "list",
-			Aliases: []string{"ls"},
-			Short:   "List your instances",
-			Args:    exactArgs(0),
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				insts, err := a.b.Instances.List(cmd.Context(), a.b.Principal)
-				if err != nil {
-					return err
-				}
-				return a.printInstances(insts)
-			},
-		},
+		a.instancesListCmd(),
 		&cobra.Command{
 			Use:   "show N",
 			Short: "Show instance N with its connection details",
@@ -44,22 +35,16 @@ settings psql and other libpq programs need to connect.`
 				return a.printInstance(inst)
 			},
 		},
-		&cobra.Command{
-			Use:   "create IMAGE_ID",
-			Short: "Start an instance of image IMAGE_ID",
-			Args:  exactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				id, err := parseID(cmd, "image id", args[0])
-				if err != nil {
-					return err
-				}
-				inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, id)
-				if err != nil {
-					return err
-				}
-				return a.printInstance(inst)
-			},
-		},
+		a.instancesCreateCmd(),
+		a.lifetimeCmd("extend N DURATION", "Make instance N expire DURATION from now (e.g. 8h, 7d; 0 for never)",
+			func(d time.Duration) draupnir.InstancePatch { return draupnir.InstancePatch{TTL: &d} }),
+		a.lifetimeCmd("protect N DURATION", "Keep expiry and idle clean-up away from instance N for DURATION (e.g. 8h, 7d)",
+			func(d time.Duration) draupnir.InstancePatch { return draupnir.InstancePatch{ProtectFor: &d} }),
+		a.lifetimeCmd("unprotect N", "Remove instance N's protection",
+			func(time.Duration) draupnir.InstancePatch {
+				var zero time.Duration
+				return draupnir.InstancePatch{ProtectFor: &zero}
+			}),
 		&cobra.Command{
 			Use:     "destroy N",
 			Aliases: []string{"rm"},
@@ -92,7 +77,7 @@ print it, with the command that sets up psql to connect to it.`,
 			if err != nil {
 				return err
 			}
-			inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, img.ID)
+			inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, img.ID, draupnir.CreateOptions{})
 			if err != nil {
 				return err
 			}
@@ -122,4 +107,115 @@ func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
 		return nil, &draupnir.Error{Kind: draupnir.KindNotFound, Msg: "no image is ready yet", Err: errors.New("no ready image")}
 	}
 	return best, nil
+}
+
+func (a *app) instancesListCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List your instances",
+		Long: `List your instances with when each expires, until when it is protected and
+how long it has been idle. With --all, also those that expiry, idle clean-up
+or an image's destroy took away recently, and why.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			insts, err := a.b.Instances.List(cmd.Context(), a.b.Principal)
+			if err != nil {
+				return err
+			}
+			if !all {
+				return a.printInstances(insts)
+			}
+			gone, err := a.b.Instances.Tombstones(cmd.Context(), a.b.Principal)
+			if err != nil {
+				return err
+			}
+			return a.printInstancesAll(insts, gone)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "also list the instances rules destroyed, with the reason")
+	return cmd
+}
+
+func (a *app) instancesCreateCmd() *cobra.Command {
+	var ttl string
+	cmd := &cobra.Command{
+		Use:   "create IMAGE_ID",
+		Short: "Start an instance of image IMAGE_ID",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "image id", args[0])
+			if err != nil {
+				return err
+			}
+			var opts draupnir.CreateOptions
+			if cmd.Flags().Changed("ttl") {
+				if opts.TTL, err = parseDuration(cmd, "--ttl", ttl); err != nil {
+					return err
+				}
+			}
+			inst, err := a.b.Instances.Create(cmd.Context(), a.b.Principal, id, opts)
+			if err != nil {
+				return err
+			}
+			a.notices(inst)
+			return a.printInstance(inst)
+		},
+	}
+	cmd.Flags().StringVar(&ttl, "ttl", "", "destroy it this long after now (e.g. 90m, 8h, 7d; default: the server's)")
+	return cmd
+}
+
+// lifetimeCmd is a command that changes instance N's lifetime: use is
+// "verb N" or "verb N DURATION", and patch turns the duration into the change.
+func (a *app) lifetimeCmd(use, short string, patch func(time.Duration) draupnir.InstancePatch) *cobra.Command {
+	withDuration := strings.HasSuffix(use, " DURATION")
+	n := 1
+	if withDuration {
+		n = 2
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  exactArgs(n),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "instance id", args[0])
+			if err != nil {
+				return err
+			}
+			var d time.Duration
+			if withDuration {
+				if d, err = parseDuration(cmd, "duration", args[1]); err != nil {
+					return err
+				}
+			}
+			inst, err := a.b.Instances.Update(cmd.Context(), a.b.Principal, id, patch(d))
+			if err != nil {
+				return err
+			}
+			a.notices(inst)
+			if a.json {
+				return a.printInstance(inst)
+			}
+			return a.done("Instance %d: %s; %s.", id, expiresStr(inst.ExpiresAt), protectionStr(inst.ProtectedUntil))
+		},
+	}
+}
+
+// parseDuration reads a duration argument: "90m", "8h", "7d" or "0".
+func parseDuration(cmd *cobra.Command, what, s string) (time.Duration, error) {
+	d, err := draupnir.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, usagef(cmd, "%s must be a duration such as 90m, 8h or 7d, not %q", what, s)
+	}
+	return d, nil
+}
+
+// notices tells the user on stderr what the server did otherwise than
+// asked (a ttl capped, say).
+func (a *app) notices(inst *draupnir.Instance) {
+	if inst.Notice != "" {
+		fmt.Fprintf(a.stderr, "note: %s\n", inst.Notice)
+	}
 }

@@ -95,14 +95,16 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 		owners = owners || inst.Owner != ""
 	}
 	tw := table(a.stdout)
-	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT")
+	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT\tEXPIRES AT\tPROTECTED UNTIL\tIDLE")
 	if owners {
 		fmt.Fprint(tw, "\tOWNER")
 	}
 	fmt.Fprintln(tw)
+	now := time.Now()
 	for _, inst := range insts {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s", inst.ID, inst.ImageID, inst.State,
-			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt))
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", inst.ID, inst.ImageID, inst.State,
+			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt),
+			timeStr(inst.ExpiresAt), protectedStr(inst, now), idleStr(inst.LastActiveAt, now))
 		if owners {
 			fmt.Fprintf(tw, "\t%s", dash(inst.Owner))
 		}
@@ -111,9 +113,71 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 	return tw.Flush()
 }
 
+// printInstancesAll prints the instances, then those rules destroyed.
+func (a *app) printInstancesAll(insts []*draupnir.Instance, gone []*draupnir.Tombstone) error {
+	if a.json {
+		type all struct {
+			Data []wire.InstanceResource  `json:"data"`
+			Gone []wire.TombstoneResource `json:"gone"`
+		}
+		doc := all{Data: make([]wire.InstanceResource, len(insts)), Gone: make([]wire.TombstoneResource, len(gone))}
+		for i, inst := range insts {
+			doc.Data[i] = wire.NewInstanceResource(inst)
+		}
+		for i, t := range gone {
+			doc.Gone[i] = wire.NewTombstoneResource(t)
+		}
+		return writeJSON(a.stdout, doc)
+	}
+	if err := a.printInstances(insts); err != nil {
+		return err
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.stdout, "\nDestroyed by a rule:")
+	tw := table(a.stdout)
+	fmt.Fprintln(tw, "ID\tIMAGE\tREASON\tDESTROYED AT\tOWNER\tWHY")
+	for _, t := range gone {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", t.ID, t.ImageID, t.Reason, timeStr(t.DestroyedAt), dash(t.Owner), oneLine(t.Detail))
+	}
+	return tw.Flush()
+}
+
+// protectedStr is until when inst is protected, "-" if it is not.
+func protectedStr(inst *draupnir.Instance, now time.Time) string {
+	if !inst.Protected(now) {
+		return "-"
+	}
+	return timeStr(inst.ProtectedUntil)
+}
+
+// idleStr is how long since last, to the second.
+func idleStr(last, now time.Time) string {
+	if last.IsZero() {
+		return "-"
+	}
+	return max(now.Sub(last), 0).Truncate(time.Second).String()
+}
+
+func expiresStr(t time.Time) string {
+	if t.IsZero() {
+		return "never expires"
+	}
+	return "expires at " + timeStr(t)
+}
+
+func protectionStr(t time.Time) string {
+	if t.IsZero() {
+		return "not protected"
+	}
+	return "protected until " + timeStr(t)
+}
+
 func (a *app) printInstance(inst *draupnir.Instance) error {
 	if a.json {
-		return writeJSON(a.stdout, wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(inst)})
+		return writeJSON(a.stdout, wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(inst),
+			Meta: wire.NewMeta(inst.Notice)})
 	}
 	tw := table(a.stdout)
 	fmt.Fprintf(tw, "ID:\t%d\n", inst.ID)
@@ -136,6 +200,9 @@ func (a *app) printInstance(inst *draupnir.Instance) error {
 	}
 	fmt.Fprintf(tw, "TLS:\t%s\n", tls)
 	fmt.Fprintf(tw, "Created at:\t%s\n", timeStr(inst.CreatedAt))
+	fmt.Fprintf(tw, "Expires at:\t%s\n", timeStr(inst.ExpiresAt))
+	fmt.Fprintf(tw, "Protected until:\t%s\n", protectedStr(inst, time.Now()))
+	fmt.Fprintf(tw, "Last active at:\t%s\n", timeStr(inst.LastActiveAt))
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -159,9 +159,29 @@ func (s Instances) Get(ctx context.Context, _ draupnir.Principal, id int64) (*dr
 
 // Create starts an instance of image imageID; it returns once Postgres
 // accepts connections.
-func (s Instances) Create(ctx context.Context, _ draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
-	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceCreate(imageID))
+func (s Instances) Create(ctx context.Context, _ draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
+	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceCreate(imageID, opts))
 	return s.c.instance(ctx, http.MethodPost, "/instances", body, http.StatusCreated)
+}
+
+// Update extends or protects instance id.
+func (s Instances) Update(ctx context.Context, _ draupnir.Principal, id int64, patch draupnir.InstancePatch) (*draupnir.Instance, error) {
+	body := wire.NewRequest(wire.TypeInstances, id, wire.NewInstanceChange(patch))
+	return s.c.instance(ctx, http.MethodPatch, instancePath(id), body, http.StatusOK)
+}
+
+// Tombstones returns what remains of the token principal's instances that
+// rules destroyed.
+func (s Instances) Tombstones(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Tombstone, error) {
+	var doc wire.Document[[]wire.TombstoneResource]
+	if err := s.c.do(ctx, http.MethodGet, "/tombstones", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Tombstone, len(doc.Data))
+	for i := range doc.Data {
+		out[i] = doc.Data[i].Tombstone()
+	}
+	return out, nil
 }
 
 // Destroy stops instance id and deletes its data.
@@ -209,7 +229,11 @@ func (c *Client) instance(ctx context.Context, method, path string, body any, wa
 	if err := c.do(ctx, method, path, body, want, &doc); err != nil {
 		return nil, err
 	}
-	return doc.Data.Instance(), nil
+	in := doc.Data.Instance()
+	if doc.Meta != nil {
+		in.Notice = strings.Join(doc.Meta.Notices, "; ")
+	}
+	return in, nil
 }
 
 // do sends one request and decodes a successful response into out (unless
@@ -289,6 +313,8 @@ func kindOf(status int) draupnir.Kind {
 		return draupnir.KindUnavailable
 	case http.StatusInsufficientStorage:
 		return draupnir.KindInsufficientStorage
+	case http.StatusGone:
+		return draupnir.KindGone
 	}
 	return draupnir.KindInternal
 }
@@ -316,6 +342,9 @@ func (c *Client) responseError(req *http.Request, resp *http.Response, body io.R
 	}
 	if e.Code == "incompatible_version" || e.Code == "invalid_api_version" {
 		msg = incompatibleVersion(c.version, resp.Header.Get(wire.HeaderVersion), msg)
+	}
+	if e.Code == "quota_exceeded" {
+		kind = draupnir.KindQuotaExceeded
 	}
 	field := ""
 	if e.Source != nil {

@@ -188,7 +188,7 @@ func TestRequestsAndDecoding(t *testing.T) {
 			wantInstance(t, inst)
 		}, "GET", "/instances/7", ""},
 		{"create instance", func(t *testing.T) {
-			inst, err := c.Instances().Create(ctx, draupnir.Principal{}, 3)
+			inst, err := c.Instances().Create(ctx, draupnir.Principal{}, 3, draupnir.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -305,7 +305,7 @@ func TestOriginalErrorShape(t *testing.T) {
 	if draupnir.KindOf(err) != draupnir.KindUnauthorized || err.Error() != "You do not have permission to view this resource" {
 		t.Errorf("401: %v (kind %v)", err, draupnir.KindOf(err))
 	}
-	_, err = c.Instances().Create(ctx, draupnir.Principal{}, 3)
+	_, err = c.Instances().Create(ctx, draupnir.Principal{}, 3, draupnir.CreateOptions{})
 	if draupnir.KindOf(err) != draupnir.KindUnprocessable || !strings.Contains(err.Error(), "not ready") {
 		t.Errorf("422: %v (kind %v)", err, draupnir.KindOf(err))
 	}
@@ -430,7 +430,7 @@ func TestPrincipalIsNotSent(t *testing.T) {
 		im.Destroy(ctx, p, 1)
 		in.List(ctx, p)
 		in.Get(ctx, p, 1)
-		in.Create(ctx, p, 1)
+		in.Create(ctx, p, 1, draupnir.CreateOptions{})
 		in.Destroy(ctx, p, 1)
 	}
 	calls(draupnir.Principal{})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 )
 
@@ -110,6 +111,25 @@ type Instances struct {
 	// DiskLimit is how much each instance may write beyond what it shares
 	// with its image; 0 means no limit.
 	DiskLimit Size `toml:"disk_limit"`
+	// DefaultTTL is the lifetime of an instance created without a ttl,
+	// MaxTTL the longest one may ask for; 0 means none and no cap.
+	DefaultTTL Duration `toml:"default_ttl"`
+	MaxTTL     Duration `toml:"max_ttl"`
+	// MaxProtection is the longest protection one may ask for at a time;
+	// 0 means no cap.
+	MaxProtection Duration `toml:"max_protection"`
+	// MaxPerUser is how many instances one user may have; 0 means no limit.
+	MaxPerUser int `toml:"max_per_user"`
+	// IdleTimeout destroys an instance unused that long; 0 turns it off.
+	// IdleConnectionTimeout, if not 0, counts a connection idle that long
+	// as no connection.
+	IdleTimeout           Duration `toml:"idle_timeout"`
+	IdleConnectionTimeout Duration `toml:"idle_connection_timeout"`
+	// SweepInterval is how often expiry and idleness are checked.
+	SweepInterval Duration `toml:"sweep_interval"`
+	// TombstoneDays is how long an instance destroyed by a rule answers
+	// 410 Gone with the reason.
+	TombstoneDays int `toml:"tombstone_days"`
 }
 
 // Postgres says where the PostgreSQL binaries are.
@@ -119,12 +139,13 @@ type Postgres struct {
 	BinDirs []string `toml:"bin_dirs"`
 }
 
-// Duration is a time.Duration written as a string such as "30s" in TOML.
+// Duration is a time.Duration written as a string such as "30s", "8h" or
+// "7d" in TOML.
 type Duration struct{ time.Duration }
 
-// UnmarshalText parses "1m30s"-style durations.
+// UnmarshalText parses "1m30s"-style durations and whole days ("7d").
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
+	v, err := draupnir.ParseDuration(string(b))
 	if err != nil {
 		return err
 	}
@@ -180,6 +201,9 @@ func Default() Config {
 			ListenAddresses: "*",
 			StartTimeout:    Duration{60 * time.Second},
 			DiskLimit:       10 << 30,
+			MaxProtection:   Duration{7 * 24 * time.Hour},
+			SweepInterval:   Duration{15 * time.Second},
+			TombstoneDays:   7,
 		},
 		Postgres: Postgres{BinDirs: []string{"/usr/lib/postgresql/*/bin"}},
 	}
@@ -358,7 +382,7 @@ func setFromString(f reflect.Value, s string) error {
 		}
 		f.Set(reflect.ValueOf(n))
 	case Duration:
-		d, err := time.ParseDuration(s)
+		d, err := draupnir.ParseDuration(s)
 		if err != nil {
 			return fmt.Errorf("not a duration: %q", s)
 		}
@@ -484,6 +508,9 @@ func (c *Config) Validate() error {
 	}{
 		{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout},
 		{"ssh.idle_timeout", c.SSH.IdleTimeout}, {"ssh.max_timeout", c.SSH.MaxTimeout},
+		{"instances.default_ttl", c.Instances.DefaultTTL}, {"instances.max_ttl", c.Instances.MaxTTL},
+		{"instances.max_protection", c.Instances.MaxProtection}, {"instances.idle_timeout", c.Instances.IdleTimeout},
+		{"instances.idle_connection_timeout", c.Instances.IdleConnectionTimeout},
 	} {
 		if d.d.Duration < 0 {
 			bad(d.key, "must not be negative (0 means no limit), got %s", d.d)
@@ -491,6 +518,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Instances.StartTimeout.Duration <= 0 {
 		bad("instances.start_timeout", "must be positive, got %s", c.Instances.StartTimeout)
+	}
+	if max := c.Instances.MaxTTL.Duration; max > 0 && c.Instances.DefaultTTL.Duration > max {
+		bad("instances.default_ttl", "must not be longer than instances.max_ttl (%s), got %s", c.Instances.MaxTTL, c.Instances.DefaultTTL)
+	}
+	if c.Instances.SweepInterval.Duration < time.Second {
+		bad("instances.sweep_interval", "must be at least 1s, got %s", c.Instances.SweepInterval)
+	}
+	if c.Instances.MaxPerUser < 0 {
+		bad("instances.max_per_user", "must not be negative (0 means no limit), got %d", c.Instances.MaxPerUser)
+	}
+	if c.Instances.TombstoneDays < 1 {
+		bad("instances.tombstone_days", "must be at least 1, got %d", c.Instances.TombstoneDays)
 	}
 	if c.Instances.WarmPool < 0 || c.Instances.WarmPool > 100 {
 		bad("instances.warm_pool", "must be between 0 and 100, got %d", c.Instances.WarmPool)

@@ -82,6 +82,10 @@ listen_addresses = "10.0.0.1"
 superuser_access = true
 start_timeout = "45s"
 disk_limit = "2GiB"
+default_ttl = "8h"
+max_ttl = "7d"
+max_per_user = 3
+idle_timeout = "90m"
 
 [instances.settings]
 work_mem = "64MB"
@@ -127,6 +131,9 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 			MinPort: 7000, MaxPort: 7100, PostgresUser: "pg", ListenAddresses: "10.0.0.1",
 			Settings: map[string]string{"work_mem": "64MB"}, SuperuserAccess: true,
 			StartTimeout: Duration{45 * time.Second}, DiskLimit: 2 << 30,
+			DefaultTTL: Duration{8 * time.Hour}, MaxTTL: Duration{7 * 24 * time.Hour}, MaxPerUser: 3,
+			IdleTimeout: Duration{90 * time.Minute}, MaxProtection: Duration{7 * 24 * time.Hour},
+			SweepInterval: Duration{15 * time.Second}, TombstoneDays: 7,
 		},
 		Postgres: Postgres{BinDirs: []string{"/opt/pg15/bin", "/opt/pg16/bin"}},
 	}
@@ -209,6 +216,12 @@ func TestLoadErrors(t *testing.T) {
 		{"disk_limit negative", "[instances]\ndisk_limit = -1", []string{"instances.disk_limit"}},
 		{"disk_limit too small", "[instances]\ndisk_limit = \"1MiB\"", []string{"instances.disk_limit", "64MiB"}},
 		{"disk_limit fractional", "[instances]\ndisk_limit = 1.5", []string{"instances.disk_limit"}},
+		{"default_ttl beyond max_ttl", "[instances]\ndefault_ttl = \"8d\"\nmax_ttl = \"7d\"", []string{"instances.default_ttl", "max_ttl"}},
+		{"max_ttl negative", "[instances]\nmax_ttl = \"-1h\"", []string{"instances.max_ttl"}},
+		{"idle_timeout not a duration", "[instances]\nidle_timeout = \"7days\"", []string{"instances.idle_timeout", "line 2"}},
+		{"max_per_user negative", "[instances]\nmax_per_user = -1", []string{"instances.max_per_user"}},
+		{"sweep_interval too short", "[instances]\nsweep_interval = \"10ms\"", []string{"instances.sweep_interval"}},
+		{"tombstone_days zero", "[instances]\ntombstone_days = 0", []string{"instances.tombstone_days"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -475,7 +475,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 		}
 	}
 	theirs := s.readyImage(t, "SELECT 1;", filepath.Join(backup, "base.tar.gz"), filepath.Join(backup, "pg_wal.tar.gz"))
-	other, err := s.user().Instances().Create(ctx, draupnir.Principal{}, theirs.ID)
+	other, err := s.user().Instances().Create(ctx, draupnir.Principal{}, theirs.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func TestImageFormats(t *testing.T) {
 			if err != nil || !ro {
 				t.Fatalf("image snapshot read-only = %v, %v", ro, err)
 			}
-			in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID)
+			in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,7 +82,7 @@ func TestInstances(t *testing.T) {
 
 	var ins []*draupnir.Instance
 	for i := 0; i < 3; i++ {
-		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +180,7 @@ func TestInstances(t *testing.T) {
 	})
 
 	t.Run("a fresh instance uses almost no disk", func(t *testing.T) {
-		fresh, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+		fresh, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +341,7 @@ func TestKillServer(t *testing.T) {
 	ctx := context.Background()
 	var ins []*draupnir.Instance
 	for i := 0; i < 2; i++ {
-		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,7 +379,7 @@ func TestKillServer(t *testing.T) {
 		t.Errorf("the orphaned subvolume survived the restart: %v", err)
 	}
 	// A new create does not reuse a port in use.
-	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,7 +119,7 @@ func TestFaults(t *testing.T) {
 		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im2.ID); err != nil || !got.Ready() {
 			t.Fatalf("done after the redone upload: %v %+v\n%s", err, got, s.logs())
 		}
-		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +152,7 @@ func TestFaults(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); err == nil {
+				if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{}); err == nil {
 					first <- struct{}{}
 				}
 			}()
@@ -178,7 +178,7 @@ func TestFaults(t *testing.T) {
 			}
 			mustPSQL(t, in, "CREATE TABLE kept AS SELECT "+strconv.FormatInt(in.ID, 10)+" AS id")
 		}
-		if in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); err != nil {
+		if in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{}); err != nil {
 			t.Fatalf("create after the crash: %v", err)
 		} else {
 			mustPSQL(t, in, "CREATE TABLE kept AS SELECT "+strconv.FormatInt(in.ID, 10)+" AS id")
@@ -302,7 +302,7 @@ func TestFaults(t *testing.T) {
 
 		// Create: something else has filled the disk.
 		filler := fill(t, s.dataPath, 16<<20)
-		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID); !errors.Is(err, draupnir.ErrInsufficientStorage) {
+		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{}); !errors.Is(err, draupnir.ErrInsufficientStorage) {
 			t.Errorf("create on a full disk: %v; want insufficient storage\n%s", err, s.logs())
 		}
 		os.Remove(filler)
@@ -311,7 +311,7 @@ func TestFaults(t *testing.T) {
 		var in *draupnir.Instance
 		waitFor(t, 60*time.Second, "a create to succeed after freeing space", func() bool {
 			syscall.Sync()
-			in, err = s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+			in, err = s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 			if err != nil && !errors.Is(err, draupnir.ErrInsufficientStorage) {
 				t.Fatalf("create after freeing space: %v\n%s", err, s.logs())
 			}
@@ -374,7 +374,7 @@ func TestFaults(t *testing.T) {
 				t.Errorf("GET %s with the state database down: %d %s, want 503 service_unavailable", path, status, code)
 			}
 		}
-		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 1); !errors.Is(err, draupnir.ErrUnavailable) {
+		if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 1, draupnir.CreateOptions{}); !errors.Is(err, draupnir.ErrUnavailable) {
 			t.Errorf("create with the state database down: %v, want unavailable", err)
 		}
 		// The finalise ends meanwhile and cannot record its outcome.
@@ -397,7 +397,7 @@ func TestFaults(t *testing.T) {
 		if got, err := up.Images().Finalise(ctx, draupnir.Principal{}, im2.ID); err != nil || !got.Ready() {
 			t.Fatalf("done again after the state database came back: %v %+v\n%s", err, got, s.logs())
 		}
-		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im2.ID, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatalf("create after the state database came back: %v\n%s", err, s.logs())
 		}

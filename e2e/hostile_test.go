@@ -184,7 +184,7 @@ func TestHostileSource(t *testing.T) {
 	}
 	b := src.BaseBackup(t, "-z", "-X", "stream")
 	im := s.readyImage(t, anonymiseHostile, filepath.Join(b, "base.tar.gz"), filepath.Join(b, "pg_wal.tar.gz"))
-	in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID)
+	in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestHostileSourceScriptAsSuperuser(t *testing.T) {
 	src := hostileSource(t)
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymiseHostile+"SELECT count(*) FROM pg_authid;\n", filepath.Join(b, "base.tar"))
-	in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID)
+	in, err := s.user().Instances().Create(context.Background(), draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

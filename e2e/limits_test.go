@@ -68,7 +68,7 @@ CREATE ROLE draupnir LOGIN PASSWORD 'source-draupnir-password';`)
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,11 +164,11 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	hog, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	hog, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	neighbour, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	neighbour, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ GRANT SET ON PARAMETER temp_file_limit TO app WITH GRANT OPTION;`)
 	}
 	// The others carry on.
 	mustPSQL(t, neighbour, "CREATE TABLE after AS SELECT repeat('y', 900) AS pad FROM generate_series(1, 30000) g")
-	third, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	third, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatalf("a create after one instance filled its limit: %v", err)
 	}
@@ -272,7 +272,7 @@ func TestInstanceLimitsAfterRestart(t *testing.T) {
 	b := src.BaseBackup(t, "-X", "fetch")
 	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
 	ctx := context.Background()
-	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,7 +143,7 @@ func TestLoad(t *testing.T) {
 					}
 				} else {
 					var err error
-					if in, err = api.Instances().Create(ctx, draupnir.Principal{}, im.ID); err != nil {
+					if in, err = api.Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{}); err != nil {
 						fail("create: %v", err)
 						return
 					}

@@ -560,7 +560,7 @@ func TestSSHKeyRegistry(t *testing.T) {
 
 	// Ownership across the doors: alice's instance is hers only.
 	im := e.s.readyImage(t, anonymise, filepath.Join(newSource(t).BaseBackup(t, "-X", "fetch"), "base.tar"))
-	in, err := alice.Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	in, err := alice.Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,7 +80,7 @@ func TestOperations(t *testing.T) {
 	if _, err := s.upload().Images().Finalise(ctx, draupnir.Principal{}, im.ID); err != nil {
 		t.Fatalf("finalise: %v\n%s", err, s.logs())
 	}
-	kept, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	kept, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestOperations(t *testing.T) {
 			}
 		}
 	}
-	if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 999); !errors.Is(err, draupnir.ErrNotFound) {
+	if _, err := s.user().Instances().Create(ctx, draupnir.Principal{}, 999, draupnir.CreateOptions{}); !errors.Is(err, draupnir.ErrNotFound) {
 		t.Fatalf("instance of a missing image: %v, want not found", err)
 	}
 	st, err := os.Stat(tarball)

@@ -37,11 +37,11 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("warm instances are visible: %v %d", err, len(list))
 	}
 
-	a, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	a, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	b2, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

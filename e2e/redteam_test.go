@@ -81,7 +81,7 @@ func TestDestroyImageWhileCreating(t *testing.T) {
 						return
 					default:
 					}
-					in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+					in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 					switch {
 					case err == nil:
 						mu.Lock()
@@ -110,7 +110,7 @@ func TestDestroyImageWhileCreating(t *testing.T) {
 				}
 			}
 		case gerr == nil:
-			in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+			in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 			if err != nil {
 				t.Fatalf("round %d: image %d survived its destroy (%v) but cannot be used: %v", round, im.ID, derr, err)
 			}
@@ -141,7 +141,7 @@ func TestDestroyInstanceWhileCreating(t *testing.T) {
 	for round := 0; round < 10 && caught < 3; round++ {
 		created := make(chan error, 1)
 		go func() {
-			_, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+			_, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
 			created <- err
 		}()
 		var derr error

@@ -94,7 +94,7 @@ func TestUploadLinks(t *testing.T) {
 	up := s.upload()
 
 	other := s.readyImage(t, anonymise, fetch)
-	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, other.ID)
+	in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, other.ID, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +400,7 @@ func TestUploadsPrivate(t *testing.T) {
 	checkPrivate(t, s.uploadDir(kept))
 
 	t.Run("nothing is readable by other local users", func(t *testing.T) {
-		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, kept)
+		in, err := s.user().Instances().Create(ctx, draupnir.Principal{}, kept, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -70,6 +70,7 @@ type imageCreate struct {
 // instanceCreate is a decoded POST /instances document.
 type instanceCreate struct {
 	ImageID int64
+	Options draupnir.CreateOptions
 }
 
 // decodeImageCreate decodes and validates a POST /images document. Errors
@@ -107,12 +108,8 @@ func decodeImagePatch(r io.Reader, id int64) (draupnir.ImagePatch, error) {
 	if err != nil {
 		return draupnir.ImagePatch{}, err
 	}
-	if hasID(res) {
-		got, ok := parseIDValue(res.ID)
-		if !ok || got != id {
-			return draupnir.ImagePatch{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
-				Detail: fmt.Sprintf("data.id must be %d, the id in the URL", id), Pointer: "/data/id"}
-		}
+	if err := sameID(res, id); err != nil {
+		return draupnir.ImagePatch{}, err
 	}
 	var attrs wire.ImageChange
 	if err := decodeAttributes(res, &attrs); err != nil {
@@ -153,7 +150,63 @@ func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
 			Detail:  "image_id must be a positive integer (a number or a numeric string)",
 			Pointer: "/data/attributes/image_id"}
 	}
-	return instanceCreate{ImageID: id}, nil
+	out := instanceCreate{ImageID: id}
+	if attrs.TTL != nil {
+		if out.Options.TTL, err = parseDuration("ttl", *attrs.TTL); err != nil {
+			return instanceCreate{}, err
+		}
+	}
+	return out, nil
+}
+
+// decodeInstancePatch decodes a PATCH /instances/:id document; a resource
+// id, if given, must be the one in the URL.
+func decodeInstancePatch(r io.Reader, id int64) (draupnir.InstancePatch, error) {
+	res, err := decodeResource(r, wire.TypeInstances)
+	if err != nil {
+		return draupnir.InstancePatch{}, err
+	}
+	if err := sameID(res, id); err != nil {
+		return draupnir.InstancePatch{}, err
+	}
+	var attrs wire.InstanceChange
+	if err := decodeAttributes(res, &attrs); err != nil {
+		return draupnir.InstancePatch{}, err
+	}
+	var patch draupnir.InstancePatch
+	for _, f := range []struct {
+		name string
+		raw  *string
+		dst  **time.Duration
+	}{{"ttl", attrs.TTL, &patch.TTL}, {"protect_for", attrs.ProtectFor, &patch.ProtectFor}} {
+		if f.raw == nil {
+			continue
+		}
+		d, err := parseDuration(f.name, *f.raw)
+		if err != nil {
+			return draupnir.InstancePatch{}, err
+		}
+		*f.dst = &d
+	}
+	if patch.TTL == nil && patch.ProtectFor == nil {
+		return draupnir.InstancePatch{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: "nothing to change: give ttl (extend) or protect_for (protect)", Pointer: "/data/attributes"}
+	}
+	return patch, nil
+}
+
+// parseDuration reads a duration attribute: "90m", "8h", "7d", or "0".
+func parseDuration(attr, s string) (time.Duration, error) {
+	d, err := draupnir.ParseDuration(s)
+	if err == nil && d < 0 {
+		err = fmt.Errorf("must not be negative")
+	}
+	if err != nil {
+		return 0, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  fmt.Sprintf("%s must be a duration such as \"90m\", \"8h\" or \"7d\" (\"0\" for none), not %q", attr, truncate(s, 64)),
+			Pointer: "/data/attributes/" + attr}
+	}
+	return d, nil
 }
 
 // decodeResource reads a whole request document and checks its envelope and
@@ -315,6 +368,18 @@ func tooLarge(err error) error {
 func hasID(res *inResource) bool {
 	id := string(res.ID)
 	return id != "" && id != "null" && id != `""`
+}
+
+// sameID refuses a resource id other than id, the one in the URL.
+func sameID(res *inResource, id int64) error {
+	if hasID(res) {
+		got, ok := parseIDValue(res.ID)
+		if !ok || got != id {
+			return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+				Detail: fmt.Sprintf("data.id must be %d, the id in the URL", id), Pointer: "/data/id"}
+		}
+	}
+	return nil
 }
 
 func noClientID(res *inResource) error {

@@ -33,6 +33,8 @@ const (
 	codeUnavailable         = "service_unavailable"
 	codeInternal            = "internal_server_error"
 	codeUnsupportedLogin    = "unsupported_login"
+	codeGone                = "gone"
+	codeQuotaExceeded       = "quota_exceeded"
 )
 
 // statusClientClosed is logged for requests whose client disconnected
@@ -152,6 +154,10 @@ func fromDomain(err error) *apiError {
 		e.Status, e.Code = http.StatusServiceUnavailable, codeUnavailable
 	case draupnir.KindInsufficientStorage:
 		e.Status, e.Code = http.StatusInsufficientStorage, codeInsufficientStorage
+	case draupnir.KindGone:
+		e.Status, e.Code = http.StatusGone, codeGone
+	case draupnir.KindQuotaExceeded:
+		e.Status, e.Code = http.StatusForbidden, codeQuotaExceeded
 	default:
 		e.Status, e.Code = http.StatusInternalServerError, codeInternal
 	}

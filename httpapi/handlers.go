@@ -135,7 +135,7 @@ func (a *api) createInstance(c echo.Context) error {
 		}
 		return err
 	}
-	in, err := a.instances.Create(c.Request().Context(), principal(c), req.ImageID)
+	in, err := a.instances.Create(c.Request().Context(), principal(c), req.ImageID, req.Options)
 	if err != nil {
 		ae := fromDomain(err)
 		switch draupnir.KindOf(err) {
@@ -148,6 +148,36 @@ func (a *api) createInstance(c echo.Context) error {
 	}
 	c.Response().Header().Set("Location", fmt.Sprintf("/instances/%d", in.ID))
 	return writeJSON(c, http.StatusCreated, instanceDocument(in))
+}
+
+// updateInstance extends (ttl) or protects (protect_for) an instance.
+func (a *api) updateInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	patch, err := decodeInstancePatch(c.Request().Body, id)
+	if err != nil {
+		return err
+	}
+	in, err := a.instances.Update(c.Request().Context(), principal(c), id, patch)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, instanceDocument(in))
+}
+
+// listTombstones lists the caller's instances that rules destroyed.
+func (a *api) listTombstones(c echo.Context) error {
+	list, err := a.instances.Tombstones(c.Request().Context(), principal(c))
+	if err != nil {
+		return err
+	}
+	data := make([]wire.TombstoneResource, 0, len(list))
+	for _, t := range list {
+		data = append(data, wire.NewTombstoneResource(t))
+	}
+	return writeJSON(c, http.StatusOK, wire.Document[[]wire.TombstoneResource]{Data: data})
 }
 
 func (a *api) destroyInstance(c echo.Context) error {
@@ -166,7 +196,7 @@ func imageDocument(im *draupnir.Image) wire.Document[wire.ImageResource] {
 }
 
 func instanceDocument(in *draupnir.Instance) wire.Document[wire.InstanceResource] {
-	return wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(in)}
+	return wire.Document[wire.InstanceResource]{Data: wire.NewInstanceResource(in), Meta: wire.NewMeta(in.Notice)}
 }
 
 type healthDocument struct {

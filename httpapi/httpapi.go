@@ -127,7 +127,9 @@ func New(opts Options) http.Handler {
 	e.GET("/instances", a.listInstances, std...)
 	e.GET("/instances/:id", a.getInstance, std...)
 	e.POST("/instances", a.createInstance, std...)
+	e.PATCH("/instances/:id", a.updateInstance, std...)
 	e.DELETE("/instances/:id", a.destroyInstance, std...)
+	e.GET("/tombstones", a.listTombstones, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
 

@@ -553,12 +553,12 @@ func TestRendering(t *testing.T) {
 		{
 			name: "instance with a CA",
 			req:  req{method: "GET", path: "/instances/1"},
-			want: `{"data":{"type":"instances","id":"1","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5678,"hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","owner":"alice@example.com","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n"}}}`,
+			want: `{"data":{"type":"instances","id":"1","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5678,"hostname":"db.example.com","state":"running","username":"draupnir","password":"s3cret","database":"db","owner":"alice@example.com","ca_certificate":"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n","expires_at":null,"protected_until":null,"last_active_at":null}}}`,
 		},
 		{
 			name: "instances as a user",
 			req:  req{method: "GET", path: "/instances", token: bobToken},
-			want: `{"data":[{"type":"instances","id":"2","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5679,"hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db","owner":"bob@example.com"}}]}`,
+			want: `{"data":[{"type":"instances","id":"2","attributes":{"created_at":"2026-11-24T10:00:00Z","updated_at":"2026-11-24T10:00:00Z","image_id":1,"port":5679,"hostname":"db.example.com","state":"running","username":"draupnir","password":"other","database":"db","owner":"bob@example.com","expires_at":null,"protected_until":null,"last_active_at":null}}]}`,
 		},
 		{
 			name: "no instances",
@@ -1025,5 +1025,104 @@ func TestServerFailuresLogTheirCause(t *testing.T) {
 	logs := e.logs.String()
 	if !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, "all of 5600-5699 taken") {
 		t.Errorf("want a warning with the cause:\n%s", logs)
+	}
+}
+
+// TestInstanceLifetime: POST ttl and PATCH ttl / protect_for reach the
+// service as durations (days and seconds too), a capped one's notice comes
+// back in meta, and bad values are refused with a pointer before the
+// service is asked.
+func TestInstanceLifetime(t *testing.T) {
+	dur := func(d time.Duration) *time.Duration { return &d }
+	tests := []struct {
+		name        string
+		method      string
+		path        string
+		attrs       string
+		wantStatus  int
+		wantOptions draupnir.CreateOptions
+		wantPatch   draupnir.InstancePatch
+		wantPointer string
+	}{
+		{"create with days", "POST", "/instances", `{"image_id":1,"ttl":"7d"}`, 201, draupnir.CreateOptions{TTL: 7 * 24 * time.Hour}, draupnir.InstancePatch{}, ""},
+		{"create with seconds", "POST", "/instances", `{"image_id":1,"ttl":"3s"}`, 201, draupnir.CreateOptions{TTL: 3 * time.Second}, draupnir.InstancePatch{}, ""},
+		{"create without ttl", "POST", "/instances", `{"image_id":1}`, 201, draupnir.CreateOptions{}, draupnir.InstancePatch{}, ""},
+		{"create with a bad ttl", "POST", "/instances", `{"image_id":1,"ttl":"forever"}`, 422, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes/ttl"},
+		{"create with a negative ttl", "POST", "/instances", `{"image_id":1,"ttl":"-1h"}`, 422, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes/ttl"},
+		{"create with a numeric ttl", "POST", "/instances", `{"image_id":1,"ttl":3600}`, 400, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes/ttl"},
+		{"extend", "PATCH", "/instances/1", `{"ttl":"8h"}`, 200, draupnir.CreateOptions{}, draupnir.InstancePatch{TTL: dur(8 * time.Hour)}, ""},
+		{"protect", "PATCH", "/instances/1", `{"protect_for":"2d"}`, 200, draupnir.CreateOptions{}, draupnir.InstancePatch{ProtectFor: dur(48 * time.Hour)}, ""},
+		{"unprotect", "PATCH", "/instances/1", `{"protect_for":"0"}`, 200, draupnir.CreateOptions{}, draupnir.InstancePatch{ProtectFor: dur(0)}, ""},
+		{"both", "PATCH", "/instances/1", `{"ttl":"1h","protect_for":"30m"}`, 200, draupnir.CreateOptions{}, draupnir.InstancePatch{TTL: dur(time.Hour), ProtectFor: dur(30 * time.Minute)}, ""},
+		{"nothing to change", "PATCH", "/instances/1", `{}`, 422, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes"},
+		{"bad protect_for", "PATCH", "/instances/1", `{"protect_for":"1y"}`, 422, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes/protect_for"},
+		{"unknown attribute", "PATCH", "/instances/1", `{"expires_at":"2030-01-01T00:00:00Z"}`, 400, draupnir.CreateOptions{}, draupnir.InstancePatch{}, "/data/attributes/expires_at"},
+		{"someone else's", "PATCH", "/instances/2", `{"ttl":"1h"}`, 404, draupnir.CreateOptions{}, draupnir.InstancePatch{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			rec := e.do(t, req{method: tt.method, path: tt.path,
+				body: `{"data":{"type":"instances","attributes":` + tt.attrs + `}}`})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if rec.Code >= 400 {
+				o := decodeErrors(t, rec).Errors[0]
+				if tt.wantPointer != "" && (o.Source == nil || o.Source.Pointer != tt.wantPointer) {
+					t.Errorf("error does not point at %s: %s", tt.wantPointer, rec.Body)
+				}
+				if tt.wantStatus != 404 && len(e.instances.Calls()) != 0 {
+					t.Errorf("service was called: %q", e.instances.Calls())
+				}
+				return
+			}
+			if e.instances.Options != tt.wantOptions {
+				t.Errorf("create options %+v, want %+v", e.instances.Options, tt.wantOptions)
+			}
+			if got, want := fmt.Sprint(derefPatch(e.instances.Patch)), fmt.Sprint(derefPatch(tt.wantPatch)); got != want {
+				t.Errorf("patch %s, want %s", got, want)
+			}
+		})
+	}
+}
+
+func derefPatch(p draupnir.InstancePatch) []any {
+	var out []any
+	for _, d := range []*time.Duration{p.TTL, p.ProtectFor} {
+		if d == nil {
+			out = append(out, nil)
+		} else {
+			out = append(out, *d)
+		}
+	}
+	return out
+}
+
+// TestGoneAndQuota: a tombstone is 410 gone with the reason, for its owner
+// only; a quota refusal is 403 quota_exceeded with the service's words.
+func TestGoneAndQuota(t *testing.T) {
+	e := newEnv(t, nil)
+	e.instances.Graves = []*draupnir.Tombstone{{ID: 7, ImageID: 1, Owner: "alice@example.com", Reason: draupnir.ReasonExpired,
+		Detail: "it expired at 2026-11-24T12:00:00Z", DestroyedAt: time.Date(2026, 11, 24, 12, 0, 5, 0, time.UTC)}}
+	rec := e.do(t, req{method: "GET", path: "/instances/7"})
+	if rec.Code != http.StatusGone {
+		t.Fatalf("status = %d: %s", rec.Code, rec.Body)
+	}
+	if o := decodeErrors(t, rec).Errors[0]; o.Code != "gone" || !strings.Contains(o.Detail, "expired at 2026-11-24T12:00:00Z") ||
+		!strings.Contains(o.Detail, "destroyed at 2026-11-24T12:00:05Z") {
+		t.Errorf("gone answer %+v", o)
+	}
+	if rec := e.do(t, req{method: "GET", path: "/instances/7", token: bobToken}); rec.Code != http.StatusNotFound {
+		t.Errorf("someone else's tombstone: %d %s", rec.Code, rec.Body)
+	}
+	rec = e.do(t, req{method: "GET", path: "/tombstones"})
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"type":"tombstones","id":"7"`) || !strings.Contains(rec.Body.String(), `"reason":"expired"`) {
+		t.Errorf("tombstones: %d %s", rec.Code, rec.Body)
+	}
+	e.instances.Err = draupnir.Errorf(draupnir.KindQuotaExceeded, "you have 2 instances, the most instances.max_per_user (2) allows; destroy one first")
+	rec = e.do(t, req{method: "POST", path: "/instances", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`})
+	if o := decodeErrors(t, rec).Errors[0]; rec.Code != 403 || o.Code != "quota_exceeded" || !strings.Contains(o.Detail, "max_per_user (2)") {
+		t.Errorf("quota refusal: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -51,7 +51,7 @@ func TestWireWithClient(t *testing.T) {
 		t.Fatalf("list images: %d, %v", len(list), err)
 	}
 
-	in, err := user.Instances().Create(ctx, draupnir.Principal{}, 3)
+	in, err := user.Instances().Create(ctx, draupnir.Principal{}, 3, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create instance: %v", err)
 	}
@@ -61,7 +61,7 @@ func TestWireWithClient(t *testing.T) {
 	if _, err = user.Instances().Get(ctx, draupnir.Principal{}, 1); !errors.Is(err, draupnir.ErrNotFound) {
 		t.Fatalf("someone else's instance: %v, want not found", err)
 	}
-	if _, err = user.Instances().Create(ctx, draupnir.Principal{}, 2); !errors.Is(err, draupnir.ErrConflict) {
+	if _, err = user.Instances().Create(ctx, draupnir.Principal{}, 2, draupnir.CreateOptions{}); !errors.Is(err, draupnir.ErrConflict) {
 		t.Fatalf("instance of an unready image: %v, want a conflict", err)
 	}
 	if err = user.Instances().Destroy(ctx, draupnir.Principal{}, in.ID); err != nil {

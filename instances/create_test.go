@@ -20,7 +20,7 @@ var alice = draupnir.Principal{Name: "alice@example.com"}
 
 func TestCreate(t *testing.T) {
 	e := newEnv(t, nil)
-	in, err := e.s.Create(context.Background(), alice, testImage)
+	in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestCreate(t *testing.T) {
 	if tr == nil || tr.proc != procs[0] {
 		t.Errorf("the instance's postgres is not watched")
 	}
-	if _, err := e.s.Create(context.Background(), draupnir.Principal{}, testImage); draupnir.KindOf(err) != draupnir.KindUnauthorized {
+	if _, err := e.s.Create(context.Background(), draupnir.Principal{}, testImage, draupnir.CreateOptions{}); draupnir.KindOf(err) != draupnir.KindUnauthorized {
 		t.Errorf("create without a principal: %v", err)
 	}
 }
@@ -110,7 +110,7 @@ func TestCreateUndo(t *testing.T) {
 				tt.setup(e)
 			}
 			before := e.store.listWhere(func(*draupnir.Instance) bool { return true })
-			_, err := e.s.Create(context.Background(), alice, tt.image)
+			_, err := e.s.Create(context.Background(), alice, tt.image, draupnir.CreateOptions{})
 			if err == nil || draupnir.KindOf(err) != tt.wantKind {
 				t.Fatalf("got %v (kind %v), want kind %v", err, draupnir.KindOf(err), tt.wantKind)
 			}
@@ -148,7 +148,7 @@ func TestCreatePortTaken(t *testing.T) {
 	t.Run("seen before the start", func(t *testing.T) {
 		e := newEnv(t, nil)
 		e.taken[minPort] = true
-		in, err := e.s.Create(context.Background(), alice, testImage)
+		in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +164,7 @@ func TestCreatePortTaken(t *testing.T) {
 			}
 			return nil
 		}
-		in, err := e.s.Create(context.Background(), alice, testImage)
+		in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func TestCreatePortTaken(t *testing.T) {
 	t.Run("every port taken", func(t *testing.T) {
 		e := newEnv(t, nil)
 		e.pg.startErr = func(supervisor.Spec) error { return supervisor.ErrPortInUse }
-		_, err := e.s.Create(context.Background(), alice, testImage)
+		_, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 		if specs, _ := e.pg.started(); !errors.Is(err, supervisor.ErrPortInUse) || len(specs) != 6 {
 			t.Fatalf("got %v after %d starts, want the port in use after 6", err, len(specs))
 		}
@@ -212,7 +212,7 @@ func TestCreateLimitsDisk(t *testing.T) {
 			if err := os.Mkdir(filepath.Join(e.images[testImage].Snapshot, "pg_wal"), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			in, err := e.s.Create(context.Background(), alice, testImage)
+			in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -101,12 +101,30 @@ type store interface {
 	// listOfImage returns the instances of an image that are not being
 	// created.
 	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
-	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error)
+	// insert and claimWarm take the new instance's expiry (zero: none).
+	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error)
 	movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error)
-	claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error)
+	claimWarm(ctx context.Context, imageID int64, owner string, expires time.Time) (*draupnir.Instance, error)
 	poolSizes(ctx context.Context) (map[int64]int, error)
 	setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error
 	setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error)
-	claimDestroy(ctx context.Context, id int64) (bool, error)
+	// claimDestroy marks instance id as being destroyed; a rule gives its
+	// reason and, in words, detail, and delete then leaves a tombstone.
+	claimDestroy(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string) (bool, error)
 	delete(ctx context.Context, id int64) error
+	setLifetime(ctx context.Context, id int64, l lifetime) (*draupnir.Instance, error)
+	// claimLapsed is claimDestroy for the sweeper: only if rule reason
+	// holds at now and the instance is not protected.
+	claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error)
+	countOwned(ctx context.Context, owner string) (int, error)
+	// tombstone returns instance id's tombstone, nil if it has none.
+	tombstone(ctx context.Context, id int64) (*draupnir.Tombstone, error)
+	tombstones(ctx context.Context, owner *string) ([]*draupnir.Tombstone, error)
+	pruneTombstones(ctx context.Context, before time.Time) error
+}
+
+// lifetime is a change of an instance's expiry and protection: nil leaves
+// a field as it is, a zero time clears it.
+type lifetime struct {
+	expiresAt, protectedUntil *time.Time
 }

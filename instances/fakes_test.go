@@ -21,15 +21,18 @@ import (
 // fakeStore is the instances table in memory. fail, keyed by method name,
 // makes a method return an error.
 type fakeStore struct {
-	mu    sync.Mutex
-	rows  map[int64]*draupnir.Instance
-	next  int64
-	ready map[int64]string // ready images and their databases
-	fail  map[string]error
+	mu     sync.Mutex
+	rows   map[int64]*draupnir.Instance
+	dead   map[int64]*draupnir.Tombstone
+	claims map[int64]draupnir.Tombstone // the rules that claimed rows
+	next   int64
+	ready  map[int64]string // ready images and their databases
+	fail   map[string]error
 }
 
 func newFakeStore(ready map[int64]string) *fakeStore {
-	return &fakeStore{rows: map[int64]*draupnir.Instance{}, ready: ready, fail: map[string]error{}}
+	return &fakeStore{rows: map[int64]*draupnir.Instance{}, dead: map[int64]*draupnir.Tombstone{},
+		claims: map[int64]draupnir.Tombstone{}, ready: ready, fail: map[string]error{}}
 }
 
 func (f *fakeStore) failing(method string) error { return f.fail[method] }
@@ -109,7 +112,7 @@ func (f *fakeStore) freePort(min, max int, skip []int32) int {
 	return 0
 }
 
-func (f *fakeStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
+func (f *fakeStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
 	if err := f.failing("insert"); err != nil {
 		return nil, err
 	}
@@ -121,7 +124,7 @@ func (f *fakeStore) insert(ctx context.Context, imageID int64, owner, username, 
 	}
 	f.next++
 	r := &draupnir.Instance{ID: f.next, ImageID: imageID, Owner: owner, State: draupnir.InstanceCreating,
-		Port: port, Username: username, Password: password, Database: f.ready[imageID]}
+		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires}
 	f.rows[r.ID] = r
 	c := *r
 	return &c, nil
@@ -141,7 +144,7 @@ func (f *fakeStore) movePort(ctx context.Context, id int64, min, max int, skip [
 	return port, nil
 }
 
-func (f *fakeStore) claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error) {
+func (f *fakeStore) claimWarm(ctx context.Context, imageID int64, owner string, expires time.Time) (*draupnir.Instance, error) {
 	if err := f.failing("claimWarm"); err != nil {
 		return nil, err
 	}
@@ -152,7 +155,7 @@ func (f *fakeStore) claimWarm(ctx context.Context, imageID int64, owner string) 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[warm[0].ID]
-	r.Owner, r.State = owner, draupnir.InstanceRunning
+	r.Owner, r.State, r.ExpiresAt = owner, draupnir.InstanceRunning, expires
 	c := *r
 	return &c, nil
 }
@@ -198,7 +201,7 @@ func (f *fakeStore) setLiveState(ctx context.Context, id int64, state draupnir.I
 	return true, nil
 }
 
-func (f *fakeStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
+func (f *fakeStore) claimDestroy(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[id]
@@ -206,7 +209,15 @@ func (f *fakeStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
 		return false, nil
 	}
 	r.State = draupnir.InstanceDestroying
+	f.claim(r, reason, detail)
 	return true, nil
+}
+
+// claim records that rule reason claimed r; f.mu must be held.
+func (f *fakeStore) claim(r *draupnir.Instance, reason draupnir.DestroyReason, detail string) {
+	if reason != "" {
+		f.claims[r.ID] = draupnir.Tombstone{ID: r.ID, ImageID: r.ImageID, Owner: r.Owner, Reason: reason, Detail: detail}
+	}
 }
 
 func (f *fakeStore) delete(ctx context.Context, id int64) error {
@@ -215,8 +226,90 @@ func (f *fakeStore) delete(ctx context.Context, id int64) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if t, ok := f.claims[id]; ok && t.Owner != "" {
+		t.DestroyedAt = time.Now()
+		f.dead[id] = &t
+	}
 	delete(f.rows, id)
 	return nil
+}
+
+func (f *fakeStore) setLifetime(ctx context.Context, id int64, l lifetime) (*draupnir.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.State == draupnir.InstanceDestroying || r.Owner == "" {
+		return nil, notFound(id)
+	}
+	if l.expiresAt != nil {
+		r.ExpiresAt = *l.expiresAt
+	}
+	if l.protectedUntil != nil {
+		r.ProtectedUntil = *l.protectedUntil
+	}
+	c := *r
+	return &c, nil
+}
+
+// claimLapsed holds the same conditions as pgStore's query.
+func (f *fakeStore) claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.Owner == "" || r.Protected(now) {
+		return false, nil
+	}
+	switch r.State {
+	case draupnir.InstanceRunning, draupnir.InstanceStopped, draupnir.InstanceFailed:
+	default:
+		return false, nil
+	}
+	holds := false
+	switch reason {
+	case draupnir.ReasonExpired:
+		holds = !r.ExpiresAt.IsZero() && !r.ExpiresAt.After(now)
+	case draupnir.ReasonIdle:
+		holds = !r.LastActiveAt.After(idleBefore)
+	}
+	if holds {
+		r.State = draupnir.InstanceDestroying
+		f.claim(r, reason, detail)
+	}
+	return holds, nil
+}
+
+func (f *fakeStore) tombstone(ctx context.Context, id int64) (*draupnir.Tombstone, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dead[id], nil
+}
+
+func (f *fakeStore) tombstones(ctx context.Context, owner *string) ([]*draupnir.Tombstone, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*draupnir.Tombstone
+	for _, t := range f.dead {
+		if owner == nil || t.Owner == *owner {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b *draupnir.Tombstone) int { return int(b.ID - a.ID) })
+	return out, nil
+}
+
+func (f *fakeStore) pruneTombstones(ctx context.Context, before time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, t := range f.dead {
+		if t.DestroyedAt.Before(before) {
+			delete(f.dead, id)
+		}
+	}
+	return nil
+}
+
+func (f *fakeStore) countOwned(ctx context.Context, owner string) (int, error) {
+	return len(f.listWhere(func(r *draupnir.Instance) bool { return r.Owner == owner })), nil
 }
 
 // fakeProc is a postgres that runs until it is stopped or crashes.

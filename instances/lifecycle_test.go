@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/supervisor"
@@ -38,7 +39,7 @@ func TestCrashRestart(t *testing.T) {
 			if tt.warm {
 				state = draupnir.InstanceWarm
 			}
-			in, err := e.s.create(context.Background(), testImage, map[bool]string{false: alice.Name, true: ""}[tt.warm], state)
+			in, err := e.s.create(context.Background(), testImage, map[bool]draupnir.Principal{false: alice, true: {}}[tt.warm], state, time.Time{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +53,7 @@ func TestCrashRestart(t *testing.T) {
 				}
 			}
 			if tt.destroy {
-				e.store.claimDestroy(context.Background(), in.ID)
+				e.store.claimDestroy(context.Background(), in.ID, "", "")
 			}
 			_, procs := e.pg.started()
 			crashed := procs[0]
@@ -87,7 +88,7 @@ func TestCrashRestart(t *testing.T) {
 // A deliberate stop is no crash.
 func TestDestroyIsNoCrash(t *testing.T) {
 	e := newEnv(t, nil)
-	in, err := e.s.Create(context.Background(), alice, testImage)
+	in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,7 +54,7 @@ func (s *Service) fillPool(ctx context.Context) {
 	for imageID, n := range sizes {
 		for ; n < s.opts.WarmPool && ctx.Err() == nil; n++ {
 			s.poolMu.Lock()
-			_, err := s.create(ctx, imageID, "", draupnir.InstanceWarm)
+			_, err := s.create(ctx, imageID, draupnir.Principal{}, draupnir.InstanceWarm, time.Time{})
 			s.poolMu.Unlock()
 			if err != nil {
 				// Next pass tries again; a full disk or port range should
@@ -85,7 +85,7 @@ func (s *Service) shrinkPool(ctx context.Context, imageID int64, extra int) {
 		}
 	}
 	for _, in := range warm[:min(extra, len(warm))] {
-		if ok, err := s.store.claimDestroy(ctx, in.ID); err != nil || !ok {
+		if ok, err := s.store.claimDestroy(ctx, in.ID, "", ""); err != nil || !ok {
 			continue
 		}
 		if err := s.teardown(ctx, in.ID); err != nil {

@@ -34,7 +34,7 @@ func TestPoolRefill(t *testing.T) {
 		t.Errorf("warm instances are listed: %v", list)
 	}
 
-	in, err := e.s.Create(ctx, alice, testImage)
+	in, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func idOf(e *env, dir string) int64 {
 func TestCreateWithoutPool(t *testing.T) {
 	e := newEnv(t, nil)
 	e.store.add(draupnir.Instance{ID: 9, ImageID: testImage, State: draupnir.InstanceWarm, Port: maxPort})
-	in, err := e.s.Create(context.Background(), alice, testImage)
+	in, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

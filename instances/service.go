@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +54,29 @@ type Options struct {
 	DiskLimit    int64
 	StartTimeout time.Duration
 	WarmPool     int // started, unassigned instances to keep per ready image
-	Log          *slog.Logger
+	// DefaultTTL is the lifetime of an instance created without a ttl and
+	// MaxTTL the longest a create or an extension may ask for; 0 means
+	// none and no cap.
+	DefaultTTL, MaxTTL time.Duration
+	// MaxProtection is the longest protection one change may ask for; 0
+	// means no cap.
+	MaxProtection time.Duration
+	// MaxPerUser is how many instances one user may have; 0 means no limit.
+	MaxPerUser int
+	// IdleTimeout destroys an instance without a client connection or a
+	// finished transaction for that long; 0 turns idle clean-up off.
+	// IdleConnectionTimeout, if not 0, counts a connection idle that long
+	// as none.
+	IdleTimeout, IdleConnectionTimeout time.Duration
+	// SweepInterval is how often expired instances are looked for
+	// (default 15 seconds).
+	SweepInterval time.Duration
+	// TombstoneDays is how long the reason an instance was destroyed by
+	// a rule is kept for its owner.
+	TombstoneDays int
+	// Destroyed, if set, is told of every destroy by a rule (for metrics).
+	Destroyed func(draupnir.DestroyReason)
+	Log       *slog.Logger
 }
 
 // Service manages instances.
@@ -100,6 +123,9 @@ func newService(opts Options, d deps) (*Service, error) {
 	}
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = time.Minute
+	}
+	if opts.SweepInterval == 0 {
+		opts.SweepInterval = 15 * time.Second
 	}
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
@@ -195,6 +221,9 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 // Get returns instance id if p may see it; someone else's is not found.
 func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error) {
 	in, err := s.store.get(ctx, id)
+	if draupnir.KindOf(err) == draupnir.KindNotFound {
+		return nil, s.gone(ctx, p, id, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -206,16 +235,21 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*dra
 
 // Create makes an instance of image imageID for p and returns once its
 // postgres accepts connections. Any failure undoes every step.
-func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
+func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
 	if p.Name == "" {
 		return nil, draupnir.Errorf(draupnir.KindUnauthorized, "no principal")
 	}
+	expires, notices, err := s.expiry(time.Now(), opts.TTL, true)
+	if err != nil {
+		return nil, err
+	}
 	if s.opts.WarmPool > 0 {
-		in, err := s.store.claimWarm(ctx, imageID, p.Name)
+		in, err := s.claimWarm(ctx, imageID, p, expires)
 		if err != nil {
 			return nil, err
 		}
 		if in != nil {
+			in.Notice = strings.Join(notices, "; ")
 			// Refill a moment later: starting the replacement right away
 			// competes with the owner's first connection for the CPU.
 			time.AfterFunc(refillDelay, s.refill)
@@ -223,12 +257,19 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 			return s.decorate(in), nil
 		}
 	}
-	return s.create(ctx, imageID, p.Name, draupnir.InstanceRunning)
+	in, err := s.create(ctx, imageID, p, draupnir.InstanceRunning, expires)
+	if err != nil {
+		return nil, err
+	}
+	in.Notice = strings.Join(notices, "; ")
+	return in, nil
 }
 
-// create makes an instance of image imageID for owner from scratch and
-// leaves it in state (running, or warm for the pool).
-func (s *Service) create(ctx context.Context, imageID int64, owner string, state draupnir.InstanceState) (_ *draupnir.Instance, err error) {
+// create makes an instance of image imageID for p from scratch and
+// leaves it in state (running, or warm for the pool, owned by nobody),
+// to expire at expires (zero: never).
+func (s *Service) create(ctx context.Context, imageID int64, p draupnir.Principal, state draupnir.InstanceState, expires time.Time) (_ *draupnir.Instance, err error) {
+	owner := p.Name
 	im, err := s.opts.Images.Ready(ctx, imageID)
 	if err != nil {
 		return nil, err
@@ -242,7 +283,7 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	if err != nil {
 		return nil, err
 	}
-	in, err := s.allocate(ctx, imageID, owner, draupnir.InstanceRole, password)
+	in, err := s.allocate(ctx, imageID, p, draupnir.InstanceRole, password, expires)
 	if err != nil {
 		return nil, err
 	}
@@ -313,11 +354,17 @@ func (s *Service) create(ctx context.Context, imageID int64, owner string, state
 	return s.decorate(in), nil
 }
 
-// allocate inserts the instance row with a free port.
-func (s *Service) allocate(ctx context.Context, imageID int64, owner, username, password string) (*draupnir.Instance, error) {
+// allocate inserts the instance row of p with a free port, within p's
+// quota.
+func (s *Service) allocate(ctx context.Context, imageID int64, p draupnir.Principal, username, password string, expires time.Time) (*draupnir.Instance, error) {
+	// portMu also makes the count and the insert one step, so that
+	// concurrent creates cannot all pass the quota.
 	s.portMu.Lock()
 	defer s.portMu.Unlock()
-	in, err := s.store.insert(ctx, imageID, owner, username, password, s.opts.MinPort, s.opts.MaxPort, []int32{})
+	if err := s.checkQuota(ctx, p); err != nil {
+		return nil, err
+	}
+	in, err := s.store.insert(ctx, imageID, p.Name, username, password, s.opts.MinPort, s.opts.MaxPort, []int32{}, expires)
 	if err != nil {
 		return nil, err
 	}
@@ -444,7 +491,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if in.State == draupnir.InstanceCreating {
 		return draupnir.Errorf(draupnir.KindConflict, "instance %d is still being created; destroy it when that ends", id)
 	}
-	ok, err := s.store.claimDestroy(ctx, id)
+	ok, err := s.store.claimDestroy(ctx, id, "", "")
 	if err != nil {
 		return err
 	}
@@ -474,17 +521,23 @@ func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 	}
 	var errs []error
 	for _, in := range list {
-		if _, err := s.store.claimDestroy(ctx, in.ID); err != nil {
+		if _, err := s.store.claimDestroy(ctx, in.ID, draupnir.ReasonImageDestroy,
+			fmt.Sprintf("its image %d was destroyed", imageID)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		errs = append(errs, s.teardown(context.WithoutCancel(ctx), in.ID))
+		if err := s.teardown(context.WithoutCancel(ctx), in.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.destroyedBy(in, draupnir.ReasonImageDestroy, "")
 	}
 	return errors.Join(errs...)
 }
 
 // teardown stops the postgres of instance id (immediately: its data is about
-// to go), deletes the snapshot and socket directory, then the row.
+// to go), deletes the snapshot and socket directory, then the row (which
+// leaves a tombstone if a rule claimed it).
 func (s *Service) teardown(ctx context.Context, id int64) error {
 	dir := s.dir(id)
 	if t := s.untrack(id); t != nil {
@@ -506,4 +559,12 @@ func (s *Service) teardown(ctx context.Context, id int64) error {
 	}
 	s.log.Info("instance destroyed", "instance", id)
 	return nil
+}
+
+// destroyedBy logs and counts that rule reason destroyed in.
+func (s *Service) destroyedBy(in *draupnir.Instance, reason draupnir.DestroyReason, detail string) {
+	s.log.Info("instance destroyed by a rule", "instance", in.ID, "owner", in.Owner, "rule", reason, "why", detail)
+	if s.opts.Destroyed != nil {
+		s.opts.Destroyed(reason)
+	}
 }

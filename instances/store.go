@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,20 +16,28 @@ import (
 type pgStore struct{ pool *pgxpool.Pool }
 
 const instanceColumns = `i.id, i.image_id, i.owner, i.state, i.port, i.username, i.password, i.error,
-	i.created_at, i.updated_at, im.database_name`
+	i.created_at, i.updated_at, im.database_name, i.expires_at, i.protected_until, i.last_active_at`
 
 const fromInstances = ` FROM instances i JOIN images im ON im.id = i.image_id `
 
 func scanInstance(r pgx.Row) (*draupnir.Instance, error) {
 	var in draupnir.Instance
 	var state string
+	var expires, protected *time.Time
 	if err := r.Scan(&in.ID, &in.ImageID, &in.Owner, &state, &in.Port, &in.Username, &in.Password, &in.Error,
-		&in.CreatedAt, &in.UpdatedAt, &in.Database); err != nil {
+		&in.CreatedAt, &in.UpdatedAt, &in.Database, &expires, &protected, &in.LastActiveAt); err != nil {
 		return nil, err
 	}
 	in.State = draupnir.InstanceState(state)
 	in.CreatedAt = in.CreatedAt.UTC()
 	in.UpdatedAt = in.UpdatedAt.UTC()
+	in.LastActiveAt = in.LastActiveAt.UTC()
+	if expires != nil {
+		in.ExpiresAt = expires.UTC()
+	}
+	if protected != nil {
+		in.ProtectedUntil = protected.UTC()
+	}
 	return &in, nil
 }
 
@@ -84,17 +93,17 @@ func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupn
 // insert creates an instance row on the lowest port of [min, max] that no
 // other instance holds and that is not in skip. It returns nil, nil when no
 // port is free.
-func (s pgStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error) {
+func (s pgStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
 	// One round trip: instance create is on the hot path.
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
-			INSERT INTO instances (image_id, owner, port, username, password)
-			SELECT $1, $2, p, $3, $4 FROM generate_series($5::int, $6::int) AS p
+			INSERT INTO instances (image_id, owner, port, username, password, expires_at)
+			SELECT $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p
 			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
 			ORDER BY p LIMIT 1
 			ON CONFLICT (port) DO NOTHING
 			RETURNING *)
 		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
-		imageID, owner, username, password, min, max, skip))
+		imageID, owner, username, password, min, max, skip, nullTime(expires)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -121,13 +130,14 @@ func (s pgStore) movePort(ctx context.Context, id int64, min, max int, skip []in
 // claimWarm hands a warm instance of image imageID to owner, or returns nil
 // when the pool has none. SKIP LOCKED lets concurrent creates take different
 // ones without waiting on each other.
-func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string) (*draupnir.Instance, error) {
+func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string, expires time.Time) (*draupnir.Instance, error) {
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
-			UPDATE instances SET owner = $2, state = 'running', created_at = now(), updated_at = now()
+			UPDATE instances SET owner = $2, state = 'running', created_at = now(), updated_at = now(),
+				expires_at = $3, last_active_at = now()
 			WHERE id = (SELECT id FROM instances WHERE image_id = $1 AND state = 'warm'
 			            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
 			RETURNING *)
-		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`, imageID, owner))
+		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`, imageID, owner, nullTime(expires)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -181,19 +191,142 @@ func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.Inst
 
 // claimDestroy marks instance id as being destroyed, unless another request
 // got there first.
-func (s pgStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', updated_at = now()
-		WHERE id = $1 AND state <> 'destroying'`, id)
+func (s pgStore) claimDestroy(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', destroy_reason = $2, error = $3, updated_at = now()
+		WHERE id = $1 AND state <> 'destroying'`, id, string(reason), detail)
 	if err != nil {
 		return false, fmt.Errorf("destroying instance %d: %w", id, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }
 
+// delete deletes the row of instance id. One that a rule claimed
+// (destroy_reason set) leaves a tombstone, in the same statement, so that a
+// crash cannot lose it.
 func (s pgStore) delete(ctx context.Context, id int64) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM instances WHERE id = $1`, id)
+	_, err := s.pool.Exec(ctx, `WITH d AS (DELETE FROM instances WHERE id = $1
+			RETURNING id, image_id, owner, destroy_reason, error)
+		INSERT INTO instance_tombstones (id, image_id, owner, reason, detail)
+		SELECT id, image_id, owner, destroy_reason, error FROM d WHERE destroy_reason <> '' AND owner <> ''
+		ON CONFLICT (id) DO NOTHING`, id)
 	if err != nil {
 		return fmt.Errorf("deleting the row of instance %d: %w", id, err)
+	}
+	return nil
+}
+
+// nullTime is t for a query parameter: NULL for the zero time.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// setLifetime changes the expiry and protection of instance id; a nil
+// field stays as it is, a zero time clears it. An instance being destroyed
+// is not found.
+func (s pgStore) setLifetime(ctx context.Context, id int64, l lifetime) (*draupnir.Instance, error) {
+	var expires, protected *time.Time
+	if l.expiresAt != nil {
+		expires = nullTime(*l.expiresAt)
+	}
+	if l.protectedUntil != nil {
+		protected = nullTime(*l.protectedUntil)
+	}
+	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
+			UPDATE instances SET
+				expires_at = CASE WHEN $2 THEN $3 ELSE expires_at END,
+				protected_until = CASE WHEN $4 THEN $5 ELSE protected_until END,
+				updated_at = now()
+			WHERE id = $1 AND state <> 'destroying' AND owner <> ''
+			RETURNING *)
+		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
+		id, l.expiresAt != nil, expires, l.protectedUntil != nil, protected))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("changing the lifetime of instance %d: %w", id, err)
+	}
+	return in, nil
+}
+
+// claimLapsed marks instance id as being destroyed by rule reason, if the
+// rule still holds at now and the instance is not protected: an extension
+// or a protection that came in since the sweeper looked wins.
+func (s pgStore) claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', destroy_reason = $2, error = $5, updated_at = now()
+		WHERE id = $1 AND state IN ('running', 'stopped', 'failed') AND owner <> ''
+		AND (protected_until IS NULL OR protected_until <= $3)
+		AND CASE $2 WHEN 'expired' THEN expires_at <= $3
+		            WHEN 'idle' THEN last_active_at <= $4
+		            ELSE false END`, id, string(reason), now, idleBefore, detail)
+	if err != nil {
+		return false, fmt.Errorf("claiming lapsed instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// countOwned returns how many instances owner has, those being created or
+// destroyed too.
+func (s pgStore) countOwned(ctx context.Context, owner string) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM instances WHERE owner = $1`, owner).Scan(&n); err != nil {
+		return 0, fmt.Errorf("counting the instances of %s: %w", owner, err)
+	}
+	return n, nil
+}
+
+const tombstoneColumns = `id, image_id, owner, reason, detail, destroyed_at`
+
+func scanTombstone(r pgx.Row) (*draupnir.Tombstone, error) {
+	var t draupnir.Tombstone
+	var reason string
+	if err := r.Scan(&t.ID, &t.ImageID, &t.Owner, &reason, &t.Detail, &t.DestroyedAt); err != nil {
+		return nil, err
+	}
+	t.Reason = draupnir.DestroyReason(reason)
+	t.DestroyedAt = t.DestroyedAt.UTC()
+	return &t, nil
+}
+
+// tombstone returns the tombstone of instance id, or nil.
+func (s pgStore) tombstone(ctx context.Context, id int64) (*draupnir.Tombstone, error) {
+	t, err := scanTombstone(s.pool.QueryRow(ctx, `SELECT `+tombstoneColumns+` FROM instance_tombstones WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the tombstone of instance %d: %w", id, err)
+	}
+	return t, nil
+}
+
+// tombstones returns owner's tombstones (everybody's for nil), newest
+// first.
+func (s pgStore) tombstones(ctx context.Context, owner *string) ([]*draupnir.Tombstone, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+tombstoneColumns+` FROM instance_tombstones
+		WHERE $1::text IS NULL OR owner = $1 ORDER BY destroyed_at DESC, id DESC`, owner)
+	if err != nil {
+		return nil, fmt.Errorf("listing tombstones: %w", err)
+	}
+	defer rows.Close()
+	var out []*draupnir.Tombstone
+	for rows.Next() {
+		t, err := scanTombstone(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing tombstones: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// pruneTombstones deletes the tombstones of instances destroyed before.
+func (s pgStore) pruneTombstones(ctx context.Context, before time.Time) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM instance_tombstones WHERE destroyed_at < $1`, before); err != nil {
+		return fmt.Errorf("deleting old tombstones: %w", err)
 	}
 	return nil
 }

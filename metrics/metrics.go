@@ -58,6 +58,7 @@ type Metrics struct {
 	uploadBytes  *prometheus.CounterVec
 	uploads      *prometheus.CounterVec
 	logRecords   *prometheus.CounterVec
+	ruleDestroys *prometheus.CounterVec
 }
 
 // New registers Draupnir's metrics, the state collector and the Go runtime
@@ -105,9 +106,13 @@ func New(opts Options) *Metrics {
 			Help: "Log records at warning level or above, by level; errors in background work " +
 				"(finalise jobs, instance restarts, reconcile) show here.",
 		}, []string{"level"}),
+		ruleDestroys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "instances_destroyed_by_rule_total",
+			Help: "Instances destroyed by a rule rather than by a person, by reason: expired, idle, image_destroy.",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(
-		m.httpRequests, m.httpDuration, m.operations, m.opErrors, m.uploadBytes, m.uploads, m.logRecords,
+		m.httpRequests, m.httpDuration, m.operations, m.opErrors, m.uploadBytes, m.uploads, m.logRecords, m.ruleDestroys,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -129,7 +134,15 @@ func New(opts Options) *Metrics {
 	for _, method := range []string{"stream", "files"} {
 		m.uploadBytes.WithLabelValues(method)
 	}
+	for _, r := range []draupnir.DestroyReason{draupnir.ReasonExpired, draupnir.ReasonIdle, draupnir.ReasonImageDestroy} {
+		m.ruleDestroys.WithLabelValues(string(r))
+	}
 	return m
+}
+
+// ObserveRuleDestroy counts an instance that rule reason destroyed.
+func (m *Metrics) ObserveRuleDestroy(reason draupnir.DestroyReason) {
+	m.ruleDestroys.WithLabelValues(string(reason)).Inc()
 }
 
 // CollectState adds the figures read from the state database at each scrape:

@@ -177,6 +177,11 @@ type Instances struct {
 	Images  *Images // where Create looks the image up
 	Err     error   // returned by every call when set
 	ImageID int64   // the image_id of the last Create
+	// Options and Patch are those of the last Create and Update.
+	Options draupnir.CreateOptions
+	Patch   draupnir.InstancePatch
+	// Graves are the tombstones: Get of one of their ids is KindGone.
+	Graves []*draupnir.Tombstone
 	recorder
 }
 
@@ -227,12 +232,63 @@ func (f *Instances) Get(ctx context.Context, p draupnir.Principal, id int64) (*d
 	defer f.mu.Unlock()
 	in, ok := f.ByID[id]
 	if !ok || !p.CanSee(in.Owner) {
+		for _, g := range f.Graves {
+			if g.ID == id && p.CanSee(g.Owner) {
+				return nil, draupnir.Errorf(draupnir.KindGone, "instance %d was destroyed at %s: %s",
+					id, g.DestroyedAt.Format(time.RFC3339), g.Detail)
+			}
+		}
 		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
 	}
 	return in, nil
 }
 
-func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
+// Update records patch and sets the expiry and protection it asks for,
+// from a fixed now.
+func (f *Instances) Update(ctx context.Context, p draupnir.Principal, id int64, patch draupnir.InstancePatch) (*draupnir.Instance, error) {
+	if err := f.record("Update", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in, ok := f.ByID[id]
+	if !ok || !p.CanSee(in.Owner) {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	f.Patch = patch
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time {
+		if d == 0 {
+			return time.Time{}
+		}
+		return now.Add(d)
+	}
+	if patch.TTL != nil {
+		in.ExpiresAt = at(*patch.TTL)
+	}
+	if patch.ProtectFor != nil {
+		in.ProtectedUntil = at(*patch.ProtectFor)
+	}
+	return in, nil
+}
+
+// Tombstones returns the Graves p may see.
+func (f *Instances) Tombstones(ctx context.Context, p draupnir.Principal) ([]*draupnir.Tombstone, error) {
+	if err := f.record("Tombstones", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*draupnir.Tombstone
+	for _, g := range f.Graves {
+		if p.CanSee(g.Owner) {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
 	if err := f.record("Create", p); err != nil {
 		return nil, err
 	}
@@ -245,11 +301,14 @@ func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID in
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ImageID = imageID
+	f.ImageID, f.Options = imageID, opts
 	now := time.Date(2026, 11, 24, 11, 0, 0, 0, time.UTC)
 	in := &draupnir.Instance{ID: 3, ImageID: imageID, Owner: p.Name, State: draupnir.InstanceRunning,
 		Port: 6000, Hostname: "db.example.com", Username: "draupnir", Password: "pw", Database: "db",
-		CreatedAt: now, UpdatedAt: now}
+		CreatedAt: now, UpdatedAt: now, LastActiveAt: now}
+	if opts.TTL > 0 {
+		in.ExpiresAt = now.Add(opts.TTL)
+	}
 	f.ByID[in.ID] = in
 	return in, nil
 }

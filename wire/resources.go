@@ -3,13 +3,31 @@ package wire
 import (
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/draupnir-db/draupnir"
 )
 
-// Document is a top-level document: {"data": …}.
+// Document is a top-level document: {"data": …}, with meta when the
+// server has something to say about the data.
 type Document[T any] struct {
-	Data T `json:"data"`
+	Data T     `json:"data"`
+	Meta *Meta `json:"meta,omitempty"`
+}
+
+// Meta is a document's meta object.
+type Meta struct {
+	// Notices say what the server did otherwise than asked (a ttl capped
+	// at instances.max_ttl, say).
+	Notices []string `json:"notices,omitempty"`
+}
+
+// NewMeta returns the meta object for a notice, nil for none.
+func NewMeta(notice string) *Meta {
+	if notice == "" {
+		return nil
+	}
+	return &Meta{Notices: []string{notice}}
 }
 
 // ImageAttributes are the attributes of an image. The first five are the
@@ -90,6 +108,10 @@ type InstanceAttributes struct {
 	Owner         string `json:"owner,omitempty"` // tells the upload principal whose it is
 	CACertificate string `json:"ca_certificate,omitempty"`
 	Error         string `json:"error,omitempty"`
+	// ExpiresAt, ProtectedUntil and LastActiveAt are null for none.
+	ExpiresAt      Time `json:"expires_at"`
+	ProtectedUntil Time `json:"protected_until"`
+	LastActiveAt   Time `json:"last_active_at"`
 }
 
 // InstanceResource is an instance as the API renders it.
@@ -114,6 +136,10 @@ func NewInstanceResource(in *draupnir.Instance) InstanceResource {
 		Owner:         in.Owner,
 		CACertificate: in.CACertificate,
 		Error:         in.Error,
+
+		ExpiresAt:      NewTime(in.ExpiresAt),
+		ProtectedUntil: NewTime(in.ProtectedUntil),
+		LastActiveAt:   NewTime(in.LastActiveAt),
 	}}
 }
 
@@ -134,7 +160,44 @@ func (r *InstanceResource) Instance() *draupnir.Instance {
 		Error:         a.Error,
 		CreatedAt:     a.CreatedAt.Time,
 		UpdatedAt:     a.UpdatedAt.Time,
+
+		ExpiresAt:      a.ExpiresAt.Time,
+		ProtectedUntil: a.ProtectedUntil.Time,
+		LastActiveAt:   a.LastActiveAt.Time,
 	}
+}
+
+// TombstoneAttributes are the attributes of a tombstone: an instance that
+// a rule destroyed.
+type TombstoneAttributes struct {
+	ImageID     Int    `json:"image_id"`
+	Owner       string `json:"owner"`
+	Reason      string `json:"reason"`
+	Detail      string `json:"detail"`
+	DestroyedAt Time   `json:"destroyed_at"`
+}
+
+// TombstoneResource is a tombstone as the API renders it; its id is the
+// destroyed instance's.
+type TombstoneResource struct {
+	Type       string              `json:"type"`
+	ID         ID                  `json:"id"`
+	Attributes TombstoneAttributes `json:"attributes"`
+}
+
+// NewTombstoneResource renders t.
+func NewTombstoneResource(t *draupnir.Tombstone) TombstoneResource {
+	return TombstoneResource{Type: TypeTombstones, ID: ID(t.ID), Attributes: TombstoneAttributes{
+		ImageID: Int(t.ImageID), Owner: t.Owner, Reason: string(t.Reason), Detail: t.Detail,
+		DestroyedAt: NewTime(t.DestroyedAt),
+	}}
+}
+
+// Tombstone converts the resource to the domain type.
+func (r *TombstoneResource) Tombstone() *draupnir.Tombstone {
+	a := &r.Attributes
+	return &draupnir.Tombstone{ID: int64(r.ID), ImageID: int64(a.ImageID), Owner: a.Owner,
+		Reason: draupnir.DestroyReason(a.Reason), Detail: a.Detail, DestroyedAt: a.DestroyedAt.Time}
 }
 
 // TokenAttributes are the attributes of an access token. Token, the secret,
@@ -202,15 +265,44 @@ type ImageChange struct {
 
 // InstanceCreate holds the attributes of POST /instances. ImageID is kept
 // raw so that the server can accept a number or a numeric string and refuse
-// anything else with a pointer to it.
+// anything else with a pointer to it. TTL is a duration such as "90m",
+// "8h" or "7d" (see draupnir.ParseDuration).
 type InstanceCreate struct {
 	ImageID json.RawMessage `json:"image_id"`
+	TTL     *string         `json:"ttl,omitempty"`
 }
 
 // NewInstanceCreate returns the attributes that create an instance of image
-// imageID (written as a number).
-func NewInstanceCreate(imageID int64) InstanceCreate {
-	return InstanceCreate{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
+// imageID (written as a number) with opts.
+func NewInstanceCreate(imageID int64, opts draupnir.CreateOptions) InstanceCreate {
+	c := InstanceCreate{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
+	if opts.TTL != 0 {
+		ttl := draupnir.FormatDuration(opts.TTL)
+		c.TTL = &ttl
+	}
+	return c
+}
+
+// InstanceChange holds the attributes of PATCH /instances/:id, durations
+// as in InstanceCreate; a nil member is left unchanged. "0" removes the
+// expiry or the protection.
+type InstanceChange struct {
+	TTL        *string `json:"ttl,omitempty"`
+	ProtectFor *string `json:"protect_for,omitempty"`
+}
+
+// NewInstanceChange returns the attributes of patch.
+func NewInstanceChange(patch draupnir.InstancePatch) InstanceChange {
+	var c InstanceChange
+	format := func(d *time.Duration) *string {
+		if d == nil {
+			return nil
+		}
+		s := draupnir.FormatDuration(*d)
+		return &s
+	}
+	c.TTL, c.ProtectFor = format(patch.TTL), format(patch.ProtectFor)
+	return c
 }
 
 // TokenRequest holds the attributes of POST /authenticate/token: the

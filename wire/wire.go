@@ -29,6 +29,7 @@ const (
 	TypeTokens        = "tokens"
 	TypeTokenRequests = "token_requests"
 	TypeKeys          = "keys"
+	TypeTombstones    = "tombstones"
 )
 
 // Marshal encodes v as the API sends documents: compact, ending in a newline,

@@ -111,7 +111,7 @@ func TestRequests(t *testing.T) {
 		{"create image", NewRequest(TypeImages, 0, ImageChange{AnonymisationScript: &script}),
 			`{"data":{"type":"images","attributes":{"anonymisation_script":"SELECT 1;"}}}`},
 		{"patch image", NewRequest(TypeImages, 3, ImageChange{}), `{"data":{"type":"images","id":"3","attributes":{}}}`},
-		{"create instance", NewRequest(TypeInstances, 0, NewInstanceCreate(12)),
+		{"create instance", NewRequest(TypeInstances, 0, NewInstanceCreate(12, draupnir.CreateOptions{})),
 			`{"data":{"type":"instances","attributes":{"image_id":12}}}`},
 	}
 	for _, tt := range tests {

@@ -47,8 +47,9 @@ func (c cascadingImages) Destroy(ctx context.Context, p draupnir.Principal, id i
 }
 
 // openCore takes the data path, brings up the state database and migrates
-// it. With services false it stops there (draupnir migrate).
-func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool) (*core, error) {
+// it. With services false it stops there (draupnir migrate). destroyed, if
+// not nil, is told of every instance a rule destroys (for metrics).
+func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool, destroyed func(draupnir.DestroyReason)) (*core, error) {
 	// Modes below are meant as written, whatever umask the server got.
 	syscall.Umask(0o022)
 	paths := datapath.Layout{Data: cfg.DataPath, Run: cfg.RunPath}
@@ -91,21 +92,30 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.images.WarmUp(major)
 	}
 	c.instances, err = instances.New(instances.Options{
-		Pool:            c.db.Pool(),
-		Supervisor:      sup,
-		Images:          c.images,
-		Dir:             paths.Instances(),
-		KeysDir:         paths.Keys(),
-		RunDir:          paths.Run,
-		MinPort:         cfg.Instances.MinPort,
-		MaxPort:         cfg.Instances.MaxPort,
-		ListenAddresses: cfg.Instances.ListenAddresses,
-		Hostname:        cfg.PublicHostname,
-		Settings:        cfg.Instances.Settings,
-		StartTimeout:    cfg.Instances.StartTimeout.Duration,
-		WarmPool:        cfg.Instances.WarmPool,
-		DiskLimit:       int64(cfg.Instances.DiskLimit),
-		Log:             log,
+		Pool:                  c.db.Pool(),
+		Supervisor:            sup,
+		Images:                c.images,
+		Dir:                   paths.Instances(),
+		KeysDir:               paths.Keys(),
+		RunDir:                paths.Run,
+		MinPort:               cfg.Instances.MinPort,
+		MaxPort:               cfg.Instances.MaxPort,
+		ListenAddresses:       cfg.Instances.ListenAddresses,
+		Hostname:              cfg.PublicHostname,
+		Settings:              cfg.Instances.Settings,
+		StartTimeout:          cfg.Instances.StartTimeout.Duration,
+		WarmPool:              cfg.Instances.WarmPool,
+		DiskLimit:             int64(cfg.Instances.DiskLimit),
+		DefaultTTL:            cfg.Instances.DefaultTTL.Duration,
+		MaxTTL:                cfg.Instances.MaxTTL.Duration,
+		MaxProtection:         cfg.Instances.MaxProtection.Duration,
+		MaxPerUser:            cfg.Instances.MaxPerUser,
+		IdleTimeout:           cfg.Instances.IdleTimeout.Duration,
+		IdleConnectionTimeout: cfg.Instances.IdleConnectionTimeout.Duration,
+		SweepInterval:         cfg.Instances.SweepInterval.Duration,
+		TombstoneDays:         cfg.Instances.TombstoneDays,
+		Destroyed:             destroyed,
+		Log:                   log,
 	})
 	if err != nil {
 		c.Close(ctx)
@@ -120,6 +130,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		return nil, fmt.Errorf("reconciling instances: %w", err)
 	}
 	c.instances.StartPool()
+	c.instances.StartSweeper()
 	return c, nil
 }
 

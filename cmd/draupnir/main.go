@@ -146,7 +146,7 @@ func migrateCmd(ctx context.Context, configPath string, args []string, stdout, s
 		return err
 	}
 	log := logging.New(stderr, cfg.Environment)
-	c, err := openCore(ctx, cfg, log, false)
+	c, err := openCore(ctx, cfg, log, false, nil)
 	if err != nil {
 		return err
 	}

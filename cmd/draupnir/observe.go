@@ -97,9 +97,9 @@ type observedInstances struct {
 	m *metrics.Metrics
 }
 
-func (o observedInstances) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
+func (o observedInstances) Create(ctx context.Context, p draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
 	start := time.Now()
-	in, err := o.InstanceService.Create(ctx, p, imageID)
+	in, err := o.InstanceService.Create(ctx, p, imageID, opts)
 	o.m.ObserveOperation(metrics.OpInstanceCreate, err, time.Since(start))
 	return in, err
 }

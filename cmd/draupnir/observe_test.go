@@ -39,7 +39,7 @@ type fakeInstanceService struct {
 	err error
 }
 
-func (f fakeInstanceService) Create(ctx context.Context, p draupnir.Principal, imageID int64) (*draupnir.Instance, error) {
+func (f fakeInstanceService) Create(ctx context.Context, p draupnir.Principal, imageID int64, opts draupnir.CreateOptions) (*draupnir.Instance, error) {
 	return &draupnir.Instance{ID: 1}, f.err
 }
 
@@ -141,7 +141,7 @@ func TestObservedUploads(t *testing.T) {
 func TestObservedInstanceErrors(t *testing.T) {
 	m := metrics.New(metrics.Options{})
 	o := observedInstances{fakeInstanceService{err: draupnir.Errorf(draupnir.KindUnavailable, "the port pool is exhausted")}, m}
-	if _, err := o.Create(context.Background(), draupnir.Principal{Name: "a@example.com"}, 1); err == nil {
+	if _, err := o.Create(context.Background(), draupnir.Principal{Name: "a@example.com"}, 1, draupnir.CreateOptions{}); err == nil {
 		t.Fatal("the error was swallowed")
 	}
 	if got := counter(t, m.Registry(), "draupnir_errors_total", map[string]string{"operation": "instance_create", "kind": "unavailable"}); got != 1 {

@@ -51,7 +51,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if cfg.Environment == "test" {
 		log.Warn("environment is test: the integration-test token is accepted")
 	}
-	c, err := openCore(ctx, cfg, log, true)
+	c, err := openCore(ctx, cfg, log, true, m.ObserveRuleDestroy)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,246 @@
+package instances
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/draupnir-db/draupnir"
+)
+
+var bob = draupnir.Principal{Name: "bob@example.com"}
+
+const day = 24 * time.Hour
+
+func TestExpiry(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name            string
+		defaultTTL, max time.Duration
+		ttl             time.Duration
+		creating        bool
+		want            time.Duration // from now; 0 for no expiry
+		notice          string        // part of the notice; "" for none
+		invalid         bool
+	}{
+		{name: "no ttl, no default", creating: true},
+		{name: "no ttl takes the default", defaultTTL: 8 * time.Hour, creating: true, want: 8 * time.Hour},
+		{name: "ttl beats the default", defaultTTL: 8 * time.Hour, ttl: 90 * time.Minute, creating: true, want: 90 * time.Minute},
+		{name: "ttl in seconds", ttl: 3 * time.Second, creating: true, want: 3 * time.Second},
+		{name: "ttl capped", max: 7 * day, ttl: 30 * day, creating: true, want: 7 * day, notice: "capped at instances.max_ttl (7d)"},
+		{name: "no ttl under a cap gets the cap quietly", max: 7 * day, creating: true, want: 7 * day},
+		{name: "extension to never without a cap", ttl: 0, want: 0},
+		{name: "extension to never under a cap", max: 7 * day, ttl: 0, want: 7 * day, notice: "no expiry asked"},
+		{name: "extension within the cap", max: 7 * day, ttl: 2 * day, want: 2 * day},
+		{name: "negative", ttl: -time.Second, creating: true, invalid: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Service{opts: Options{DefaultTTL: tt.defaultTTL, MaxTTL: tt.max}}
+			got, notices, err := s.expiry(now, tt.ttl, tt.creating)
+			if tt.invalid {
+				if draupnir.KindOf(err) != draupnir.KindInvalid {
+					t.Fatalf("err = %v, want invalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := time.Time{}
+			if tt.want != 0 {
+				want = now.Add(tt.want)
+			}
+			if !got.Equal(want) {
+				t.Errorf("expires %v, want %v", got, want)
+			}
+			notice := strings.Join(notices, "; ")
+			if (tt.notice == "") != (notice == "") || !strings.Contains(notice, tt.notice) {
+				t.Errorf("notice %q, want one with %q", notice, tt.notice)
+			}
+		})
+	}
+}
+
+func TestUpdate(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxTTL, o.MaxProtection = 7*day, 2*day })
+	ctx := context.Background()
+	in, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.ExpiresAt.IsZero() || in.Notice != "" {
+		t.Fatalf("created with expiry %v, notice %q", in.ExpiresAt, in.Notice)
+	}
+	d := func(d time.Duration) *time.Duration { return &d }
+
+	got, err := e.s.Update(ctx, alice, in.ID, draupnir.InstancePatch{TTL: d(3 * day)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.ExpiresAt.After(in.ExpiresAt.Add(2*day)) || got.Notice != "" {
+		t.Errorf("extended to %v (notice %q), from %v", got.ExpiresAt, got.Notice, in.ExpiresAt)
+	}
+	got, err = e.s.Update(ctx, alice, in.ID, draupnir.InstancePatch{ProtectFor: d(30 * day)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.store.row(in.ID); !r.Protected(time.Now()) || r.Protected(time.Now().Add(2*day+time.Minute)) ||
+		!strings.Contains(got.Notice, "instances.max_protection (2d)") {
+		t.Errorf("protected until %v (notice %q), want 2 days, capped and said so", r.ProtectedUntil, got.Notice)
+	}
+	if !got.ExpiresAt.After(in.ExpiresAt.Add(2 * day)) {
+		t.Errorf("protecting changed the expiry to %v", got.ExpiresAt)
+	}
+	if _, err := e.s.Update(ctx, alice, in.ID, draupnir.InstancePatch{ProtectFor: d(0)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.store.row(in.ID); r.Protected(time.Now()) {
+		t.Errorf("unprotect left it protected until %v", r.ProtectedUntil)
+	}
+	for _, tt := range []struct {
+		name string
+		p    draupnir.Principal
+		id   int64
+		kind draupnir.Kind
+	}{
+		{"someone else's", bob, in.ID, draupnir.KindNotFound},
+		{"absent", alice, 99, draupnir.KindNotFound},
+	} {
+		if _, err := e.s.Update(ctx, tt.p, tt.id, draupnir.InstancePatch{ProtectFor: d(time.Hour)}); draupnir.KindOf(err) != tt.kind {
+			t.Errorf("%s: err = %v, want kind %v", tt.name, err, tt.kind)
+		}
+	}
+	if r := e.store.row(in.ID); r.Protected(time.Now()) {
+		t.Errorf("a refused change protected it")
+	}
+	if _, err := e.s.Update(ctx, alice, in.ID, draupnir.InstancePatch{TTL: d(-time.Hour)}); draupnir.KindOf(err) != draupnir.KindInvalid {
+		t.Errorf("negative ttl: %v", err)
+	}
+}
+
+// TestSweep: an expired instance goes and leaves a tombstone that its owner
+// (and only they) sees as Gone; a protected one, one not yet expired, one
+// without expiry and one being created stay.
+func TestSweep(t *testing.T) {
+	var reasons []draupnir.DestroyReason
+	e := newEnv(t, func(o *Options) { o.Destroyed = func(r draupnir.DestroyReason) { reasons = append(reasons, r) } })
+	ctx := context.Background()
+	now := time.Now()
+	past, future := now.Add(-time.Minute), now.Add(time.Hour)
+	rows := map[string]draupnir.Instance{
+		"expired":          {ID: 1, ExpiresAt: past, State: draupnir.InstanceRunning},
+		"expired stopped":  {ID: 2, ExpiresAt: past, State: draupnir.InstanceFailed},
+		"protected":        {ID: 3, ExpiresAt: past, ProtectedUntil: future, State: draupnir.InstanceRunning},
+		"not yet":          {ID: 4, ExpiresAt: future, State: draupnir.InstanceRunning},
+		"never":            {ID: 5, State: draupnir.InstanceRunning},
+		"creating":         {ID: 6, ExpiresAt: past, State: draupnir.InstanceCreating},
+		"protection ended": {ID: 7, ExpiresAt: past, ProtectedUntil: past, State: draupnir.InstanceRunning},
+		"warm":             {ID: 8, ExpiresAt: past, State: draupnir.InstanceWarm},
+	}
+	for _, r := range rows {
+		r.ImageID, r.Owner, r.Port = testImage, alice.Name, minPort+int(r.ID)
+		if r.State == draupnir.InstanceWarm {
+			r.Owner = ""
+		}
+		e.store.add(r)
+	}
+	e.s.sweep(ctx, now)
+	for name, r := range rows {
+		wantGone := name == "expired" || name == "expired stopped" || name == "protection ended"
+		if gone := e.store.row(r.ID) == nil; gone != wantGone {
+			t.Errorf("%s: gone = %v, want %v", name, gone, wantGone)
+		}
+	}
+	if len(reasons) != 3 || reasons[0] != draupnir.ReasonExpired {
+		t.Errorf("counted %v, want 3 expired", reasons)
+	}
+	_, err := e.s.Get(ctx, alice, 1)
+	if draupnir.KindOf(err) != draupnir.KindGone || !strings.Contains(err.Error(), "expired at "+past.UTC().Format(time.RFC3339)) {
+		t.Errorf("owner's Get of an expired instance: %v, want gone saying when it expired", err)
+	}
+	if _, err := e.s.Get(ctx, bob, 1); draupnir.KindOf(err) != draupnir.KindNotFound {
+		t.Errorf("someone else's Get of an expired instance: %v, want not found", err)
+	}
+	if _, err := e.s.Get(ctx, draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}, 1); draupnir.KindOf(err) != draupnir.KindGone {
+		t.Errorf("upload principal's Get: %v, want gone", err)
+	}
+	list, err := e.s.Tombstones(ctx, alice)
+	if err != nil || len(list) != 3 {
+		t.Errorf("alice's tombstones: %v, %v", list, err)
+	}
+	if list, _ := e.s.Tombstones(ctx, bob); len(list) != 0 {
+		t.Errorf("bob sees %v", list)
+	}
+	// An explicit destroy leaves no tombstone: nobody needs telling.
+	if err := e.s.Destroy(ctx, alice, 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.s.Get(ctx, alice, 4); draupnir.KindOf(err) != draupnir.KindNotFound {
+		t.Errorf("Get after an explicit destroy: %v, want not found", err)
+	}
+	// Tombstones go after TombstoneDays.
+	e.s.opts.TombstoneDays = 1
+	e.s.sweep(ctx, now.Add(2*day))
+	if list, _ := e.s.Tombstones(ctx, alice); len(list) != 0 {
+		t.Errorf("tombstones kept past tombstone_days: %v", list)
+	}
+}
+
+// TestSweepRechecks: an extension or a protection that lands between the
+// sweeper's list and its destroy wins.
+func TestSweepRechecks(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	now := time.Now()
+	in := draupnir.Instance{ID: 1, ImageID: testImage, Owner: alice.Name, Port: minPort, State: draupnir.InstanceRunning,
+		ExpiresAt: now.Add(-time.Second)}
+	e.store.add(in)
+	stale := in // what the sweeper listed
+	e.store.setLifetime(ctx, 1, lifetime{protectedUntil: ptr(now.Add(time.Hour))})
+	if err := e.s.destroyLapsed(ctx, &stale, draupnir.ReasonExpired, "", now); err != nil || e.store.row(1) == nil {
+		t.Errorf("protected since the list, yet destroyed (err %v)", err)
+	}
+	e.store.setLifetime(ctx, 1, lifetime{protectedUntil: ptr(time.Time{}), expiresAt: ptr(now.Add(time.Hour))})
+	if err := e.s.destroyLapsed(ctx, &stale, draupnir.ReasonExpired, "", now); err != nil || e.store.row(1) == nil {
+		t.Errorf("extended since the list, yet destroyed (err %v)", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestQuota: a user gets max_per_user instances, from the pool or not, and
+// the refusal names the limit and the count; others and the upload
+// principal are not held back by it.
+func TestQuota(t *testing.T) {
+	for _, warm := range []int{0, 2} {
+		t.Run(map[int]string{0: "fresh", 2: "warm pool"}[warm], func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.MaxPerUser, o.WarmPool = 2, warm })
+			ctx := context.Background()
+			if warm > 0 {
+				for range warm {
+					if _, err := e.s.create(ctx, testImage, draupnir.Principal{}, draupnir.InstanceWarm, time.Time{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for range 2 {
+				if _, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
+			if draupnir.KindOf(err) != draupnir.KindQuotaExceeded || !strings.Contains(err.Error(), "you have 2 instances") ||
+				!strings.Contains(err.Error(), "instances.max_per_user (2)") {
+				t.Fatalf("third create: %v, want quota exceeded naming 2 of 2", err)
+			}
+			if n, _ := e.store.countOwned(ctx, alice.Name); n != 2 {
+				t.Errorf("alice has %d instances after the refusal, want 2", n)
+			}
+			if _, err := e.s.Create(ctx, bob, testImage, draupnir.CreateOptions{}); err != nil {
+				t.Errorf("bob's create: %v", err)
+			}
+		})
+	}
+}
