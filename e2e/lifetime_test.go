@@ -3,12 +3,15 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/draupnir-db/draupnir"
 )
@@ -151,3 +154,116 @@ func TestQuota(t *testing.T) {
 		t.Errorf("create after destroying: %v", err)
 	}
 }
+
+// TestIdle: with idle_timeout, an instance nobody touches goes (410, reason
+// idle), and so does one whose only client sits idle past
+// idle_connection_timeout; one whose client runs a query every second on
+// one connection, one used by a new connection every second, and a
+// protected untouched one all stay.
+func TestIdle(t *testing.T) {
+	s := startServer(t, "sweep_interval = \"1s\"\nidle_timeout = \"5s\"\nidle_connection_timeout = \"4s\"")
+	src := newSource(t)
+	b := src.BaseBackup(t, "-X", "fetch")
+	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	api := s.user().Instances()
+	create := func() *draupnir.Instance {
+		t.Helper()
+		in, err := api.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	untouched, sitting, querying, reconnecting, protected := create(), create(), create(), create(), create()
+	hour := time.Hour
+	if _, err := api.Update(ctx, draupnir.Principal{}, protected.ID, draupnir.InstancePatch{ProtectFor: &hour}); err != nil {
+		t.Fatal(err)
+	}
+	connect := func(in *draupnir.Instance) *pgx.Conn {
+		t.Helper()
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s sslmode=require", in.Port, in.Database))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.User, cfg.Password = in.Username, in.Password
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	idleConn := connect(sitting)
+	busyConn := connect(querying)
+	// The owner plants functions and operators that the sampler, a
+	// superuser, would run if it resolved a name through their schema:
+	// each records the call and tries to make the owner a superuser.
+	if _, err := busyConn.Exec(ctx, idleTraps); err != nil {
+		t.Fatalf("planting the traps: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for tick := time.NewTicker(time.Second); ; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			busyConn.Exec(ctx, "SELECT count(*) FROM customers")
+			psql(t, reconnecting, "SELECT 1")
+		}
+	}()
+	defer func() { cancel(); <-done }()
+
+	err := s.waitGone(t, untouched.ID, 60*time.Second)
+	if !strings.Contains(err.Error(), "rule: idle") || !strings.Contains(err.Error(), "instances.idle_timeout is 5s") {
+		t.Errorf("gone answer %q does not name the idle rule", err)
+	}
+	s.waitGone(t, sitting.ID, 30*time.Second)
+	if err := idleConn.Ping(context.Background()); err == nil {
+		t.Errorf("the idle connection still works after its instance went")
+	}
+	// Two idle timeouts more: the instances in use must still be there.
+	time.Sleep(10 * time.Second)
+	for _, in := range []*draupnir.Instance{querying, reconnecting, protected} {
+		got, err := api.Get(context.Background(), draupnir.Principal{}, in.ID)
+		if err != nil {
+			t.Fatalf("instance %d, in use or protected, is gone: %v\n%s", in.ID, err, s.logs())
+		}
+		if in != protected && time.Since(got.LastActiveAt) > 5*time.Second {
+			t.Errorf("instance %d in use was last active at %v", in.ID, got.LastActiveAt)
+		}
+	}
+	var calls int
+	var super bool
+	if err := busyConn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM trap_calls),
+		(SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)`).Scan(&calls, &super); err != nil || calls != 0 || super {
+		t.Errorf("the sampler ran the owner's code: %d calls, owner superuser %v (%v)", calls, super, err)
+	}
+	if m := s.metrics(t); !strings.Contains(m, `draupnir_instances_destroyed_by_rule_total{reason="idle"} 2`) {
+		t.Errorf("metrics lack the idle destroys:\n%s", m)
+	}
+}
+
+// idleTraps are look-alikes of what the idle sampler calls, in the
+// instance owner's schema, and settings that would put it first.
+const idleTraps = `CREATE TABLE public.trap_calls (at timestamptz DEFAULT pg_catalog.clock_timestamp());
+GRANT ALL ON public.trap_calls TO PUBLIC;
+CREATE FUNCTION public.trap() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.trap_calls DEFAULT VALUES;
+	EXECUTE 'ALTER ROLE draupnir SUPERUSER';
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT public.trap(); SELECT pg_catalog.now()';
+CREATE FUNCTION public.pg_backend_pid() RETURNS int LANGUAGE sql AS 'SELECT public.trap(); SELECT 0';
+CREATE FUNCTION public.sum(bigint) RETURNS numeric LANGUAGE sql AS 'SELECT public.trap(); SELECT 0::numeric';
+CREATE FUNCTION public.trap_ne(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT public.trap(); SELECT true';
+CREATE OPERATOR public.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = public.trap_ne);
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.trap_ne);
+CREATE FUNCTION public.trap_plus(bigint, bigint) RETURNS bigint LANGUAGE sql AS 'SELECT public.trap(); SELECT 0::bigint';
+CREATE OPERATOR public.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.trap_plus);
+DO $$ BEGIN EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = public, pg_catalog', pg_catalog.current_database()); END $$;`

@@ -21,6 +21,8 @@ type deps struct {
 	// its limits); warmUp logs in once, to load the caches.
 	prepareRole func(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error
 	warmUp      func(ctx context.Context, sockDir string, port int, role, db string)
+	// probe reads a running instance's use from its own statistics.
+	probe func(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error)
 	// portFree reports whether no other program listens on a port.
 	portFree func(port int) bool
 	// restartWaits space out the restarts of a postgres that keeps dying.
@@ -34,6 +36,7 @@ func realDeps(opts Options) deps {
 		store:        pgStore{opts.Pool},
 		prepareRole:  prepareRole,
 		warmUp:       warmUp,
+		probe:        probe,
 		portFree:     portFree,
 		restartWaits: []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second},
 	}
@@ -117,6 +120,8 @@ type store interface {
 	// holds at now and the instance is not protected.
 	claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error)
 	countOwned(ctx context.Context, owner string) (int, error)
+	// touch records that instance id was seen in use at t.
+	touch(ctx context.Context, id int64, t time.Time) error
 	// tombstone returns instance id's tombstone, nil if it has none.
 	tombstone(ctx context.Context, id int64) (*draupnir.Tombstone, error)
 	tombstones(ctx context.Context, owner *string) ([]*draupnir.Tombstone, error)

@@ -308,6 +308,15 @@ func (f *fakeStore) pruneTombstones(ctx context.Context, before time.Time) error
 	return nil
 }
 
+func (f *fakeStore) touch(ctx context.Context, id int64, t time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r := f.rows[id]; r != nil && r.LastActiveAt.Before(t) {
+		r.LastActiveAt = t
+	}
+	return nil
+}
+
 func (f *fakeStore) countOwned(ctx context.Context, owner string) (int, error) {
 	return len(f.listWhere(func(r *draupnir.Instance) bool { return r.Owner == owner })), nil
 }
@@ -435,6 +444,8 @@ type env struct {
 	roleErr error
 	warmUps int
 	taken   map[int]bool // ports another program holds
+	// use is what probe answers for an instance, by port; no entry fails.
+	use map[int]activity
 }
 
 const (
@@ -454,6 +465,7 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 		vol:   &mock.Btrfs{},
 		root:  root,
 		taken: map[int]bool{},
+		use:   map[int]activity{},
 	}
 	snap := filepath.Join(root, "image_snapshots", "1")
 	if err := e.vol.AddSubvolume(snap, true); err != nil {
@@ -493,6 +505,15 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.warmUps++
+		},
+		probe: func(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error) {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			a, ok := e.use[port]
+			if !ok {
+				return activity{}, errors.New("connection refused")
+			}
+			return a, nil
 		},
 		portFree: func(port int) bool {
 			e.mu.Lock()

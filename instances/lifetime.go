@@ -125,8 +125,8 @@ func (s *Service) claimWarm(ctx context.Context, imageID int64, p draupnir.Princ
 }
 
 // StartSweeper destroys, until Close, the instances whose expiry passed
-// (within SweepInterval of it), unless they are protected. Call it after
-// Reconcile.
+// (within SweepInterval of it) and, with IdleTimeout, those unused that
+// long, unless they are protected. Call it after Reconcile.
 func (s *Service) StartSweeper() {
 	s.wg.Add(1)
 	go func() {
@@ -146,8 +146,8 @@ func (s *Service) StartSweeper() {
 
 // lapsed returns the rule under which in is to be destroyed at now, or ""
 // for none: never while it is protected, nor while it is being created or
-// destroyed, nor a warm one.
-func lapsed(in *draupnir.Instance, now time.Time) (draupnir.DestroyReason, string) {
+// destroyed, nor a warm one. idle is instances.idle_timeout (0: off).
+func lapsed(in *draupnir.Instance, now time.Time, idle time.Duration) (draupnir.DestroyReason, string) {
 	switch {
 	case in.Owner == "", in.Protected(now):
 		return "", ""
@@ -155,6 +155,9 @@ func lapsed(in *draupnir.Instance, now time.Time) (draupnir.DestroyReason, strin
 		return "", ""
 	case !in.ExpiresAt.IsZero() && !now.Before(in.ExpiresAt):
 		return draupnir.ReasonExpired, "it expired at " + in.ExpiresAt.UTC().Format(time.RFC3339)
+	case idle > 0 && !in.LastActiveAt.IsZero() && now.Sub(in.LastActiveAt) >= idle:
+		return draupnir.ReasonIdle, fmt.Sprintf("nobody used it since %s (instances.idle_timeout is %s)",
+			in.LastActiveAt.UTC().Format(time.RFC3339), draupnir.FormatDuration(idle))
 	}
 	return "", ""
 }
@@ -166,8 +169,11 @@ func (s *Service) sweep(ctx context.Context, now time.Time) {
 		s.log.Error("sweeper could not list the instances", "err", err)
 		return
 	}
+	if s.opts.IdleTimeout > 0 {
+		s.watchIdle(ctx, list, now)
+	}
 	for _, in := range list {
-		reason, detail := lapsed(in, now)
+		reason, detail := lapsed(in, now, s.opts.IdleTimeout)
 		if reason == "" {
 			continue
 		}

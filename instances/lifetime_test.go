@@ -244,3 +244,92 @@ func TestQuota(t *testing.T) {
 		})
 	}
 }
+
+func TestUsed(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	sample := func(xacts int64, conns ...backend) activity { return activity{at: now, xacts: xacts, conns: conns} }
+	prev := sample(100)
+	tests := []struct {
+		name     string
+		a        activity
+		prev     *activity
+		idleConn time.Duration
+		want     bool
+	}{
+		{"nothing, first sample", sample(100), nil, 0, false},
+		{"nothing but our own probe", sample(102), &prev, 0, false},
+		{"a transaction", sample(103), &prev, 0, true},
+		{"counters reset", sample(3), &prev, 0, true},
+		{"first sample counts no transactions", sample(500), nil, 0, false},
+		{"an idle connection", sample(101, backend{"idle", now.Add(-time.Hour)}), &prev, 0, true},
+		{"an idle connection past idle_connection_timeout", sample(101, backend{"idle", now.Add(-time.Hour)}), &prev, time.Minute, false},
+		{"idle in transaction past it", sample(101, backend{"idle in transaction", now.Add(-time.Hour)}), &prev, time.Minute, false},
+		{"a recent idle connection", sample(101, backend{"idle", now.Add(-time.Second)}), &prev, time.Minute, true},
+		{"a long query", sample(101, backend{"active", now.Add(-time.Hour)}), &prev, time.Minute, true},
+	}
+	for _, tt := range tests {
+		if got := used(tt.a, tt.prev, tt.idleConn); got != tt.want {
+			t.Errorf("%s: used = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestSweepIdle: with idle_timeout, an instance whose statistics show no
+// use goes (with a tombstone saying so), one in use has its last_active_at
+// moved and stays, a protected idle one stays, and one that cannot be
+// sampled keeps its old last_active_at.
+func TestSweepIdle(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.IdleTimeout = time.Minute })
+	ctx := context.Background()
+	now := time.Now()
+	old := now.Add(-2 * time.Minute)
+	rows := []draupnir.Instance{
+		{ID: 1}, // idle
+		{ID: 2}, // in use: transactions
+		{ID: 3}, // in use: a connection
+		{ID: 4, ProtectedUntil: now.Add(time.Hour)},
+		{ID: 5, ExpiresAt: now.Add(time.Hour)}, // cannot be sampled, recently active
+	}
+	for _, r := range rows {
+		r.ImageID, r.Owner, r.Port, r.State, r.LastActiveAt = testImage, alice.Name, minPort+int(r.ID), draupnir.InstanceRunning, old
+		if r.ID == 5 {
+			r.LastActiveAt = now.Add(-time.Second)
+		}
+		e.store.add(r)
+	}
+	set := func(port int, xacts int64, conns ...backend) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.use[port] = activity{at: now, xacts: xacts, conns: conns}
+	}
+	for id := 1; id <= 4; id++ {
+		set(minPort+id, 10)
+	}
+	// The first pass only learns the counters; the sample taken then is
+	// the baseline. Instance 3 has a client connected.
+	set(minPort+3, 10, backend{"idle", now})
+	e.s.opts.IdleTimeout = time.Hour // nothing goes yet
+	e.s.sweep(ctx, now)
+	e.s.opts.IdleTimeout = time.Minute
+	set(minPort+2, 15) // the owner ran transactions
+	set(minPort+1, 12) // only our probe
+	e.s.sweep(ctx, now)
+	for id, wantGone := range map[int64]bool{1: true, 2: false, 3: false, 4: false, 5: false} {
+		if gone := e.store.row(id) == nil; gone != wantGone {
+			t.Errorf("instance %d: gone = %v, want %v", id, gone, wantGone)
+		}
+	}
+	for _, id := range []int64{2, 3} {
+		if r := e.store.row(id); r != nil && !r.LastActiveAt.Equal(now) {
+			t.Errorf("instance %d in use: last_active_at %v, want %v", id, r.LastActiveAt, now)
+		}
+	}
+	if r := e.store.row(4); r != nil && !r.LastActiveAt.Equal(old) {
+		t.Errorf("idle protected instance marked active at %v", r.LastActiveAt)
+	}
+	_, err := e.s.Get(ctx, alice, 1)
+	if draupnir.KindOf(err) != draupnir.KindGone || !strings.Contains(err.Error(), "nobody used it since") ||
+		!strings.Contains(err.Error(), "instances.idle_timeout is 1m") {
+		t.Errorf("Get of the idle instance: %v", err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -97,6 +98,10 @@ type Service struct {
 
 	portMu sync.Mutex // serialises port allocation within this server
 
+	// samples are the last activity samples of the running instances,
+	// used by the sweeper's goroutine only.
+	samples map[int64]activity
+
 	mu    sync.Mutex
 	procs map[int64]*tracked
 
@@ -178,6 +183,8 @@ func newService(opts Options, d deps) (*Service, error) {
 		base:   base,
 		cancel: cancel,
 		procs:  map[int64]*tracked{},
+
+		samples: map[int64]activity{},
 
 		authDelay: map[string]bool{},
 		// One pending wake-up is enough: a refill tops up every image.
@@ -437,17 +444,9 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 	if err != nil {
 		return err
 	}
-	cfg, err := pgx.ParseConfig("")
+	conn, err := superuserConn(ctx, sockDir, port, superuser, db, map[string]string{"synchronous_commit": "on"})
 	if err != nil {
 		return err
-	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
-	// Nothing the source put in a schema may be picked up by our queries.
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on",
-		"search_path": "pg_catalog, pg_temp"}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connecting to the instance as its superuser: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := pinLimits(ctx, conn); err != nil {
@@ -459,6 +458,26 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 		return fmt.Errorf("setting the instance role's password: %w", err)
 	}
 	return nil
+}
+
+// superuserConn connects to an instance as its superuser over its private
+// socket, with params on top of ours. The data is the user's: the session's
+// search_path is pinned so that nothing they put in a schema is picked up by
+// our queries, which also name every operator and function by its schema.
+func superuserConn(ctx context.Context, sockDir string, port int, superuser, db string, params map[string]string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
+	cfg.RuntimeParams = map[string]string{"application_name": "draupnir"}
+	maps.Copy(cfg.RuntimeParams, params)
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the instance as its superuser: %w", err)
+	}
+	return conn, nil
 }
 
 // warmUp logs in once as the instance role on the private socket; a failure

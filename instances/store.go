@@ -330,3 +330,11 @@ func (s pgStore) pruneTombstones(ctx context.Context, before time.Time) error {
 	}
 	return nil
 }
+
+// touch records that instance id was seen in use at t.
+func (s pgStore) touch(ctx context.Context, id int64, t time.Time) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE instances SET last_active_at = $2 WHERE id = $1 AND last_active_at < $2`, id, t); err != nil {
+		return fmt.Errorf("recording the activity of instance %d: %w", id, err)
+	}
+	return nil
+}
