@@ -314,7 +314,7 @@ func TestCommands(t *testing.T) {
 		{name: "instances protect", args: []string{"instances", "protect", "4", "2d"}, stdout: []string{"protected until 2017-05-03T12:00:00Z."}, wantCalls: "UpdateInstance 4 <nil> 48h0m0s"},
 		{name: "instances protect negative", args: []string{"instances", "protect", "4", "--", "-1h"}, code: 2, stderr: `duration must be a duration such as 90m, 8h or 7d, not "-1h"`, wantCalls: "-"},
 		{name: "instances unprotect", args: []string{"instances", "unprotect", "4"}, stdout: []string{"not protected."}, wantCalls: "UpdateInstance 4 <nil> 0s"},
-		{name: "instances list shows lifetimes", args: []string{"instances", "list"}, stdout: []string{"EXPIRES AT", "PROTECTED UNTIL", "IDLE"}},
+		{name: "instances list shows lifetimes", args: []string{"instances", "list"}, stdout: []string{"EXPIRES AT", "PROTECTED UNTIL", "LAST ACTIVE AT"}},
 		{name: "instances list --all", args: []string{"instances", "list", "--all"}, stdout: []string{"Destroyed by a rule:", "expired", "it expired at 2026-11-24T12:00:00Z"}, wantCalls: "ListInstances Tombstones"},
 		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
 		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},

@@ -95,7 +95,9 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 		owners = owners || inst.Owner != ""
 	}
 	tw := table(a.stdout)
-	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT\tEXPIRES AT\tPROTECTED UNTIL\tIDLE")
+	// Last use as a time, not a duration: the same list twice prints the
+	// same, whichever door it came through.
+	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT\tEXPIRES AT\tPROTECTED UNTIL\tLAST ACTIVE AT")
 	if owners {
 		fmt.Fprint(tw, "\tOWNER")
 	}
@@ -104,7 +106,7 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 	for _, inst := range insts {
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", inst.ID, inst.ImageID, inst.State,
 			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt),
-			timeStr(inst.ExpiresAt), protectedStr(inst, now), idleStr(inst.LastActiveAt, now))
+			timeStr(inst.ExpiresAt), protectedStr(inst, now), timeStr(inst.LastActiveAt))
 		if owners {
 			fmt.Fprintf(tw, "\t%s", dash(inst.Owner))
 		}
@@ -150,14 +152,6 @@ func protectedStr(inst *draupnir.Instance, now time.Time) string {
 		return "-"
 	}
 	return timeStr(inst.ProtectedUntil)
-}
-
-// idleStr is how long since last, to the second.
-func idleStr(last, now time.Time) string {
-	if last.IsZero() {
-		return "-"
-	}
-	return max(now.Sub(last), 0).Truncate(time.Second).String()
 }
 
 func expiresStr(t time.Time) string {
