@@ -333,3 +333,33 @@ func TestSweepIdle(t *testing.T) {
 		t.Errorf("Get of the idle instance: %v", err)
 	}
 }
+
+// TestReconcileFinishesARuleDestroy: a server that stops between the
+// sweeper's claim and the row's deletion leaves an instance "destroying";
+// the next start's reconcile finishes it and the tombstone still says why.
+func TestReconcileFinishesARuleDestroy(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	now := time.Now()
+	e.store.add(draupnir.Instance{ID: 1, ImageID: testImage, Owner: alice.Name, Port: minPort, State: draupnir.InstanceRunning,
+		ExpiresAt: now.Add(-time.Minute)})
+	if err := e.vol.AddSubvolume(e.s.dir(1), false); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.store.claimLapsed(ctx, 1, draupnir.ReasonExpired, "it expired a minute ago", now, time.Time{}); !ok || err != nil {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	// The server stops here; the next one reconciles.
+	if err := e.s.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e.store.row(1) != nil {
+		t.Fatal("the claimed instance is still there")
+	}
+	if ok, _ := e.vol.IsSubvolume(e.s.dir(1)); ok {
+		t.Error("its snapshot is still there")
+	}
+	if _, err := e.s.Get(ctx, alice, 1); draupnir.KindOf(err) != draupnir.KindGone || !strings.Contains(err.Error(), "it expired a minute ago") {
+		t.Errorf("Get after reconcile: %v, want gone with the reason", err)
+	}
+}

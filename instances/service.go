@@ -3,9 +3,13 @@
 // password for the instance role, and destruction. It confines each one:
 // over the network only the instance role logs in (failed logins slowed
 // down by auth_delay), and a btrfs quota and temp_file_limit keep one
-// instance from filling the disk the others share. It keeps what runs in
-// line with what the state database says, at start-up (Reconcile) and while
-// running (a postgres that dies is restarted).
+// instance from filling the disk the others share. It ends instances by
+// rule: a sweeper destroys those past their expiry or unused for the idle
+// timeout (judged from each instance's own statistics), never a protected
+// one, and leaves a tombstone saying why; it caps how many a user may have.
+// It keeps what runs in line with what the state database says, at
+// start-up (Reconcile) and while running (a postgres that dies is
+// restarted).
 package instances
 
 import (
