@@ -363,3 +363,31 @@ func TestReconcileFinishesARuleDestroy(t *testing.T) {
 		t.Errorf("Get after reconcile: %v, want gone with the reason", err)
 	}
 }
+
+// TestImageDestroyTombstones: instances destroyed with their image answer
+// their owner Gone, naming the image; warm ones leave nothing.
+func TestImageDestroyTombstones(t *testing.T) {
+	var reasons []draupnir.DestroyReason
+	e := newEnv(t, func(o *Options) { o.Destroyed = func(r draupnir.DestroyReason) { reasons = append(reasons, r) } })
+	ctx := context.Background()
+	in, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm, err := e.s.create(ctx, testImage, draupnir.Principal{}, draupnir.InstanceWarm, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.DestroyAllOfImage(ctx, testImage); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.s.Get(ctx, alice, in.ID); draupnir.KindOf(err) != draupnir.KindGone || !strings.Contains(err.Error(), "its image 1 was destroyed") {
+		t.Errorf("Get: %v, want gone naming the image", err)
+	}
+	if list, _ := e.s.Tombstones(ctx, draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}); len(list) != 1 || list[0].ID == warm.ID {
+		t.Errorf("tombstones %v, want only the owned instance's", list)
+	}
+	if len(reasons) != 1 || reasons[0] != draupnir.ReasonImageDestroy {
+		t.Errorf("counted %v", reasons)
+	}
+}

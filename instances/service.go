@@ -553,7 +553,9 @@ func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 			errs = append(errs, err)
 			continue
 		}
-		s.destroyedBy(in, draupnir.ReasonImageDestroy, "")
+		if in.Owner != "" { // the warm pool's are nobody's loss
+			s.destroyedBy(in, draupnir.ReasonImageDestroy, fmt.Sprintf("its image %d was destroyed", imageID))
+		}
 	}
 	return errors.Join(errs...)
 }
