@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,6 +107,24 @@ func TestExpiry(t *testing.T) {
 	// Explicit destroy of a protected instance still works.
 	if err := api.Destroy(ctx, draupnir.Principal{}, protected.ID); err != nil {
 		t.Errorf("destroying a protected instance: %v", err)
+	}
+	// A killed server's successor keeps the tombstone, and an instance that
+	// expired while no server ran goes soon after the start.
+	late := create(draupnir.CreateOptions{TTL: 2 * time.Second})
+	s.stop(syscall.SIGKILL)
+	time.Sleep(time.Until(late.ExpiresAt.Add(time.Second)))
+	s.start()
+	if _, err := api.Get(ctx, draupnir.Principal{}, doomed.ID); !errors.Is(err, draupnir.ErrGone) {
+		t.Errorf("after a restart: %v, want gone", err)
+	}
+	s.waitGone(t, late.ID, 60*time.Second)
+	// An image's destroy takes its instances, and says so.
+	if err := s.upload().Images().Destroy(ctx, draupnir.Principal{}, im.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.Get(ctx, draupnir.Principal{}, extended.ID); !errors.Is(err, draupnir.ErrGone) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("its image %d was destroyed", im.ID)) {
+		t.Errorf("instance of a destroyed image: %v, want gone naming the image", err)
 	}
 }
 
