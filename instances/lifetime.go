@@ -91,7 +91,7 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 		return nil, err
 	}
 	s.log.Info("instance lifetime changed", "instance", id, "owner", in.Owner, "by", p.Name,
-		"expires_at", in.ExpiresAt, "protected_until", in.ProtectedUntil)
+		"expires_at", logTime(in.ExpiresAt), "protected_until", logTime(in.ProtectedUntil))
 	in.Notice = strings.Join(notices, "; ")
 	return s.decorate(in), nil
 }
@@ -225,4 +225,12 @@ func (s *Service) Tombstones(ctx context.Context, p draupnir.Principal) ([]*drau
 		return s.store.tombstones(ctx, nil)
 	}
 	return s.store.tombstones(ctx, &p.Name)
+}
+
+// logTime is t for the log: RFC 3339, or "none" for the zero time.
+func logTime(t time.Time) string {
+	if t.IsZero() {
+		return "none"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
