@@ -169,8 +169,32 @@ func TestQuota(t *testing.T) {
 	if err := api.Destroy(ctx, draupnir.Principal{}, first.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := api.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{}); err != nil {
-		t.Errorf("create after destroying: %v", err)
+	again, err := api.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create after destroying: %v", err)
+	}
+	if err := api.Destroy(ctx, draupnir.Principal{}, again.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Creates racing each other cannot all pass the count.
+	results := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := api.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
+			results <- err
+		}()
+	}
+	ok := 0
+	for range 4 {
+		switch err := <-results; {
+		case err == nil:
+			ok++
+		case !errors.Is(err, draupnir.ErrQuotaExceeded):
+			t.Errorf("racing create: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d of 4 racing creates passed a quota of 1", ok)
 	}
 }
 
