@@ -256,7 +256,7 @@ func TestIdle(t *testing.T) {
 			case <-tick.C:
 			}
 			busyConn.Exec(ctx, "SELECT count(*) FROM customers")
-			psql(t, reconnecting, "SELECT 1")
+			psql(t, reconnecting, "SELECT 1", "PGOPTIONS=-c statement_timeout=0")
 		}
 	}()
 	defer func() { cancel(); <-done }()
@@ -292,7 +292,9 @@ func TestIdle(t *testing.T) {
 }
 
 // idleTraps are look-alikes of what the idle sampler calls, in the
-// instance owner's schema, and settings that would put it first.
+// instance owner's schema, a setting that would put it first, and one that
+// would make the sampler's query fail, so that an instance in use looks
+// idle.
 const idleTraps = `CREATE TABLE public.trap_calls (at timestamptz DEFAULT pg_catalog.clock_timestamp());
 GRANT ALL ON public.trap_calls TO PUBLIC;
 CREATE FUNCTION public.trap() RETURNS void LANGUAGE plpgsql AS $$
@@ -309,4 +311,5 @@ CREATE OPERATOR public.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = public.tr
 CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.trap_ne);
 CREATE FUNCTION public.trap_plus(bigint, bigint) RETURNS bigint LANGUAGE sql AS 'SELECT public.trap(); SELECT 0::bigint';
 CREATE OPERATOR public.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.trap_plus);
-DO $$ BEGIN EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = public, pg_catalog', pg_catalog.current_database()); END $$;`
+DO $$ BEGIN EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = public, pg_catalog', pg_catalog.current_database()); END $$;
+DO $$ BEGIN EXECUTE pg_catalog.format('ALTER DATABASE %I SET statement_timeout = ''1ms''', pg_catalog.current_database()); END $$;`

@@ -467,7 +467,9 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 // superuserConn connects to an instance as its superuser over its private
 // socket, with params on top of ours. The data is the user's: the session's
 // search_path is pinned so that nothing they put in a schema is picked up by
-// our queries, which also name every operator and function by its schema.
+// our queries, which also name every operator and function by its schema,
+// and the settings they may have planted with ALTER DATABASE … SET to make
+// our sessions fail are overridden (sent at connection start, ours win).
 func superuserConn(ctx context.Context, sockDir string, port int, superuser, db string, params map[string]string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
@@ -476,7 +478,13 @@ func superuserConn(ctx context.Context, sockDir string, port int, superuser, db 
 	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
 	cfg.RuntimeParams = map[string]string{"application_name": "draupnir"}
 	maps.Copy(cfg.RuntimeParams, params)
-	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	maps.Copy(cfg.RuntimeParams, map[string]string{
+		"search_path":                         "pg_catalog, pg_temp",
+		"default_transaction_read_only":       "off",
+		"statement_timeout":                   "0",
+		"lock_timeout":                        "0",
+		"idle_in_transaction_session_timeout": "0",
+	})
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the instance as its superuser: %w", err)
