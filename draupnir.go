@@ -113,6 +113,9 @@ const (
 	InstanceStopped    InstanceState = "stopped" // its postgres died and has not been restarted yet
 	InstanceFailed     InstanceState = "failed"  // could not be (re)started; Error says why
 	InstanceDestroying InstanceState = "destroying"
+	// InstanceResetting is an instance whose data is being replaced by a
+	// fresh snapshot of an image; a restart finishes the reset.
+	InstanceResetting InstanceState = "resetting"
 	// InstanceWarm is a started instance in the warm pool: nobody's yet,
 	// invisible to everyone, handed out whole by the next create.
 	InstanceWarm InstanceState = "warm"

@@ -37,5 +37,9 @@ type InstanceService interface {
 	// Create makes an instance of ready image imageID owned by p and
 	// returns it running, with its credentials.
 	Create(ctx context.Context, p Principal, imageID int64) (*Instance, error)
+	// Reset puts instance id back to the data of ready image imageID (0:
+	// the image it was made of), keeping its id, port, credentials and
+	// owner, and returns it running. Its connections are dropped.
+	Reset(ctx context.Context, p Principal, id, imageID int64) (*Instance, error)
 	Destroy(ctx context.Context, p Principal, id int64) error
 }

@@ -145,6 +145,21 @@ func (f fakeInstances) Create(ctx context.Context, _ draupnir.Principal, imageID
 	return &draupnir.Instance{ID: 5, ImageID: imageID, State: draupnir.InstanceRunning, Port: 6002, Hostname: "db.example.com", CreatedAt: t0}, nil
 }
 
+func (f fakeInstances) Reset(ctx context.Context, _ draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	if err := f.call("ResetInstance", id, imageID); err != nil {
+		return nil, err
+	}
+	in, err := f.Get(ctx, draupnir.Principal{}, id)
+	if err != nil {
+		return nil, err
+	}
+	c := *in
+	if imageID != 0 {
+		c.ImageID = imageID
+	}
+	return &c, nil
+}
+
 func (f fakeInstances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	if err := f.call("DestroyInstance", id); err != nil {
 		return err
@@ -260,6 +275,12 @@ func TestCommands(t *testing.T) {
 		{name: "instances show", args: []string{"instances", "show", "4"}, stdout: []string{"Port:", "6001", "Password:", `it's a "pa$$ word"`, "env 4"}},
 		{name: "instances show someone else's", args: []string{"instances", "show", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
 		{name: "instances create", args: []string{"instances", "create", "2"}, stdout: []string{"ID:", "5", "Image:", "2"}, wantCalls: "CreateInstance 2"},
+		{name: "instances reset", args: []string{"instances", "reset", "4"}, stdout: []string{"ID:", "4", "Image:", "1", "Port:", "6001"}, wantCalls: "ResetInstance 4 0 GetInstance 4"},
+		{name: "instances reset to another image", args: []string{"instances", "reset", "4", "--image", "2"}, stdout: []string{"ID:", "4", "Image:", "2"}, wantCalls: "ResetInstance 4 2 GetInstance 4"},
+		{name: "instances reset over ssh", ssh: true, args: []string{"instances", "reset", "4", "--image=2"}, stdout: []string{"Image:", "2"}, wantCalls: "ResetInstance 4 2 GetInstance 4"},
+		{name: "instances reset someone else's", args: []string{"instances", "reset", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
+		{name: "instances reset bad image", args: []string{"instances", "reset", "4", "--image", "x"}, code: 2, stderr: `--image must be a positive integer, not "x"`, wantCalls: "-"},
+		{name: "instances reset zero image", args: []string{"instances", "reset", "4", "--image", "0"}, code: 2, stderr: "positive integer", wantCalls: "-"},
 		{name: "instances destroy", args: []string{"instances", "destroy", "4"}, stdout: []string{"Destroyed instance 4."}},
 		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
 		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},

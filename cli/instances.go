@@ -60,6 +60,7 @@ settings psql and other libpq programs need to connect.`
 				return a.printInstance(inst)
 			},
 		},
+		a.instancesResetCmd(),
 		&cobra.Command{
 			Use:     "destroy N",
 			Aliases: []string{"rm"},
@@ -77,6 +78,38 @@ settings psql and other libpq programs need to connect.`
 			},
 		},
 	)
+	return cmd
+}
+
+func (a *app) instancesResetCmd() *cobra.Command {
+	var image string
+	cmd := &cobra.Command{
+		Use:   "reset N [--image M]",
+		Short: "Put instance N back to its image's data (or image M's)",
+		Long: `Put instance N back to the data of the image it was made of, or with --image
+to that of ready image M, keeping its port, username and password: what you
+connect with does not change. Its connections are dropped and everything
+written to it is lost; it answers when the instance accepts connections again.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "instance id", args[0])
+			if err != nil {
+				return err
+			}
+			var imageID int64
+			if cmd.Flags().Changed("image") {
+				if imageID, err = parseID(cmd, "--image", image); err != nil {
+					return err
+				}
+			}
+			inst, err := a.b.Instances.Reset(cmd.Context(), a.b.Principal, id, imageID)
+			if err != nil {
+				return err
+			}
+			return a.printInstance(inst)
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "", "reset to ready image `M` instead of the instance's own")
 	return cmd
 }
 

@@ -164,6 +164,13 @@ func (s Instances) Create(ctx context.Context, _ draupnir.Principal, imageID int
 	return s.c.instance(ctx, http.MethodPost, "/instances", body, http.StatusCreated)
 }
 
+// Reset puts instance id back to the data of image imageID (0: its own);
+// it returns once Postgres accepts connections again.
+func (s Instances) Reset(ctx context.Context, _ draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceReset(imageID))
+	return s.c.instance(ctx, http.MethodPost, instancePath(id)+"/reset", body, http.StatusOK)
+}
+
 // Destroy stops instance id and deletes its data.
 func (s Instances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	return s.c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)

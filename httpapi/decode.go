@@ -156,6 +156,45 @@ func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
 	return instanceCreate{ImageID: id}, nil
 }
 
+// decodeInstanceReset reads the optional body of POST /instances/:id/reset
+// and returns the image to reset to: 0, for the instance's own, when the
+// body or its image_id is absent.
+func decodeInstanceReset(r io.Reader) (int64, error) {
+	body, err := io.ReadAll(r)
+	if e := tooLarge(err); e != nil {
+		return 0, e
+	}
+	if err != nil {
+		return 0, newError(http.StatusBadRequest, codeInvalidJSON, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return 0, nil
+	}
+	res, err := decodeResource(bytes.NewReader(body), wire.TypeInstances)
+	if err != nil {
+		return 0, err
+	}
+	if err := noClientID(res); err != nil {
+		return 0, err
+	}
+	var attrs wire.InstanceReset
+	if len(res.Attributes) > 0 && string(res.Attributes) != "null" {
+		if err := decodeAttributes(res, &attrs); err != nil {
+			return 0, err
+		}
+	}
+	if len(attrs.ImageID) == 0 || string(attrs.ImageID) == "null" {
+		return 0, nil
+	}
+	id, ok := parseIDValue(attrs.ImageID)
+	if !ok {
+		return 0, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  "image_id must be a positive integer (a number or a numeric string)",
+			Pointer: "/data/attributes/image_id"}
+	}
+	return id, nil
+}
+
 // decodeResource reads a whole request document and checks its envelope and
 // resource type. An empty type is taken for the expected one: the original
 // client sends "type":"" (and "id":"") in every body it writes.

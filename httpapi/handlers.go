@@ -150,6 +150,24 @@ func (a *api) createInstance(c echo.Context) error {
 	return writeJSON(c, http.StatusCreated, instanceDocument(in))
 }
 
+// resetInstance answers when the instance's new postgres accepts
+// connections; like a create, it goes on if the client hangs up.
+func (a *api) resetInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	imageID, err := decodeInstanceReset(c.Request().Body)
+	if err != nil {
+		return err
+	}
+	in, err := a.instances.Reset(c.Request().Context(), principal(c), id, imageID)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, instanceDocument(in))
+}
+
 func (a *api) destroyInstance(c echo.Context) error {
 	id, err := pathID(c, "instance")
 	if err != nil {

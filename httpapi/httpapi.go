@@ -128,6 +128,7 @@ func New(opts Options) http.Handler {
 	e.GET("/instances/:id", a.getInstance, std...)
 	e.POST("/instances", a.createInstance, std...)
 	e.DELETE("/instances/:id", a.destroyInstance, std...)
+	e.POST("/instances/:id/reset", a.resetInstance, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
 

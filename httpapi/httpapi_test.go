@@ -1027,3 +1027,70 @@ func TestServerFailuresLogTheirCause(t *testing.T) {
 		t.Errorf("want a warning with the cause:\n%s", logs)
 	}
 }
+
+// POST /instances/:id/reset takes no body, or one naming the image to reset
+// to; a bad body is refused before the service is asked.
+func TestResetInstance(t *testing.T) {
+	tests := []struct {
+		name        string
+		path        string
+		body        string
+		wantStatus  int
+		wantCode    string
+		wantPointer string
+		wantImage   int64 // what the service was asked for
+	}{
+		{name: "no body", path: "/instances/1/reset", wantStatus: 200, wantImage: 1},
+		{name: "blank body", path: "/instances/1/reset", body: " \n", wantStatus: 200, wantImage: 1},
+		{name: "no attributes", path: "/instances/1/reset", body: `{"data":{"type":"instances"}}`, wantStatus: 200, wantImage: 1},
+		{name: "null image", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":null}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image as number", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image as string", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":"1"}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image not ready", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":2}}}`, wantStatus: 409, wantCode: "conflict"},
+		{name: "absent image", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":7}}}`, wantStatus: 404, wantCode: "not_found"},
+		{name: "someone else's instance", path: "/instances/2/reset", wantStatus: 404, wantCode: "not_found"},
+		{name: "bad instance id", path: "/instances/x/reset", wantStatus: 404, wantCode: "not_found"},
+		{name: "image zero", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":0}}}`,
+			wantStatus: 422, wantCode: "unprocessable_entity", wantPointer: "/data/attributes/image_id"},
+		{name: "image word", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":"latest"}}}`,
+			wantStatus: 422, wantCode: "unprocessable_entity", wantPointer: "/data/attributes/image_id"},
+		{name: "unknown attribute", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"port":1}}}`, wantStatus: 400, wantPointer: "/data/attributes/port"},
+		{name: "wrong type", path: "/instances/1/reset", body: `{"data":{"type":"images","attributes":{"image_id":1}}}`, wantStatus: 422, wantPointer: "/data/type"},
+		{name: "client id", path: "/instances/1/reset", body: `{"data":{"type":"instances","id":"9"}}`, wantStatus: 422, wantPointer: "/data/id"},
+		{name: "not JSON", path: "/instances/1/reset", body: `reset please`, wantStatus: 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			rec := e.do(t, req{method: "POST", path: tt.path, body: tt.body})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if tt.wantStatus == 200 {
+				var doc wire.Document[wire.InstanceResource]
+				if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+					t.Fatal(err)
+				}
+				if in := doc.Data.Instance(); in.ID != 1 || in.ImageID != tt.wantImage || in.Port != 5678 {
+					t.Errorf("answered %+v", in)
+				}
+				if calls := e.instances.Calls(); !slices.Equal(calls, []string{"Reset"}) {
+					t.Errorf("calls %q", calls)
+				}
+				return
+			}
+			o := decodeErrors(t, rec).Errors[0]
+			if tt.wantCode != "" && o.Code != tt.wantCode {
+				t.Errorf("code %q, want %q", o.Code, tt.wantCode)
+			}
+			if tt.wantPointer != "" && (o.Source == nil || o.Source.Pointer != tt.wantPointer) {
+				t.Errorf("error does not point at %s: %s", tt.wantPointer, rec.Body)
+			}
+			if tt.wantStatus < 404 || tt.wantStatus == 422 {
+				if calls := e.instances.Calls(); len(calls) != 0 {
+					t.Errorf("service was called on a bad request: %q", calls)
+				}
+			}
+		})
+	}
+}

@@ -99,7 +99,7 @@ type store interface {
 	// owner nil everybody's.
 	listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error)
 	// listOfImage returns the instances of an image that are not being
-	// created.
+	// created or reset.
 	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
 	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32) (*draupnir.Instance, error)
 	movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error)
@@ -108,5 +108,6 @@ type store interface {
 	setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error
 	setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error)
 	claimDestroy(ctx context.Context, id int64) (bool, error)
+	claimReset(ctx context.Context, id, imageID int64) (bool, error)
 	delete(ctx context.Context, id int64) error
 }

@@ -90,7 +90,7 @@ func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.I
 
 func (f *fakeStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
 	return f.listWhere(func(r *draupnir.Instance) bool {
-		return r.ImageID == imageID && r.State != draupnir.InstanceCreating
+		return r.ImageID == imageID && r.State != draupnir.InstanceCreating && r.State != draupnir.InstanceResetting
 	}), f.failing("listOfImage")
 }
 
@@ -191,7 +191,7 @@ func (f *fakeStore) setLiveState(ctx context.Context, id int64, state draupnir.I
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[id]
-	if r == nil || r.State == draupnir.InstanceDestroying {
+	if r == nil || r.State == draupnir.InstanceDestroying || r.State == draupnir.InstanceResetting {
 		return false, nil
 	}
 	r.State, r.Error = state, reason
@@ -202,10 +202,24 @@ func (f *fakeStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[id]
-	if r == nil || r.State == draupnir.InstanceDestroying {
+	if r == nil || r.State == draupnir.InstanceDestroying || r.State == draupnir.InstanceResetting {
 		return false, nil
 	}
 	r.State = draupnir.InstanceDestroying
+	return true, nil
+}
+
+func (f *fakeStore) claimReset(ctx context.Context, id, imageID int64) (bool, error) {
+	if err := f.failing("claimReset"); err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.Owner == "" || !slices.Contains([]draupnir.InstanceState{draupnir.InstanceRunning, draupnir.InstanceStopped, draupnir.InstanceFailed}, r.State) {
+		return false, nil
+	}
+	r.State, r.ImageID, r.Error, r.Database = draupnir.InstanceResetting, imageID, "", f.ready[imageID]
 	return true, nil
 }
 

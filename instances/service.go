@@ -1,6 +1,7 @@
 // Package instances owns the lifecycle of instances: a writable btrfs
 // snapshot of a ready image with its own postgres on its own port, a fresh
-// password for the instance role, and destruction. It confines each one:
+// password for the instance role, reset to an image's data, and
+// destruction. It confines each one:
 // over the network only the instance role logs in (failed logins slowed
 // down by auth_delay), and a btrfs quota and temp_file_limit keep one
 // instance from filling the disk the others share. It keeps what runs in
@@ -439,17 +440,21 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return notFound(id)
 	}
-	// Tearing it down under its create would fail that create half-way.
-	// The state only moves on from creating, so this check cannot go stale.
-	if in.State == draupnir.InstanceCreating {
+	// Tearing it down under its create or reset would fail that half-way.
+	// Creating only moves on, and claimDestroy refuses an instance whose
+	// reset began since, so this check cannot go stale.
+	switch in.State {
+	case draupnir.InstanceCreating:
 		return draupnir.Errorf(draupnir.KindConflict, "instance %d is still being created; destroy it when that ends", id)
+	case draupnir.InstanceResetting:
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is being reset; destroy it when that ends", id)
 	}
 	ok, err := s.store.claimDestroy(ctx, id)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed", id)
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed, or being reset", id)
 	}
 	ctx = context.WithoutCancel(ctx)
 	if err := s.teardown(ctx, id); err != nil {

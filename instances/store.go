@@ -61,7 +61,7 @@ func (s pgStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Inst
 }
 
 func (s pgStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
-	return s.list(ctx, "WHERE i.image_id = $1 AND i.state <> 'creating'", imageID)
+	return s.list(ctx, "WHERE i.image_id = $1 AND i.state NOT IN ('creating', 'resetting')", imageID)
 }
 
 func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
@@ -168,11 +168,11 @@ func (s pgStore) setState(ctx context.Context, id int64, state draupnir.Instance
 }
 
 // setLiveState is setState for the crash-recovery path: it leaves alone an
-// instance that is being destroyed (or is gone) and reports whether it
+// instance that is being destroyed or reset (or is gone) and reports whether it
 // changed anything.
 func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now()
-		WHERE id = $1 AND state <> 'destroying'`, id, string(state), reason)
+		WHERE id = $1 AND state NOT IN ('destroying', 'resetting')`, id, string(state), reason)
 	if err != nil {
 		return false, fmt.Errorf("recording instance %d as %s: %w", id, state, err)
 	}
@@ -180,12 +180,23 @@ func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.Inst
 }
 
 // claimDestroy marks instance id as being destroyed, unless another request
-// got there first.
+// got there first or it is being reset.
 func (s pgStore) claimDestroy(ctx context.Context, id int64) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', updated_at = now()
-		WHERE id = $1 AND state <> 'destroying'`, id)
+		WHERE id = $1 AND state NOT IN ('destroying', 'resetting')`, id)
 	if err != nil {
 		return false, fmt.Errorf("destroying instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// claimReset marks instance id, owned by somebody and neither being created
+// nor destroyed nor reset, as being reset to image imageID.
+func (s pgStore) claimReset(ctx context.Context, id, imageID int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'resetting', image_id = $2, error = '', updated_at = now()
+		WHERE id = $1 AND owner <> '' AND state IN ('running', 'stopped', 'failed')`, id, imageID)
+	if err != nil {
+		return false, fmt.Errorf("resetting instance %d: %w", id, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }

@@ -254,6 +254,35 @@ func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID in
 	return in, nil
 }
 
+// Reset resets instance id to image imageID (0: its own), which must be
+// ready; the instance keeps everything else.
+func (f *Instances) Reset(ctx context.Context, p draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	if err := f.record("Reset", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	in, ok := f.ByID[id]
+	f.mu.Unlock()
+	if !ok || !p.CanSee(in.Owner) {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	if imageID == 0 {
+		imageID = in.ImageID
+	}
+	im, err := f.Images.Get(ctx, p, imageID)
+	if err != nil {
+		return nil, err
+	}
+	if !im.Ready() {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready", imageID)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ImageID = imageID
+	in.ImageID = imageID
+	return in, nil
+}
+
 func (f *Instances) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
 	if err := f.record("Destroy", p); err != nil {
 		return err

@@ -213,6 +213,22 @@ func NewInstanceCreate(imageID int64) InstanceCreate {
 	return InstanceCreate{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
 }
 
+// InstanceReset holds the attributes of POST /instances/:id/reset, all
+// optional: ImageID names the ready image to reset to, instead of the
+// instance's own. Raw for the same reason as InstanceCreate's.
+type InstanceReset struct {
+	ImageID json.RawMessage `json:"image_id,omitempty"`
+}
+
+// NewInstanceReset returns the attributes that reset an instance to image
+// imageID, or to its own image for 0.
+func NewInstanceReset(imageID int64) InstanceReset {
+	if imageID == 0 {
+		return InstanceReset{}
+	}
+	return InstanceReset{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
+}
+
 // TokenRequest holds the attributes of POST /authenticate/token: the
 // one-time code of a login and its PKCE verifier, for an access token.
 type TokenRequest struct {
