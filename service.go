@@ -23,7 +23,8 @@ type ImageService interface {
 	// Finalise turns the upload into a ready image and returns when that
 	// job ends or ctx does; the job goes on without the caller.
 	Finalise(ctx context.Context, p Principal, id int64) (*Image, error)
-	// Destroy removes the image, its instances and its files.
+	// Destroy removes the image, its instances and its files: any image
+	// for the upload principal, one a user saved for that user.
 	Destroy(ctx context.Context, p Principal, id int64) error
 }
 
@@ -41,5 +42,8 @@ type InstanceService interface {
 	// the image it was made of), keeping its id, port, credentials and
 	// owner, and returns it running. Its connections are dropped.
 	Reset(ctx context.Context, p Principal, id, imageID int64) (*Instance, error)
+	// Save makes a new ready image of instance id's current data, owned
+	// by p, without stopping the instance.
+	Save(ctx context.Context, p Principal, id int64) (*Image, error)
 	Destroy(ctx context.Context, p Principal, id int64) error
 }

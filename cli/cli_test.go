@@ -160,6 +160,18 @@ func (f fakeInstances) Reset(ctx context.Context, _ draupnir.Principal, id, imag
 	return &c, nil
 }
 
+func (f fakeInstances) Save(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	if err := f.call("SaveInstance", id); err != nil {
+		return nil, err
+	}
+	in, err := f.Get(ctx, draupnir.Principal{}, id)
+	if err != nil {
+		return nil, err
+	}
+	return &draupnir.Image{ID: 9, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0,
+		Owner: "alice@example.com", ParentImageID: in.ImageID, FromInstanceID: id}, nil
+}
+
 func (f fakeInstances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	if err := f.call("DestroyInstance", id); err != nil {
 		return err
@@ -281,6 +293,10 @@ func TestCommands(t *testing.T) {
 		{name: "instances reset someone else's", args: []string{"instances", "reset", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
 		{name: "instances reset bad image", args: []string{"instances", "reset", "4", "--image", "x"}, code: 2, stderr: `--image must be a positive integer, not "x"`, wantCalls: "-"},
 		{name: "instances reset zero image", args: []string{"instances", "reset", "4", "--image", "0"}, code: 2, stderr: "positive integer", wantCalls: "-"},
+		{name: "instances save", args: []string{"instances", "save", "4"}, stdout: []string{"ID:", "9", "State:", "ready", "Saved from:", "instance 4 of image 1", "Owner:", "alice@example.com"}, wantCalls: "SaveInstance 4 GetInstance 4"},
+		{name: "instances save over ssh", ssh: true, args: []string{"instances", "save", "4"}, stdout: []string{"Saved from:", "instance 4 of image 1"}},
+		{name: "instances save someone else's", args: []string{"instances", "save", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
+		{name: "instances save needs one id", args: []string{"instances", "save"}, code: 2, stderr: "takes 1 argument", wantCalls: "-"},
 		{name: "instances destroy", args: []string{"instances", "destroy", "4"}, stdout: []string{"Destroyed instance 4."}},
 		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
 		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},

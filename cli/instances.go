@@ -62,6 +62,26 @@ settings psql and other libpq programs need to connect.`
 		},
 		a.instancesResetCmd(),
 		&cobra.Command{
+			Use:   "save N",
+			Short: "Save instance N's current data as a new image",
+			Long: `Save instance N's current data as a new ready image, yours: anyone can start
+instances of it, and you (or the upload principal) can destroy it. The
+instance keeps running; the image records which instance and image it came
+from.`,
+			Args: exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "instance id", args[0])
+				if err != nil {
+					return err
+				}
+				img, err := a.b.Instances.Save(cmd.Context(), a.b.Principal, id)
+				if err != nil {
+					return err
+				}
+				return a.printImage(img)
+			},
+		},
+		&cobra.Command{
 			Use:     "destroy N",
 			Aliases: []string{"rm"},
 			Short:   "Stop instance N and delete its data",
@@ -134,8 +154,8 @@ print it, with the command that sets up psql to connect to it.`,
 	}
 }
 
-// newestReady returns the ready image with the latest backup time (the
-// highest id among equals).
+// newestReady returns the ready image made from an upload with the latest
+// backup time (the highest id among equals).
 func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
 	imgs, err := b.Images.List(ctx, b.Principal)
 	if err != nil {
@@ -143,7 +163,8 @@ func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
 	}
 	var best *draupnir.Image
 	for _, img := range imgs {
-		if !img.Ready() {
+		// A saved image is someone's branch of the data, not the newest.
+		if !img.Ready() || img.Saved() {
 			continue
 		}
 		if best == nil || img.BackedUpAt.After(best.BackedUpAt) ||

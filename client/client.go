@@ -171,6 +171,12 @@ func (s Instances) Reset(ctx context.Context, _ draupnir.Principal, id, imageID 
 	return s.c.instance(ctx, http.MethodPost, instancePath(id)+"/reset", body, http.StatusOK)
 }
 
+// Save makes a new ready image of instance id's current data; it returns
+// once the image is ready.
+func (s Instances) Save(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	return s.c.image(ctx, http.MethodPost, instancePath(id)+"/save", nil, http.StatusCreated)
+}
+
 // Destroy stops instance id and deletes its data.
 func (s Instances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	return s.c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)

@@ -195,6 +195,33 @@ func decodeInstanceReset(r io.Reader) (int64, error) {
 	return id, nil
 }
 
+// noBody accepts an empty body, or a document with an empty resource of
+// type instances, for requests that take no attributes.
+func noBody(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	if e := tooLarge(err); e != nil {
+		return e
+	}
+	if err != nil {
+		return newError(http.StatusBadRequest, codeInvalidJSON, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	res, err := decodeResource(bytes.NewReader(body), wire.TypeInstances)
+	if err != nil {
+		return err
+	}
+	if err := noClientID(res); err != nil {
+		return err
+	}
+	var attrs struct{}
+	if len(res.Attributes) > 0 && string(res.Attributes) != "null" {
+		return decodeAttributes(res, &attrs)
+	}
+	return nil
+}
+
 // decodeResource reads a whole request document and checks its envelope and
 // resource type. An empty type is taken for the expected one: the original
 // client sends "type":"" (and "id":"") in every body it writes.

@@ -168,6 +168,24 @@ func (a *api) resetInstance(c echo.Context) error {
 	return writeJSON(c, http.StatusOK, instanceDocument(in))
 }
 
+// saveInstance answers with the new image once it is ready; like a
+// finalise, the work goes on if the client hangs up.
+func (a *api) saveInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	if err := noBody(c.Request().Body); err != nil {
+		return err
+	}
+	im, err := a.instances.Save(c.Request().Context(), principal(c), id)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Location", fmt.Sprintf("/images/%d", im.ID))
+	return writeJSON(c, http.StatusCreated, imageDocument(im))
+}
+
 func (a *api) destroyInstance(c echo.Context) error {
 	id, err := pathID(c, "instance")
 	if err != nil {

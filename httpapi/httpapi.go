@@ -122,13 +122,15 @@ func New(opts Options) http.Handler {
 	e.POST("/images", a.createImage, upload...)
 	e.POST("/images/:id/done", a.finaliseImage, upload...)
 	e.PATCH("/images/:id", a.updateImage, upload...)
-	e.DELETE("/images/:id", a.destroyImage, upload...)
+	// Users may destroy the images they saved: the service decides.
+	e.DELETE("/images/:id", a.destroyImage, std...)
 
 	e.GET("/instances", a.listInstances, std...)
 	e.GET("/instances/:id", a.getInstance, std...)
 	e.POST("/instances", a.createInstance, std...)
 	e.DELETE("/instances/:id", a.destroyInstance, std...)
 	e.POST("/instances/:id/reset", a.resetInstance, std...)
+	e.POST("/instances/:id/save", a.saveInstance, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
 

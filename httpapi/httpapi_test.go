@@ -294,7 +294,18 @@ func TestErrors(t *testing.T) {
 		{name: "user patches image", req: req{method: "PATCH", path: "/images/2", body: `{"data":{"type":"images","attributes":{}}}`},
 			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{}},
 		{name: "user destroys image", req: req{method: "DELETE", path: "/images/1"},
-			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{}},
+			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{"Destroy"}},
+		{name: "user destroys an image someone else saved", setup: func(e *env) {
+			e.images.ByID[3] = &draupnir.Image{ID: 3, State: draupnir.ImageReady, Owner: bob.Name, ParentImageID: 1, FromInstanceID: 2}
+		}, req: req{method: "DELETE", path: "/images/3"}, wantStatus: 403, wantCode: "forbidden",
+			check: func(t *testing.T, e *env, _ *httptest.ResponseRecorder) {
+				if _, ok := e.images.ByID[3]; !ok {
+					t.Error("bob's image is gone")
+				}
+			}},
+		{name: "user destroys an image they saved", setup: func(e *env) {
+			e.images.ByID[3] = &draupnir.Image{ID: 3, State: draupnir.ImageReady, Owner: alice.Name, ParentImageID: 1, FromInstanceID: 1}
+		}, req: req{method: "DELETE", path: "/images/3"}, wantStatus: 204},
 		{name: "forbidden judged before the body", req: req{method: "POST", path: "/images", body: "x", contentType: "text/plain"},
 			wantStatus: 403, wantCode: "forbidden"},
 		{name: "service forbids", setup: func(e *env) { e.images.Err = draupnir.Errorf(draupnir.KindForbidden, "uploads are closed") },
@@ -1090,6 +1101,59 @@ func TestResetInstance(t *testing.T) {
 				if calls := e.instances.Calls(); len(calls) != 0 {
 					t.Errorf("service was called on a bad request: %q", calls)
 				}
+			}
+		})
+	}
+}
+
+// POST /instances/:id/save answers 201 with the new image, its lineage and
+// owner; someone else's instance is not found; a body with attributes is
+// refused before the service is asked.
+func TestSaveInstance(t *testing.T) {
+	tests := []struct {
+		name       string
+		token      string
+		path, body string
+		wantStatus int
+		wantCalled bool
+	}{
+		{name: "own instance", path: "/instances/1/save", wantStatus: 201, wantCalled: true},
+		{name: "empty resource", path: "/instances/1/save", body: `{"data":{"type":"instances"}}`, wantStatus: 201, wantCalled: true},
+		{name: "upload principal saves anyone's", token: uploadToken, path: "/instances/2/save", wantStatus: 201, wantCalled: true},
+		{name: "someone else's", path: "/instances/2/save", wantStatus: 404, wantCalled: true},
+		{name: "attributes", path: "/instances/1/save", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`, wantStatus: 400},
+		{name: "not JSON", path: "/instances/1/save", body: `save`, wantStatus: 400},
+		{name: "bad id", path: "/instances/x/save", wantStatus: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			rec := e.do(t, req{method: "POST", path: tt.path, body: tt.body, token: tt.token})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if called := len(e.instances.Calls()) > 0; called != tt.wantCalled {
+				t.Errorf("service called: %v, want %v", called, tt.wantCalled)
+			}
+			if rec.Code != 201 {
+				decodeErrors(t, rec)
+				return
+			}
+			var doc wire.Document[wire.ImageResource]
+			if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+				t.Fatal(err)
+			}
+			im := doc.Data.Image()
+			if im.ParentImageID != 1 || im.FromInstanceID == 0 || im.Owner == "" || !im.Ready() {
+				t.Errorf("answered %+v", im)
+			}
+			for _, attr := range []string{`"parent_image_id":1`, `"from_instance_id":`, `"owner":`} {
+				if !strings.Contains(rec.Body.String(), attr) {
+					t.Errorf("answer lacks %s: %s", attr, rec.Body)
+				}
+			}
+			if got, want := rec.Header().Get("Location"), fmt.Sprintf("/images/%d", im.ID); got != want {
+				t.Errorf("Location = %q, want %q", got, want)
 			}
 		})
 	}

@@ -260,8 +260,15 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 // a crash is reconciled away. The instance service depends on this one, so
 // it is handed in by the caller rather than held.
 func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, instances draupnir.InstanceDestroyer) error {
-	if err := requireUpload(p, "destroy images"); err != nil {
-		return err
+	if !p.Upload {
+		// A user may destroy the images they saved, and no other.
+		r, err := s.store.get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !p.CanDestroy(&r.Image) {
+			return requireUpload(p, "destroy images that others saved or uploaded")
+		}
 	}
 	s.mu.Lock()
 	_, finalising := s.jobs[id]
@@ -320,6 +327,18 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, r := range rows {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
+		if r.State == draupnir.ImageFinalising && r.Saved() {
+			// A save has nothing to retry from: undo it.
+			s.log.Warn("image was being saved from an instance when the server stopped; deleting it", "image", r.ID)
+			if err := s.discardWork(ctx, r.ID); err != nil {
+				return err
+			}
+			if err := s.store.delete(ctx, r.ID); err != nil {
+				return err
+			}
+			delete(known, id)
+			continue
+		}
 		if r.State == draupnir.ImageFinalising {
 			s.log.Warn("image was finalising when the server stopped; marking it failed", "image", r.ID)
 			if err := s.discardWork(ctx, r.ID); err != nil {

@@ -21,6 +21,10 @@ type deps struct {
 	// its limits); warmUp logs in once, to load the caches.
 	prepareRole func(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error
 	warmUp      func(ctx context.Context, sockDir string, port int, role, db string)
+	// checkpoint runs CHECKPOINT in a running instance; copyTree copies a
+	// directory's files into another (a save's WAL).
+	checkpoint func(ctx context.Context, sockDir string, port int, superuser, db string) error
+	copyTree   func(ctx context.Context, src, dst string) error
 	// portFree reports whether no other program listens on a port.
 	portFree func(port int) bool
 	// restartWaits space out the restarts of a postgres that keeps dying.
@@ -34,6 +38,8 @@ func realDeps(opts Options) deps {
 		store:        pgStore{opts.Pool},
 		prepareRole:  prepareRole,
 		warmUp:       warmUp,
+		checkpoint:   checkpoint,
+		copyTree:     copyTree,
 		portFree:     portFree,
 		restartWaits: []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second},
 	}

@@ -331,10 +331,28 @@ func (f fakeImages) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, 
 	return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
 }
 
-// fakeErrImages answers Ready with an error.
+// SaveImage has req.Copy write into saved-N beside the parent's snapshot,
+// N the instance, and returns image 100 with req's lineage.
+func (f fakeImages) SaveImage(ctx context.Context, req draupnir.ImageSave) (*draupnir.Image, error) {
+	parent := f[req.ParentImageID]
+	if parent == nil {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", req.ParentImageID)
+	}
+	dst := filepath.Join(filepath.Dir(parent.Snapshot), fmt.Sprintf("saved-%d", req.FromInstanceID))
+	if err := req.Copy(ctx, dst); err != nil {
+		return nil, err
+	}
+	return &draupnir.Image{ID: 100, State: draupnir.ImageReady, Owner: req.Owner,
+		ParentImageID: req.ParentImageID, FromInstanceID: req.FromInstanceID}, nil
+}
+
+// fakeErrImages answers Ready and SaveImage with an error.
 type fakeErrImages struct{ err error }
 
 func (f fakeErrImages) Ready(context.Context, int64) (*draupnir.ReadyImage, error) { return nil, f.err }
+func (f fakeErrImages) SaveImage(context.Context, draupnir.ImageSave) (*draupnir.Image, error) {
+	return nil, f.err
+}
 
 // roleCall is one call of prepareRole.
 type roleCall struct {
@@ -355,7 +373,10 @@ type env struct {
 	roles   []roleCall
 	roleErr error
 	warmUps int
-	taken   map[int]bool // ports another program holds
+	// checkpoints are the calls of checkpoint (role and password unset).
+	checkpoints []roleCall
+	copied      []string     // what copyTree copied
+	taken       map[int]bool // ports another program holds
 }
 
 const (
@@ -414,6 +435,18 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.warmUps++
+		},
+		checkpoint: func(ctx context.Context, sockDir string, port int, superuser, db string) error {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.checkpoints = append(e.checkpoints, roleCall{sockDir: sockDir, port: port, superuser: superuser, db: db})
+			return nil
+		},
+		copyTree: func(ctx context.Context, src, dst string) error {
+			e.mu.Lock()
+			e.copied = append(e.copied, src)
+			e.mu.Unlock()
+			return os.CopyFS(dst, os.DirFS(src))
 		},
 		portFree: func(port int) bool {
 			e.mu.Lock()

@@ -1,7 +1,7 @@
 // Package instances owns the lifecycle of instances: a writable btrfs
 // snapshot of a ready image with its own postgres on its own port, a fresh
-// password for the instance role, reset to an image's data, and
-// destruction. It confines each one:
+// password for the instance role, reset to an image's data, copies of its
+// data for the image service to save as a new image, and destruction. It confines each one:
 // over the network only the instance role logs in (failed logins slowed
 // down by auth_delay), and a btrfs quota and temp_file_limit keep one
 // instance from filling the disk the others share. It keeps what runs in
@@ -31,9 +31,11 @@ import (
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
-// Images is what instances need of the image service.
+// Images is what instances need of the image service: the ready images
+// instances are made of, and new images saved from instances.
 type Images interface {
 	Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error)
+	draupnir.ImageSaver
 }
 
 // Options configures a Service.
@@ -391,17 +393,9 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 	if err != nil {
 		return err
 	}
-	cfg, err := pgx.ParseConfig("")
+	conn, err := superuserConn(ctx, sockDir, port, superuser, db)
 	if err != nil {
 		return err
-	}
-	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
-	// Nothing the source put in a schema may be picked up by our queries.
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on",
-		"search_path": "pg_catalog, pg_temp"}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connecting to the instance as its superuser: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := pinLimits(ctx, conn); err != nil {
@@ -413,6 +407,26 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 		return fmt.Errorf("setting the instance role's password: %w", err)
 	}
 	return nil
+}
+
+// superuserConn connects to an instance as its superuser over its private
+// socket. The data is the instance user's, who may have planted functions
+// and operators: the session pins search_path, and callers use only
+// schema-qualified built-ins. Commits are synchronous: instances run with
+// synchronous_commit off, and what the service sets must survive a crash.
+func superuserConn(ctx context.Context, sockDir string, port int, superuser, db string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
+	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on",
+		"search_path": "pg_catalog, pg_temp"}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the instance as its superuser: %w", err)
+	}
+	return conn, nil
 }
 
 // warmUp logs in once as the instance role on the private socket; a failure

@@ -25,6 +25,11 @@ type ImageAttributes struct {
 	SizeBytes           int64  `json:"size_bytes"`
 	PostgresVersion     string `json:"postgres_version"`
 	Database            string `json:"database,omitempty"` // known once finalised
+	// Saved from an instance: who saved it (and may destroy it) and its
+	// lineage.
+	Owner          string `json:"owner,omitempty"`
+	ParentImageID  int64  `json:"parent_image_id,omitempty"`
+	FromInstanceID int64  `json:"from_instance_id,omitempty"`
 }
 
 // ImageResource is an image as the API renders it.
@@ -47,6 +52,9 @@ func NewImageResource(im *draupnir.Image) ImageResource {
 		SizeBytes:           im.SizeBytes,
 		PostgresVersion:     im.PostgresVersion,
 		Database:            im.Database,
+		Owner:               im.Owner,
+		ParentImageID:       im.ParentImageID,
+		FromInstanceID:      im.FromInstanceID,
 	}}
 }
 
@@ -70,6 +78,9 @@ func (r *ImageResource) Image() *draupnir.Image {
 		SizeBytes:           a.SizeBytes,
 		PostgresVersion:     a.PostgresVersion,
 		Database:            a.Database,
+		Owner:               a.Owner,
+		ParentImageID:       a.ParentImageID,
+		FromInstanceID:      a.FromInstanceID,
 		CreatedAt:           a.CreatedAt.Time,
 		UpdatedAt:           a.UpdatedAt.Time,
 	}
