@@ -314,6 +314,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"image", e.makeImage},
 		{"create vs floor", e.createVsFloor},
 		{"reset vs create", e.resetVsCreate},
+		{"save", e.saveImage},
 		{"alternatives", e.alternatives},
 		{"concurrent creates", e.concurrent},
 		{"idle instances", e.idle},

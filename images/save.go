@@ -81,6 +81,10 @@ func (s *Service) SaveImage(ctx context.Context, req draupnir.ImageSave) (_ *dra
 	sockDir := filepath.Join(s.opts.RunDir, "img-"+strconv.FormatInt(id, 10))
 	defer os.RemoveAll(sockDir)
 	spec := supervisor.Spec{DataDir: work, SocketDir: sockDir, Port: privatePort, LogFile: filepath.Join(work, finaliseLog)}
+	if major, _ := strconv.Atoi(version); major >= 17 {
+		// As at finalise: no login event trigger fires on our session.
+		spec.Settings = map[string]string{"event_triggers": "off"}
+	}
 	if proc, err = s.postgres.Start(ctx, spec); err != nil {
 		return nil, fmt.Errorf("booting the instance's copy: %w", err)
 	}
