@@ -1280,3 +1280,15 @@ func TestInstancesListOwners(t *testing.T) {
 		t.Errorf("instances list:\n%s", r.stdout)
 	}
 }
+
+// new leaves saved images out, however recent: they are someone's branch
+// of the data.
+func TestNewSkipsSavedImages(t *testing.T) {
+	b := newFakeBackend()
+	b.images = append(b.images, &draupnir.Image{ID: 6, State: draupnir.ImageReady, BackedUpAt: t0.Add(96 * time.Hour),
+		Owner: "bob@example.com", ParentImageID: 2, FromInstanceID: 4})
+	r := run(t, b.backend(), Env{}, "", "new")
+	if r.code != 0 || !strings.Contains(strings.Join(b.calls, " "), "CreateInstance 2") {
+		t.Errorf("new: exit %d, calls %q; want image 2", r.code, b.calls)
+	}
+}
