@@ -5,7 +5,10 @@
 // the anonymisation script as the data owners, leaving no removed value in
 // its files, and freezing it as a read-only btrfs snapshot, after which the
 // raw upload is deleted. Uploads are private to root. Finalising is a job
-// owned by the service, not by the request that asked for it.
+// owned by the service, not by the request that asked for it. An image may
+// also be saved from an instance (save.go): a copy of its data, booted,
+// stripped of the instance's password and shut down cleanly before it is
+// frozen; it belongs to whoever saved it, who may destroy it.
 package images
 
 import (
