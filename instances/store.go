@@ -137,11 +137,13 @@ func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string) (*d
 	return in, nil
 }
 
-// poolSizes returns, for every ready image, how many warm instances it has.
+// poolSizes returns, for every ready image made from an upload, how many
+// warm instances it has. Images saved from instances get no pool: there may
+// be many, each used by few.
 func (s pgStore) poolSizes(ctx context.Context) (map[int64]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT im.id, count(i.id) FROM images im
 		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm'
-		WHERE im.state = 'ready' GROUP BY im.id`)
+		WHERE im.state = 'ready' AND im.from_instance_id IS NULL GROUP BY im.id`)
 	if err != nil {
 		return nil, fmt.Errorf("counting warm instances: %w", err)
 	}
