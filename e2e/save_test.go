@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/draupnir-db/draupnir"
 )
@@ -100,10 +101,10 @@ func TestSave(t *testing.T) {
 
 // TestSavePermissions: a user saves and destroys only their own; the
 // upload principal may do anything; a user never destroys an image someone
-// else saved or uploaded.
+// else saved or uploaded. With a warm pool, saved images get none.
 func TestSavePermissions(t *testing.T) {
 	keys := &sshKeys{}
-	s := startServerSSH(t, "", keys)
+	s := startServerSSH(t, "warm_pool = 1", keys)
 	logOnFailure(t, s)
 	src := newSource(t)
 	b := src.BaseBackup(t, "-z", "-X", "stream")
@@ -135,6 +136,26 @@ func TestSavePermissions(t *testing.T) {
 
 	saved, err := s.user().Instances().Save(ctx, draupnir.Principal{}, in.ID)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// A create takes the parent's warm instance, and the refill that
+	// follows tops up every image that has a pool: not the saved one.
+	onDisk := func() int {
+		ents, _ := os.ReadDir(s.layout().Instances())
+		return len(ents)
+	}
+	second, err := s.user().Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the parent's pool to refill", func() bool { return onDisk() >= 3 })
+	for range 20 {
+		if n := onDisk(); n != 3 {
+			t.Fatalf("%d instances on disk; want 3: two of the user's and the parent's warm one", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := s.user().Instances().Destroy(ctx, draupnir.Principal{}, second.ID); err != nil {
 		t.Fatal(err)
 	}
 	// The attacker sees the saved image (images are shared) but cannot
