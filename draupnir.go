@@ -132,6 +132,8 @@ type ImageSaver interface {
 // depends on it.
 type InstanceDestroyer interface {
 	DestroyAllOfImage(ctx context.Context, imageID int64) error
+	// OwnersOfImage returns who owns instances of an image, each once.
+	OwnersOfImage(ctx context.Context, imageID int64) ([]string, error)
 }
 
 // InstanceRole is the login role that instances hand to their owners:

@@ -166,6 +166,19 @@ func TestSavePermissions(t *testing.T) {
 	if _, err := s.user().Images().Get(ctx, draupnir.Principal{}, saved.ID); err != nil {
 		t.Fatalf("the saved image is gone after the attacker's try: %v", err)
 	}
+	// While another user has an instance of it, its owner cannot destroy
+	// it: that would destroy the other's instance.
+	theirs, err := s.upload().Instances().Create(ctx, draupnir.Principal{}, saved.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.user().Images().Destroy(ctx, draupnir.Principal{}, saved.ID); !errors.Is(err, draupnir.ErrConflict) {
+		t.Errorf("destroying a saved image another user has an instance of: %v, want a conflict", err)
+	}
+	mustPSQL(t, theirs, "SELECT 1")
+	if err := s.upload().Instances().Destroy(ctx, draupnir.Principal{}, theirs.ID); err != nil {
+		t.Fatal(err)
+	}
 	// The user may not destroy the uploaded image, only their own.
 	if err := s.user().Images().Destroy(ctx, draupnir.Principal{}, im.ID); !errors.Is(err, draupnir.ErrForbidden) {
 		t.Errorf("the user destroying the uploaded image: %v, want forbidden", err)

@@ -42,6 +42,11 @@ type fakeInstances struct {
 	s      *Service
 	err    error
 	called int
+	owners []string // who owns instances of the image
+}
+
+func (f *fakeInstances) OwnersOfImage(ctx context.Context, imageID int64) ([]string, error) {
+	return f.owners, nil
 }
 
 func (f *fakeInstances) DestroyAllOfImage(ctx context.Context, imageID int64) error {
@@ -339,20 +344,23 @@ func TestReconcileInterruptedSave(t *testing.T) {
 	}
 }
 
-// A user destroys the images they saved, and no other; the upload
-// principal destroys any.
+// A user destroys the images they saved, and no other, and not while others
+// have instances of it; the upload principal destroys any.
 func TestDestroyByOwner(t *testing.T) {
 	tests := []struct {
-		name  string
-		owner string
-		as    draupnir.Principal
-		ok    bool
+		name   string
+		owner  string
+		as     draupnir.Principal
+		owners []string // of instances of the image
+		err    error    // nil: destroyed
 	}{
-		{"uploaded, by a user", "", draupnir.Principal{Name: "alice@example.com"}, false},
-		{"saved by another", "bob@example.com", draupnir.Principal{Name: "alice@example.com"}, false},
-		{"saved by them", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, true},
-		{"saved, by the upload principal", "bob@example.com", draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}, true},
-		{"empty name does not match an uploaded image", "", draupnir.Principal{}, false},
+		{"uploaded, by a user", "", draupnir.Principal{Name: "alice@example.com"}, nil, draupnir.ErrForbidden},
+		{"saved by another", "bob@example.com", draupnir.Principal{Name: "alice@example.com"}, nil, draupnir.ErrForbidden},
+		{"saved by them", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, nil, nil},
+		{"saved by them, with their instances", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, []string{"alice@example.com"}, nil},
+		{"saved by them, with others' instances", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, []string{"alice@example.com", "bob@example.com"}, draupnir.ErrConflict},
+		{"saved, by the upload principal", "bob@example.com", draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}, []string{"bob@example.com", "carol@example.com"}, nil},
+		{"empty name does not match an uploaded image", "", draupnir.Principal{}, nil, draupnir.ErrForbidden},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -361,14 +369,11 @@ func TestDestroyByOwner(t *testing.T) {
 			e.store.mu.Lock()
 			e.store.rows[1].Owner = tt.owner
 			e.store.mu.Unlock()
-			err := e.s.Destroy(context.Background(), tt.as, 1, &fakeInstances{t: t, s: e.s})
-			if tt.ok != (err == nil) {
-				t.Fatalf("Destroy = %v, want success %v", err, tt.ok)
+			err := e.s.Destroy(context.Background(), tt.as, 1, &fakeInstances{t: t, s: e.s, owners: tt.owners})
+			if (tt.err == nil) != (err == nil) || (tt.err != nil && !errors.Is(err, tt.err)) {
+				t.Fatalf("Destroy = %v, want %v", err, tt.err)
 			}
-			if !tt.ok && !errors.Is(err, draupnir.ErrForbidden) {
-				t.Errorf("Destroy = %v, want forbidden", err)
-			}
-			if gone := e.store.row(1) == nil; gone != tt.ok {
+			if gone := e.store.row(1) == nil; gone != (tt.err == nil) {
 				t.Errorf("image gone: %v", gone)
 			}
 		})

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,6 +295,17 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	}()
 	if _, err := s.store.get(ctx, id); err != nil {
 		return err
+	}
+	if !p.Upload {
+		// A user's destroy takes only their own instances with it; new
+		// ones are refused from here on, so the answer cannot go stale.
+		owners, err := instances.OwnersOfImage(ctx, id)
+		if err != nil {
+			return err
+		}
+		if others := slices.DeleteFunc(owners, func(o string) bool { return o == p.Name }); len(others) > 0 {
+			return draupnir.Errorf(draupnir.KindConflict, "image %d has instances of %d other users, which destroying it would destroy; they must destroy theirs first, or the upload principal destroy it", id, len(others))
+		}
 	}
 	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
 		return fmt.Errorf("destroying the instances of image %d: %w", id, err)

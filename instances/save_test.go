@@ -107,3 +107,30 @@ func TestSaveRefused(t *testing.T) {
 		})
 	}
 }
+
+// OwnersOfImage names each owner of an image's instances once, and not the
+// warm pool (nobody) nor other images' owners.
+func TestOwnersOfImage(t *testing.T) {
+	e := newEnv(t, nil)
+	addOtherImage(t, e)
+	for i, r := range []struct {
+		image int64
+		owner string
+		state draupnir.InstanceState
+	}{
+		{testImage, "bob@example.com", draupnir.InstanceRunning},
+		{testImage, alice.Name, draupnir.InstanceRunning},
+		{testImage, alice.Name, draupnir.InstanceFailed},
+		{testImage, "", draupnir.InstanceWarm},
+		{otherImage, "carol@example.com", draupnir.InstanceRunning},
+	} {
+		e.store.add(draupnir.Instance{ID: int64(i + 1), ImageID: r.image, Owner: r.owner, State: r.state, Port: minPort + i})
+	}
+	got, err := e.s.OwnersOfImage(context.Background(), testImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{alice.Name, "bob@example.com"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("OwnersOfImage = %q, want %q", got, want)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -478,6 +479,23 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 		return err
 	}
 	return nil
+}
+
+// OwnersOfImage returns who owns instances of image imageID (the warm
+// pool's are nobody's), each once, sorted.
+func (s *Service) OwnersOfImage(ctx context.Context, imageID int64) ([]string, error) {
+	list, err := s.store.listOfImage(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	var owners []string
+	for _, in := range list {
+		if in.Owner != "" && !slices.Contains(owners, in.Owner) {
+			owners = append(owners, in.Owner)
+		}
+	}
+	slices.Sort(owners)
+	return owners, nil
 }
 
 // DestroyAllOfImage destroys every instance of image imageID.
