@@ -99,6 +99,53 @@ func TestSave(t *testing.T) {
 	}
 }
 
+// TestSaveHostileSettings: the instance's user owns its databases and may
+// plant settings and objects for the sessions the service opens as
+// superuser, to save it, and to set passwords in instances of the saved
+// image. The save, creates of the saved image and a reset to it still
+// work, and nothing planted ran.
+func TestSaveHostileSettings(t *testing.T) {
+	s := startServer(t, "")
+	logOnFailure(t, s)
+	src := newSource(t)
+	b := src.BaseBackup(t, "-z", "-X", "stream")
+	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar.gz"), filepath.Join(b, "pg_wal.tar.gz"))
+	ctx := context.Background()
+	user := s.user()
+	in, err := user.Instances().Create(ctx, draupnir.Principal{}, im.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPSQL(t, in, `CREATE TABLE trap (who text, at timestamptz DEFAULT now());
+		CREATE SCHEMA evil;
+		CREATE FUNCTION evil.lower(text) RETURNS text LANGUAGE sql AS $$ INSERT INTO public.trap (who) VALUES (current_user) RETURNING 'x' $$;
+		CREATE FUNCTION evil.eq(text, text) RETURNS boolean LANGUAGE sql AS $$ INSERT INTO public.trap (who) VALUES (current_user) RETURNING true $$;
+		CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.eq);
+		ALTER DATABASE shop SET search_path = evil, public, pg_catalog;
+		ALTER DATABASE shop SET default_transaction_read_only = on;
+		ALTER DATABASE shop SET statement_timeout = '1ms';
+		ALTER DATABASE shop SET lock_timeout = '1ms'`)
+	// The user's own sessions from here on override what they planted.
+	free := "PGOPTIONS=-c default_transaction_read_only=off -c statement_timeout=0 -c search_path=public"
+	saved, err := user.Instances().Save(ctx, draupnir.Principal{}, in.ID)
+	if err != nil {
+		t.Fatalf("saving an instance with planted settings: %v", err)
+	}
+	of, err := user.Instances().Create(ctx, draupnir.Principal{}, saved.ID)
+	if err != nil {
+		t.Fatalf("an instance of the saved image: %v", err)
+	}
+	if _, err := user.Instances().Reset(ctx, draupnir.Principal{}, in.ID, saved.ID); err != nil {
+		t.Fatalf("resetting to the saved image: %v", err)
+	}
+	for _, x := range []*draupnir.Instance{in, of} {
+		out, err := psql(t, x, "SELECT count(*) FROM trap", free)
+		if err != nil || out != "0" {
+			t.Errorf("instance %d: a planted function ran in the service's sessions: %v %s", x.ID, err, out)
+		}
+	}
+}
+
 // TestSavePermissions: a user saves and destroys only their own; the
 // upload principal may do anything; a user never destroys an image someone
 // else saved or uploaded. With a warm pool, saved images get none.

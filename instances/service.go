@@ -421,8 +421,18 @@ func superuserConn(ctx context.Context, sockDir string, port int, superuser, db 
 		return nil, err
 	}
 	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir", "synchronous_commit": "on",
-		"search_path": "pg_catalog, pg_temp"}
+	// Sent at connection start, these win over what the data's owner may
+	// have set with ALTER DATABASE … SET (an instance of an image saved
+	// from an instance carries its user's).
+	cfg.RuntimeParams = map[string]string{
+		"application_name":                    "draupnir",
+		"synchronous_commit":                  "on",
+		"search_path":                         "pg_catalog, pg_temp",
+		"default_transaction_read_only":       "off",
+		"statement_timeout":                   "0",
+		"lock_timeout":                        "0",
+		"idle_in_transaction_session_timeout": "0",
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the instance as its superuser: %w", err)
