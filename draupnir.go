@@ -52,8 +52,25 @@ type Image struct {
 	SizeBytes           int64
 	PostgresVersion     string // major version from PG_VERSION, e.g. "15"
 	Database            string // largest non-system database, where instances land users
-	CreatedAt           time.Time
-	UpdatedAt           time.Time
+	// Owner is who saved the image from an instance, and may destroy it;
+	// empty for images made from uploads, which the upload principal manages.
+	Owner string
+	// ParentImageID and FromInstanceID are the lineage of an image saved
+	// from an instance: the image the instance was made of (0 once that is
+	// destroyed) and the instance. Both 0 for images made from uploads.
+	ParentImageID  int64
+	FromInstanceID int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// Saved reports whether the image was saved from an instance.
+func (i *Image) Saved() bool { return i.FromInstanceID != 0 }
+
+// CanDestroy reports whether p may destroy image im: the upload principal
+// any image, a user those they saved.
+func (p Principal) CanDestroy(im *Image) bool {
+	return p.Upload || (im.Owner != "" && im.Owner == p.Name)
 }
 
 // ImagePatch changes the attributes of an image that is not ready yet; nil
@@ -91,12 +108,32 @@ type ReadyImage struct {
 	Superuser string // the backup's bootstrap superuser, for an instance's private socket
 }
 
+// ImageSave asks the image service for a new ready image made of an
+// instance's data.
+type ImageSave struct {
+	Owner          string // who saves it, and will own it
+	ParentImageID  int64  // the image the instance was made of
+	FromInstanceID int64
+	// Copy writes a crash-consistent copy of the instance's data directory
+	// as the new subvolume dst, without stopping the instance.
+	Copy func(ctx context.Context, dst string) error
+}
+
+// ImageSaver makes images of instances' data. The instance service reaches
+// the image service through it, and the image service the instance's data
+// through ImageSave.Copy: neither depends on the other.
+type ImageSaver interface {
+	SaveImage(ctx context.Context, req ImageSave) (*Image, error)
+}
+
 // InstanceDestroyer destroys the instances of an image. Destroying an image
 // destroys its instances first; the image service reaches them through this
 // interface, so that it does not depend on the instance service, which
 // depends on it.
 type InstanceDestroyer interface {
 	DestroyAllOfImage(ctx context.Context, imageID int64) error
+	// OwnersOfImage returns who owns instances of an image, each once.
+	OwnersOfImage(ctx context.Context, imageID int64) ([]string, error)
 }
 
 // InstanceRole is the login role that instances hand to their owners:
@@ -113,6 +150,9 @@ const (
 	InstanceStopped    InstanceState = "stopped" // its postgres died and has not been restarted yet
 	InstanceFailed     InstanceState = "failed"  // could not be (re)started; Error says why
 	InstanceDestroying InstanceState = "destroying"
+	// InstanceResetting is an instance whose data is being replaced by a
+	// fresh snapshot of an image; a restart finishes the reset.
+	InstanceResetting InstanceState = "resetting"
 	// InstanceWarm is a started instance in the warm pool: nobody's yet,
 	// invisible to everyone, handed out whole by the next create.
 	InstanceWarm InstanceState = "warm"

@@ -23,7 +23,8 @@ type ImageService interface {
 	// Finalise turns the upload into a ready image and returns when that
 	// job ends or ctx does; the job goes on without the caller.
 	Finalise(ctx context.Context, p Principal, id int64) (*Image, error)
-	// Destroy removes the image, its instances and its files.
+	// Destroy removes the image, its instances and its files: any image
+	// for the upload principal, one a user saved for that user.
 	Destroy(ctx context.Context, p Principal, id int64) error
 }
 
@@ -43,6 +44,14 @@ type InstanceService interface {
 	Create(ctx context.Context, p Principal, imageID int64, opts CreateOptions) (*Instance, error)
 	// Update extends or protects instance id (see InstancePatch).
 	Update(ctx context.Context, p Principal, id int64, patch InstancePatch) (*Instance, error)
+	// Reset puts instance id back to the data of ready image imageID (0:
+	// the image it was made of), keeping its id, port, credentials, owner,
+	// expiry and protection, and returns it running. Its connections are
+	// dropped.
+	Reset(ctx context.Context, p Principal, id, imageID int64) (*Instance, error)
+	// Save makes a new ready image of instance id's current data, owned
+	// by p, without stopping the instance.
+	Save(ctx context.Context, p Principal, id int64) (*Image, error)
 	Destroy(ctx context.Context, p Principal, id int64) error
 	// Tombstones returns what remains of p's instances that rules
 	// destroyed (everybody's, for the upload principal), newest first.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type Config struct {
 	DiskBytes int64 `json:"disk_bytes"`
 	// WarmPool is instances.warm_pool for the warm-pool series; 0 skips it.
 	WarmPool int `json:"warm_pool"`
+	// Only, if not empty, names the steps to run (the image is always
+	// made), for trying one step without the whole run.
+	Only []string `json:"only,omitempty"`
 }
 
 // Defaults finish in a few minutes on a 2-core machine.
@@ -266,6 +270,12 @@ func fmtBytes(v float64) string {
 	}
 }
 
+// step is one measurement of a run.
+type step struct {
+	name string
+	fn   func(context.Context) error
+}
+
 // Run does a whole benchmark and returns its report. On error the report
 // holds what was measured before it; cleanup runs in every case, bounded by
 // its own timeout even when ctx is already cancelled.
@@ -300,12 +310,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 	}
 	e.rep = rep
 	e.undo = &undo
-	for _, step := range []struct {
-		name string
-		fn   func(context.Context) error
-	}{
+	steps := []step{
 		{"image", e.makeImage},
 		{"create vs floor", e.createVsFloor},
+		{"reset vs create", e.resetVsCreate},
+		{"save", e.saveImage},
 		{"alternatives", e.alternatives},
 		{"concurrent creates", e.concurrent},
 		{"idle instances", e.idle},
@@ -314,7 +323,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"uploads", e.uploads},
 		{"large image", e.large},
 		{"warm pool", e.warmPool},
-	} {
+	}
+	for _, name := range cfg.Only {
+		if !slices.ContainsFunc(steps, func(s step) bool { return s.name == name }) {
+			return rep, fmt.Errorf("no step is named %q", name)
+		}
+	}
+	for _, step := range steps {
+		if len(cfg.Only) > 0 && step.name != "image" && !slices.Contains(cfg.Only, step.name) {
+			continue
+		}
 		log.Info("measuring", "step", step.name)
 		if err := step.fn(ctx); err != nil {
 			return rep, fmt.Errorf("%s: %w", step.name, err)

@@ -182,11 +182,38 @@ func (f fakeInstances) Update(ctx context.Context, _ draupnir.Principal, id int6
 	return &c, nil
 }
 
+func (f fakeInstances) Reset(ctx context.Context, _ draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	if err := f.call("ResetInstance", id, imageID); err != nil {
+		return nil, err
+	}
+	in, err := f.Get(ctx, draupnir.Principal{}, id)
+	if err != nil {
+		return nil, err
+	}
+	c := *in
+	if imageID != 0 {
+		c.ImageID = imageID
+	}
+	return &c, nil
+}
+
 func (f fakeInstances) Tombstones(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Tombstone, error) {
 	if err := f.call("Tombstones"); err != nil {
 		return nil, err
 	}
 	return f.gone, nil
+}
+
+func (f fakeInstances) Save(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	if err := f.call("SaveInstance", id); err != nil {
+		return nil, err
+	}
+	in, err := f.Get(ctx, draupnir.Principal{}, id)
+	if err != nil {
+		return nil, err
+	}
+	return &draupnir.Image{ID: 9, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0,
+		Owner: "alice@example.com", ParentImageID: in.ImageID, FromInstanceID: id}, nil
 }
 
 func (f fakeInstances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
@@ -304,6 +331,16 @@ func TestCommands(t *testing.T) {
 		{name: "instances show", args: []string{"instances", "show", "4"}, stdout: []string{"Port:", "6001", "Password:", `it's a "pa$$ word"`, "env 4"}},
 		{name: "instances show someone else's", args: []string{"instances", "show", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
 		{name: "instances create", args: []string{"instances", "create", "2"}, stdout: []string{"ID:", "5", "Image:", "2"}, wantCalls: "CreateInstance 2"},
+		{name: "instances reset", args: []string{"instances", "reset", "4"}, stdout: []string{"ID:", "4", "Image:", "1", "Port:", "6001"}, wantCalls: "ResetInstance 4 0 GetInstance 4"},
+		{name: "instances reset to another image", args: []string{"instances", "reset", "4", "--image", "2"}, stdout: []string{"ID:", "4", "Image:", "2"}, wantCalls: "ResetInstance 4 2 GetInstance 4"},
+		{name: "instances reset over ssh", ssh: true, args: []string{"instances", "reset", "4", "--image=2"}, stdout: []string{"Image:", "2"}, wantCalls: "ResetInstance 4 2 GetInstance 4"},
+		{name: "instances reset someone else's", args: []string{"instances", "reset", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
+		{name: "instances reset bad image", args: []string{"instances", "reset", "4", "--image", "x"}, code: 2, stderr: `--image must be a positive integer, not "x"`, wantCalls: "-"},
+		{name: "instances reset zero image", args: []string{"instances", "reset", "4", "--image", "0"}, code: 2, stderr: "positive integer", wantCalls: "-"},
+		{name: "instances save", args: []string{"instances", "save", "4"}, stdout: []string{"ID:", "9", "State:", "ready", "Saved from:", "instance 4 of image 1", "Owner:", "alice@example.com"}, wantCalls: "SaveInstance 4 GetInstance 4"},
+		{name: "instances save over ssh", ssh: true, args: []string{"instances", "save", "4"}, stdout: []string{"Saved from:", "instance 4 of image 1"}},
+		{name: "instances save someone else's", args: []string{"instances", "save", "8"}, code: 1, stderr: "draupnir-client: instance 8 does not exist\n"},
+		{name: "instances save needs one id", args: []string{"instances", "save"}, code: 2, stderr: "takes 1 argument", wantCalls: "-"},
 		{name: "instances destroy", args: []string{"instances", "destroy", "4"}, stdout: []string{"Destroyed instance 4."}},
 		{name: "instances create with ttl", args: []string{"instances", "create", "2", "--ttl", "7d"}, stdout: []string{"ID:", "5"}, wantCalls: "CreateInstance 2 ttl=168h0m0s"},
 		{name: "instances create with ttl in seconds", args: []string{"instances", "create", "2", "--ttl=30s"}, stdout: []string{"ID:", "5"}, wantCalls: "CreateInstance 2 ttl=30s"},
@@ -1296,5 +1333,17 @@ func TestInstancesListOwners(t *testing.T) {
 	r = run(t, newFakeBackend().backend(), Env{}, "", "instances", "list")
 	if strings.Contains(r.stdout, "OWNER") {
 		t.Errorf("instances list:\n%s", r.stdout)
+	}
+}
+
+// new leaves saved images out, however recent: they are someone's branch
+// of the data.
+func TestNewSkipsSavedImages(t *testing.T) {
+	b := newFakeBackend()
+	b.images = append(b.images, &draupnir.Image{ID: 6, State: draupnir.ImageReady, BackedUpAt: t0.Add(96 * time.Hour),
+		Owner: "bob@example.com", ParentImageID: 2, FromInstanceID: 4})
+	r := run(t, b.backend(), Env{}, "", "new")
+	if r.code != 0 || !strings.Contains(strings.Join(b.calls, " "), "CreateInstance 2") {
+		t.Errorf("new: exit %d, calls %q; want image 2", r.code, b.calls)
 	}
 }

@@ -45,6 +45,27 @@ settings psql and other libpq programs need to connect.`
 				var zero time.Duration
 				return draupnir.InstancePatch{ProtectFor: &zero}
 			}),
+		a.instancesResetCmd(),
+		&cobra.Command{
+			Use:   "save N",
+			Short: "Save instance N's current data as a new image",
+			Long: `Save instance N's current data as a new ready image, yours: anyone can start
+instances of it, and you (or the upload principal) can destroy it. The
+instance keeps running; the image records which instance and image it came
+from.`,
+			Args: exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := parseID(cmd, "instance id", args[0])
+				if err != nil {
+					return err
+				}
+				img, err := a.b.Instances.Save(cmd.Context(), a.b.Principal, id)
+				if err != nil {
+					return err
+				}
+				return a.printImage(img)
+			},
+		},
 		&cobra.Command{
 			Use:     "destroy N",
 			Aliases: []string{"rm"},
@@ -62,6 +83,38 @@ settings psql and other libpq programs need to connect.`
 			},
 		},
 	)
+	return cmd
+}
+
+func (a *app) instancesResetCmd() *cobra.Command {
+	var image string
+	cmd := &cobra.Command{
+		Use:   "reset N [--image M]",
+		Short: "Put instance N back to its image's data (or image M's)",
+		Long: `Put instance N back to the data of the image it was made of, or with --image
+to that of ready image M, keeping its port, username and password: what you
+connect with does not change. Its connections are dropped and everything
+written to it is lost; it answers when the instance accepts connections again.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(cmd, "instance id", args[0])
+			if err != nil {
+				return err
+			}
+			var imageID int64
+			if cmd.Flags().Changed("image") {
+				if imageID, err = parseID(cmd, "--image", image); err != nil {
+					return err
+				}
+			}
+			inst, err := a.b.Instances.Reset(cmd.Context(), a.b.Principal, id, imageID)
+			if err != nil {
+				return err
+			}
+			return a.printInstance(inst)
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "", "reset to ready image `M` instead of the instance's own")
 	return cmd
 }
 
@@ -86,8 +139,8 @@ print it, with the command that sets up psql to connect to it.`,
 	}
 }
 
-// newestReady returns the ready image with the latest backup time (the
-// highest id among equals).
+// newestReady returns the ready image made from an upload with the latest
+// backup time (the highest id among equals).
 func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
 	imgs, err := b.Images.List(ctx, b.Principal)
 	if err != nil {
@@ -95,7 +148,8 @@ func newestReady(ctx context.Context, b Backend) (*draupnir.Image, error) {
 	}
 	var best *draupnir.Image
 	for _, img := range imgs {
-		if !img.Ready() {
+		// A saved image is someone's branch of the data, not the newest.
+		if !img.Ready() || img.Saved() {
 			continue
 		}
 		if best == nil || img.BackedUpAt.After(best.BackedUpAt) ||

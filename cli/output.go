@@ -63,6 +63,14 @@ func (a *app) printImage(img *draupnir.Image) error {
 	if img.Database != "" {
 		fmt.Fprintf(tw, "Database:\t%s\n", img.Database)
 	}
+	if img.Saved() {
+		parent := "(destroyed)"
+		if img.ParentImageID != 0 {
+			parent = fmt.Sprint(img.ParentImageID)
+		}
+		fmt.Fprintf(tw, "Saved from:\tinstance %d of image %s\n", img.FromInstanceID, parent)
+		fmt.Fprintf(tw, "Owner:\t%s\n", img.Owner)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -184,6 +184,19 @@ func (s Instances) Tombstones(ctx context.Context, _ draupnir.Principal) ([]*dra
 	return out, nil
 }
 
+// Reset puts instance id back to the data of image imageID (0: its own);
+// it returns once Postgres accepts connections again.
+func (s Instances) Reset(ctx context.Context, _ draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	body := wire.NewRequest(wire.TypeInstances, 0, wire.NewInstanceReset(imageID))
+	return s.c.instance(ctx, http.MethodPost, instancePath(id)+"/reset", body, http.StatusOK)
+}
+
+// Save makes a new ready image of instance id's current data; it returns
+// once the image is ready.
+func (s Instances) Save(ctx context.Context, _ draupnir.Principal, id int64) (*draupnir.Image, error) {
+	return s.c.image(ctx, http.MethodPost, instancePath(id)+"/save", nil, http.StatusCreated)
+}
+
 // Destroy stops instance id and deletes its data.
 func (s Instances) Destroy(ctx context.Context, _ draupnir.Principal, id int64) error {
 	return s.c.do(ctx, http.MethodDelete, instancePath(id), nil, http.StatusNoContent, nil)

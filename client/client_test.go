@@ -102,6 +102,7 @@ func TestRequestsAndDecoding(t *testing.T) {
 	f.on("GET /instances/7", 200, `{"data":`+instanceJSON+`}`)
 	f.on("POST /instances", 201, `{"data":`+instanceJSON+`}`)
 	f.on("DELETE /instances/7", 204, ``)
+	f.on("POST /instances/7/reset", 200, `{"data":`+instanceJSON+`}`)
 
 	c := New(srv.URL+"/", "s3cret")
 	ctx := context.Background()
@@ -194,6 +195,20 @@ func TestRequestsAndDecoding(t *testing.T) {
 			}
 			wantInstance(t, inst)
 		}, "POST", "/instances", `{"data":{"type":"instances","attributes":{"image_id":3}}}`},
+		{"reset instance", func(t *testing.T) {
+			inst, err := c.Instances().Reset(ctx, draupnir.Principal{}, 7, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantInstance(t, inst)
+		}, "POST", "/instances/7/reset", `{"data":{"type":"instances","attributes":{}}}`},
+		{"reset instance to another image", func(t *testing.T) {
+			inst, err := c.Instances().Reset(ctx, draupnir.Principal{}, 7, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantInstance(t, inst)
+		}, "POST", "/instances/7/reset", `{"data":{"type":"instances","attributes":{"image_id":3}}}`},
 		{"destroy instance", func(t *testing.T) {
 			if err := c.Instances().Destroy(ctx, draupnir.Principal{}, 7); err != nil {
 				t.Fatal(err)

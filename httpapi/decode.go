@@ -209,6 +209,72 @@ func parseDuration(attr, s string) (time.Duration, error) {
 	return d, nil
 }
 
+// decodeInstanceReset reads the optional body of POST /instances/:id/reset
+// and returns the image to reset to: 0, for the instance's own, when the
+// body or its image_id is absent.
+func decodeInstanceReset(r io.Reader) (int64, error) {
+	body, err := io.ReadAll(r)
+	if e := tooLarge(err); e != nil {
+		return 0, e
+	}
+	if err != nil {
+		return 0, newError(http.StatusBadRequest, codeInvalidJSON, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return 0, nil
+	}
+	res, err := decodeResource(bytes.NewReader(body), wire.TypeInstances)
+	if err != nil {
+		return 0, err
+	}
+	if err := noClientID(res); err != nil {
+		return 0, err
+	}
+	var attrs wire.InstanceReset
+	if len(res.Attributes) > 0 && string(res.Attributes) != "null" {
+		if err := decodeAttributes(res, &attrs); err != nil {
+			return 0, err
+		}
+	}
+	if len(attrs.ImageID) == 0 || string(attrs.ImageID) == "null" {
+		return 0, nil
+	}
+	id, ok := parseIDValue(attrs.ImageID)
+	if !ok {
+		return 0, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail:  "image_id must be a positive integer (a number or a numeric string)",
+			Pointer: "/data/attributes/image_id"}
+	}
+	return id, nil
+}
+
+// noBody accepts an empty body, or a document with an empty resource of
+// type instances, for requests that take no attributes.
+func noBody(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	if e := tooLarge(err); e != nil {
+		return e
+	}
+	if err != nil {
+		return newError(http.StatusBadRequest, codeInvalidJSON, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	res, err := decodeResource(bytes.NewReader(body), wire.TypeInstances)
+	if err != nil {
+		return err
+	}
+	if err := noClientID(res); err != nil {
+		return err
+	}
+	var attrs struct{}
+	if len(res.Attributes) > 0 && string(res.Attributes) != "null" {
+		return decodeAttributes(res, &attrs)
+	}
+	return nil
+}
+
 // decodeResource reads a whole request document and checks its envelope and
 // resource type. An empty type is taken for the expected one: the original
 // client sends "type":"" (and "id":"") in every body it writes.

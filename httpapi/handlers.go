@@ -180,6 +180,42 @@ func (a *api) listTombstones(c echo.Context) error {
 	return writeJSON(c, http.StatusOK, wire.Document[[]wire.TombstoneResource]{Data: data})
 }
 
+// resetInstance answers when the instance's new postgres accepts
+// connections; like a create, it goes on if the client hangs up.
+func (a *api) resetInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	imageID, err := decodeInstanceReset(c.Request().Body)
+	if err != nil {
+		return err
+	}
+	in, err := a.instances.Reset(c.Request().Context(), principal(c), id, imageID)
+	if err != nil {
+		return err
+	}
+	return writeJSON(c, http.StatusOK, instanceDocument(in))
+}
+
+// saveInstance answers with the new image once it is ready; like a
+// finalise, the work goes on if the client hangs up.
+func (a *api) saveInstance(c echo.Context) error {
+	id, err := pathID(c, "instance")
+	if err != nil {
+		return err
+	}
+	if err := noBody(c.Request().Body); err != nil {
+		return err
+	}
+	im, err := a.instances.Save(c.Request().Context(), principal(c), id)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Location", fmt.Sprintf("/images/%d", im.ID))
+	return writeJSON(c, http.StatusCreated, imageDocument(im))
+}
+
 func (a *api) destroyInstance(c echo.Context) error {
 	id, err := pathID(c, "instance")
 	if err != nil {

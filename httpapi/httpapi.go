@@ -122,7 +122,8 @@ func New(opts Options) http.Handler {
 	e.POST("/images", a.createImage, upload...)
 	e.POST("/images/:id/done", a.finaliseImage, upload...)
 	e.PATCH("/images/:id", a.updateImage, upload...)
-	e.DELETE("/images/:id", a.destroyImage, upload...)
+	// Users may destroy the images they saved: the service decides.
+	e.DELETE("/images/:id", a.destroyImage, std...)
 
 	e.GET("/instances", a.listInstances, std...)
 	e.GET("/instances/:id", a.getInstance, std...)
@@ -130,6 +131,8 @@ func New(opts Options) http.Handler {
 	e.PATCH("/instances/:id", a.updateInstance, std...)
 	e.DELETE("/instances/:id", a.destroyInstance, std...)
 	e.GET("/tombstones", a.listTombstones, std...)
+	e.POST("/instances/:id/reset", a.resetInstance, std...)
+	e.POST("/instances/:id/save", a.saveInstance, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
 

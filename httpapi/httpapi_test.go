@@ -294,7 +294,18 @@ func TestErrors(t *testing.T) {
 		{name: "user patches image", req: req{method: "PATCH", path: "/images/2", body: `{"data":{"type":"images","attributes":{}}}`},
 			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{}},
 		{name: "user destroys image", req: req{method: "DELETE", path: "/images/1"},
-			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{}},
+			wantStatus: 403, wantCode: "forbidden", wantCalls: []string{"Destroy"}},
+		{name: "user destroys an image someone else saved", setup: func(e *env) {
+			e.images.ByID[3] = &draupnir.Image{ID: 3, State: draupnir.ImageReady, Owner: bob.Name, ParentImageID: 1, FromInstanceID: 2}
+		}, req: req{method: "DELETE", path: "/images/3"}, wantStatus: 403, wantCode: "forbidden",
+			check: func(t *testing.T, e *env, _ *httptest.ResponseRecorder) {
+				if _, ok := e.images.ByID[3]; !ok {
+					t.Error("bob's image is gone")
+				}
+			}},
+		{name: "user destroys an image they saved", setup: func(e *env) {
+			e.images.ByID[3] = &draupnir.Image{ID: 3, State: draupnir.ImageReady, Owner: alice.Name, ParentImageID: 1, FromInstanceID: 1}
+		}, req: req{method: "DELETE", path: "/images/3"}, wantStatus: 204},
 		{name: "forbidden judged before the body", req: req{method: "POST", path: "/images", body: "x", contentType: "text/plain"},
 			wantStatus: 403, wantCode: "forbidden"},
 		{name: "service forbids", setup: func(e *env) { e.images.Err = draupnir.Errorf(draupnir.KindForbidden, "uploads are closed") },
@@ -1124,5 +1135,125 @@ func TestGoneAndQuota(t *testing.T) {
 	rec = e.do(t, req{method: "POST", path: "/instances", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`})
 	if o := decodeErrors(t, rec).Errors[0]; rec.Code != 403 || o.Code != "quota_exceeded" || !strings.Contains(o.Detail, "max_per_user (2)") {
 		t.Errorf("quota refusal: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// POST /instances/:id/reset takes no body, or one naming the image to reset
+// to; a bad body is refused before the service is asked.
+func TestResetInstance(t *testing.T) {
+	tests := []struct {
+		name        string
+		path        string
+		body        string
+		wantStatus  int
+		wantCode    string
+		wantPointer string
+		wantImage   int64 // what the service was asked for
+	}{
+		{name: "no body", path: "/instances/1/reset", wantStatus: 200, wantImage: 1},
+		{name: "blank body", path: "/instances/1/reset", body: " \n", wantStatus: 200, wantImage: 1},
+		{name: "no attributes", path: "/instances/1/reset", body: `{"data":{"type":"instances"}}`, wantStatus: 200, wantImage: 1},
+		{name: "null image", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":null}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image as number", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image as string", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":"1"}}}`, wantStatus: 200, wantImage: 1},
+		{name: "image not ready", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":2}}}`, wantStatus: 409, wantCode: "conflict"},
+		{name: "absent image", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":7}}}`, wantStatus: 404, wantCode: "not_found"},
+		{name: "someone else's instance", path: "/instances/2/reset", wantStatus: 404, wantCode: "not_found"},
+		{name: "bad instance id", path: "/instances/x/reset", wantStatus: 404, wantCode: "not_found"},
+		{name: "image zero", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":0}}}`,
+			wantStatus: 422, wantCode: "unprocessable_entity", wantPointer: "/data/attributes/image_id"},
+		{name: "image word", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"image_id":"latest"}}}`,
+			wantStatus: 422, wantCode: "unprocessable_entity", wantPointer: "/data/attributes/image_id"},
+		{name: "unknown attribute", path: "/instances/1/reset", body: `{"data":{"type":"instances","attributes":{"port":1}}}`, wantStatus: 400, wantPointer: "/data/attributes/port"},
+		{name: "wrong type", path: "/instances/1/reset", body: `{"data":{"type":"images","attributes":{"image_id":1}}}`, wantStatus: 422, wantPointer: "/data/type"},
+		{name: "client id", path: "/instances/1/reset", body: `{"data":{"type":"instances","id":"9"}}`, wantStatus: 422, wantPointer: "/data/id"},
+		{name: "not JSON", path: "/instances/1/reset", body: `reset please`, wantStatus: 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			rec := e.do(t, req{method: "POST", path: tt.path, body: tt.body})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if tt.wantStatus == 200 {
+				var doc wire.Document[wire.InstanceResource]
+				if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+					t.Fatal(err)
+				}
+				if in := doc.Data.Instance(); in.ID != 1 || in.ImageID != tt.wantImage || in.Port != 5678 {
+					t.Errorf("answered %+v", in)
+				}
+				if calls := e.instances.Calls(); !slices.Equal(calls, []string{"Reset"}) {
+					t.Errorf("calls %q", calls)
+				}
+				return
+			}
+			o := decodeErrors(t, rec).Errors[0]
+			if tt.wantCode != "" && o.Code != tt.wantCode {
+				t.Errorf("code %q, want %q", o.Code, tt.wantCode)
+			}
+			if tt.wantPointer != "" && (o.Source == nil || o.Source.Pointer != tt.wantPointer) {
+				t.Errorf("error does not point at %s: %s", tt.wantPointer, rec.Body)
+			}
+			if tt.wantStatus < 404 || tt.wantStatus == 422 {
+				if calls := e.instances.Calls(); len(calls) != 0 {
+					t.Errorf("service was called on a bad request: %q", calls)
+				}
+			}
+		})
+	}
+}
+
+// POST /instances/:id/save answers 201 with the new image, its lineage and
+// owner; someone else's instance is not found; a body with attributes is
+// refused before the service is asked.
+func TestSaveInstance(t *testing.T) {
+	tests := []struct {
+		name       string
+		token      string
+		path, body string
+		wantStatus int
+		wantCalled bool
+	}{
+		{name: "own instance", path: "/instances/1/save", wantStatus: 201, wantCalled: true},
+		{name: "empty resource", path: "/instances/1/save", body: `{"data":{"type":"instances"}}`, wantStatus: 201, wantCalled: true},
+		{name: "upload principal saves anyone's", token: uploadToken, path: "/instances/2/save", wantStatus: 201, wantCalled: true},
+		{name: "someone else's", path: "/instances/2/save", wantStatus: 404, wantCalled: true},
+		{name: "attributes", path: "/instances/1/save", body: `{"data":{"type":"instances","attributes":{"image_id":1}}}`, wantStatus: 400},
+		{name: "not JSON", path: "/instances/1/save", body: `save`, wantStatus: 400},
+		{name: "bad id", path: "/instances/x/save", wantStatus: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			rec := e.do(t, req{method: "POST", path: tt.path, body: tt.body, token: tt.token})
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status = %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if called := len(e.instances.Calls()) > 0; called != tt.wantCalled {
+				t.Errorf("service called: %v, want %v", called, tt.wantCalled)
+			}
+			if rec.Code != 201 {
+				decodeErrors(t, rec)
+				return
+			}
+			var doc wire.Document[wire.ImageResource]
+			if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+				t.Fatal(err)
+			}
+			im := doc.Data.Image()
+			if im.ParentImageID != 1 || im.FromInstanceID == 0 || im.Owner == "" || !im.Ready() {
+				t.Errorf("answered %+v", im)
+			}
+			for _, attr := range []string{`"parent_image_id":1`, `"from_instance_id":`, `"owner":`} {
+				if !strings.Contains(rec.Body.String(), attr) {
+					t.Errorf("answer lacks %s: %s", attr, rec.Body)
+				}
+			}
+			if got, want := rec.Header().Get("Location"), fmt.Sprintf("/images/%d", im.ID); got != want {
+				t.Errorf("Location = %q, want %q", got, want)
+			}
+		})
 	}
 }

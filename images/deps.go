@@ -54,6 +54,10 @@ type store interface {
 	get(ctx context.Context, id int64) (*row, error)
 	listAll(ctx context.Context) ([]*row, error)
 	insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error)
+	// insertSaved registers an image being saved from an instance of
+	// image parent (which must be ready), finalising, with the parent's
+	// database and superuser.
+	insertSaved(ctx context.Context, owner string, parent, instanceID int64) (*row, error)
 	// transition moves image id from one of the states in from to state
 	// to, atomically. When the image is in another state it returns the
 	// image as it is, with ok false.

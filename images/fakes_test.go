@@ -97,6 +97,28 @@ func (f *fakeStore) insert(ctx context.Context, backedUpAt time.Time, script str
 	return nil, errors.New("the fake store makes no images")
 }
 
+func (f *fakeStore) insertSaved(ctx context.Context, owner string, parent, instanceID int64) (*row, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("insertSaved"); err != nil {
+		return nil, err
+	}
+	p := f.rows[parent]
+	if p == nil || p.State != draupnir.ImageReady {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready", parent)
+	}
+	var id int64
+	for k := range f.rows {
+		id = max(id, k)
+	}
+	r := *p
+	r.ID, r.State, r.Owner, r.ParentImageID, r.FromInstanceID = id+1, draupnir.ImageFinalising, owner, parent, instanceID
+	r.AnonymisationScript = ""
+	f.rows[r.ID] = &r
+	c := r
+	return &c, nil
+}
+
 func (f *fakeStore) transition(ctx context.Context, id int64, from []draupnir.ImageState, to draupnir.ImageState) (*row, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -42,6 +42,11 @@ type fakeInstances struct {
 	s      *Service
 	err    error
 	called int
+	owners []string // who owns instances of the image
+}
+
+func (f *fakeInstances) OwnersOfImage(ctx context.Context, imageID int64) ([]string, error) {
+	return f.owners, nil
 }
 
 func (f *fakeInstances) DestroyAllOfImage(ctx context.Context, imageID int64) error {
@@ -305,5 +310,72 @@ func TestReconcile(t *testing.T) {
 		if !strings.Contains(stopped, dir) {
 			t.Errorf("no postgres stopped on %s before it went (stopped: %s)", dir, stopped)
 		}
+	}
+}
+
+// A save a crash interrupted has nothing to finalise from: Reconcile
+// deletes its row and work directory, and makes it no upload; a saved image
+// that was made ready stays as it is, without an upload.
+func TestReconcileInterruptedSave(t *testing.T) {
+	e := newEnv(t)
+	e.image(t, 1, draupnir.ImageReady, "snapshot")
+	e.image(t, 2, draupnir.ImageFinalising, "work")
+	e.image(t, 3, draupnir.ImageReady, "snapshot")
+	for _, id := range []int64{2, 3} {
+		e.store.mu.Lock()
+		e.store.rows[id].Owner, e.store.rows[id].ParentImageID, e.store.rows[id].FromInstanceID = "alice@example.com", 1, 7
+		e.store.mu.Unlock()
+	}
+	if err := e.s.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.store.row(2); r != nil {
+		t.Errorf("the interrupted save is still there: %+v", r)
+	}
+	if r := e.store.row(3); r == nil || r.State != draupnir.ImageReady {
+		t.Errorf("the saved image is %+v, want it ready", r)
+	}
+	want := []string{e.s.SnapshotDir(1), e.s.SnapshotDir(3)}
+	if got := e.vol.Subvolumes(); !slices.Equal(got, want) {
+		t.Errorf("subvolumes\n%v, want\n%v", got, want)
+	}
+	if !strings.Contains(strings.Join(e.pg.stopped(), " "), e.s.workDir(2)) {
+		t.Error("the postgres of the interrupted save's copy was not stopped")
+	}
+}
+
+// A user destroys the images they saved, and no other, and not while others
+// have instances of it; the upload principal destroys any.
+func TestDestroyByOwner(t *testing.T) {
+	tests := []struct {
+		name   string
+		owner  string
+		as     draupnir.Principal
+		owners []string // of instances of the image
+		err    error    // nil: destroyed
+	}{
+		{"uploaded, by a user", "", draupnir.Principal{Name: "alice@example.com"}, nil, draupnir.ErrForbidden},
+		{"saved by another", "bob@example.com", draupnir.Principal{Name: "alice@example.com"}, nil, draupnir.ErrForbidden},
+		{"saved by them", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, nil, nil},
+		{"saved by them, with their instances", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, []string{"alice@example.com"}, nil},
+		{"saved by them, with others' instances", "alice@example.com", draupnir.Principal{Name: "alice@example.com"}, []string{"alice@example.com", "bob@example.com"}, draupnir.ErrConflict},
+		{"saved, by the upload principal", "bob@example.com", draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}, []string{"bob@example.com", "carol@example.com"}, nil},
+		{"empty name does not match an uploaded image", "", draupnir.Principal{}, nil, draupnir.ErrForbidden},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.image(t, 1, draupnir.ImageReady, "snapshot")
+			e.store.mu.Lock()
+			e.store.rows[1].Owner = tt.owner
+			e.store.mu.Unlock()
+			err := e.s.Destroy(context.Background(), tt.as, 1, &fakeInstances{t: t, s: e.s, owners: tt.owners})
+			if (tt.err == nil) != (err == nil) || (tt.err != nil && !errors.Is(err, tt.err)) {
+				t.Fatalf("Destroy = %v, want %v", err, tt.err)
+			}
+			if gone := e.store.row(1) == nil; gone != (tt.err == nil) {
+				t.Errorf("image gone: %v", gone)
+			}
+		})
 	}
 }

@@ -5,7 +5,10 @@
 // the anonymisation script as the data owners, leaving no removed value in
 // its files, and freezing it as a read-only btrfs snapshot, after which the
 // raw upload is deleted. Uploads are private to root. Finalising is a job
-// owned by the service, not by the request that asked for it.
+// owned by the service, not by the request that asked for it. An image may
+// also be saved from an instance (save.go): a copy of its data, booted,
+// stripped of the instance's password and shut down cleanly before it is
+// frozen; it belongs to whoever saved it, who may destroy it.
 package images
 
 import (
@@ -16,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -260,8 +264,15 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 // a crash is reconciled away. The instance service depends on this one, so
 // it is handed in by the caller rather than held.
 func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, instances draupnir.InstanceDestroyer) error {
-	if err := requireUpload(p, "destroy images"); err != nil {
-		return err
+	if !p.Upload {
+		// A user may destroy the images they saved, and no other.
+		r, err := s.store.get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !p.CanDestroy(&r.Image) {
+			return requireUpload(p, "destroy images that others saved or uploaded")
+		}
 	}
 	s.mu.Lock()
 	_, finalising := s.jobs[id]
@@ -284,6 +295,17 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	}()
 	if _, err := s.store.get(ctx, id); err != nil {
 		return err
+	}
+	if !p.Upload {
+		// A user's destroy takes only their own instances with it; new
+		// ones are refused from here on, so the answer cannot go stale.
+		owners, err := instances.OwnersOfImage(ctx, id)
+		if err != nil {
+			return err
+		}
+		if others := slices.DeleteFunc(owners, func(o string) bool { return o == p.Name }); len(others) > 0 {
+			return draupnir.Errorf(draupnir.KindConflict, "image %d has instances of %d other users, which destroying it would destroy; they must destroy theirs first, or the upload principal destroy it", id, len(others))
+		}
 	}
 	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
 		return fmt.Errorf("destroying the instances of image %d: %w", id, err)
@@ -320,6 +342,18 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, r := range rows {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
+		if r.State == draupnir.ImageFinalising && r.Saved() {
+			// A save has nothing to retry from: undo it.
+			s.log.Warn("image was being saved from an instance when the server stopped; deleting it", "image", r.ID)
+			if err := s.discardWork(ctx, r.ID); err != nil {
+				return err
+			}
+			if err := s.store.delete(ctx, r.ID); err != nil {
+				return err
+			}
+			delete(known, id)
+			continue
+		}
 		if r.State == draupnir.ImageFinalising {
 			s.log.Warn("image was finalising when the server stopped; marking it failed", "image", r.ID)
 			if err := s.discardWork(ctx, r.ID); err != nil {

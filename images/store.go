@@ -16,7 +16,8 @@ import (
 type pgStore struct{ pool *pgxpool.Pool }
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
-	postgres_version, database_name, superuser_name, created_at, updated_at`
+	postgres_version, database_name, superuser_name, owner, coalesce(parent_image_id, 0),
+	coalesce(from_instance_id, 0), created_at, updated_at`
 
 // row is an image as stored, with the fields the API does not show.
 type row struct {
@@ -28,7 +29,8 @@ func scanImage(r pgx.Row) (*row, error) {
 	var im row
 	var state string
 	err := r.Scan(&im.ID, &state, &im.BackedUpAt, &im.AnonymisationScript, &im.Error, &im.SizeBytes,
-		&im.PostgresVersion, &im.Database, &im.Superuser, &im.CreatedAt, &im.UpdatedAt)
+		&im.PostgresVersion, &im.Database, &im.Superuser, &im.Owner, &im.ParentImageID,
+		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +113,24 @@ func (s pgStore) startUpload(ctx context.Context, id int64) (*row, bool, error) 
 		return nil, false, fmt.Errorf("updating image %d: %w", id, err)
 	}
 	return im, true, nil
+}
+
+// insertSaved registers an image being saved from instance instanceID of
+// image parent, for owner: finalising until its data is frozen. Its backup
+// time is the parent's: the data is that backup's, changed by its user.
+func (s pgStore) insertSaved(ctx context.Context, owner string, parent, instanceID int64) (*row, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (state, backed_up_at, owner, parent_image_id, from_instance_id,
+			database_name, superuser_name, postgres_version)
+		SELECT 'finalising', backed_up_at, $1, id, $3, database_name, superuser_name, postgres_version
+		FROM images WHERE id = $2 AND state = 'ready'
+		RETURNING `+imageColumns, owner, parent, instanceID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d, which the instance was made of, is not ready", parent)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registering a saved image: %w", err)
+	}
+	return im, nil
 }
 
 func (s pgStore) fail(ctx context.Context, id int64, reason string) error {

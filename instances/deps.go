@@ -23,6 +23,10 @@ type deps struct {
 	warmUp      func(ctx context.Context, sockDir string, port int, role, db string)
 	// probe reads a running instance's use from its own statistics.
 	probe func(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error)
+	// checkpoint runs CHECKPOINT in a running instance; copyTree copies a
+	// directory's files into another (a save's WAL).
+	checkpoint func(ctx context.Context, sockDir string, port int, superuser, db string) error
+	copyTree   func(ctx context.Context, src, dst string) error
 	// portFree reports whether no other program listens on a port.
 	portFree func(port int) bool
 	// restartWaits space out the restarts of a postgres that keeps dying.
@@ -37,6 +41,8 @@ func realDeps(opts Options) deps {
 		prepareRole:  prepareRole,
 		warmUp:       warmUp,
 		probe:        probe,
+		checkpoint:   checkpoint,
+		copyTree:     copyTree,
 		portFree:     portFree,
 		restartWaits: []time.Duration{0, time.Second, 5 * time.Second, 30 * time.Second},
 	}
@@ -102,7 +108,7 @@ type store interface {
 	// owner nil everybody's.
 	listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error)
 	// listOfImage returns the instances of an image that are not being
-	// created.
+	// created or reset.
 	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
 	// insert and claimWarm take the new instance's expiry (zero: none).
 	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error)
@@ -114,6 +120,7 @@ type store interface {
 	// claimDestroy marks instance id as being destroyed; a rule gives its
 	// reason and, in words, detail, and delete then leaves a tombstone.
 	claimDestroy(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string) (bool, error)
+	claimReset(ctx context.Context, id, imageID int64) (bool, error)
 	delete(ctx context.Context, id int64) error
 	setLifetime(ctx context.Context, id int64, l lifetime) (*draupnir.Instance, error)
 	// claimLapsed is claimDestroy for the sweeper: only if rule reason

@@ -93,7 +93,7 @@ func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.I
 
 func (f *fakeStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
 	return f.listWhere(func(r *draupnir.Instance) bool {
-		return r.ImageID == imageID && r.State != draupnir.InstanceCreating
+		return r.ImageID == imageID && r.State != draupnir.InstanceCreating && r.State != draupnir.InstanceResetting
 	}), f.failing("listOfImage")
 }
 
@@ -194,7 +194,7 @@ func (f *fakeStore) setLiveState(ctx context.Context, id int64, state draupnir.I
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[id]
-	if r == nil || r.State == draupnir.InstanceDestroying {
+	if r == nil || r.State == draupnir.InstanceDestroying || r.State == draupnir.InstanceResetting {
 		return false, nil
 	}
 	r.State, r.Error = state, reason
@@ -205,7 +205,7 @@ func (f *fakeStore) claimDestroy(ctx context.Context, id int64, reason draupnir.
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.rows[id]
-	if r == nil || r.State == draupnir.InstanceDestroying {
+	if r == nil || r.State == draupnir.InstanceDestroying || r.State == draupnir.InstanceResetting {
 		return false, nil
 	}
 	r.State = draupnir.InstanceDestroying
@@ -218,6 +218,20 @@ func (f *fakeStore) claim(r *draupnir.Instance, reason draupnir.DestroyReason, d
 	if reason != "" {
 		f.claims[r.ID] = draupnir.Tombstone{ID: r.ID, ImageID: r.ImageID, Owner: r.Owner, Reason: reason, Detail: detail}
 	}
+}
+
+func (f *fakeStore) claimReset(ctx context.Context, id, imageID int64) (bool, error) {
+	if err := f.failing("claimReset"); err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.Owner == "" || !slices.Contains([]draupnir.InstanceState{draupnir.InstanceRunning, draupnir.InstanceStopped, draupnir.InstanceFailed}, r.State) {
+		return false, nil
+	}
+	r.State, r.ImageID, r.Error, r.Database = draupnir.InstanceResetting, imageID, "", f.ready[imageID]
+	return true, nil
 }
 
 func (f *fakeStore) delete(ctx context.Context, id int64) error {
@@ -419,10 +433,28 @@ func (f fakeImages) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, 
 	return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
 }
 
-// fakeErrImages answers Ready with an error.
+// SaveImage has req.Copy write into saved-N beside the parent's snapshot,
+// N the instance, and returns image 100 with req's lineage.
+func (f fakeImages) SaveImage(ctx context.Context, req draupnir.ImageSave) (*draupnir.Image, error) {
+	parent := f[req.ParentImageID]
+	if parent == nil {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", req.ParentImageID)
+	}
+	dst := filepath.Join(filepath.Dir(parent.Snapshot), fmt.Sprintf("saved-%d", req.FromInstanceID))
+	if err := req.Copy(ctx, dst); err != nil {
+		return nil, err
+	}
+	return &draupnir.Image{ID: 100, State: draupnir.ImageReady, Owner: req.Owner,
+		ParentImageID: req.ParentImageID, FromInstanceID: req.FromInstanceID}, nil
+}
+
+// fakeErrImages answers Ready and SaveImage with an error.
 type fakeErrImages struct{ err error }
 
 func (f fakeErrImages) Ready(context.Context, int64) (*draupnir.ReadyImage, error) { return nil, f.err }
+func (f fakeErrImages) SaveImage(context.Context, draupnir.ImageSave) (*draupnir.Image, error) {
+	return nil, f.err
+}
 
 // roleCall is one call of prepareRole.
 type roleCall struct {
@@ -443,7 +475,10 @@ type env struct {
 	roles   []roleCall
 	roleErr error
 	warmUps int
-	taken   map[int]bool // ports another program holds
+	// checkpoints are the calls of checkpoint (role and password unset).
+	checkpoints []roleCall
+	copied      []string     // what copyTree copied
+	taken       map[int]bool // ports another program holds
 	// use is what probe answers for an instance, by port; no entry fails.
 	use map[int]activity
 }
@@ -514,6 +549,18 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 				return activity{}, errors.New("connection refused")
 			}
 			return a, nil
+		},
+		checkpoint: func(ctx context.Context, sockDir string, port int, superuser, db string) error {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.checkpoints = append(e.checkpoints, roleCall{sockDir: sockDir, port: port, superuser: superuser, db: db})
+			return nil
+		},
+		copyTree: func(ctx context.Context, src, dst string) error {
+			e.mu.Lock()
+			e.copied = append(e.copied, src)
+			e.mu.Unlock()
+			return os.CopyFS(dst, os.DirFS(src))
 		},
 		portFree: func(port int) bool {
 			e.mu.Lock()

@@ -37,7 +37,7 @@ const probeXacts = 2
 // every literal typed: the data, and so any function
 // or operator in it, is the user's.
 func probe(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error) {
-	conn, err := superuserConn(ctx, sockDir, port, superuser, db, nil)
+	conn, err := superuserConn(ctx, sockDir, port, superuser, db)
 	if err != nil {
 		return activity{}, err
 	}

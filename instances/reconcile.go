@@ -71,8 +71,8 @@ func (s *Service) recover(id int64) {
 		case <-time.After(wait):
 		}
 		in, gerr := s.store.get(ctx, id)
-		if gerr != nil || in.State == draupnir.InstanceDestroying {
-			return // destroyed meanwhile
+		if gerr != nil || in.State == draupnir.InstanceDestroying || in.State == draupnir.InstanceResetting {
+			return // destroyed or reset meanwhile
 		}
 		var proc process
 		if proc, err = s.start(ctx, id, in.Port); err == nil {
@@ -93,7 +93,7 @@ func (s *Service) recover(id int64) {
 // Reconcile brings processes and subvolumes in line with the rows at start-up:
 // it adopts instances whose postgres still runs (restarting those started
 // with other settings), restarts those that should run, applies the disk
-// limit, finishes creates and destroys that a crash interrupted, and deletes
+// limit, finishes creates, resets and destroys that a crash interrupted, and deletes
 // subvolumes that no row owns and stale qgroups.
 func (s *Service) Reconcile(ctx context.Context) error {
 	list, err := s.store.listAll(ctx)
@@ -111,6 +111,10 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			continue
 		}
 		known[strconv.FormatInt(in.ID, 10)] = true
+		if in.State == draupnir.InstanceResetting {
+			s.finishReset(ctx, in)
+			continue
+		}
 		if ok, _ := s.volumes.IsSubvolume(s.dir(in.ID)); !ok {
 			log.Error("instance has lost its data directory")
 			s.store.setState(ctx, in.ID, draupnir.InstanceFailed, "the instance's data directory is missing")

@@ -1,15 +1,16 @@
 // Package instances owns the lifecycle of instances: a writable btrfs
 // snapshot of a ready image with its own postgres on its own port, a fresh
-// password for the instance role, and destruction. It confines each one:
-// over the network only the instance role logs in (failed logins slowed
-// down by auth_delay), and a btrfs quota and temp_file_limit keep one
-// instance from filling the disk the others share. It ends instances by
-// rule: a sweeper destroys those past their expiry or unused for the idle
-// timeout (judged from each instance's own statistics), never a protected
-// one, and leaves a tombstone saying why; it caps how many a user may have.
-// It keeps what runs in line with what the state database says, at
-// start-up (Reconcile) and while running (a postgres that dies is
-// restarted).
+// password for the instance role, reset to an image's data, copies of its
+// data for the image service to save as a new image, and destruction. It
+// confines each one: over the network only the instance role logs in
+// (failed logins slowed down by auth_delay), and a btrfs quota and
+// temp_file_limit keep one instance from filling the disk the others share.
+// It ends instances by rule: a sweeper destroys those past their expiry or
+// unused for the idle timeout (judged from each instance's own statistics),
+// never a protected one nor one being reset, and leaves a tombstone saying
+// why; it caps how many a user may have. It keeps what runs in line with
+// what the state database says, at start-up (Reconcile) and while running
+// (a postgres that dies is restarted).
 package instances
 
 import (
@@ -18,10 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,9 +37,11 @@ import (
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
-// Images is what instances need of the image service.
+// Images is what instances need of the image service: the ready images
+// instances are made of, and new images saved from instances.
 type Images interface {
 	Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, error)
+	draupnir.ImageSaver
 }
 
 // Options configures a Service.
@@ -448,7 +451,7 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 	if err != nil {
 		return err
 	}
-	conn, err := superuserConn(ctx, sockDir, port, superuser, db, map[string]string{"synchronous_commit": "on"})
+	conn, err := superuserConn(ctx, sockDir, port, superuser, db)
 	if err != nil {
 		return err
 	}
@@ -465,26 +468,30 @@ func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, r
 }
 
 // superuserConn connects to an instance as its superuser over its private
-// socket, with params on top of ours. The data is the user's: the session's
-// search_path is pinned so that nothing they put in a schema is picked up by
-// our queries, which also name every operator and function by its schema,
-// and the settings they may have planted with ALTER DATABASE … SET to make
-// our sessions fail are overridden (sent at connection start, ours win).
-func superuserConn(ctx context.Context, sockDir string, port int, superuser, db string, params map[string]string) (*pgx.Conn, error) {
+// socket. The data is the instance user's, who may have planted functions
+// and operators, or settings to make our sessions fail: the session pins
+// search_path (callers use only schema-qualified built-ins) and overrides
+// what they may have set with ALTER DATABASE … SET. Commits are
+// synchronous: instances run with synchronous_commit off, and what the
+// service sets must survive a crash.
+func superuserConn(ctx context.Context, sockDir string, port int, superuser, db string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
 		return nil, err
 	}
 	cfg.Host, cfg.Port, cfg.User, cfg.Database = sockDir, uint16(port), superuser, db
-	cfg.RuntimeParams = map[string]string{"application_name": "draupnir"}
-	maps.Copy(cfg.RuntimeParams, params)
-	maps.Copy(cfg.RuntimeParams, map[string]string{
+	// Sent at connection start, these win over what the data's owner may
+	// have set with ALTER DATABASE … SET (an instance of an image saved
+	// from an instance carries its user's).
+	cfg.RuntimeParams = map[string]string{
+		"application_name":                    "draupnir",
+		"synchronous_commit":                  "on",
 		"search_path":                         "pg_catalog, pg_temp",
 		"default_transaction_read_only":       "off",
 		"statement_timeout":                   "0",
 		"lock_timeout":                        "0",
 		"idle_in_transaction_session_timeout": "0",
-	})
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the instance as its superuser: %w", err)
@@ -517,17 +524,21 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return notFound(id)
 	}
-	// Tearing it down under its create would fail that create half-way.
-	// The state only moves on from creating, so this check cannot go stale.
-	if in.State == draupnir.InstanceCreating {
+	// Tearing it down under its create or reset would fail that half-way.
+	// Creating only moves on, and claimDestroy refuses an instance whose
+	// reset began since, so this check cannot go stale.
+	switch in.State {
+	case draupnir.InstanceCreating:
 		return draupnir.Errorf(draupnir.KindConflict, "instance %d is still being created; destroy it when that ends", id)
+	case draupnir.InstanceResetting:
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is being reset; destroy it when that ends", id)
 	}
 	ok, err := s.store.claimDestroy(ctx, id, "", "")
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed", id)
+		return draupnir.Errorf(draupnir.KindConflict, "instance %d is already being destroyed, or being reset", id)
 	}
 	ctx = context.WithoutCancel(ctx)
 	if err := s.teardown(ctx, id); err != nil {
@@ -537,6 +548,23 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 		return err
 	}
 	return nil
+}
+
+// OwnersOfImage returns who owns instances of image imageID (the warm
+// pool's are nobody's), each once, sorted.
+func (s *Service) OwnersOfImage(ctx context.Context, imageID int64) ([]string, error) {
+	list, err := s.store.listOfImage(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	var owners []string
+	for _, in := range list {
+		if in.Owner != "" && !slices.Contains(owners, in.Owner) {
+			owners = append(owners, in.Owner)
+		}
+	}
+	slices.Sort(owners)
+	return owners, nil
 }
 
 // DestroyAllOfImage destroys every instance of image imageID.

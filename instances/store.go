@@ -70,7 +70,7 @@ func (s pgStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Inst
 }
 
 func (s pgStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
-	return s.list(ctx, "WHERE i.image_id = $1 AND i.state <> 'creating'", imageID)
+	return s.list(ctx, "WHERE i.image_id = $1 AND i.state NOT IN ('creating', 'resetting')", imageID)
 }
 
 func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
@@ -147,11 +147,13 @@ func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string, exp
 	return in, nil
 }
 
-// poolSizes returns, for every ready image, how many warm instances it has.
+// poolSizes returns, for every ready image made from an upload, how many
+// warm instances it has. Images saved from instances get no pool: there may
+// be many, each used by few.
 func (s pgStore) poolSizes(ctx context.Context) (map[int64]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT im.id, count(i.id) FROM images im
 		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm'
-		WHERE im.state = 'ready' GROUP BY im.id`)
+		WHERE im.state = 'ready' AND im.from_instance_id IS NULL GROUP BY im.id`)
 	if err != nil {
 		return nil, fmt.Errorf("counting warm instances: %w", err)
 	}
@@ -178,11 +180,11 @@ func (s pgStore) setState(ctx context.Context, id int64, state draupnir.Instance
 }
 
 // setLiveState is setState for the crash-recovery path: it leaves alone an
-// instance that is being destroyed (or is gone) and reports whether it
+// instance that is being destroyed or reset (or is gone) and reports whether it
 // changed anything.
 func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now()
-		WHERE id = $1 AND state <> 'destroying'`, id, string(state), reason)
+		WHERE id = $1 AND state NOT IN ('destroying', 'resetting')`, id, string(state), reason)
 	if err != nil {
 		return false, fmt.Errorf("recording instance %d as %s: %w", id, state, err)
 	}
@@ -190,12 +192,23 @@ func (s pgStore) setLiveState(ctx context.Context, id int64, state draupnir.Inst
 }
 
 // claimDestroy marks instance id as being destroyed, unless another request
-// got there first.
+// got there first or it is being reset.
 func (s pgStore) claimDestroy(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'destroying', destroy_reason = $2, error = $3, updated_at = now()
-		WHERE id = $1 AND state <> 'destroying'`, id, string(reason), detail)
+		WHERE id = $1 AND state NOT IN ('destroying', 'resetting')`, id, string(reason), detail)
 	if err != nil {
 		return false, fmt.Errorf("destroying instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// claimReset marks instance id, owned by somebody and neither being created
+// nor destroyed nor reset, as being reset to image imageID.
+func (s pgStore) claimReset(ctx context.Context, id, imageID int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'resetting', image_id = $2, error = '', updated_at = now()
+		WHERE id = $1 AND owner <> '' AND state IN ('running', 'stopped', 'failed')`, id, imageID)
+	if err != nil {
+		return false, fmt.Errorf("resetting instance %d: %w", id, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }

@@ -16,7 +16,7 @@ var (
 	imageStates = []draupnir.ImageState{draupnir.ImageCreated, draupnir.ImageUploading,
 		draupnir.ImageFinalising, draupnir.ImageReady, draupnir.ImageFailed}
 	instanceStates = []draupnir.InstanceState{draupnir.InstanceCreating, draupnir.InstanceRunning,
-		draupnir.InstanceStopped, draupnir.InstanceFailed, draupnir.InstanceDestroying}
+		draupnir.InstanceStopped, draupnir.InstanceFailed, draupnir.InstanceResetting, draupnir.InstanceDestroying}
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {

@@ -31,6 +31,8 @@ const (
 	OpImageDestroy    = "image_destroy"
 	OpInstanceCreate  = "instance_create"
 	OpInstanceDestroy = "instance_destroy"
+	OpInstanceReset   = "instance_reset"
+	OpInstanceSave    = "instance_save"
 )
 
 // Options configures New. Every field is optional: what is missing is not
@@ -82,7 +84,7 @@ func New(opts Options) *Metrics {
 		operations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "operation_duration_seconds",
 			Help: "Latency of core operations (image_create, image_finalise, image_destroy, " +
-				"instance_create, instance_destroy) through any door, by outcome (ok or the error kind).",
+				"instance_create, instance_destroy, instance_reset, instance_save) through any door, by outcome (ok or the error kind).",
 			// Instance creates take tens of milliseconds; finalising a large
 			// image takes minutes.
 			Buckets: []float64{.01, .025, .05, .1, .2, .5, 1, 2.5, 5, 10, 30, 60, 180, 600, 1800},

@@ -16,7 +16,8 @@ import (
 )
 
 // Btrfs is a fake of btrfs.FS on an ordinary directory tree: a subvolume is
-// a directory it made (or converted) and remembers, a snapshot a copy. It
+// a directory it made (or converted) and remembers, a snapshot a copy
+// without the subvolumes inside (an empty directory each, as in btrfs). It
 // keeps the rules the services rely on: creating over an existing path
 // fails with fs.ErrExist, deleting a missing path is no error, deleting a
 // plain directory is. It is safe for concurrent use.
@@ -78,6 +79,20 @@ func (b *Btrfs) Snapshot(src, dst string, readOnly bool) error {
 	}
 	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
 		return fmt.Errorf("fake btrfs snapshot: %w", err)
+	}
+	// As btrfs does, a subvolume inside src is left out: an empty
+	// directory stands in its place.
+	prefix := filepath.Clean(src) + string(filepath.Separator)
+	for p := range b.subvols {
+		if rel, ok := strings.CutPrefix(p, prefix); ok {
+			in := filepath.Join(dst, rel)
+			if err := os.RemoveAll(in); err != nil {
+				return fmt.Errorf("fake btrfs snapshot: %w", err)
+			}
+			if err := os.Mkdir(in, 0o755); err != nil {
+				return fmt.Errorf("fake btrfs snapshot: %w", err)
+			}
+		}
 	}
 	b.add(dst, readOnly)
 	return nil

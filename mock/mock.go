@@ -161,8 +161,12 @@ func (f *Images) Destroy(ctx context.Context, p draupnir.Principal, id int64) er
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.ByID[id]; !ok {
+	im, ok := f.ByID[id]
+	if !ok {
 		return draupnir.Errorf(draupnir.KindNotFound, "image %d does not exist", id)
+	}
+	if !p.CanDestroy(im) {
+		return draupnir.Errorf(draupnir.KindForbidden, "only the upload principal may destroy images that others saved or uploaded")
 	}
 	delete(f.ByID, id)
 	return nil
@@ -311,6 +315,60 @@ func (f *Instances) Create(ctx context.Context, p draupnir.Principal, imageID in
 	}
 	f.ByID[in.ID] = in
 	return in, nil
+}
+
+// Reset resets instance id to image imageID (0: its own), which must be
+// ready; the instance keeps everything else.
+func (f *Instances) Reset(ctx context.Context, p draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	if err := f.record("Reset", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	in, ok := f.ByID[id]
+	f.mu.Unlock()
+	if !ok || !p.CanSee(in.Owner) {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	if imageID == 0 {
+		imageID = in.ImageID
+	}
+	im, err := f.Images.Get(ctx, p, imageID)
+	if err != nil {
+		return nil, err
+	}
+	if !im.Ready() {
+		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready", imageID)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ImageID = imageID
+	in.ImageID = imageID
+	return in, nil
+}
+
+// Save makes image NextID of instance id, owned by p, ready at once.
+func (f *Instances) Save(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
+	if err := f.record("Save", p); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	in, ok := f.ByID[id]
+	f.mu.Unlock()
+	if !ok || !p.CanSee(in.Owner) {
+		return nil, draupnir.Errorf(draupnir.KindNotFound, "instance %d does not exist", id)
+	}
+	parent, err := f.Images.Get(ctx, p, in.ImageID)
+	if err != nil {
+		return nil, err
+	}
+	im := *parent
+	f.Images.mu.Lock()
+	defer f.Images.mu.Unlock()
+	im.ID, im.Owner, im.ParentImageID, im.FromInstanceID = f.Images.NextID, p.Name, parent.ID, id
+	im.AnonymisationScript = ""
+	f.Images.NextID++
+	f.Images.ByID[im.ID] = &im
+	return &im, nil
 }
 
 func (f *Instances) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {

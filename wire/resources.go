@@ -43,6 +43,11 @@ type ImageAttributes struct {
 	SizeBytes           int64  `json:"size_bytes"`
 	PostgresVersion     string `json:"postgres_version"`
 	Database            string `json:"database,omitempty"` // known once finalised
+	// Saved from an instance: who saved it (and may destroy it) and its
+	// lineage.
+	Owner          string `json:"owner,omitempty"`
+	ParentImageID  int64  `json:"parent_image_id,omitempty"`
+	FromInstanceID int64  `json:"from_instance_id,omitempty"`
 }
 
 // ImageResource is an image as the API renders it.
@@ -65,6 +70,9 @@ func NewImageResource(im *draupnir.Image) ImageResource {
 		SizeBytes:           im.SizeBytes,
 		PostgresVersion:     im.PostgresVersion,
 		Database:            im.Database,
+		Owner:               im.Owner,
+		ParentImageID:       im.ParentImageID,
+		FromInstanceID:      im.FromInstanceID,
 	}}
 }
 
@@ -88,6 +96,9 @@ func (r *ImageResource) Image() *draupnir.Image {
 		SizeBytes:           a.SizeBytes,
 		PostgresVersion:     a.PostgresVersion,
 		Database:            a.Database,
+		Owner:               a.Owner,
+		ParentImageID:       a.ParentImageID,
+		FromInstanceID:      a.FromInstanceID,
 		CreatedAt:           a.CreatedAt.Time,
 		UpdatedAt:           a.UpdatedAt.Time,
 	}
@@ -303,6 +314,22 @@ func NewInstanceChange(patch draupnir.InstancePatch) InstanceChange {
 	}
 	c.TTL, c.ProtectFor = format(patch.TTL), format(patch.ProtectFor)
 	return c
+}
+
+// InstanceReset holds the attributes of POST /instances/:id/reset, all
+// optional: ImageID names the ready image to reset to, instead of the
+// instance's own. Raw for the same reason as InstanceCreate's.
+type InstanceReset struct {
+	ImageID json.RawMessage `json:"image_id,omitempty"`
+}
+
+// NewInstanceReset returns the attributes that reset an instance to image
+// imageID, or to its own image for 0.
+func NewInstanceReset(imageID int64) InstanceReset {
+	if imageID == 0 {
+		return InstanceReset{}
+	}
+	return InstanceReset{ImageID: json.RawMessage(strconv.FormatInt(imageID, 10))}
 }
 
 // TokenRequest holds the attributes of POST /authenticate/token: the

@@ -27,6 +27,30 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("round trip %+v, want %+v", got, img)
 	}
 
+	// An image saved from an instance carries its owner and lineage;
+	// one made from an upload leaves them out.
+	for _, attr := range []string{"owner", "parent_image_id", "from_instance_id"} {
+		if strings.Contains(string(b), attr) {
+			t.Errorf("uploaded image JSON %s has %s", b, attr)
+		}
+	}
+	saved := &draupnir.Image{ID: 5, State: draupnir.ImageReady, BackedUpAt: now, CreatedAt: now, UpdatedAt: now,
+		Owner: "alice@example.com", ParentImageID: 4, FromInstanceID: 9}
+	if b, err = Marshal(Document[ImageResource]{Data: NewImageResource(saved)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"owner":"alice@example.com"`, `"parent_image_id":4`, `"from_instance_id":9`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("saved image JSON %s lacks %s", b, want)
+		}
+	}
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Data.Image(); *got != *saved {
+		t.Errorf("round trip %+v, want %+v", got, saved)
+	}
+
 	inst := &draupnir.Instance{ID: 9, ImageID: 4, Port: 6001, State: draupnir.InstanceRunning, CreatedAt: now, UpdatedAt: now}
 	b, err = Marshal(NewInstanceResource(inst))
 	if err != nil {
@@ -112,6 +136,10 @@ func TestRequests(t *testing.T) {
 			`{"data":{"type":"images","attributes":{"anonymisation_script":"SELECT 1;"}}}`},
 		{"patch image", NewRequest(TypeImages, 3, ImageChange{}), `{"data":{"type":"images","id":"3","attributes":{}}}`},
 		{"create instance", NewRequest(TypeInstances, 0, NewInstanceCreate(12, draupnir.CreateOptions{})),
+			`{"data":{"type":"instances","attributes":{"image_id":12}}}`},
+		{"reset instance", NewRequest(TypeInstances, 0, NewInstanceReset(0)),
+			`{"data":{"type":"instances","attributes":{}}}`},
+		{"reset instance to an image", NewRequest(TypeInstances, 0, NewInstanceReset(12)),
 			`{"data":{"type":"instances","attributes":{"image_id":12}}}`},
 	}
 	for _, tt := range tests {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/draupnir-db/draupnir/bench"
@@ -41,8 +42,12 @@ func run() int {
 	flag.StringVar(&cfg.ServerLog, "server-log", "", "copy the server's log here at the end")
 	out := flag.String("out", "bench-results.json", "where to write the JSON report")
 	check := flag.Bool("check", false, "exit 1 when a goal is missed")
+	only := flag.String("only", "", `run only these steps, comma-separated (e.g. "reset vs create"; the image is always made)`)
 	verbose := flag.Bool("v", false, "log the server's supervisor debug lines too")
 	flag.Parse()
+	if *only != "" {
+		cfg.Only = strings.Split(*only, ",")
+	}
 	if *gib {
 		cfg.Scale = 70
 	}

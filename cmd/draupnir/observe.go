@@ -104,6 +104,20 @@ func (o observedInstances) Create(ctx context.Context, p draupnir.Principal, ima
 	return in, err
 }
 
+func (o observedInstances) Reset(ctx context.Context, p draupnir.Principal, id, imageID int64) (*draupnir.Instance, error) {
+	start := time.Now()
+	in, err := o.InstanceService.Reset(ctx, p, id, imageID)
+	o.m.ObserveOperation(metrics.OpInstanceReset, err, time.Since(start))
+	return in, err
+}
+
+func (o observedInstances) Save(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
+	start := time.Now()
+	im, err := o.InstanceService.Save(ctx, p, id)
+	o.m.ObserveOperation(metrics.OpInstanceSave, err, time.Since(start))
+	return im, err
+}
+
 func (o observedInstances) Destroy(ctx context.Context, p draupnir.Principal, id int64) error {
 	start := time.Now()
 	err := o.InstanceService.Destroy(ctx, p, id)
