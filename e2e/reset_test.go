@@ -30,9 +30,17 @@ func TestReset(t *testing.T) {
 	ctx := context.Background()
 	user := s.user().Instances()
 
-	in, err := user.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
+	in, err := user.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{TTL: 8 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A reset keeps the instance's lifetime: its expiry and protection.
+	protectFor := 2 * time.Hour
+	if in, err = user.Update(ctx, draupnir.Principal{}, in.ID, draupnir.InstancePatch{ProtectFor: &protectFor}); err != nil {
+		t.Fatal(err)
+	}
+	if in.ExpiresAt.IsZero() || in.ProtectedUntil.IsZero() {
+		t.Fatalf("created with a ttl and protected, yet %+v", in)
 	}
 	mustPSQL(t, in, "DELETE FROM customers WHERE id <= 10; CREATE TABLE notes (n text)")
 	// A session that the reset must end.
@@ -56,6 +64,8 @@ func TestReset(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// Times travel in whole seconds: let the reset's fall in a later one.
+	time.Sleep(time.Until(in.LastActiveAt.Add(time.Second)))
 	got, err := user.Reset(ctx, draupnir.Principal{}, in.ID, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +73,14 @@ func TestReset(t *testing.T) {
 	if got.ID != in.ID || got.Port != in.Port || got.Username != in.Username || got.Password != in.Password ||
 		got.ImageID != im.ID || got.State != draupnir.InstanceRunning {
 		t.Fatalf("reset answered %+v; the instance was %+v", got, in)
+	}
+	if !got.ExpiresAt.Equal(in.ExpiresAt) || !got.ProtectedUntil.Equal(in.ProtectedUntil) {
+		t.Errorf("reset changed the lifetime: expires %v, protected until %v; was %v, %v",
+			got.ExpiresAt, got.ProtectedUntil, in.ExpiresAt, in.ProtectedUntil)
+	}
+	// A reset is use: idle clean-up counts from it, not from the create.
+	if !got.LastActiveAt.After(in.LastActiveAt) {
+		t.Errorf("last active at %v after the reset, the same as before (%v)", got.LastActiveAt, in.LastActiveAt)
 	}
 	// The answer comes when postgres accepts connections: no retry here.
 	if n := mustPSQL(t, in, "SELECT count(*) FROM customers"); n != "1000" {

@@ -231,6 +231,7 @@ func (f *fakeStore) claimReset(ctx context.Context, id, imageID int64) (bool, er
 		return false, nil
 	}
 	r.State, r.ImageID, r.Error, r.Database = draupnir.InstanceResetting, imageID, "", f.ready[imageID]
+	r.LastActiveAt = time.Now()
 	return true, nil
 }
 

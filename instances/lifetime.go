@@ -145,8 +145,8 @@ func (s *Service) StartSweeper() {
 }
 
 // lapsed returns the rule under which in is to be destroyed at now, or ""
-// for none: never while it is protected, nor while it is being created or
-// destroyed, nor a warm one. idle is instances.idle_timeout (0: off).
+// for none: never while it is protected, nor while it is being created,
+// reset or destroyed, nor a warm one. idle is instances.idle_timeout (0: off).
 func lapsed(in *draupnir.Instance, now time.Time, idle time.Duration) (draupnir.DestroyReason, string) {
 	switch {
 	case in.Owner == "", in.Protected(now):

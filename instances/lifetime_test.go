@@ -122,7 +122,7 @@ func TestUpdate(t *testing.T) {
 
 // TestSweep: an expired instance goes and leaves a tombstone that its owner
 // (and only they) sees as Gone; a protected one, one not yet expired, one
-// without expiry and one being created stay.
+// without expiry and one being created or reset stay.
 func TestSweep(t *testing.T) {
 	var reasons []draupnir.DestroyReason
 	e := newEnv(t, func(o *Options) { o.Destroyed = func(r draupnir.DestroyReason) { reasons = append(reasons, r) } })
@@ -138,6 +138,7 @@ func TestSweep(t *testing.T) {
 		"creating":         {ID: 6, ExpiresAt: past, State: draupnir.InstanceCreating},
 		"protection ended": {ID: 7, ExpiresAt: past, ProtectedUntil: past, State: draupnir.InstanceRunning},
 		"warm":             {ID: 8, ExpiresAt: past, State: draupnir.InstanceWarm},
+		"resetting":        {ID: 9, ExpiresAt: past, State: draupnir.InstanceResetting},
 	}
 	for _, r := range rows {
 		r.ImageID, r.Owner, r.Port = testImage, alice.Name, minPort+int(r.ID)
@@ -212,7 +213,8 @@ func ptr[T any](v T) *T { return &v }
 
 // TestQuota: a user gets max_per_user instances, from the pool or not, and
 // the refusal names the limit and the count; others and the upload
-// principal are not held back by it.
+// principal are not held back by it, nor a save (it makes an image, not an
+// instance).
 func TestQuota(t *testing.T) {
 	for _, warm := range []int{0, 2} {
 		t.Run(map[int]string{0: "fresh", 2: "warm pool"}[warm], func(t *testing.T) {
@@ -225,9 +227,14 @@ func TestQuota(t *testing.T) {
 					}
 				}
 			}
+			var first *draupnir.Instance
 			for range 2 {
-				if _, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{}); err != nil {
+				in, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
+				if err != nil {
 					t.Fatal(err)
+				}
+				if first == nil {
+					first = in
 				}
 			}
 			_, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
@@ -240,6 +247,12 @@ func TestQuota(t *testing.T) {
 			}
 			if _, err := e.s.Create(ctx, bob, testImage, draupnir.CreateOptions{}); err != nil {
 				t.Errorf("bob's create: %v", err)
+			}
+			if _, err := e.s.Save(ctx, alice, first.ID); err != nil {
+				t.Errorf("save at the quota: %v", err)
+			}
+			if n, _ := e.store.countOwned(ctx, alice.Name); n != 2 {
+				t.Errorf("alice has %d instances after a save, want 2", n)
 			}
 		})
 	}
@@ -365,7 +378,9 @@ func TestReconcileFinishesARuleDestroy(t *testing.T) {
 }
 
 // TestImageDestroyTombstones: instances destroyed with their image answer
-// their owner Gone, naming the image; warm ones leave nothing.
+// their owner Gone, naming the image; warm ones leave nothing; one that
+// another destroy claimed first is left to it (not torn down twice, nor
+// counted twice).
 func TestImageDestroyTombstones(t *testing.T) {
 	var reasons []draupnir.DestroyReason
 	e := newEnv(t, func(o *Options) { o.Destroyed = func(r draupnir.DestroyReason) { reasons = append(reasons, r) } })
@@ -378,6 +393,13 @@ func TestImageDestroyTombstones(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	claimed, err := e.s.Create(ctx, bob, testImage, draupnir.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.store.claimDestroy(ctx, claimed.ID, "", ""); !ok || err != nil {
+		t.Fatalf("claiming instance %d: %v %v", claimed.ID, ok, err)
+	}
 	if err := e.s.DestroyAllOfImage(ctx, testImage); err != nil {
 		t.Fatal(err)
 	}
@@ -389,5 +411,8 @@ func TestImageDestroyTombstones(t *testing.T) {
 	}
 	if len(reasons) != 1 || reasons[0] != draupnir.ReasonImageDestroy {
 		t.Errorf("counted %v", reasons)
+	}
+	if r := e.store.row(claimed.ID); r == nil || r.State != draupnir.InstanceDestroying {
+		t.Errorf("the instance another destroy claimed: %+v, want left to it", r)
 	}
 }

@@ -580,9 +580,16 @@ func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 	}
 	var errs []error
 	for _, in := range list {
-		if _, err := s.store.claimDestroy(ctx, in.ID, draupnir.ReasonImageDestroy,
-			fmt.Sprintf("its image %d was destroyed", imageID)); err != nil {
+		ok, err := s.store.claimDestroy(ctx, in.ID, draupnir.ReasonImageDestroy,
+			fmt.Sprintf("its image %d was destroyed", imageID))
+		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if !ok {
+			// Another destroy has it, or a reset began since the list (and
+			// may be moving it to another image): theirs to finish. One
+			// still of this image keeps the image's row from going.
 			continue
 		}
 		if err := s.teardown(context.WithoutCancel(ctx), in.ID); err != nil {

@@ -203,9 +203,11 @@ func (s pgStore) claimDestroy(ctx context.Context, id int64, reason draupnir.Des
 }
 
 // claimReset marks instance id, owned by somebody and neither being created
-// nor destroyed nor reset, as being reset to image imageID.
+// nor destroyed nor reset, as being reset to image imageID. Its expiry and
+// protection stay; a reset is use, so idle clean-up starts counting again.
 func (s pgStore) claimReset(ctx context.Context, id, imageID int64) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'resetting', image_id = $2, error = '', updated_at = now()
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET state = 'resetting', image_id = $2, error = '',
+			last_active_at = now(), updated_at = now()
 		WHERE id = $1 AND owner <> '' AND state IN ('running', 'stopped', 'failed')`, id, imageID)
 	if err != nil {
 		return false, fmt.Errorf("resetting instance %d: %w", id, err)
