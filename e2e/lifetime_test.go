@@ -155,7 +155,7 @@ func TestQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = api.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{})
-	if !errors.Is(err, draupnir.ErrQuotaExceeded) || !strings.Contains(err.Error(), "you have 1 instances") ||
+	if !errors.Is(err, draupnir.ErrQuotaExceeded) || !strings.Contains(err.Error(), "you have 1 instance,") ||
 		!strings.Contains(err.Error(), "instances.max_per_user (1)") {
 		t.Fatalf("second create: %v, want 403 quota_exceeded naming 1 of 1", err)
 	}

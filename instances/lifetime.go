@@ -3,6 +3,7 @@ package instances
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -108,7 +109,7 @@ func (s *Service) checkQuota(ctx context.Context, p draupnir.Principal) error {
 	}
 	if n >= s.opts.MaxPerUser {
 		return draupnir.Errorf(draupnir.KindQuotaExceeded,
-			"you have %d instances, the most instances.max_per_user (%d) allows; destroy one first", n, s.opts.MaxPerUser)
+			"you have %s, the most instances.max_per_user (%d) allows; destroy one first", countOf(n, "instance"), s.opts.MaxPerUser)
 	}
 	return nil
 }
@@ -233,4 +234,12 @@ func logTime(t time.Time) string {
 		return "none"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// countOf writes n things, singular or plural.
+func countOf(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return strconv.Itoa(n) + " " + thing + "s"
 }
