@@ -100,7 +100,7 @@ func (s pgStore) insert(ctx context.Context, imageID int64, owner, username, pas
 			SELECT $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p
 			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
 			ORDER BY p LIMIT 1
-			ON CONFLICT (port) DO NOTHING
+			ON CONFLICT (node, port) DO NOTHING
 			RETURNING *)
 		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
 		imageID, owner, username, password, min, max, skip, nullTime(expires)))
