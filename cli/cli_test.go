@@ -351,7 +351,7 @@ func TestCommands(t *testing.T) {
 		{name: "instances protect", args: []string{"instances", "protect", "4", "2d"}, stdout: []string{"protected until 2017-05-03T12:00:00Z."}, wantCalls: "UpdateInstance 4 <nil> 48h0m0s"},
 		{name: "instances protect negative", args: []string{"instances", "protect", "4", "--", "-1h"}, code: 2, stderr: `duration must be a duration such as 90m, 8h or 7d, not "-1h"`, wantCalls: "-"},
 		{name: "instances unprotect", args: []string{"instances", "unprotect", "4"}, stdout: []string{"not protected."}, wantCalls: "UpdateInstance 4 <nil> 0s"},
-		{name: "instances list shows lifetimes", args: []string{"instances", "list"}, stdout: []string{"EXPIRES AT", "PROTECTED UNTIL", "LAST ACTIVE AT"}},
+		{name: "instances list shows lifetimes", args: []string{"instances", "list"}, stdout: []string{"EXPIRES AT", "PROTECTED UNTIL", "IDLE"}},
 		{name: "instances list --all", args: []string{"instances", "list", "--all"}, stdout: []string{"Destroyed by a rule:", "expired", "it expired at 2026-11-24T12:00:00Z"}, wantCalls: "ListInstances Tombstones"},
 		{name: "new picks newest ready", args: []string{"new"}, stdout: []string{"Image:", "2"}, wantCalls: "ListImages CreateInstance 2"},
 		{name: "version", args: []string{"version"}, stdout: []string{"client " + draupnir.Version, "server 9.9.9"}},
@@ -1345,5 +1345,26 @@ func TestNewSkipsSavedImages(t *testing.T) {
 	r := run(t, b.backend(), Env{}, "", "new")
 	if r.code != 0 || !strings.Contains(strings.Join(b.calls, " "), "CreateInstance 2") {
 		t.Errorf("new: exit %d, calls %q; want image 2", r.code, b.calls)
+	}
+}
+
+func TestIdleStr(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		last time.Time
+		want string
+	}{
+		{time.Time{}, "-"},
+		{now, "<1m"},
+		{now.Add(-59 * time.Second), "<1m"},
+		{now.Add(-4*time.Minute - 30*time.Second), "4m"},
+		{now.Add(-2*time.Hour - 5*time.Minute), "2h5m"},
+		{now.Add(-(3*24 + 4) * time.Hour), "3d4h"},
+		{now.Add(time.Minute), "<1m"}, // the server's clock ahead of ours
+	}
+	for _, tt := range tests {
+		if got := idleStr(tt.last, now); got != tt.want {
+			t.Errorf("idleStr(%v) = %q, want %q", now.Sub(tt.last), got, tt.want)
+		}
 	}
 }

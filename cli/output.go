@@ -103,9 +103,9 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 		owners = owners || inst.Owner != ""
 	}
 	tw := table(a.stdout)
-	// Last use as a time, not a duration: the same list twice prints the
-	// same, whichever door it came through.
-	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT\tEXPIRES AT\tPROTECTED UNTIL\tLAST ACTIVE AT")
+	// Idle time as a duration, which is what people scan a list for;
+	// show and --json give the time.
+	fmt.Fprint(tw, "ID\tIMAGE\tSTATE\tHOST\tPORT\tDATABASE\tCREATED AT\tEXPIRES AT\tPROTECTED UNTIL\tIDLE")
 	if owners {
 		fmt.Fprint(tw, "\tOWNER")
 	}
@@ -114,7 +114,7 @@ func (a *app) printInstances(insts []*draupnir.Instance) error {
 	for _, inst := range insts {
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", inst.ID, inst.ImageID, inst.State,
 			dash(inst.Hostname), portStr(inst.Port), dash(inst.Database), timeStr(inst.CreatedAt),
-			timeStr(inst.ExpiresAt), protectedStr(inst, now), timeStr(inst.LastActiveAt))
+			timeStr(inst.ExpiresAt), protectedStr(inst, now), idleStr(inst.LastActiveAt, now))
 		if owners {
 			fmt.Fprintf(tw, "\t%s", dash(inst.Owner))
 		}
@@ -162,6 +162,25 @@ func protectedStr(inst *draupnir.Instance, now time.Time) string {
 	return timeStr(inst.ProtectedUntil)
 }
 
+// idleStr is how long before now an instance was last seen in use, to the
+// minute ("<1m", "4m", "2h5m", "3d4h"), or "-" if that is not known.
+func idleStr(last, now time.Time) string {
+	if last.IsZero() {
+		return "-"
+	}
+	d := now.Sub(last)
+	switch {
+	case d < time.Minute:
+		return "<1m"
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%dm", d/time.Hour, d%time.Hour/time.Minute)
+	default:
+		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	}
+}
+
 func expiresStr(t time.Time) string {
 	if t.IsZero() {
 		return "never expires"
@@ -204,7 +223,7 @@ func (a *app) printInstance(inst *draupnir.Instance) error {
 	fmt.Fprintf(tw, "Created at:\t%s\n", timeStr(inst.CreatedAt))
 	fmt.Fprintf(tw, "Expires at:\t%s\n", timeStr(inst.ExpiresAt))
 	fmt.Fprintf(tw, "Protected until:\t%s\n", protectedStr(inst, time.Now()))
-	fmt.Fprintf(tw, "Last active at:\t%s\n", timeStr(inst.LastActiveAt))
+	fmt.Fprintf(tw, "Last active at:\t%s (idle %s)\n", timeStr(inst.LastActiveAt), idleStr(inst.LastActiveAt, time.Now()))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
