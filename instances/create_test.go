@@ -99,8 +99,21 @@ func TestCreateUndo(t *testing.T) {
 		{name: "the role cannot be prepared", image: testImage, wantKind: draupnir.KindInternal, started: true, setup: func(e *env) {
 			e.roleErr = boom
 		}},
+		{name: "no id can be reserved", image: testImage, wantKind: draupnir.KindInternal, setup: func(e *env) {
+			e.store.fail["nextID"] = boom
+		}},
+		{name: "the row cannot be written", image: testImage, wantKind: draupnir.KindInternal, setup: func(e *env) {
+			e.store.fail["insert"] = boom
+		}},
+		{name: "the row cannot be written and the image is gone", image: 2, wantKind: draupnir.KindNotFound, setup: func(e *env) {
+			e.store.fail["insert"] = boom
+		}},
+		{name: "over the quota", image: testImage, wantKind: draupnir.KindQuotaExceeded, setup: func(e *env) {
+			e.s.opts.MaxPerUser = 1
+			e.store.add(draupnir.Instance{ID: 50, ImageID: testImage, Owner: alice.Name, Port: maxPort, State: draupnir.InstanceRunning})
+		}},
 		{name: "the state cannot be recorded", image: testImage, wantKind: draupnir.KindInternal, started: true, setup: func(e *env) {
-			e.store.fail["setState"] = boom
+			e.store.fail["setDone"] = boom
 		}},
 	}
 	for _, tt := range tests {
@@ -234,4 +247,47 @@ func TestCreateLimitsDisk(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The check for limits planted in an image's data runs on its instances
+// until one shows it has nothing to undo; then, the image being read-only,
+// no later create or reset of it pays for the check again. An image whose
+// instances had something to undo is checked every time.
+func TestPinLimitsOncePerImage(t *testing.T) {
+	ctx := context.Background()
+	for _, planted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("planted %v", planted), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.pinned = planted
+			var ins []*draupnir.Instance
+			for range 3 {
+				in, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ins = append(ins, in)
+			}
+			if _, err := e.s.Reset(ctx, alice, ins[0].ID, 0); err != nil {
+				t.Fatal(err)
+			}
+			want := []bool{true, planted, planted, planted}
+			if !slices.Equal(e.pins, want) {
+				t.Errorf("pinned on the creates and the reset: %v, want %v", e.pins, want)
+			}
+		})
+	}
+	t.Run("a failed check proves nothing", func(t *testing.T) {
+		e := newEnv(t, nil)
+		e.roleErr = errors.New("boom")
+		if _, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{}); err == nil {
+			t.Fatal("create succeeded although its role could not be prepared")
+		}
+		e.roleErr = nil
+		if _, err := e.s.Create(ctx, alice, testImage, draupnir.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if want := []bool{true, true}; !slices.Equal(e.pins, want) {
+			t.Errorf("pinned %v, want %v", e.pins, want)
+		}
+	})
 }

@@ -17,9 +17,10 @@ type deps struct {
 	postgres postgres
 	volumes  volumes
 	store    store
-	// prepareRole gives a started instance's role its password (and pins
-	// its limits); warmUp logs in once, to load the caches.
-	prepareRole func(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error
+	// prepareRole gives a started instance's role its password and, with
+	// pin, pins its limits, reporting whether there was anything to pin;
+	// warmUp logs in once, to load the caches.
+	prepareRole func(ctx context.Context, sockDir string, port int, superuser, db, role, password string, pin bool) (pinned bool, err error)
 	warmUp      func(ctx context.Context, sockDir string, port int, role, db string)
 	// probe reads a running instance's use from its own statistics.
 	probe func(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error)
@@ -110,12 +111,18 @@ type store interface {
 	// listOfImage returns the instances of an image that are not being
 	// created or reset.
 	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
+	// nextID reserves a new instance's id, for insert.
+	nextID(ctx context.Context) (int64, error)
 	// insert and claimWarm take the new instance's expiry (zero: none).
-	insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error)
+	insert(ctx context.Context, id, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error)
 	movePort(ctx context.Context, id int64, min, max int, skip []int32) (int, error)
 	claimWarm(ctx context.Context, imageID int64, owner string, expires time.Time) (*draupnir.Instance, error)
 	poolSizes(ctx context.Context) (map[int64]int, error)
 	setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error
+	// setDone is setState at the end of a create or reset: its commit
+	// need not be durable, as a lost one leaves the instance creating or
+	// resetting, which Reconcile finishes.
+	setDone(ctx context.Context, id int64, state draupnir.InstanceState) error
 	setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error)
 	// claimDestroy marks instance id as being destroyed; a rule gives its
 	// reason and, in words, detail, and delete then leaves a tombstone.

@@ -112,18 +112,30 @@ func (f *fakeStore) freePort(min, max int, skip []int32) int {
 	return 0
 }
 
-func (f *fakeStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
+func (f *fakeStore) nextID(ctx context.Context) (int64, error) {
+	if err := f.failing("nextID"); err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next++
+	return f.next, nil
+}
+
+func (f *fakeStore) insert(ctx context.Context, id, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
 	if err := f.failing("insert"); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.ready[imageID]; !ok {
+		return nil, fmt.Errorf("insert or update on table \"instances\" violates foreign key constraint")
+	}
 	port := f.freePort(min, max, skip)
 	if port == 0 {
 		return nil, nil
 	}
-	f.next++
-	r := &draupnir.Instance{ID: f.next, ImageID: imageID, Owner: owner, State: draupnir.InstanceCreating,
+	r := &draupnir.Instance{ID: id, ImageID: imageID, Owner: owner, State: draupnir.InstanceCreating,
 		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires}
 	f.rows[r.ID] = r
 	c := *r
@@ -188,6 +200,13 @@ func (f *fakeStore) setState(ctx context.Context, id int64, state draupnir.Insta
 		r.State, r.Error = state, reason
 	}
 	return nil
+}
+
+func (f *fakeStore) setDone(ctx context.Context, id int64, state draupnir.InstanceState) error {
+	if err := f.failing("setDone"); err != nil {
+		return err
+	}
+	return f.setState(ctx, id, state, "")
 }
 
 func (f *fakeStore) setLiveState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) (bool, error) {
@@ -475,6 +494,10 @@ type env struct {
 	mu      sync.Mutex
 	roles   []roleCall
 	roleErr error
+	// pins says, per call of prepareRole, whether it was asked to pin the
+	// limits; pinned is what it answers.
+	pins    []bool
+	pinned  bool
 	warmUps int
 	// checkpoints are the calls of checkpoint (role and password unset).
 	checkpoints []roleCall
@@ -531,11 +554,12 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 		postgres: e.pg,
 		volumes:  e.vol,
 		store:    e.store,
-		prepareRole: func(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error {
+		prepareRole: func(ctx context.Context, sockDir string, port int, superuser, db, role, password string, pin bool) (bool, error) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.roles = append(e.roles, roleCall{sockDir, port, superuser, db, role, password})
-			return e.roleErr
+			e.pins = append(e.pins, pin)
+			return e.pinned, e.roleErr
 		},
 		warmUp: func(context.Context, string, int, string, string) {
 			e.mu.Lock()

@@ -227,8 +227,8 @@ func (s *Service) removeStaleQgroups() {
 // in an instance: per-database or per-role values (they override the
 // command line) and, from PostgreSQL 15, SET privileges on the parameter.
 // Images finalised by any Draupnir version get the same treatment. conn is
-// a superuser session.
-func pinLimits(ctx context.Context, conn *pgx.Conn) error {
+// a superuser session. It reports whether it found anything to undo.
+func pinLimits(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	rows, err := conn.Query(ctx, `SELECT coalesce(d.datname, ''), coalesce(r.rolname, ''), s.setdatabase OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid, s.setrole OPERATOR(pg_catalog.<>) '0'::pg_catalog.oid
 		FROM pg_catalog.pg_db_role_setting s
 		LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase
@@ -236,14 +236,14 @@ func pinLimits(ctx context.Context, conn *pgx.Conn) error {
 		WHERE EXISTS (SELECT FROM pg_catalog.unnest(s.setconfig) c
 			WHERE pg_catalog.lower(pg_catalog.split_part(c, '='::pg_catalog.text, 1)) OPERATOR(pg_catalog.=) 'temp_file_limit'::pg_catalog.text)`)
 	if err != nil {
-		return fmt.Errorf("reading per-database and per-role settings: %w", err)
+		return false, fmt.Errorf("reading per-database and per-role settings: %w", err)
 	}
 	var stmts []string
 	for rows.Next() {
 		var db, role string
 		var hasDB, hasRole bool
 		if err := rows.Scan(&db, &role, &hasDB, &hasRole); err != nil {
-			return err
+			return false, err
 		}
 		var target string
 		switch {
@@ -259,7 +259,7 @@ func pinLimits(ctx context.Context, conn *pgx.Conn) error {
 		stmts = append(stmts, "ALTER "+target+" RESET temp_file_limit")
 	}
 	if err := rows.Err(); err != nil {
-		return err
+		return false, err
 	}
 	var grantees []string
 	err = conn.QueryRow(ctx, `SELECT coalesce(pg_catalog.array_agg(DISTINCT
@@ -273,14 +273,14 @@ func pinLimits(ctx context.Context, conn *pgx.Conn) error {
 	case errors.As(err, &pgErr) && pgErr.SQLState() == "42P01":
 		// Before PostgreSQL 15 parameters have no privileges.
 	case err != nil:
-		return fmt.Errorf("reading the privileges on temp_file_limit: %w", err)
+		return false, fmt.Errorf("reading the privileges on temp_file_limit: %w", err)
 	case len(grantees) > 0:
 		stmts = append(stmts, "REVOKE ALL ON PARAMETER temp_file_limit FROM "+strings.Join(grantees, ", ")+" CASCADE")
 	}
 	for _, stmt := range stmts {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("pinning temp_file_limit (%s): %w", stmt, err)
+			return false, fmt.Errorf("pinning temp_file_limit (%s): %w", stmt, err)
 		}
 	}
-	return nil
+	return len(stmts) > 0, nil
 }

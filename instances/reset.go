@@ -96,10 +96,10 @@ func (s *Service) resetData(ctx context.Context, in *draupnir.Instance, im *drau
 		}
 	}()
 	// The image's copy of the role has no password the owner knows.
-	if err := s.prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, in.Password); err != nil {
+	if err := s.giveRole(ctx, in, im, in.Password); err != nil {
 		return err
 	}
-	if err := s.store.setState(ctx, in.ID, liveState(in), ""); err != nil {
+	if err := s.store.setDone(ctx, in.ID, liveState(in)); err != nil {
 		return err
 	}
 	s.track(in.ID, proc)

@@ -99,6 +99,12 @@ type Service struct {
 	libMu     sync.Mutex
 	authDelay map[string]bool // PostgreSQL major version → has auth_delay
 
+	// pinless are the images whose data a fresh instance showed to hold
+	// nothing for pinLimits to undo. Images are read-only, so every other
+	// fresh instance of them holds nothing either.
+	pinMu   sync.Mutex
+	pinless map[int64]bool
+
 	base   context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -194,6 +200,7 @@ func newService(opts Options, d deps) (*Service, error) {
 		samples: map[int64]activity{},
 
 		authDelay: map[string]bool{},
+		pinless:   map[int64]bool{},
 		// One pending wake-up is enough: a refill tops up every image.
 		refillWake: make(chan struct{}, 1),
 	}, nil
@@ -282,8 +289,111 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, imageID int6
 // create makes an instance of image imageID for p from scratch and
 // leaves it in state (running, or warm for the pool, owned by nobody),
 // to expire at expires (zero: never).
+//
+// Only what must come first does: the id is reserved, then the image's
+// snapshot is taken while the row (quota, port) is written, and the row
+// says running once postgres runs with the role's password set, in a commit
+// that does not wait for the disk. A crash at any point leaves a row that
+// says creating, or none, and Reconcile removes the rest.
 func (s *Service) create(ctx context.Context, imageID int64, p draupnir.Principal, state draupnir.InstanceState, expires time.Time) (_ *draupnir.Instance, err error) {
 	owner := p.Name
+	password, err := newPassword()
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.store.nextID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	log := s.log.With("instance", id, "image", imageID, "owner", owner)
+	dir := s.dir(id)
+	type snapshot struct {
+		im  *draupnir.ReadyImage
+		err error // nil: dir is a snapshot of im
+	}
+	snapped := make(chan snapshot, 1)
+	go func() {
+		im, err := s.snapshotImage(ctx, imageID, dir)
+		snapped <- snapshot{im, err}
+	}()
+	in, err := s.allocate(ctx, id, imageID, p, draupnir.InstanceRole, password, expires)
+	snap := <-snapped
+	var proc process
+	defer func() {
+		if err == nil {
+			return
+		}
+		log.Warn("instance create failed; undoing it", "err", err)
+		cleanup := context.WithoutCancel(ctx)
+		if proc != nil {
+			s.untrack(id)
+			proc.Stop(cleanup, supervisor.Immediate, 10*time.Second)
+		}
+		if snap.err == nil {
+			if derr := s.deleteSnapshot(dir); derr != nil {
+				log.Error("could not delete the snapshot of a failed create", "err", derr)
+			}
+		}
+		os.RemoveAll(s.sockDir(id))
+		if in != nil {
+			if derr := s.store.delete(cleanup, id); derr != nil {
+				log.Error("could not delete the row of a failed create", "err", derr)
+			}
+		}
+	}()
+	// The image's refusal (missing, not ready) says more than the row's.
+	if snap.err != nil {
+		return nil, snap.err
+	}
+	if err != nil {
+		return nil, err
+	}
+	im := snap.im
+	if err := s.separateWAL(id); err != nil {
+		return nil, err
+	}
+	if err := s.limitDisk(id); err != nil {
+		return nil, err
+	}
+	skip := []int32{}
+	for attempt := 0; ; attempt++ {
+		proc, err = s.start(ctx, id, in.Port)
+		if err == nil || !errors.Is(err, supervisor.ErrPortInUse) || attempt >= 5 {
+			break
+		}
+		log.Warn("port taken by another program; moving to another", "port", in.Port)
+		skip = append(skip, int32(in.Port))
+		s.portMu.Lock()
+		in.Port, err = s.freePort(ctx, id, skip)
+		s.portMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("starting postgres for instance %d: %w", id, err)
+	}
+	if err := s.giveRole(ctx, in, im, password); err != nil {
+		return nil, err
+	}
+	if state == draupnir.InstanceWarm {
+		// Pay the first login's cache loading now rather than in the
+		// owner's first connection.
+		s.warmUp(ctx, s.sockDir(id), in.Port, in.Username, im.Database)
+	}
+	if err := s.store.setDone(ctx, id, state); err != nil {
+		return nil, err
+	}
+	in.State = state
+	in.Database = im.Database
+	s.track(id, proc)
+	log.Info("instance created", "port", in.Port, "state", state)
+	return s.decorate(in), nil
+}
+
+// snapshotImage makes dir a writable snapshot of ready image imageID, if
+// the disk has room for a new instance, and returns the image.
+func (s *Service) snapshotImage(ctx context.Context, imageID int64, dir string) (*draupnir.ReadyImage, error) {
 	im, err := s.opts.Images.Ready(ctx, imageID)
 	if err != nil {
 		return nil, err
@@ -293,84 +403,35 @@ func (s *Service) create(ctx context.Context, imageID int64, p draupnir.Principa
 	if err := diskspace.Ensure(s.opts.Dir); err != nil {
 		return nil, err
 	}
-	password, err := newPassword()
-	if err != nil {
-		return nil, err
-	}
-	in, err := s.allocate(ctx, imageID, p, draupnir.InstanceRole, password, expires)
-	if err != nil {
-		return nil, err
-	}
-	log := s.log.With("instance", in.ID, "image", imageID, "owner", owner)
-	dir := s.dir(in.ID)
-	var proc process
-	defer func() {
-		if err == nil {
-			return
-		}
-		log.Warn("instance create failed; undoing it", "err", err)
-		cleanup := context.WithoutCancel(ctx)
-		if proc != nil {
-			s.untrack(in.ID)
-			proc.Stop(cleanup, supervisor.Immediate, 10*time.Second)
-		}
-		if derr := s.deleteSnapshot(dir); derr != nil {
-			log.Error("could not delete the snapshot of a failed create", "err", derr)
-		}
-		os.RemoveAll(s.sockDir(in.ID))
-		if derr := s.store.delete(cleanup, in.ID); derr != nil {
-			log.Error("could not delete the row of a failed create", "err", derr)
-		}
-	}()
-
 	if err := s.volumes.Snapshot(im.Snapshot, dir, false); err != nil {
 		return nil, draupnir.StorageError(fmt.Errorf("snapshotting image %d: %w", imageID, err))
 	}
-	if err := s.separateWAL(in.ID); err != nil {
-		return nil, err
-	}
-	if err := s.limitDisk(in.ID); err != nil {
-		return nil, err
-	}
-	skip := []int32{}
-	for attempt := 0; ; attempt++ {
-		proc, err = s.start(ctx, in.ID, in.Port)
-		if err == nil || !errors.Is(err, supervisor.ErrPortInUse) || attempt >= 5 {
-			break
-		}
-		log.Warn("port taken by another program; moving to another", "port", in.Port)
-		skip = append(skip, int32(in.Port))
-		s.portMu.Lock()
-		in.Port, err = s.freePort(ctx, in.ID, skip)
-		s.portMu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("starting postgres for instance %d: %w", in.ID, err)
-	}
-	if err := s.prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password); err != nil {
-		return nil, err
-	}
-	if state == draupnir.InstanceWarm {
-		// Pay the first login's cache loading now rather than in the
-		// owner's first connection.
-		s.warmUp(ctx, s.sockDir(in.ID), in.Port, in.Username, im.Database)
-	}
-	if err := s.store.setState(ctx, in.ID, state, ""); err != nil {
-		return nil, err
-	}
-	in.State = state
-	in.Database = im.Database
-	s.track(in.ID, proc)
-	log.Info("instance created", "port", in.Port, "state", state)
-	return s.decorate(in), nil
+	return im, nil
 }
 
-// allocate inserts the instance row of p with a free port, within p's
-// quota.
-func (s *Service) allocate(ctx context.Context, imageID int64, p draupnir.Principal, username, password string, expires time.Time) (*draupnir.Instance, error) {
+// giveRole sets the password of instance in's role in its fresh snapshot
+// of image im, and pins its limits unless an earlier instance of im showed
+// there is nothing to pin: that check costs a create several milliseconds
+// of cold catalog reads, and images finalised now never need it.
+func (s *Service) giveRole(ctx context.Context, in *draupnir.Instance, im *draupnir.ReadyImage, password string) error {
+	s.pinMu.Lock()
+	pin := !s.pinless[im.ID]
+	s.pinMu.Unlock()
+	pinned, err := s.prepareRole(ctx, s.sockDir(in.ID), in.Port, im.Superuser, im.Database, in.Username, password, pin)
+	if err != nil {
+		return err
+	}
+	if pin && !pinned {
+		s.pinMu.Lock()
+		s.pinless[im.ID] = true
+		s.pinMu.Unlock()
+	}
+	return nil
+}
+
+// allocate inserts the row of instance id, of p, with a free port, within
+// p's quota.
+func (s *Service) allocate(ctx context.Context, id, imageID int64, p draupnir.Principal, username, password string, expires time.Time) (*draupnir.Instance, error) {
 	// portMu also makes the count and the insert one step, so that
 	// concurrent creates cannot all pass the quota.
 	s.portMu.Lock()
@@ -378,7 +439,7 @@ func (s *Service) allocate(ctx context.Context, imageID int64, p draupnir.Princi
 	if err := s.checkQuota(ctx, p); err != nil {
 		return nil, err
 	}
-	in, err := s.store.insert(ctx, imageID, p.Name, username, password, s.opts.MinPort, s.opts.MaxPort, []int32{}, expires)
+	in, err := s.store.insert(ctx, id, imageID, p.Name, username, password, s.opts.MinPort, s.opts.MaxPort, []int32{}, expires)
 	if err != nil {
 		return nil, err
 	}
@@ -442,29 +503,31 @@ func (s *Service) start(ctx context.Context, id int64, port int) (process, error
 }
 
 // prepareRole gives the instance role its password, as a SCRAM verifier,
-// and undoes what the source planted against the instance's limits. The
-// password is committed synchronously: the instance runs with
-// synchronous_commit off, and a password lost in a crash would lock the
-// owner out.
-func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, role, password string) error {
+// and, with pin, undoes what the source planted against the instance's
+// limits, reporting whether there was any. The password is committed
+// synchronously: the instance runs with synchronous_commit off, and a
+// password lost in a crash would lock the owner out.
+func prepareRole(ctx context.Context, sockDir string, port int, superuser, db, role, password string, pin bool) (pinned bool, err error) {
 	verifier, err := scramVerifier(password)
 	if err != nil {
-		return err
+		return false, err
 	}
 	conn, err := superuserConn(ctx, sockDir, port, superuser, db)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := pinLimits(ctx, conn); err != nil {
-		return err
+	if pin {
+		if pinned, err = pinLimits(ctx, conn); err != nil {
+			return false, err
+		}
 	}
 	// The verifier holds only base64 characters, '$' and ':'.
 	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", pgx.Identifier{role}.Sanitize(), verifier),
 		pgx.QueryExecModeSimpleProtocol); err != nil {
-		return fmt.Errorf("setting the instance role's password: %w", err)
+		return false, fmt.Errorf("setting the instance role's password: %w", err)
 	}
-	return nil
+	return pinned, nil
 }
 
 // superuserConn connects to an instance as its superuser over its private

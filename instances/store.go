@@ -90,20 +90,30 @@ func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupn
 	return out, rows.Err()
 }
 
-// insert creates an instance row on the lowest port of [min, max] that no
-// other instance holds and that is not in skip. It returns nil, nil when no
-// port is free.
-func (s pgStore) insert(ctx context.Context, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
+// nextID reserves the id of a new instance. Nothing is committed: the
+// sequence moves on whatever happens to the id.
+func (s pgStore) nextID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := s.pool.QueryRow(ctx, `SELECT nextval(pg_get_serial_sequence('instances', 'id'))`).Scan(&id); err != nil {
+		return 0, fmt.Errorf("reserving an instance id: %w", err)
+	}
+	return id, nil
+}
+
+// insert creates the row of instance id on the lowest port of [min, max]
+// that no other instance holds and that is not in skip. It returns nil, nil
+// when no port is free.
+func (s pgStore) insert(ctx context.Context, id, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
 	// One round trip: instance create is on the hot path.
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
-			INSERT INTO instances (image_id, owner, port, username, password, expires_at)
-			SELECT $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p
+			INSERT INTO instances (id, image_id, owner, port, username, password, expires_at)
+			SELECT $9, $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p
 			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
 			ORDER BY p LIMIT 1
 			ON CONFLICT (node, port) DO NOTHING
 			RETURNING *)
 		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
-		imageID, owner, username, password, min, max, skip, nullTime(expires)))
+		imageID, owner, username, password, min, max, skip, nullTime(expires), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -173,6 +183,22 @@ func (s pgStore) poolSizes(ctx context.Context) (map[int64]int, error) {
 func (s pgStore) setState(ctx context.Context, id int64, state draupnir.InstanceState, reason string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE instances SET state = $2, error = $3, updated_at = now() WHERE id = $1`,
 		id, string(state), reason)
+	if err != nil {
+		return fmt.Errorf("recording instance %d as %s: %w", id, state, err)
+	}
+	return nil
+}
+
+// setDone records instance id, whose create or reset has just finished, as
+// in state. The commit does not wait for the state database's WAL to reach
+// the disk: that flush, right after the snapshot made btrfs commit a
+// transaction, cost ~10 ms. Only a crash of the state database (or its
+// host) within a fraction of a second can lose the change, and then the
+// row still says creating or resetting, and Reconcile destroys the
+// instance or redoes its reset: never half made.
+func (s pgStore) setDone(ctx context.Context, id int64, state draupnir.InstanceState) error {
+	_, err := s.pool.Exec(ctx, `WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+		UPDATE instances SET state = $2, error = '', updated_at = now() FROM lazy WHERE id = $1`, id, string(state))
 	if err != nil {
 		return fmt.Errorf("recording instance %d as %s: %w", id, state, err)
 	}
