@@ -727,3 +727,231 @@ func writeFile(t testing.TB, path string, r io.Reader) {
 		t.Fatal(err)
 	}
 }
+
+// TestKillDuringLifetimeOps kills -9 the server in the middle of a reset, of
+// a save and of creates with a lifetime, at points held open by stopping a
+// postgres (SIGSTOP) the operation waits for, and checks that the next
+// server's reconcile leaves nothing half-done: the instance runs on its
+// port with its password and either its old data or the image's, never a
+// mix; a half-saved image is gone; no subvolume, row or process is left
+// over.
+func TestKillDuringLifetimeOps(t *testing.T) {
+	s := startServer(t, "")
+	logOnFailure(t, s)
+	src := newSource(t)
+	b := src.BaseBackup(t, "-X", "fetch")
+	im := s.readyImage(t, anonymise, filepath.Join(b, "base.tar"))
+	ctx := context.Background()
+	user := s.user().Instances()
+	in, err := user.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{TTL: 8 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(s.layout().Instances(), strconv.FormatInt(in.ID, 10))
+	// written changes the instance's data; resetData tells it apart from
+	// the image's.
+	written := func(t *testing.T) {
+		t.Helper()
+		mustPSQL(t, in, "DELETE FROM customers WHERE id <= 10; CREATE TABLE IF NOT EXISTS notes AS SELECT 'mine' AS n")
+	}
+	resetData := func(t *testing.T) bool {
+		t.Helper()
+		switch got := mustPSQL(t, in, "SELECT count(*), to_regclass('notes') IS NULL FROM customers"); got {
+		case "1000|t":
+			return true
+		case "990|f":
+			return false
+		default:
+			t.Fatalf("instance %d holds neither its own data nor the image's: %q", in.ID, got)
+			return false
+		}
+	}
+	// same checks that the instance kept everything but its data.
+	same := func(t *testing.T) {
+		t.Helper()
+		got, err := user.Get(ctx, draupnir.Principal{}, in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.State != draupnir.InstanceRunning || got.Port != in.Port || got.Password != in.Password ||
+			got.ImageID != im.ID || !got.ExpiresAt.Equal(in.ExpiresAt) {
+			t.Errorf("after the restart instance %d is %+v; it was %+v", in.ID, got, in)
+		}
+	}
+	// crash kills the server, lets the processes it held go on, and starts
+	// a new server.
+	crash := func(t *testing.T, held []int, done <-chan error) {
+		t.Helper()
+		s.stop(syscall.SIGKILL)
+		<-done // the request fails with the server
+		for _, pid := range held {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+		s.start()
+		checkConsistent(t, s)
+	}
+	// hold stops (SIGSTOP) every process under dir once one shows up that
+	// is not in old (nor a backend of the instance in), and returns them.
+	hold := func(t *testing.T, under string, old map[int]proc) []int {
+		t.Helper()
+		var held []int
+		waitFor(t, 60*time.Second, "a new postgres under "+under, func() bool {
+			for pid, p := range procsUnder(under) {
+				if _, ok := old[pid]; !ok && (under == dir || !strings.HasPrefix(p.cwd+"/", dir+"/")) {
+					syscall.Kill(pid, syscall.SIGSTOP)
+					held = append(held, pid)
+				}
+			}
+			return len(held) > 0
+		})
+		return held
+	}
+
+	t.Run("reset, before the old postgres stops", func(t *testing.T) {
+		written(t)
+		pm := pidOfPostmaster(t, dir)
+		syscall.Kill(pm, syscall.SIGSTOP)
+		done := make(chan error, 1)
+		go func() { _, err := user.Reset(ctx, draupnir.Principal{}, in.ID, 0); done <- err }()
+		waitFor(t, 30*time.Second, "the reset to begin", func() bool {
+			got, err := user.Get(ctx, draupnir.Principal{}, in.ID)
+			return err == nil && got.State == draupnir.InstanceResetting
+		})
+		crash(t, []int{pm}, done)
+		same(t)
+		if !resetData(t) {
+			t.Error("the interrupted reset was not finished: the instance holds its old data")
+		}
+	})
+
+	t.Run("reset, while the new postgres starts", func(t *testing.T) {
+		written(t)
+		old := procsUnder(dir)
+		done := make(chan error, 1)
+		go func() { _, err := user.Reset(ctx, draupnir.Principal{}, in.ID, 0); done <- err }()
+		held := hold(t, dir, old)
+		crash(t, held, done)
+		same(t)
+		if !resetData(t) {
+			t.Error("the interrupted reset was not finished: the instance holds its old data")
+		}
+	})
+
+	// images lists the images by id; settled, it also checks that nothing
+	// else is among the image snapshots (no work directory either).
+	images := func(t *testing.T, settled bool) map[int64]*draupnir.Image {
+		t.Helper()
+		list, err := s.upload().Images().List(ctx, draupnir.Principal{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[int64]*draupnir.Image{}
+		for _, m := range list {
+			ids[m.ID] = m
+		}
+		ents, _ := os.ReadDir(s.layout().Snapshots())
+		for _, e := range ents {
+			if !settled {
+				break
+			}
+			id, err := strconv.ParseInt(e.Name(), 10, 64)
+			if err != nil || ids[id] == nil {
+				t.Errorf("image_snapshots/%s belongs to no image", e.Name())
+			}
+		}
+		return ids
+	}
+	// saved returns the image saved from the instance, if any.
+	saved := func(list map[int64]*draupnir.Image) *draupnir.Image {
+		for _, m := range list {
+			if m.FromInstanceID == in.ID {
+				return m
+			}
+		}
+		return nil
+	}
+	for _, tt := range []struct {
+		name string
+		// pause holds the save at its point and returns what it stopped.
+		pause func(t *testing.T, done <-chan error) []int
+	}{
+		{"save, at the instance's checkpoint", func(t *testing.T, done <-chan error) []int {
+			// started by the caller with the instance's postmaster stopped
+			waitFor(t, 30*time.Second, "the save to register its image", func() bool {
+				return saved(images(t, false)) != nil
+			})
+			return nil
+		}},
+		{"save, while the copy boots to shut down cleanly", func(t *testing.T, done <-chan error) []int {
+			var work string
+			waitFor(t, 30*time.Second, "the save to register its image", func() bool {
+				if m := saved(images(t, false)); m != nil {
+					work = filepath.Join(s.layout().Snapshots(), strconv.FormatInt(m.ID, 10)+".work")
+					return true
+				}
+				return false
+			})
+			return hold(t, work, nil)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			written(t)
+			var held []int
+			if strings.Contains(tt.name, "checkpoint") {
+				pm := pidOfPostmaster(t, dir)
+				syscall.Kill(pm, syscall.SIGSTOP)
+				held = append(held, pm)
+			}
+			done := make(chan error, 1)
+			go func() { _, err := user.Save(ctx, draupnir.Principal{}, in.ID); done <- err }()
+			held = append(held, tt.pause(t, done)...)
+			crash(t, held, done)
+			same(t)
+			if resetData(t) {
+				t.Error("an interrupted save changed the instance's data")
+			}
+			if m := saved(images(t, true)); m != nil {
+				t.Errorf("the interrupted save left image %d (%s)", m.ID, m.State)
+			}
+			if pids := postgresUnder(s.layout().Snapshots()); len(pids) > 0 {
+				t.Errorf("postgres processes left under the image snapshots: %v", pids)
+			}
+			// And a save now works.
+			m, err := user.Save(ctx, draupnir.Principal{}, in.ID)
+			if err != nil || !m.Ready() {
+				t.Fatalf("saving after the crash: %v %+v", err, m)
+			}
+			if err := s.user().Images().Destroy(ctx, draupnir.Principal{}, m.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+
+	t.Run("creates with a lifetime", func(t *testing.T) {
+		// Held at their start: every new postgres under instances/ stops.
+		old := procsUnder(s.layout().Instances())
+		const creates = 3
+		done := make(chan error, creates)
+		for range creates {
+			go func() {
+				_, err := user.Create(ctx, draupnir.Principal{}, im.ID, draupnir.CreateOptions{TTL: time.Hour})
+				done <- err
+			}()
+		}
+		held := hold(t, s.layout().Instances(), old)
+		s.stop(syscall.SIGKILL)
+		for range creates {
+			<-done
+		}
+		for _, pid := range held {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+		s.start()
+		for _, got := range checkConsistent(t, s) {
+			if got.ID != in.ID && (got.ExpiresAt.IsZero() || time.Until(got.ExpiresAt) > time.Hour) {
+				t.Errorf("instance %d survived its interrupted create without its lifetime: expires at %v", got.ID, got.ExpiresAt)
+			}
+		}
+		same(t)
+	})
+}
