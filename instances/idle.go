@@ -15,6 +15,7 @@ import (
 // transactions finished since its statistics began.
 type activity struct {
 	at    time.Time // the instance's clock when sampled
+	taken time.Time // the service's clock when sampled
 	conns []backend
 	xacts int64 // xact_commit + xact_rollback over every database
 }
@@ -81,8 +82,21 @@ func used(a activity, prev *activity, idleConn time.Duration) bool {
 	return a.xacts < prev.xacts || a.xacts-prev.xacts > probeXacts
 }
 
-// watchIdle samples every running instance in list and records as last
-// active those in use. Instances it cannot sample keep their last_active_at.
+// idleProbes is how many times an instance is sampled within the idle
+// timeout, at most once a sweep. Each sample forks a backend in the
+// instance: with hundreds of instances, sampling all of them every sweep
+// would cost a measurable share of a core (docs/performance.md). An
+// instance is never destroyed early for it, at most a tenth of the timeout
+// late: use is recorded at the sample that sees it.
+const idleProbes = 10
+
+// probeEvery is how often watchIdle samples an instance.
+func (s *Service) probeEvery() time.Duration {
+	return max(s.opts.SweepInterval, s.opts.IdleTimeout/idleProbes)
+}
+
+// watchIdle samples the running instances in list not sampled within
+// probeEvery, and records as last active those in use. Instances it cannot sample keep their last_active_at.
 func (s *Service) watchIdle(ctx context.Context, list []*draupnir.Instance, now time.Time) {
 	seen := map[int64]bool{}
 	superusers := map[int64]string{}
@@ -102,6 +116,11 @@ func (s *Service) watchIdle(ctx context.Context, list []*draupnir.Instance, now 
 		if su == "" {
 			continue
 		}
+		// Half a sweep's slack: sweeps come at whole intervals, a little
+		// late or early.
+		if prev, ok := s.samples[in.ID]; ok && now.Sub(prev.taken) < s.probeEvery()-s.opts.SweepInterval/2 {
+			continue
+		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		a, err := s.probe(pctx, s.sockDir(in.ID), in.Port, su, in.Database)
 		cancel()
@@ -109,6 +128,7 @@ func (s *Service) watchIdle(ctx context.Context, list []*draupnir.Instance, now 
 			s.log.Warn("could not sample an instance's activity; it keeps its last_active_at", "instance", in.ID, "err", err)
 			continue
 		}
+		a.taken = now
 		prev, ok := s.samples[in.ID]
 		s.samples[in.ID] = a
 		var p *activity

@@ -326,6 +326,7 @@ func TestSweepIdle(t *testing.T) {
 	e.s.opts.IdleTimeout = time.Minute
 	set(minPort+2, 15) // the owner ran transactions
 	set(minPort+1, 12) // only our probe
+	now = now.Add(e.s.probeEvery())
 	e.s.sweep(ctx, now)
 	for id, wantGone := range map[int64]bool{1: true, 2: false, 3: false, 4: false, 5: false} {
 		if gone := e.store.row(id) == nil; gone != wantGone {
@@ -414,5 +415,52 @@ func TestImageDestroyTombstones(t *testing.T) {
 	}
 	if r := e.store.row(claimed.ID); r == nil || r.State != draupnir.InstanceDestroying {
 		t.Errorf("the instance another destroy claimed: %+v, want left to it", r)
+	}
+}
+
+// TestSweepIdleProbesSparingly: an instance is sampled at most every tenth
+// of the idle timeout (and at most once a sweep), not at every sweep: each
+// sample forks a backend in it. Use seen at a sample still counts, and an
+// idle instance still goes once the timeout has passed since its last use.
+func TestSweepIdleProbesSparingly(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.IdleTimeout = 100 * time.Second
+		o.SweepInterval = time.Second
+	})
+	var probes int
+	probe := e.s.probe
+	e.s.probe = func(ctx context.Context, sockDir string, port int, superuser, db string) (activity, error) {
+		probes++
+		return probe(ctx, sockDir, port, superuser, db)
+	}
+	ctx := context.Background()
+	start := time.Now()
+	e.store.add(draupnir.Instance{ID: 1, ImageID: testImage, Owner: alice.Name, Port: minPort, State: draupnir.InstanceRunning, LastActiveAt: start})
+	e.use[minPort] = activity{at: start, xacts: 10}
+	for i := 0; i < 30; i++ { // 30 sweeps, a second apart
+		e.s.sweep(ctx, start.Add(time.Duration(i)*time.Second))
+	}
+	if probes != 3 || e.s.probeEvery() != 10*time.Second {
+		t.Errorf("%d samples in 30 sweeps a second apart, every %s; want 3, every 10s", probes, e.s.probeEvery())
+	}
+	// The owner ran transactions: the next sample sees them.
+	e.mu.Lock()
+	e.use[minPort] = activity{at: start, xacts: 50}
+	e.mu.Unlock()
+	used := start.Add(40 * time.Second)
+	e.s.sweep(ctx, used)
+	if r := e.store.row(1); r == nil || !r.LastActiveAt.Equal(used) {
+		t.Fatalf("after use: %+v, want last active at %v", r, used)
+	}
+	// Then nothing: it goes a timeout after that sample, not before.
+	for at := used; at.Before(used.Add(100 * time.Second)); at = at.Add(time.Second) {
+		e.s.sweep(ctx, at)
+		if e.store.row(1) == nil {
+			t.Fatalf("destroyed %s after its last use, before the idle timeout", at.Sub(used))
+		}
+	}
+	e.s.sweep(ctx, used.Add(100*time.Second))
+	if e.store.row(1) != nil {
+		t.Error("still there a timeout after its last use")
 	}
 }
