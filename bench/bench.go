@@ -50,6 +50,10 @@ type Config struct {
 	DiskBytes int64 `json:"disk_bytes"`
 	// WarmPool is instances.warm_pool for the warm-pool series; 0 skips it.
 	WarmPool int `json:"warm_pool"`
+	// SweeperInstances is how many idle instances the sweeper's cost is
+	// measured with, over SweeperWindow.
+	SweeperInstances int           `json:"sweeper_instances"`
+	SweeperWindow    time.Duration `json:"sweeper_window_ns"`
 	// Only, if not empty, names the steps to run (the image is always
 	// made), for trying one step without the whole run.
 	Only []string `json:"only,omitempty"`
@@ -66,6 +70,9 @@ func Defaults() Config {
 		ListSamples:    50,
 		PortBase:       41000,
 		WarmPool:       2,
+
+		SweeperInstances: 20,
+		SweeperWindow:    20 * time.Second,
 	}
 }
 
@@ -82,8 +89,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("samples must be at least 2, got %d", c.Samples)
 	case c.CompareSamples < 1:
 		return fmt.Errorf("compare samples must be at least 1, got %d", c.CompareSamples)
-	case c.Idle < 1 || c.Concurrent < 1:
-		return fmt.Errorf("idle and concurrent must be at least 1")
+	case c.Idle < 1 || c.Concurrent < 1 || c.SweeperInstances < 1:
+		return fmt.Errorf("idle, concurrent and sweeper instances must be at least 1")
+	case c.SweeperWindow < time.Second:
+		return fmt.Errorf("the sweeper window must be at least 1s, got %s", c.SweeperWindow)
 	case c.ListSamples < 1:
 		return fmt.Errorf("list samples must be at least 1, got %d", c.ListSamples)
 	case c.PortBase < 1024 || c.PortBase+c.portSpan() > 65535:
@@ -93,7 +102,7 @@ func (c Config) Validate() error {
 }
 
 // portSpan is the width of the instance port range.
-func (c Config) portSpan() int { return max(c.Idle, c.Concurrent) + 50 }
+func (c Config) portSpan() int { return max(c.Idle, c.Concurrent, c.SweeperInstances) + 50 }
 
 // Status is the verdict on one figure.
 type Status string
@@ -318,6 +327,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"alternatives", e.alternatives},
 		{"concurrent creates", e.concurrent},
 		{"idle instances", e.idle},
+		{"sweeper", e.sweeperCost},
 		{"finalise alone", e.finaliseBaseline},
 		{"anonymising finalise", e.anonymisingFinalise},
 		{"uploads", e.uploads},

@@ -199,3 +199,18 @@ not json
 		t.Errorf("requestDurations = %v, want %v", got, want)
 	}
 }
+
+func TestParseCPUTime(t *testing.T) {
+	// A command name with a space and a parenthesis, as postgres's titles
+	// may hold; utime 10, stime 5, cutime 300, cstime 40 ticks.
+	stat := []byte("4242 (postgres: a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 10 5 300 40 20 0 1 0 100 0 0")
+	got, err := parseCPUTime(stat)
+	if err != nil || got != 355*clockTick {
+		t.Errorf("parseCPUTime = %v, %v; want %v", got, err, 355*clockTick)
+	}
+	for _, bad := range []string{"", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 x 5 6 7"} {
+		if _, err := parseCPUTime([]byte(bad)); err == nil {
+			t.Errorf("parseCPUTime(%q) did not fail", bad)
+		}
+	}
+}

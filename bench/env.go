@@ -321,8 +321,12 @@ func startServer(ctx context.Context, e *env, undo *cleanups) (*server, error) {
 		secret:  "bench-" + randomHex(16),
 		logPath: filepath.Join(e.work, "draupnir.log"),
 	}
-	e.runPath = "/run/draupnir-bench-" + randomHex(4)
-	undo.push(func(context.Context) error { return os.RemoveAll(e.runPath) })
+	// A restart keeps the run path: instances adopted from the last server
+	// keep running as they are (their sockets and access rules live there).
+	if e.runPath == "" {
+		e.runPath = "/run/draupnir-bench-" + randomHex(4)
+		undo.push(func(context.Context) error { return os.RemoveAll(e.runPath) })
+	}
 	conf := fmt.Sprintf(`data_path = %q
 run_path = %q
 environment = "test"

@@ -98,12 +98,32 @@ func writeSomething(ctx context.Context, in *draupnir.Instance) error {
 // saveImage measures POST /instances/:id/save → new image ready, of an
 // instance of the main image that has just been written to, and the
 // longest a client of that instance, querying all along, waited for an
-// answer meanwhile: the save must not stop it for more than a moment.
+// answer meanwhile, and the longest a new connection took: the save must
+// not stop it for more than a moment.
 func (e *env) saveImage(ctx context.Context) error {
 	if err := e.quiesce(ctx); err != nil {
 		return err
 	}
-	in, _, _, err := e.createAndQuery(ctx, e.image)
+	if err := e.saveSeries(ctx, e.image, "", min(e.cfg.Samples, 5)); err != nil {
+		return err
+	}
+	save := Summarize(e.rep.Samples["save_ready_ms"])
+	wait := Summarize(e.rep.Samples["save_longest_query_wait_ms"])
+	conn := Summarize(e.rep.Samples["save_longest_connect_ms"])
+	e.rep.add(Figure{
+		Name:     fmt.Sprintf("POST /instances/:id/save → new image ready, scale %d image, n=%d", e.cfg.Scale, save.N),
+		Goal:     "≤ 2 s at 1 GiB (-gib), independent of size",
+		Measured: fmt.Sprintf("p50 %s, max %s; meanwhile a client's SELECT 1 every 5 ms on an open connection waited at most %s, a new connection + SELECT 1 took at most %s", fmtMS(save.P50), fmtMS(save.Max), fmtMS(wait.Max), fmtMS(conn.Max)),
+		Status:   verdict(save.Max <= 2000),
+	})
+	return nil
+}
+
+// saveSeries saves an instance of image n times (after one unrecorded
+// save), each after a write, recording under keys prefixed with prefix how
+// long each took and the longest query wait and new connection meanwhile.
+func (e *env) saveSeries(ctx context.Context, image int64, prefix string, n int) error {
+	in, _, _, err := e.createAndQuery(ctx, image)
 	if err != nil {
 		return err
 	}
@@ -117,19 +137,19 @@ func (e *env) saveImage(ctx context.Context) error {
 		return fmt.Errorf("connecting to instance %d: %w", in.ID, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	n := min(e.cfg.Samples, 5)
 	for i := -1; i < n; i++ {
 		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS bench_saved AS SELECT 1 AS n; INSERT INTO bench_saved VALUES (1)"); err != nil {
 			return fmt.Errorf("writing to instance %d: %w", in.ID, err)
 		}
 		stop := make(chan struct{})
-		gap := make(chan time.Duration, 1)
+		gap, connect := make(chan time.Duration, 1), make(chan time.Duration, 1)
 		go func() { gap <- longestWait(ctx, conn, stop) }()
+		go func() { connect <- longestConnect(ctx, cfg, stop) }()
 		t0 := time.Now()
 		im, err := e.user.Instances().Save(ctx, draupnir.Principal{}, in.ID)
 		took := time.Since(t0)
 		close(stop)
-		worst := <-gap
+		worst, worstConn := <-gap, <-connect
 		if err != nil {
 			return fmt.Errorf("saving instance %d: %w", in.ID, err)
 		}
@@ -137,19 +157,30 @@ func (e *env) saveImage(ctx context.Context) error {
 			return fmt.Errorf("destroying saved image %d: %w", im.ID, err)
 		}
 		if i >= 0 {
-			e.rep.sample("save_ready_ms", took)
-			e.rep.sample("save_longest_query_wait_ms", worst)
+			e.rep.sample(prefix+"save_ready_ms", took)
+			e.rep.sample(prefix+"save_longest_query_wait_ms", worst)
+			e.rep.sample(prefix+"save_longest_connect_ms", worstConn)
 		}
 	}
-	save := Summarize(e.rep.Samples["save_ready_ms"])
-	wait := Summarize(e.rep.Samples["save_longest_query_wait_ms"])
-	e.rep.add(Figure{
-		Name:     fmt.Sprintf("POST /instances/:id/save → new image ready, scale %d image, n=%d", e.cfg.Scale, save.N),
-		Goal:     "≤ 2 s at 1 GiB (-gib), independent of size",
-		Measured: fmt.Sprintf("p50 %s, max %s; a client querying the instance meanwhile waited at most %s", fmtMS(save.P50), fmtMS(save.Max), fmtMS(wait.Max)),
-		Status:   verdict(save.Max <= 2000),
-	})
 	return nil
+}
+
+// longestConnect connects anew and runs SELECT 1, every 20 ms, until stop
+// is closed, and returns the longest one took (a failed one counts until
+// it failed).
+func longestConnect(ctx context.Context, cfg *pgx.ConnConfig, stop <-chan struct{}) time.Duration {
+	var worst time.Duration
+	for {
+		select {
+		case <-stop:
+			return worst
+		default:
+		}
+		t0 := time.Now()
+		firstQuery(ctx, cfg)
+		worst = max(worst, time.Since(t0))
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // longestWait runs SELECT 1 on conn over and over until stop is closed and

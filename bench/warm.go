@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/draupnir-db/draupnir"
-	"github.com/draupnir-db/draupnir/client"
 )
 
 // warmPool measures create → first query with instances.warm_pool on, the
@@ -20,17 +19,11 @@ func (e *env) warmPool(ctx context.Context) error {
 		e.rep.add(Figure{Name: "POST /instances → first query with the warm pool", Goal: "p50 ≤ 15 ms", Measured: "skipped (-warm-pool 0)", Status: NotMeasured})
 		return nil
 	}
-	if err := e.srv.stop(ctx); err != nil {
-		return err
-	}
 	e.serverEnv = []string{"DRAUPNIR_INSTANCES_WARM_POOL=" + strconv.Itoa(e.cfg.WarmPool)}
-	srv, err := startServer(ctx, e, e.undo)
-	if err != nil {
-		return fmt.Errorf("restarting the server with a warm pool: %w", err)
+	if err := e.restart(ctx); err != nil {
+		return fmt.Errorf("with a warm pool: %w", err)
 	}
-	e.srv = srv
-	e.upload = client.New(srv.url, srv.secret)
-	e.user = client.New(srv.url, userToken)
+	srv := e.srv
 
 	// Instances on disk = the ones handed out + the pool.
 	onDisk := func() int {

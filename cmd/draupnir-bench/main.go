@@ -36,6 +36,8 @@ func run() int {
 	flag.IntVar(&cfg.CompareSamples, "compare-samples", cfg.CompareSamples, "timed CREATE DATABASE … TEMPLATE and dump/restore runs of each kind")
 	flag.IntVar(&cfg.Idle, "idle", cfg.Idle, "idle instances held at once (the goal is stated for 100)")
 	flag.IntVar(&cfg.Concurrent, "concurrent", cfg.Concurrent, "creates started at once")
+	flag.IntVar(&cfg.SweeperInstances, "sweeper", cfg.SweeperInstances, "idle instances the sweeper's CPU cost is measured with (the goal is stated for 200)")
+	flag.DurationVar(&cfg.SweeperWindow, "sweeper-window", cfg.SweeperWindow, "how long the sweeper's CPU is measured, on and off (the goal says a minute)")
 	flag.IntVar(&cfg.ListSamples, "list-samples", cfg.ListSamples, "timed GET /instances")
 	flag.IntVar(&cfg.PortBase, "port-base", cfg.PortBase, "first instance port")
 	disk := flag.String("disk", "", "size of the loop btrfs, e.g. 20G (default: from the scales)")
