@@ -100,14 +100,21 @@ func (s pgStore) nextID(ctx context.Context) (int64, error) {
 	return id, nil
 }
 
-// insert creates the row of instance id on the lowest port of [min, max]
-// that no other instance holds and that is not in skip. It returns nil, nil
-// when no port is free.
+// insert creates the row of instance id, in state creating, on the lowest
+// port of [min, max] that no other instance holds and that is not in skip.
+// It returns nil, nil when no port is free.
+//
+// Like setDone, its commit does not wait for the disk (it runs while the
+// snapshot makes btrfs commit a transaction, which an fsync would wait
+// for): a row that a crash of the state database loses leaves a subvolume
+// and maybe a postgres that no row owns, which Reconcile removes. What
+// keeps ports and quotas apart is visible at once all the same.
 func (s pgStore) insert(ctx context.Context, id, imageID int64, owner, username, password string, min, max int, skip []int32, expires time.Time) (*draupnir.Instance, error) {
 	// One round trip: instance create is on the hot path.
-	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
+	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)),
+		i AS (
 			INSERT INTO instances (id, image_id, owner, port, username, password, expires_at)
-			SELECT $9, $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p
+			SELECT $9, $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p, lazy
 			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
 			ORDER BY p LIMIT 1
 			ON CONFLICT (node, port) DO NOTHING
