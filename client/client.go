@@ -105,9 +105,18 @@ func (s Images) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draup
 
 // Create registers a new image of a backup taken at backedUpAt, to be
 // anonymised with script when it is finalised.
-func (s Images) Create(ctx context.Context, _ draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (s Images) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return s.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+// CreateInSeries is Create for an image of source's series ("" for none).
+func (s Images) CreateInSeries(ctx context.Context, _ draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	at := wire.RequestTime(backedUpAt)
-	body := wire.NewRequest(wire.TypeImages, 0, wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script})
+	attrs := wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script}
+	if source != "" {
+		attrs.Source = &source
+	}
+	body := wire.NewRequest(wire.TypeImages, 0, attrs)
 	return s.c.image(ctx, http.MethodPost, "/images", body, http.StatusCreated)
 }
 

@@ -1,0 +1,16 @@
+-- Image series from live sources ([[sources]] in the config).
+
+-- The series an image belongs to: the source it was refreshed from, or the
+-- series an upload named; '' for none.
+ALTER TABLE images ADD COLUMN source text NOT NULL DEFAULT '';
+CREATE INDEX images_source ON images (source) WHERE source <> '';
+
+-- What outlives a restart of the server about each source's refreshes. A
+-- refresh under way names its image, so that the next start can fail an
+-- image that a killed server left half-made, and say why.
+CREATE TABLE sources (
+    name                text        PRIMARY KEY,
+    refreshing_image_id bigint      REFERENCES images (id) ON DELETE SET NULL,
+    last_refresh_at     timestamptz,
+    last_error          text        NOT NULL DEFAULT ''
+);
