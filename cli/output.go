@@ -37,9 +37,9 @@ func (a *app) printImages(imgs []*draupnir.Image) error {
 		return err
 	}
 	tw := table(a.stdout)
-	fmt.Fprintln(tw, "ID\tSTATE\tBACKED UP AT\tCREATED AT\tSIZE\tPOSTGRES")
+	fmt.Fprintln(tw, "ID\tSTATE\tSOURCE\tBACKED UP AT\tCREATED AT\tSIZE\tPOSTGRES")
 	for _, img := range imgs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", img.ID, img.State, timeStr(img.BackedUpAt),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", img.ID, img.State, dash(img.Source), timeStr(img.BackedUpAt),
 			timeStr(img.CreatedAt), sizeStr(img.SizeBytes), dash(img.PostgresVersion))
 	}
 	return tw.Flush()
@@ -52,6 +52,9 @@ func (a *app) printImage(img *draupnir.Image) error {
 	tw := table(a.stdout)
 	fmt.Fprintf(tw, "ID:\t%d\n", img.ID)
 	fmt.Fprintf(tw, "State:\t%s\n", img.State)
+	if img.Source != "" {
+		fmt.Fprintf(tw, "Source:\t%s\n", img.Source)
+	}
 	if img.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", oneLine(img.Error))
 	}

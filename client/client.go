@@ -75,6 +75,9 @@ func (c *Client) Images() Images { return Images{c} }
 // Instances returns the instance service of the server, over HTTP.
 func (c *Client) Instances() Instances { return Instances{c} }
 
+// Sources returns the server's source service.
+func (c *Client) Sources() Sources { return Sources{c} }
+
 var (
 	_ draupnir.ImageService    = Images{}
 	_ draupnir.InstanceService = Instances{}

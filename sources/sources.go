@@ -198,7 +198,7 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.S
 	}
 	out := make([]*draupnir.Source, 0, len(s.order))
 	for _, name := range s.order {
-		out = append(out, s.describe(s.srcs[name], ims, states[name]))
+		out = append(out, s.describe(p, s.srcs[name], ims, states[name]))
 	}
 	return out, nil
 }
@@ -217,13 +217,25 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, name string) (*
 	if err != nil {
 		return nil, err
 	}
-	return s.describe(src, ims, states[name]), nil
+	return s.describe(p, src, ims, states[name]), nil
 }
 
-func (s *Service) describe(src *source, ims []*draupnir.Image, st stored) *draupnir.Source {
+// FailedForOthers is the last error of a source as principals other than
+// the upload principal read it: a failed script's error can quote the
+// source's data.
+const FailedForOthers = "the last refresh failed; the upload principal can see why"
+
+// describe renders src for p. Only the upload principal reads where the
+// source is (its conninfo, without the password) and why a refresh failed.
+func (s *Service) describe(p draupnir.Principal, src *source, ims []*draupnir.Image, st stored) *draupnir.Source {
 	c := src.cfg
 	out := &draupnir.Source{Name: c.Name, Mode: draupnir.SourceMode(c.Mode), Schedule: c.Schedule, Keep: c.Keep,
-		Conninfo: RedactConninfo(c.Conninfo), LastRefreshAt: st.lastRefreshAt, LastError: st.lastError}
+		LastRefreshAt: st.lastRefreshAt, LastError: st.lastError}
+	if p.Upload {
+		out.Conninfo = RedactConninfo(c.Conninfo)
+	} else if out.LastError != "" {
+		out.LastError = FailedForOthers
+	}
 	for _, im := range ims {
 		if im.Source == c.Name && im.Ready() {
 			out.ImageIDs = append(out.ImageIDs, im.ID)
