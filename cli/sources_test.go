@@ -79,7 +79,7 @@ func TestSourceCommands(t *testing.T) {
 		{name: "new of a source without images", args: []string{"new", "cdc"}, code: 1, stderr: `source "cdc" has no ready image`},
 		{name: "new bad source", args: []string{"new", "App!"}, code: 2, stderr: "is not a source name", wantCalls: "-"},
 		{name: "new two sources", args: []string{"new", "app", "cdc"}, code: 2, stderr: "at most 1 argument"},
-		{name: "images list shows the source", args: []string{"images", "list"}, stdout: []string{"SOURCE", "BACKED UP AT", "-", "app"}},
+		{name: "images list shows the source", args: []string{"images", "list"}, stdout: []string{"POSTGRES", "SOURCE", "1 ", "15", "-", "app"}},
 		{name: "images create in a series", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-", "--source", "app"},
 			stdout: []string{"Source:", "app"}},
 		{name: "images create bad series", args: []string{"images", "create", "--backed-up-at", "2017-05-01", "--anonymisation-script", "-", "--source", "A/B"},

@@ -348,7 +348,7 @@ func TestSourcePull(t *testing.T) {
 			t.Errorf("%s sources refresh as a user: exit %d\n%s", door, code, out)
 		}
 		out, code = s.door(t, keys, door, false, "images", "list")
-		if code != 0 || !strings.Contains(out, "SOURCE") || !strings.Contains(out, " app ") {
+		if code != 0 || !strings.Contains(out, "SOURCE") || !strings.Contains(out, " app\n") {
 			t.Errorf("%s images list shows no source column:\n%s", door, out)
 		}
 	}
