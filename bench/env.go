@@ -341,6 +341,11 @@ min_port = %d
 max_port = %d
 listen_addresses = "127.0.0.1"
 `, e.mnt, e.runPath, s.secret, httpPort, sshPort, e.keys.authKey, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
+	srcs, err := e.sourcesConfig()
+	if err != nil {
+		return nil, err
+	}
+	conf += srcs
 	confPath := filepath.Join(e.work, "config.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
