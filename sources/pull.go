@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -99,6 +100,14 @@ func backupError(c config.Source, stderr string, err error) error {
 	if said == "" {
 		said = err.Error()
 	}
+	// The source's server writes part of this: no terminal escapes from it
+	// into a CLI user's terminal.
+	said = strings.Map(func(r rune) rune {
+		if r != '\n' && unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, said)
 	low := strings.ToLower(said)
 	var what string
 	switch {

@@ -49,12 +49,16 @@ func TestBackupError(t *testing.T) {
 		{`pg_basebackup: error: could not translate host name "nowhere" to address: Name or service not known`, "unreachable"},
 		{"pg_basebackup: error: could not get COPY data stream: ERROR:  something else", "the base backup failed"},
 		{"", "the base backup failed"},
+		{"pg_basebackup: error: FATAL:  \x1b]0;owned\x07\x1b[2J hostile", "the base backup failed"},
 	}
 	for _, tt := range tests {
 		err := backupError(c, tt.stderr, errors.New("exit status 1"))
 		msg := err.Error()
 		if !strings.Contains(msg, `source "app"`) || !strings.Contains(msg, tt.want) {
 			t.Errorf("stderr %q gives %q, want it to name the source and say %q", tt.stderr, msg, tt.want)
+		}
+		if strings.ContainsAny(msg, "\x1b\x07") {
+			t.Errorf("stderr %q gives %q, which holds terminal escapes", tt.stderr, msg)
 		}
 		if strings.Contains(msg, "pw-s3cr3t") {
 			t.Errorf("stderr %q gives %q, which shows the password", tt.stderr, msg)
