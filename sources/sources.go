@@ -174,7 +174,11 @@ func (s *Service) Start(ctx context.Context) error {
 // Close stops the schedules and cancels refreshes under way (their images
 // fail) and waits for them.
 func (s *Service) Close() {
+	// Under mu: a refresh that begins is counted before Wait, or sees the
+	// cancellation and does not begin.
+	s.mu.Lock()
 	s.cancel()
+	s.mu.Unlock()
 	s.wg.Wait()
 }
 
@@ -341,13 +345,7 @@ func (s *Service) run(src *source, id int64) {
 		err = fmt.Errorf("source %q has unknown mode %q", src.cfg.Name, src.cfg.Mode)
 	}
 	if err != nil {
-		reason := draupnir.ClientMessage(err)
-		if draupnir.KindOf(err) == draupnir.KindInternal {
-			reason = err.Error()
-		}
-		if s.base.Err() != nil {
-			reason = "the refresh was interrupted by a shutdown of the server; the next refresh makes a new image"
-		}
+		reason := s.reason(err)
 		// The backup never reached finalise, which fails its own images.
 		if ferr := s.opts.Images.Fail(context.WithoutCancel(ctx), id, reason); ferr != nil && draupnir.KindOf(ferr) != draupnir.KindConflict {
 			log.Error("could not mark the image of a failed refresh failed", "err", ferr)
@@ -358,13 +356,26 @@ func (s *Service) run(src *source, id int64) {
 	}
 	im, err := s.opts.Images.Finalise(ctx, upload, id)
 	if err != nil {
+		// Finalise has failed the image itself (or, on a shutdown, the
+		// image service's Close will).
 		log.Error("refresh failed in finalise; the earlier images keep serving", "err", err, "duration", time.Since(start))
-		s.finish(src, errors.New(draupnir.ClientMessage(err)))
+		s.finish(src, errors.New(s.reason(err)))
 		return
 	}
 	log.Info("refresh done: image ready", "duration", time.Since(start), "size_bytes", im.SizeBytes)
 	s.finish(src, nil)
 	s.retain(context.WithoutCancel(ctx), src.cfg)
+}
+
+// reason is what a failed refresh's image and source say about err.
+func (s *Service) reason(err error) string {
+	switch {
+	case s.base.Err() != nil:
+		return "the refresh was interrupted by a shutdown of the server; the next refresh makes a new image"
+	case draupnir.KindOf(err) == draupnir.KindInternal:
+		return err.Error()
+	}
+	return draupnir.ClientMessage(err)
 }
 
 // finish records how a refresh of src ended and frees the source.
