@@ -617,6 +617,9 @@ func (c *Config) Validate() error {
 		key := func(k string) string { return fmt.Sprintf("sources[%d].%s", i, k) }
 		if !draupnir.ValidSourceName(s.Name) {
 			bad(key("name"), "must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit, got %q", s.Name)
+		} else if s.Mode == string(draupnir.SourceFollow) && len(s.Name) > 40 {
+			// It names the standby's socket directory, whose path is short.
+			bad(key("name"), "must be at most 40 characters in follow mode, got %d", len(s.Name))
 		} else if j, dup := seen[s.Name]; dup {
 			bad(key("name"), "%q is already the name of sources[%d]", s.Name, j)
 		} else {
@@ -666,6 +669,20 @@ func (s *Source) check() []keyError {
 			msg = inner.Error()
 		}
 		bad("conninfo", "is not a valid libpq connection string: %s", msg)
+	} else if keys, ok := conninfoKeys(s.Conninfo); !ok {
+		bad("conninfo", "is not a valid libpq connection string")
+	} else {
+		// A password here would be on pg_basebackup's command line, which
+		// every local user can read, and in a follow standby's
+		// configuration, which its snapshots carry into images.
+		if keys["password"] {
+			bad("conninfo", "must not hold a password: put it in the file that passfile names")
+		}
+		for _, k := range []string{"passfile", "replication"} {
+			if keys[k] {
+				bad("conninfo", "must not set %s: draupnir sets it (use the source's passfile key)", k)
+			}
+		}
 	}
 	if s.Passfile != "" && !filepath.IsAbs(s.Passfile) {
 		bad("passfile", "must be an absolute path, got %q", s.Passfile)

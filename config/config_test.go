@@ -617,6 +617,16 @@ func TestValidateSources(t *testing.T) {
 		{"no conninfo", func(s *Source) { s.Conninfo = " " }, "sources[0].conninfo"},
 		{"conninfo nonsense", func(s *Source) { s.Conninfo = "host=db port" }, "sources[0].conninfo"},
 		{"conninfo bad URL", func(s *Source) { s.Conninfo = "postgres://u:p@h:port/db" }, "sources[0].conninfo"},
+		{"conninfo with a password", func(s *Source) { s.Conninfo = "host=db user=repl password=pw" }, "sources[0].conninfo"},
+		{"conninfo with a quoted password", func(s *Source) { s.Conninfo = "host=db password = 'p w' user=repl" }, "sources[0].conninfo"},
+		{"URL with a password", func(s *Source) { s.Conninfo = "postgres://repl:pw@db/app" }, "sources[0].conninfo"},
+		{"URL with a password parameter", func(s *Source) { s.Conninfo = "postgres://repl@db/app?password=pw" }, "sources[0].conninfo"},
+		{"URL with an empty password", func(s *Source) { s.Conninfo = "postgres://repl:@db/app" }, "sources[0].conninfo"},
+		{"conninfo with passfile", func(s *Source) { s.Conninfo = "host=db passfile=/root/.pgpass" }, "sources[0].conninfo"},
+		{"conninfo with replication", func(s *Source) { s.Conninfo = "host=db replication=database" }, "sources[0].conninfo"},
+		{"conninfo unterminated quote", func(s *Source) { s.Conninfo = "host='db" }, "sources[0].conninfo"},
+		{"long follow name", func(s *Source) { s.Mode, s.Name = "follow", strings.Repeat("a", 41) }, "sources[0].name"},
+		{"long pull name", func(s *Source) { s.Name = strings.Repeat("a", 63) }, ""},
 		{"relative passfile", func(s *Source) { s.Passfile = "pgpass" }, "sources[0].passfile"},
 		{"no script", func(s *Source) { s.AnonymisationScript = "" }, "sources[0].anonymisation_script"},
 		{"relative script", func(s *Source) { s.AnonymisationScript = "app.sql" }, "sources[0].anonymisation_script"},
@@ -681,7 +691,7 @@ func TestValidateSources(t *testing.T) {
 		t.Parallel()
 		c := Default()
 		s := good()
-		s.Conninfo = "postgres://repl:s3cr3t@db:port/app"
+		s.Conninfo = "host=db user=repl password=s3cr3t"
 		c.Sources = []Source{s}
 		err := c.Validate()
 		wantErr(t, err, "sources[0].conninfo:")

@@ -354,9 +354,11 @@ func TestSourcePull(t *testing.T) {
 	}
 }
 
-// TestSourcePassword refreshes over TCP with the password in a passfile
-// and in the conninfo itself; neither is ever shown or logged. A wrong
-// password and a source with tablespaces fail with clear errors.
+// TestSourcePassword refreshes over TCP with the password in a passfile,
+// which is never shown or logged; a password in the conninfo itself (which
+// would be on pg_basebackup's command line for every local user to read) is
+// refused at start, naming the key. A wrong password and a source with
+// tablespaces fail with clear errors.
 func TestSourcePassword(t *testing.T) {
 	const password = "pw-s3cr3t-of-the-source"
 	src := testenv.SourceClusterTCP(t, "CREATE ROLE app LOGIN; CREATE ROLE repl LOGIN REPLICATION PASSWORD '"+password+"'")
@@ -366,18 +368,23 @@ func TestSourcePassword(t *testing.T) {
 	tcp := fmt.Sprintf("host=127.0.0.1 port=%d user=repl", src.Port)
 	good := writePrivate(t, "pgpass", fmt.Sprintf("127.0.0.1:%d:*:repl:%s\n", src.Port, password))
 	wrong := writePrivate(t, "wrong", fmt.Sprintf("127.0.0.1:%d:*:repl:not-it\n", src.Port))
+	build(t)
+	inline := writePrivate(t, "config.toml", fmt.Sprintf("data_path = %q\nrun_path = \"/run/draupnir-e2e-inline\"\n", testenv.TempDir(t))+
+		sourceEntry("inline", tcp+" password="+password, script, 1, ""))
+	out, err := exec.Command(bins.server, "--config", inline, "serve").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "sources[0].conninfo: must not hold a password") || strings.Contains(string(out), password) {
+		t.Errorf("serve with a password in a conninfo: %v\n%s", err, out)
+	}
+
 	s := startServer(t, sourceEntry("app", tcp, script, 1, fmt.Sprintf("passfile = %q", good))+
-		sourceEntry("inline", tcp+" password="+password, script, 1, "")+
 		sourceEntry("wrong", tcp, script, 1, fmt.Sprintf("passfile = %q", wrong)))
 	logOnFailure(t, s)
 	ctx := context.Background()
 
-	for _, name := range []string{"app", "inline"} {
-		if im := s.refreshed(t, name); !im.Ready() {
-			t.Fatalf("refresh of %s: image %d is %s: %s", name, im.ID, im.State, im.Error)
-		}
+	if im := s.refreshed(t, "app"); !im.Ready() {
+		t.Fatalf("refresh of app: image %d is %s: %s", im.ID, im.State, im.Error)
 	}
-	in := s.instanceOfSource(t, "inline")
+	in := s.instanceOfSource(t, "app")
 	if got := mustPSQL(t, in, "SELECT count(*) FROM secret_tokens"); got != "0" {
 		t.Errorf("instance sees %s secret tokens", got)
 	}

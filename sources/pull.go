@@ -194,24 +194,3 @@ func (s *Service) follow(ctx context.Context, c config.Source, id int64) error {
 		return nil
 	})
 }
-
-// RedactConninfo returns conninfo without its password, for display: a
-// URL's password and password parameter, or a key=value string's password
-// key. A string it cannot read is not shown at all.
-func RedactConninfo(conninfo string) string {
-	if strings.HasPrefix(conninfo, "postgres://") || strings.HasPrefix(conninfo, "postgresql://") {
-		return redactURL(conninfo)
-	}
-	pairs, ok := splitKeywords(conninfo)
-	if !ok {
-		return "(not shown: unreadable)"
-	}
-	var out []string
-	for _, kv := range pairs {
-		if kv[0] == "password" {
-			continue
-		}
-		out = append(out, kv[0]+"="+quoteValue(kv[1]))
-	}
-	return strings.Join(out, " ")
-}
