@@ -20,9 +20,9 @@ import (
 )
 
 // sourceEntry is a [[sources]] table for a test server's config.
-func sourceEntry(name, conninfo, script string, keep int, extra string) string {
-	return fmt.Sprintf("\n[[sources]]\nname = %q\nconninfo = %q\nanonymisation_script = %q\nmode = \"pull\"\nkeep = %d\n%s\n",
-		name, conninfo, script, keep, extra)
+func sourceEntry(name, mode, conninfo, script string, keep int, extra string) string {
+	return fmt.Sprintf("\n[[sources]]\nname = %q\nconninfo = %q\nanonymisation_script = %q\nmode = %q\nkeep = %d\n%s\n",
+		name, conninfo, script, mode, keep, extra)
 }
 
 // writePrivate writes a root-only file in a fresh directory and returns
@@ -181,10 +181,10 @@ func TestSourcePull(t *testing.T) {
 	src.SQL(t, "postgres", "CREATE ROLE repl LOGIN REPLICATION; CREATE ROLE norepl LOGIN")
 	script := writePrivate(t, "app.sql", anonymise)
 	sock := fmt.Sprintf("host=%s port=%d", src.SocketDir, src.Port)
-	extra := sourceEntry("app", sock+" user=repl", script, 2, "") +
-		sourceEntry("norepl", sock+" user=norepl", script, 1, "") +
-		sourceEntry("gone", fmt.Sprintf("host=127.0.0.1 port=%d user=repl", freePort(t)), script, 1, "") +
-		sourceEntry("badopt", sock+" user=repl no_such_option=1", script, 1, "")
+	extra := sourceEntry("app", "pull", sock+" user=repl", script, 2, "") +
+		sourceEntry("norepl", "pull", sock+" user=norepl", script, 1, "") +
+		sourceEntry("gone", "pull", fmt.Sprintf("host=127.0.0.1 port=%d user=repl", freePort(t)), script, 1, "") +
+		sourceEntry("badopt", "pull", sock+" user=repl no_such_option=1", script, 1, "")
 	s := startServerSSH(t, extra, keys)
 	logOnFailure(t, s)
 	ctx := context.Background()
@@ -370,14 +370,14 @@ func TestSourcePassword(t *testing.T) {
 	wrong := writePrivate(t, "wrong", fmt.Sprintf("127.0.0.1:%d:*:repl:not-it\n", src.Port))
 	build(t)
 	inline := writePrivate(t, "config.toml", fmt.Sprintf("data_path = %q\nrun_path = \"/run/draupnir-e2e-inline\"\n", testenv.TempDir(t))+
-		sourceEntry("inline", tcp+" password="+password, script, 1, ""))
+		sourceEntry("inline", "pull", tcp+" password="+password, script, 1, ""))
 	out, err := exec.Command(bins.server, "--config", inline, "serve").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "sources[0].conninfo: must not hold a password") || strings.Contains(string(out), password) {
 		t.Errorf("serve with a password in a conninfo: %v\n%s", err, out)
 	}
 
-	s := startServer(t, sourceEntry("app", tcp, script, 1, fmt.Sprintf("passfile = %q", good))+
-		sourceEntry("wrong", tcp, script, 1, fmt.Sprintf("passfile = %q", wrong)))
+	s := startServer(t, sourceEntry("app", "pull", tcp, script, 1, fmt.Sprintf("passfile = %q", good))+
+		sourceEntry("wrong", "pull", tcp, script, 1, fmt.Sprintf("passfile = %q", wrong)))
 	logOnFailure(t, s)
 	ctx := context.Background()
 
@@ -431,7 +431,7 @@ func TestSourceRefreshKilled(t *testing.T) {
 	// Enough data that the backup takes a moment.
 	src.SQL(t, "shop", "CREATE TABLE bulk AS SELECT n, repeat('x', 500) AS pad FROM generate_series(1, 200000) n")
 	script := writePrivate(t, "app.sql", anonymise)
-	s := startServer(t, sourceEntry("app", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 2, ""))
+	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 2, ""))
 	logOnFailure(t, s)
 	ctx := context.Background()
 	prev := s.refreshed(t, "app")
@@ -471,7 +471,7 @@ func TestSourceSchedule(t *testing.T) {
 	src := newSource(t)
 	src.SQL(t, "postgres", "CREATE ROLE repl LOGIN REPLICATION")
 	script := writePrivate(t, "app.sql", anonymise)
-	s := startServer(t, sourceEntry("app", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 1,
+	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 1,
 		`schedule = "@every 3s"`))
 	logOnFailure(t, s)
 	ctx := context.Background()
