@@ -312,6 +312,15 @@ func TestSourcePull(t *testing.T) {
 	if !strings.Contains(s.logs(), "refresh failed in finalise") {
 		t.Error("the log does not record the failed refresh")
 	}
+	// Failing again: only the last failed refresh's image (and its raw
+	// upload) is kept.
+	again := s.refreshed(t, "app")
+	if again.State != draupnir.ImageFailed {
+		t.Errorf("a second refresh with a failing script: image %d is %s", again.ID, again.State)
+	}
+	if _, err := s.upload().Images().Get(ctx, draupnir.Principal{}, failed.ID); draupnir.KindOf(err) != draupnir.KindNotFound {
+		t.Errorf("the image of the failed refresh before the last is still there: %v", err)
+	}
 
 	// Sources that cannot be backed up fail with errors that name them.
 	for _, tt := range []struct{ name, want string }{
@@ -462,6 +471,9 @@ func TestSourceRefreshKilled(t *testing.T) {
 	}
 	if got, _ := s.upload().Sources().Get(ctx, draupnir.Principal{}, "app"); got.State != "idle" || got.LastError != "" {
 		t.Errorf("source app after a good refresh: %+v", got)
+	}
+	if _, err := s.upload().Images().Get(ctx, draupnir.Principal{}, cut.ID); draupnir.KindOf(err) != draupnir.KindNotFound {
+		t.Errorf("the interrupted refresh's image outlived the next good refresh: %v", err)
 	}
 }
 

@@ -156,9 +156,11 @@ func (s *Service) Start(ctx context.Context) error {
 			return fmt.Errorf("failing image %d of an interrupted refresh of source %q: %w", id, name, err)
 		}
 		s.log.Warn("a refresh was interrupted by a restart; its image is failed", "source", name, "image", id)
-		if err := s.store.end(ctx, name, reason); err != nil {
+		prev, err := s.store.end(ctx, name, id, reason)
+		if err != nil {
 			return err
 		}
+		s.discardFailed(ctx, name, prev)
 	}
 	for _, name := range s.order {
 		if src := s.srcs[name]; src.sched != nil {
@@ -307,7 +309,7 @@ func (s *Service) begin(ctx context.Context, src *source) (_ *draupnir.Image, er
 	defer func() {
 		if err != nil {
 			log.Error("refresh failed to start", "err", err)
-			s.finish(src, err)
+			s.finish(src, 0, err)
 		}
 	}()
 	script, err := os.ReadFile(src.cfg.AnonymisationScript)
@@ -351,7 +353,7 @@ func (s *Service) run(src *source, id int64) {
 			log.Error("could not mark the image of a failed refresh failed", "err", ferr)
 		}
 		log.Error("refresh failed; the earlier images keep serving", "err", err, "duration", time.Since(start))
-		s.finish(src, errors.New(reason))
+		s.finish(src, id, errors.New(reason))
 		return
 	}
 	im, err := s.opts.Images.Finalise(ctx, upload, id)
@@ -359,11 +361,11 @@ func (s *Service) run(src *source, id int64) {
 		// Finalise has failed the image itself (or, on a shutdown, the
 		// image service's Close will).
 		log.Error("refresh failed in finalise; the earlier images keep serving", "err", err, "duration", time.Since(start))
-		s.finish(src, errors.New(s.reason(err)))
+		s.finish(src, id, errors.New(s.reason(err)))
 		return
 	}
 	log.Info("refresh done: image ready", "duration", time.Since(start), "size_bytes", im.SizeBytes)
-	s.finish(src, nil)
+	s.finish(src, id, nil)
 	s.retain(context.WithoutCancel(ctx), src.cfg)
 }
 
@@ -378,17 +380,21 @@ func (s *Service) reason(err error) string {
 	return draupnir.ClientMessage(err)
 }
 
-// finish records how a refresh of src ended and frees the source.
-func (s *Service) finish(src *source, err error) {
+// finish records how the refresh of src that made image id (0 if it made
+// none) ended, discards the image of the failed refresh before it, and
+// frees the source.
+func (s *Service) finish(src *source, id int64, err error) {
 	defer s.wg.Done()
 	reason := ""
 	if err != nil {
 		reason = err.Error()
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.base), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.base), time.Minute)
 	defer cancel()
-	if serr := s.store.end(ctx, src.cfg.Name, reason); serr != nil {
+	if prev, serr := s.store.end(ctx, src.cfg.Name, id, reason); serr != nil {
 		s.log.Error("could not record the end of a refresh", "source", src.cfg.Name, "err", serr)
+	} else {
+		s.discardFailed(ctx, src.cfg.Name, prev)
 	}
 	if s.opts.Refreshed != nil {
 		s.opts.Refreshed(src.cfg.Name, err)
@@ -396,6 +402,31 @@ func (s *Service) finish(src *source, err error) {
 	s.mu.Lock()
 	src.running, src.refreshing = false, 0
 	s.mu.Unlock()
+}
+
+// discardFailed destroys image id, the failed image of an earlier refresh
+// of source name, if it is still failed: it holds the raw backup in its
+// upload, and a source failing every night must not pile those up. The
+// last failed refresh's image stays, for its reason and a retry.
+func (s *Service) discardFailed(ctx context.Context, name string, id int64) {
+	if id == 0 {
+		return
+	}
+	ims, err := s.opts.Images.List(ctx, upload)
+	if err != nil {
+		s.log.Error("listing images to discard a failed refresh's", "source", name, "err", err)
+		return
+	}
+	for _, im := range ims {
+		if im.ID != id || im.State != draupnir.ImageFailed {
+			continue
+		}
+		if err := s.opts.Images.Destroy(ctx, upload, id, unused{s.opts.Instances}); err != nil {
+			s.log.Error("could not destroy the image of an earlier failed refresh", "source", name, "image", id, "err", err)
+			return
+		}
+		s.log.Info("destroyed the image of an earlier failed refresh", "source", name, "image", id)
+	}
 }
 
 // schedule refreshes src at every time of its schedule until Close. A

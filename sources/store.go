@@ -26,15 +26,31 @@ func (s store) begin(ctx context.Context, name string, id int64) error {
 	return nil
 }
 
-// end records that the refresh of name ended, failed with reason if it is
-// not empty.
-func (s store) end(ctx context.Context, name, reason string) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO sources (name, last_refresh_at, last_error) VALUES ($1, now(), $2)
-		ON CONFLICT (name) DO UPDATE SET refreshing_image_id = NULL, last_refresh_at = now(), last_error = $2`, name, reason)
-	if err != nil {
-		return fmt.Errorf("recording the end of a refresh of source %q: %w", name, err)
+// end records that the refresh of name that made image id ended, failed
+// with reason if it is not empty. It returns the image of the failed
+// refresh before it, if any, which is now the caller's to destroy: a failed
+// image is kept only until the next refresh ends.
+func (s store) end(ctx context.Context, name string, id int64, reason string) (prevFailed int64, err error) {
+	var failed *int64
+	if reason != "" && id != 0 {
+		failed = &id
 	}
-	return nil
+	var prev *int64
+	// old is read from the statement's snapshot, before the upsert (a
+	// FOR UPDATE would see the row the upsert changed, and skip it). One
+	// refresh of a source runs at a time, so nothing races it.
+	err = s.pool.QueryRow(ctx, `WITH old AS (SELECT last_failed_image_id FROM sources WHERE name = $1)
+		INSERT INTO sources AS s (name, last_refresh_at, last_error, last_failed_image_id) VALUES ($1, now(), $2, $3)
+		ON CONFLICT (name) DO UPDATE SET refreshing_image_id = NULL, last_refresh_at = now(), last_error = $2,
+			last_failed_image_id = $3
+		RETURNING (SELECT last_failed_image_id FROM old)`, name, reason, failed).Scan(&prev)
+	if err != nil {
+		return 0, fmt.Errorf("recording the end of a refresh of source %q: %w", name, err)
+	}
+	if prev == nil || *prev == id {
+		return 0, nil
+	}
+	return *prev, nil
 }
 
 // interrupted returns the image of every refresh still recorded as under

@@ -7,10 +7,13 @@ CREATE INDEX images_source ON images (source) WHERE source <> '';
 
 -- What outlives a restart of the server about each source's refreshes. A
 -- refresh under way names its image, so that the next start can fail an
--- image that a killed server left half-made, and say why.
+-- image that a killed server left half-made, and say why. The image of the
+-- last failed refresh is kept (with its upload, the raw backup) until the
+-- next refresh ends, so that failures every night do not pile up copies.
 CREATE TABLE sources (
-    name                text        PRIMARY KEY,
-    refreshing_image_id bigint      REFERENCES images (id) ON DELETE SET NULL,
-    last_refresh_at     timestamptz,
-    last_error          text        NOT NULL DEFAULT ''
+    name                 text        PRIMARY KEY,
+    refreshing_image_id  bigint      REFERENCES images (id) ON DELETE SET NULL,
+    last_failed_image_id bigint      REFERENCES images (id) ON DELETE SET NULL,
+    last_refresh_at      timestamptz,
+    last_error           text        NOT NULL DEFAULT ''
 );
