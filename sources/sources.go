@@ -36,6 +36,7 @@ type Images interface {
 	FillUpload(ctx context.Context, p draupnir.Principal, id int64, fill func(ctx context.Context, dst string) error) error
 	Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
 	List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, error)
+	Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error)
 	Fail(ctx context.Context, id int64, reason string) error
 	Destroy(ctx context.Context, p draupnir.Principal, id int64, instances draupnir.InstanceDestroyer) error
 }
@@ -109,6 +110,7 @@ type source struct {
 
 	refreshing int64 // the image of the refresh under way; 0 if none
 	running    bool
+	ended      chan struct{} // closed when the refresh under way ends
 	next       time.Time
 }
 
@@ -293,16 +295,29 @@ func (s *Service) Refresh(ctx context.Context, p draupnir.Principal, name string
 func (s *Service) begin(ctx context.Context, src *source) (_ *draupnir.Image, err error) {
 	name := src.cfg.Name
 	s.mu.Lock()
-	if src.running {
-		id := src.refreshing
+	for src.running {
+		id, ended := src.refreshing, src.ended
 		s.mu.Unlock()
-		return nil, draupnir.Errorf(draupnir.KindConflict, "source %q is already being refreshed (image %d)", name, id)
+		// A refresh whose image is already ready or failed only records
+		// how it ended: wait for that rather than refuse, so that a client
+		// that waited for the image may refresh again at once.
+		if !s.recording(ctx, id) {
+			return nil, draupnir.Errorf(draupnir.KindConflict, "source %q is already being refreshed (image %d)", name, id)
+		}
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Minute):
+			return nil, draupnir.Errorf(draupnir.KindConflict, "source %q is still recording its last refresh (image %d)", name, id)
+		}
+		s.mu.Lock()
 	}
 	if s.base.Err() != nil {
 		s.mu.Unlock()
 		return nil, draupnir.Errorf(draupnir.KindUnavailable, "the server is shutting down")
 	}
-	src.running = true
+	src.running, src.ended = true, make(chan struct{})
 	s.wg.Add(1)
 	s.mu.Unlock()
 	log := s.log.With("source", name)
@@ -380,6 +395,16 @@ func (s *Service) reason(err error) string {
 	return draupnir.ClientMessage(err)
 }
 
+// recording reports whether image id, the image of a refresh under way, is
+// already ready or failed: the refresh is only recording how it ended.
+func (s *Service) recording(ctx context.Context, id int64) bool {
+	if id == 0 {
+		return false
+	}
+	im, err := s.opts.Images.Get(ctx, upload, id)
+	return err == nil && (im.State == draupnir.ImageReady || im.State == draupnir.ImageFailed)
+}
+
 // finish records how the refresh of src that made image id (0 if it made
 // none) ended, discards the image of the failed refresh before it, and
 // frees the source.
@@ -401,6 +426,7 @@ func (s *Service) finish(src *source, id int64, err error) {
 	}
 	s.mu.Lock()
 	src.running, src.refreshing = false, 0
+	close(src.ended)
 	s.mu.Unlock()
 }
 
