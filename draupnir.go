@@ -60,8 +60,11 @@ type Image struct {
 	// destroyed) and the instance. Both 0 for images made from uploads.
 	ParentImageID  int64
 	FromInstanceID int64
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// Source names the series the image belongs to: the source it was
+	// refreshed from, or the series an upload named; empty for none.
+	Source    string
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Saved reports whether the image was saved from an instance.

@@ -18,6 +18,9 @@ type ImageService interface {
 	Get(ctx context.Context, p Principal, id int64) (*Image, error)
 	// Create registers an image and makes its empty upload (upload principal).
 	Create(ctx context.Context, p Principal, backedUpAt time.Time, script string) (*Image, error)
+	// CreateInSeries is Create for an image of source's series (see
+	// ValidSourceName); "" is Create.
+	CreateInSeries(ctx context.Context, p Principal, source string, backedUpAt time.Time, script string) (*Image, error)
 	// Update changes an image that is not ready or finalising.
 	Update(ctx context.Context, p Principal, id int64, patch ImagePatch) (*Image, error)
 	// Finalise turns the upload into a ready image and returns when that

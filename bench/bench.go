@@ -331,6 +331,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"finalise alone", e.finaliseBaseline},
 		{"anonymising finalise", e.anonymisingFinalise},
 		{"uploads", e.uploads},
+		{"sources", e.sources},
 		{"large image", e.large},
 		{"warm pool", e.warmPool},
 	}

@@ -280,12 +280,15 @@ func (s *source) baseBackup(ctx context.Context, name, wal string) (string, erro
 
 // server is a running draupnir serve.
 type server struct {
-	cmd     *exec.Cmd
-	url     string
-	secret  string
-	logPath string
-	sshPort int
-	exited  chan struct{}
+	cmd      *exec.Cmd
+	url      string
+	secret   string
+	logPath  string
+	sshPort  int
+	exited   chan struct{}
+	binary   string
+	confPath string
+	env      []string
 }
 
 func freePort() (int, error) {
@@ -345,26 +348,19 @@ min_port = %d
 max_port = %d
 listen_addresses = "127.0.0.1"
 `, e.mnt, e.runPath, s.secret, httpPort, sshPort, e.keys.authKey, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
+	srcs, err := e.sourcesConfig(pullSource, "pull")
+	if err != nil {
+		return nil, err
+	}
+	conf += srcs
 	confPath := filepath.Join(e.work, "config.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(s.logPath)
-	if err != nil {
+	s.binary, s.confPath, s.env = binary, confPath, append(os.Environ(), e.serverEnv...)
+	if err := s.launch(ctx); err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	s.cmd = exec.Command(binary, "--config", confPath, "serve")
-	s.cmd.Env = append(os.Environ(), e.serverEnv...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	// Its own process group: a Ctrl-C at the terminal reaches only us, and we
-	// stop it in order.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", binary, err)
-	}
-	s.exited = make(chan struct{})
-	go func() { s.cmd.Wait(); close(s.exited) }()
 	if e.cfg.ServerLog != "" {
 		undo.push(func(context.Context) error {
 			b, err := os.ReadFile(s.logPath)
@@ -375,7 +371,58 @@ listen_addresses = "127.0.0.1"
 		})
 	}
 	undo.push(s.stop)
-	e.log.Info("waiting for draupnir serve", "url", s.url, "log", s.logPath)
+	return s, s.waitHealthy(ctx, e.log)
+}
+
+// launch starts draupnir serve on the server's configuration, its log
+// appended to the server's.
+func (s *server) launch(ctx context.Context) error {
+	logf, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	s.cmd = exec.Command(s.binary, "--config", s.confPath, "serve")
+	s.cmd.Env = s.env
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	// Its own process group: a Ctrl-C at the terminal reaches only us, and we
+	// stop it in order.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", s.binary, err)
+	}
+	s.exited = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	return nil
+}
+
+// restart stops the server, appends extra to its configuration and starts
+// it again on the same ports, data path and run path (its instances are
+// adopted, as after any restart).
+func (s *server) restart(ctx context.Context, extra string, log *slog.Logger) error {
+	if err := s.stop(ctx); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.confPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(extra)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.launch(ctx); err != nil {
+		return err
+	}
+	return s.waitHealthy(ctx, log)
+}
+
+// waitHealthy waits until the server answers its health check.
+func (s *server) waitHealthy(ctx context.Context, log *slog.Logger) error {
+	log.Info("waiting for draupnir serve", "url", s.url, "log", s.logPath)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/health_check", nil)
@@ -383,18 +430,18 @@ listen_addresses = "127.0.0.1"
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s, nil
+				return nil
 			}
 		}
 		select {
 		case <-s.exited:
-			return nil, fmt.Errorf("draupnir serve exited during start-up: %s", s.logTail())
+			return fmt.Errorf("draupnir serve exited during start-up: %s", s.logTail())
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("draupnir serve did not become healthy: %s", s.logTail())
+			return fmt.Errorf("draupnir serve did not become healthy: %s", s.logTail())
 		}
 	}
 }

@@ -16,6 +16,8 @@ import (
 type Backend struct {
 	Images    draupnir.ImageService
 	Instances draupnir.InstanceService
+	// Sources serves `sources …`; nil says the server has none.
+	Sources draupnir.SourceService
 	// Principal is who every call acts as. It must name someone, except in
 	// an HTTPBackend: Run refuses to act as nobody.
 	Principal draupnir.Principal
@@ -40,7 +42,7 @@ type Backend struct {
 // HTTPBackend is the backend of the local client: the services of the
 // server c talks to, acting as c's token's principal.
 func HTTPBackend(c *client.Client) Backend {
-	return Backend{Images: c.Images(), Instances: c.Instances(), byToken: true,
+	return Backend{Images: c.Images(), Instances: c.Instances(), Sources: c.Sources(), byToken: true,
 		ServerVersion: c.ServerVersion, People: c}
 }
 

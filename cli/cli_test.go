@@ -39,6 +39,7 @@ type fake struct {
 	created   struct {
 		backedUpAt time.Time
 		script     string
+		source     string
 	}
 	patch    draupnir.ImagePatch
 	uploaded string
@@ -91,12 +92,16 @@ func (f fakeImages) Get(ctx context.Context, _ draupnir.Principal, id int64) (*d
 	return nil, notFound("image", id)
 }
 
-func (f fakeImages) Create(ctx context.Context, _ draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (f fakeImages) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return f.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+func (f fakeImages) CreateInSeries(ctx context.Context, _ draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	if err := f.call("CreateImage"); err != nil {
 		return nil, err
 	}
-	f.created.backedUpAt, f.created.script = backedUpAt, script
-	return &draupnir.Image{ID: 9, State: draupnir.ImageCreated, BackedUpAt: backedUpAt, AnonymisationScript: script, CreatedAt: t0, UpdatedAt: t0}, nil
+	f.created.backedUpAt, f.created.script, f.created.source = backedUpAt, script, source
+	return &draupnir.Image{ID: 9, State: draupnir.ImageCreated, BackedUpAt: backedUpAt, AnonymisationScript: script, Source: source, CreatedAt: t0, UpdatedAt: t0}, nil
 }
 
 func (f fakeImages) Update(ctx context.Context, _ draupnir.Principal, id int64, patch draupnir.ImagePatch) (*draupnir.Image, error) {

@@ -202,9 +202,9 @@ func (a *app) done(format string, args ...any) error {
 }
 
 func (a *app) imagesCreateCmd() *cobra.Command {
-	var backedUpAt, script string
+	var backedUpAt, script, source string
 	cmd := &cobra.Command{
-		Use:   "create --backed-up-at TIME --anonymisation-script FILE",
+		Use:   "create --backed-up-at TIME --anonymisation-script FILE [--source NAME]",
 		Short: "Register a new image, ready for its upload",
 		Long: `Register a new image of a base backup taken at TIME (RFC 3339, e.g.
 2017-05-01T12:00:00Z, or a date), to be anonymised with the SQL in FILE
@@ -212,7 +212,8 @@ func (a *app) imagesCreateCmd() *cobra.Command {
 the script from standard input` + a.sshStdinNote() + `.
 
 Then upload the backup (pg_basebackup -Ft tarballs or a data directory) and
-run 'images done N'.`,
+run 'images done N'. With --source the image joins that series: 'new NAME'
+takes its newest ready image, and a configured source's keep applies to it.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if backedUpAt == "" {
@@ -229,7 +230,10 @@ run 'images done N'.`,
 			if err != nil {
 				return err
 			}
-			img, err := a.b.Images.Create(cmd.Context(), a.b.Principal, t, sql)
+			if source != "" && !draupnir.ValidSourceName(source) {
+				return usagef(cmd, "--source must be lower-case letters, digits, '-' and '_', not %q", source)
+			}
+			img, err := a.b.Images.CreateInSeries(cmd.Context(), a.b.Principal, source, t, sql)
 			if err != nil {
 				return err
 			}
@@ -241,6 +245,7 @@ run 'images done N'.`,
 	}
 	cmd.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the backup was taken (RFC 3339 or YYYY-MM-DD)")
 	cmd.Flags().StringVar(&script, "anonymisation-script", "", "file with the anonymisation SQL (- for stdin)")
+	cmd.Flags().StringVar(&source, "source", "", "put the image in this source's series")
 	return cmd
 }
 

@@ -120,13 +120,20 @@ written to it is lost; it answers when the instance accepts connections again.`,
 
 func (a *app) newCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "new",
-		Short: "Start an instance of the newest ready image",
+		Use:   "new [SOURCE]",
+		Short: "Start an instance of the newest ready image (of SOURCE's series)",
 		Long: `Start an instance of the newest ready image (the one backed up last) and
-print it, with the command that sets up psql to connect to it.`,
-		Args: exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			img, err := newestReady(cmd.Context(), a.b)
+print it, with the command that sets up psql to connect to it. With SOURCE,
+the newest ready image of that source's series ('sources list' names them).`,
+		Args: maxArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var img *draupnir.Image
+			var err error
+			if len(args) == 1 {
+				img, err = newestOfSource(cmd, a.b, args[0])
+			} else {
+				img, err = newestReady(cmd.Context(), a.b)
+			}
 			if err != nil {
 				return err
 			}
@@ -137,6 +144,18 @@ print it, with the command that sets up psql to connect to it.`,
 			return a.printInstance(inst)
 		},
 	}
+}
+
+// newestOfSource returns the newest ready image of source's series.
+func newestOfSource(cmd *cobra.Command, b Backend, source string) (*draupnir.Image, error) {
+	if !draupnir.ValidSourceName(source) {
+		return nil, usagef(cmd, "%q is not a source name (lower-case letters, digits, '-' and '_')", source)
+	}
+	imgs, err := b.Images.List(cmd.Context(), b.Principal)
+	if err != nil {
+		return nil, err
+	}
+	return draupnir.NewestReady(imgs, source)
 }
 
 // newestReady returns the ready image made from an upload with the latest

@@ -37,10 +37,12 @@ func (a *app) printImages(imgs []*draupnir.Image) error {
 		return err
 	}
 	tw := table(a.stdout)
-	fmt.Fprintln(tw, "ID\tSTATE\tBACKED UP AT\tCREATED AT\tSIZE\tPOSTGRES")
+	// SOURCE comes last, so that scripts reading the earlier columns
+	// keep working.
+	fmt.Fprintln(tw, "ID\tSTATE\tBACKED UP AT\tCREATED AT\tSIZE\tPOSTGRES\tSOURCE")
 	for _, img := range imgs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", img.ID, img.State, timeStr(img.BackedUpAt),
-			timeStr(img.CreatedAt), sizeStr(img.SizeBytes), dash(img.PostgresVersion))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", img.ID, img.State, timeStr(img.BackedUpAt),
+			timeStr(img.CreatedAt), sizeStr(img.SizeBytes), dash(img.PostgresVersion), dash(img.Source))
 	}
 	return tw.Flush()
 }
@@ -52,6 +54,9 @@ func (a *app) printImage(img *draupnir.Image) error {
 	tw := table(a.stdout)
 	fmt.Fprintf(tw, "ID:\t%d\n", img.ID)
 	fmt.Fprintf(tw, "State:\t%s\n", img.State)
+	if img.Source != "" {
+		fmt.Fprintf(tw, "Source:\t%s\n", img.Source)
+	}
 	if img.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", oneLine(img.Error))
 	}

@@ -230,6 +230,7 @@ destroy them, print connection settings.`,
 		a.imagesCmd(),
 		a.instancesCmd(),
 		a.newCmd(),
+		a.sourcesCmd(),
 		a.envCmd(),
 		a.versionCmd(),
 		a.tokensCmd(),
@@ -317,6 +318,17 @@ func exactArgs(n int) cobra.PositionalArgs {
 			// prefixed with its name.
 			path := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 			return usagef(cmd, "%s takes %d argument%s, got %d", path, n, plural(n), len(args))
+		}
+		return nil
+	}
+}
+
+// maxArgs is cobra.MaximumNArgs with a usage error.
+func maxArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) > n {
+			path := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+			return usagef(cmd, "%s takes at most %d argument%s, got %d", path, n, plural(n), len(args))
 		}
 		return nil
 	}

@@ -75,6 +75,9 @@ func (c *Client) Images() Images { return Images{c} }
 // Instances returns the instance service of the server, over HTTP.
 func (c *Client) Instances() Instances { return Instances{c} }
 
+// Sources returns the server's source service.
+func (c *Client) Sources() Sources { return Sources{c} }
+
 var (
 	_ draupnir.ImageService    = Images{}
 	_ draupnir.InstanceService = Instances{}
@@ -105,9 +108,18 @@ func (s Images) Get(ctx context.Context, _ draupnir.Principal, id int64) (*draup
 
 // Create registers a new image of a backup taken at backedUpAt, to be
 // anonymised with script when it is finalised.
-func (s Images) Create(ctx context.Context, _ draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+func (s Images) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return s.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+// CreateInSeries is Create for an image of source's series ("" for none).
+func (s Images) CreateInSeries(ctx context.Context, _ draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	at := wire.RequestTime(backedUpAt)
-	body := wire.NewRequest(wire.TypeImages, 0, wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script})
+	attrs := wire.ImageChange{BackedUpAt: &at, AnonymisationScript: &script}
+	if source != "" {
+		attrs.Source = &source
+	}
+	body := wire.NewRequest(wire.TypeImages, 0, attrs)
 	return s.c.image(ctx, http.MethodPost, "/images", body, http.StatusCreated)
 }
 

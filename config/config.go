@@ -19,7 +19,9 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pelletier/go-toml/v2"
+	"github.com/robfig/cron/v3"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
@@ -50,6 +52,46 @@ type Config struct {
 	Images    Images    `toml:"images"`
 	Instances Instances `toml:"instances"`
 	Postgres  Postgres  `toml:"postgres"`
+	// Sources are the live sources whose image series the server keeps
+	// fresh ([[sources]]). Environment variables do not reach them.
+	Sources []Source `toml:"sources"`
+}
+
+// Source is one [[sources]] entry: a PostgreSQL server (a primary or a
+// replica) that images are refreshed from.
+type Source struct {
+	// Name names the source and its image series (see
+	// draupnir.ValidSourceName).
+	Name string `toml:"name"`
+	// Conninfo is a libpq connection string of a role with the
+	// REPLICATION attribute. A password in it is never shown; prefer
+	// Passfile.
+	Conninfo string `toml:"conninfo"`
+	// Passfile is a libpq password file (PGPASSFILE) for Conninfo; it must
+	// be private (mode 0600 or less).
+	Passfile string `toml:"passfile"`
+	// AnonymisationScript is the file holding the script that every image
+	// of the source is anonymised with; it is read at each refresh.
+	AnonymisationScript string `toml:"anonymisation_script"`
+	// Mode is "pull" (a fresh base backup per refresh) or "follow" (a
+	// streaming standby that refreshes snapshot).
+	Mode string `toml:"mode"`
+	// Schedule is when refreshes run on their own: five cron fields
+	// ("0 3 * * *") or "@every 6h"; empty means only on demand.
+	Schedule string `toml:"schedule"`
+	// Keep is how many ready images of the series a successful refresh
+	// keeps; older ones go once no instance uses them.
+	Keep int `toml:"keep"`
+	// RestoreCommand, in follow mode, lets the standby replay WAL from an
+	// archive (WAL-G, pgBackRest) as well as stream it.
+	RestoreCommand string `toml:"restore_command"`
+}
+
+// ParseSchedule parses a source's schedule: five cron fields (in the
+// server's time zone) or a descriptor such as "@every 6h" or "@daily". The
+// server uses it too, so what validates here runs there.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	return cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor).Parse(spec)
 }
 
 // HTTP configures the API's listeners.
@@ -570,6 +612,23 @@ func (c *Config) Validate() error {
 	if c.SSH.MaxConnections <= 0 {
 		bad("ssh.max_connections", "must be positive")
 	}
+	seen := map[string]int{}
+	for i, s := range c.Sources {
+		key := func(k string) string { return fmt.Sprintf("sources[%d].%s", i, k) }
+		if !draupnir.ValidSourceName(s.Name) {
+			bad(key("name"), "must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit, got %q", s.Name)
+		} else if s.Mode == string(draupnir.SourceFollow) && len(s.Name) > 40 {
+			// It names the standby's socket directory, whose path is short.
+			bad(key("name"), "must be at most 40 characters in follow mode, got %d", len(s.Name))
+		} else if j, dup := seen[s.Name]; dup {
+			bad(key("name"), "%q is already the name of sources[%d]", s.Name, j)
+		} else {
+			seen[s.Name] = i
+		}
+		for _, e := range s.check() {
+			bad(key(e.key), "%s", e.msg)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -590,3 +649,99 @@ func validSettingName(k string) bool {
 // Embedded reports whether Draupnir runs its own state cluster in the data
 // path, because no database_url is configured.
 func (c *Config) Embedded() bool { return c.DatabaseURL == "" }
+
+// keyError is a mistake in one key of a [[sources]] entry.
+type keyError struct{ key, msg string }
+
+// check validates the keys of s other than its name.
+func (s *Source) check() []keyError {
+	var errs []keyError
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, keyError{key, fmt.Sprintf(format, args...)})
+	}
+	if strings.TrimSpace(s.Conninfo) == "" {
+		bad("conninfo", "is required: a libpq connection string such as \"host=db.internal user=draupnir_replication\"")
+	} else if _, err := pgconn.ParseConfig(s.Conninfo); err != nil {
+		// pgconn's message quotes the string with its password masked;
+		// say only what is wrong with it.
+		msg := err.Error()
+		if inner := errors.Unwrap(err); inner != nil {
+			msg = inner.Error()
+		}
+		bad("conninfo", "is not a valid libpq connection string: %s", msg)
+	} else if keys, ok := conninfoKeys(s.Conninfo); !ok {
+		bad("conninfo", "is not a valid libpq connection string")
+	} else {
+		// A password here would be on pg_basebackup's command line, which
+		// every local user can read, and in a follow standby's
+		// configuration, which its snapshots carry into images.
+		if keys["password"] {
+			bad("conninfo", "must not hold a password: put it in the file that passfile names")
+		}
+		for _, k := range []string{"passfile", "replication"} {
+			if keys[k] {
+				bad("conninfo", "must not set %s: draupnir sets it (use the source's passfile key)", k)
+			}
+		}
+	}
+	if s.Passfile != "" && !filepath.IsAbs(s.Passfile) {
+		bad("passfile", "must be an absolute path, got %q", s.Passfile)
+	}
+	if s.AnonymisationScript == "" {
+		// Fail closed: a source's images are never served unanonymised.
+		bad("anonymisation_script", "is required: the file of the script that anonymises every image of the source")
+	} else if !filepath.IsAbs(s.AnonymisationScript) {
+		bad("anonymisation_script", "must be an absolute path, got %q", s.AnonymisationScript)
+	}
+	switch s.Mode {
+	case string(draupnir.SourcePull), string(draupnir.SourceFollow):
+	default:
+		bad("mode", "must be \"pull\" or \"follow\", got %q", s.Mode)
+	}
+	if s.Schedule != "" {
+		if _, err := ParseSchedule(s.Schedule); err != nil {
+			bad("schedule", "must be five cron fields (\"0 3 * * *\") or \"@every 6h\": %v", err)
+		}
+	}
+	if s.Keep < 1 {
+		bad("keep", "must be at least 1 (how many ready images of the source to keep), got %d", s.Keep)
+	}
+	if s.RestoreCommand != "" {
+		if s.Mode != string(draupnir.SourceFollow) {
+			bad("restore_command", "is only for mode = \"follow\"")
+		}
+		if strings.ContainsFunc(s.RestoreCommand, unicode.IsControl) {
+			bad("restore_command", "must not contain control characters")
+		}
+	}
+	return errs
+}
+
+// CheckSourceFiles checks the files that [[sources]] name, which the
+// server reads at every refresh: each script is a readable regular file,
+// each passfile a private one (libpq ignores a password file that others
+// may read). Validate leaves this to the server's start, so that a config
+// can be checked on another host.
+func (c *Config) CheckSourceFiles() error {
+	var errs []error
+	for i, s := range c.Sources {
+		bad := func(key, format string, args ...any) {
+			errs = append(errs, fmt.Errorf("sources[%d].%s: %s", i, key, fmt.Sprintf(format, args...)))
+		}
+		if s.Passfile != "" {
+			if st, err := os.Stat(s.Passfile); err != nil {
+				bad("passfile", "cannot be read: %v", err)
+			} else if !st.Mode().IsRegular() {
+				bad("passfile", "%s is not a regular file", s.Passfile)
+			} else if st.Mode().Perm()&0o077 != 0 {
+				bad("passfile", "%s must be private (mode 0600 or less), has %04o", s.Passfile, st.Mode().Perm())
+			}
+		}
+		if st, err := os.Stat(s.AnonymisationScript); err != nil {
+			bad("anonymisation_script", "cannot be read: %v", err)
+		} else if !st.Mode().IsRegular() {
+			bad("anonymisation_script", "%s is not a regular file", s.AnonymisationScript)
+		}
+	}
+	return errors.Join(errs...)
+}

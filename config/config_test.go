@@ -507,6 +507,11 @@ func leafKeys(t *testing.T) []string {
 	if len(keys) < 30 { // guard against walk silently skipping sections
 		t.Fatalf("walk found only %d keys: %v", len(keys), keys)
 	}
+	// The keys of a [[sources]] entry.
+	st := reflect.TypeOf(Source{})
+	for i := 0; i < st.NumField(); i++ {
+		keys = append(keys, "sources."+st.Field(i).Tag.Get("toml"))
+	}
 	return keys
 }
 
@@ -542,6 +547,9 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 	for _, key := range leafKeys(t) {
 		var v any = doc
 		for _, part := range strings.Split(key, ".") {
+			if entries, ok := v.([]any); ok && len(entries) > 0 { // [[sources]]: its first entry
+				v = entries[0]
+			}
 			m, _ := v.(map[string]any)
 			v = m[part]
 		}
@@ -552,7 +560,7 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		n, ok := line[key]
 		if !ok { // a table such as [instances.settings]
 			for i, l := range lines {
-				if l == "["+key+"]" {
+				if l == "["+key+"]" || l == "[["+key+"]]" {
 					n, ok = i, true
 				}
 			}
@@ -569,4 +577,134 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 			t.Errorf("key %s has no comment above it in %s", key, examplePath)
 		}
 	}
+}
+
+// TestValidateSources checks every [[sources]] key's rule, each error
+// naming the entry and the key.
+func TestValidateSources(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "app.sql")
+	passfile := filepath.Join(dir, "pgpass")
+	open := filepath.Join(dir, "open-pgpass")
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{script, 0o644}, {passfile, 0o600}, {open, 0o644}} {
+		if err := os.WriteFile(f.path, []byte("x\n"), f.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(f.path, f.mode) // whatever the umask
+	}
+	good := func() Source {
+		return Source{Name: "app", Conninfo: "host=db.internal user=draupnir_replication", Passfile: passfile,
+			AnonymisationScript: script, Mode: "pull", Schedule: "@every 6h", Keep: 3}
+	}
+	tests := []struct {
+		name   string
+		change func(*Source)
+		key    string // "" means valid
+	}{
+		{"valid", func(s *Source) {}, ""},
+		{"follow with restore_command", func(s *Source) { s.Mode, s.RestoreCommand = "follow", "wal-g wal-fetch %f %p" }, ""},
+		{"cron schedule", func(s *Source) { s.Schedule = "30 3 * * 1-5" }, ""},
+		{"no schedule", func(s *Source) { s.Schedule = "" }, ""},
+		{"URL conninfo", func(s *Source) { s.Conninfo = "postgres://repl@db.internal:5433/app" }, ""},
+		{"no passfile", func(s *Source) { s.Passfile = "" }, ""},
+		{"empty name", func(s *Source) { s.Name = "" }, "sources[0].name"},
+		{"name with a slash", func(s *Source) { s.Name = "../app" }, "sources[0].name"},
+		{"name in capitals", func(s *Source) { s.Name = "App" }, "sources[0].name"},
+		{"no conninfo", func(s *Source) { s.Conninfo = " " }, "sources[0].conninfo"},
+		{"conninfo nonsense", func(s *Source) { s.Conninfo = "host=db port" }, "sources[0].conninfo"},
+		{"conninfo bad URL", func(s *Source) { s.Conninfo = "postgres://u:p@h:port/db" }, "sources[0].conninfo"},
+		{"conninfo with a password", func(s *Source) { s.Conninfo = "host=db user=repl password=pw" }, "sources[0].conninfo"},
+		{"conninfo with a quoted password", func(s *Source) { s.Conninfo = "host=db password = 'p w' user=repl" }, "sources[0].conninfo"},
+		{"URL with a password", func(s *Source) { s.Conninfo = "postgres://repl:pw@db/app" }, "sources[0].conninfo"},
+		{"URL with a password parameter", func(s *Source) { s.Conninfo = "postgres://repl@db/app?password=pw" }, "sources[0].conninfo"},
+		{"URL with an empty password", func(s *Source) { s.Conninfo = "postgres://repl:@db/app" }, "sources[0].conninfo"},
+		{"conninfo with passfile", func(s *Source) { s.Conninfo = "host=db passfile=/root/.pgpass" }, "sources[0].conninfo"},
+		{"conninfo with replication", func(s *Source) { s.Conninfo = "host=db replication=database" }, "sources[0].conninfo"},
+		{"conninfo unterminated quote", func(s *Source) { s.Conninfo = "host='db" }, "sources[0].conninfo"},
+		{"long follow name", func(s *Source) { s.Mode, s.Name = "follow", strings.Repeat("a", 41) }, "sources[0].name"},
+		{"long pull name", func(s *Source) { s.Name = strings.Repeat("a", 63) }, ""},
+		{"relative passfile", func(s *Source) { s.Passfile = "pgpass" }, "sources[0].passfile"},
+		{"no script", func(s *Source) { s.AnonymisationScript = "" }, "sources[0].anonymisation_script"},
+		{"relative script", func(s *Source) { s.AnonymisationScript = "app.sql" }, "sources[0].anonymisation_script"},
+		{"no mode", func(s *Source) { s.Mode = "" }, "sources[0].mode"},
+		{"unknown mode", func(s *Source) { s.Mode = "push" }, "sources[0].mode"},
+		{"six cron fields", func(s *Source) { s.Schedule = "0 0 3 * * *" }, "sources[0].schedule"},
+		{"bad every", func(s *Source) { s.Schedule = "@every soon" }, "sources[0].schedule"},
+		{"zero keep", func(s *Source) { s.Keep = 0 }, "sources[0].keep"},
+		{"restore_command in pull mode", func(s *Source) { s.RestoreCommand = "cp /a/%f %p" }, "sources[0].restore_command"},
+		{"restore_command with newline", func(s *Source) {
+			s.Mode, s.RestoreCommand = "follow", "cp /a/%f %p\narchive_command='x'"
+		}, "sources[0].restore_command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			s := good()
+			tt.change(&s)
+			c.Sources = []Source{s}
+			err := errors.Join(c.Validate(), c.CheckSourceFiles())
+			if tt.key == "" {
+				if err != nil {
+					t.Fatalf("valid source rejected: %v", err)
+				}
+				return
+			}
+			wantErr(t, err, tt.key+":")
+		})
+	}
+	files := []struct {
+		name   string
+		change func(*Source)
+		key    string
+	}{
+		{"missing passfile", func(s *Source) { s.Passfile = filepath.Join(dir, "none") }, "sources[0].passfile"},
+		{"readable passfile", func(s *Source) { s.Passfile = open }, "sources[0].passfile"},
+		{"directory passfile", func(s *Source) { s.Passfile = dir }, "sources[0].passfile"},
+		{"missing script", func(s *Source) { s.AnonymisationScript = filepath.Join(dir, "none.sql") }, "sources[0].anonymisation_script"},
+		{"directory script", func(s *Source) { s.AnonymisationScript = dir }, "sources[0].anonymisation_script"},
+	}
+	for _, tt := range files {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			s := good()
+			tt.change(&s)
+			c.Sources = []Source{s}
+			if err := c.Validate(); err != nil {
+				t.Fatalf("Validate judges files: %v", err)
+			}
+			wantErr(t, c.CheckSourceFiles(), tt.key+":")
+		})
+	}
+	t.Run("duplicate name", func(t *testing.T) {
+		t.Parallel()
+		c := Default()
+		c.Sources = []Source{good(), good()}
+		wantErr(t, c.Validate(), "sources[1].name:", "sources[0]")
+	})
+	t.Run("password hidden", func(t *testing.T) {
+		t.Parallel()
+		c := Default()
+		s := good()
+		s.Conninfo = "host=db user=repl password=s3cr3t"
+		c.Sources = []Source{s}
+		err := c.Validate()
+		wantErr(t, err, "sources[0].conninfo:")
+		if strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("error %q reveals the password", err)
+		}
+	})
+}
+
+// TestSourcesNotFromEnvironment checks that an environment variable cannot
+// stand for [[sources]], and says so rather than being ignored.
+func TestSourcesNotFromEnvironment(t *testing.T) {
+	t.Parallel()
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"), true, []string{"DRAUPNIR_SOURCES=app"})
+	wantErr(t, err, "DRAUPNIR_SOURCES", "cannot be set from the environment")
 }

@@ -65,11 +65,14 @@ type inResource struct {
 type imageCreate struct {
 	BackedUpAt          time.Time
 	AnonymisationScript string
+	Source              string
 }
 
-// instanceCreate is a decoded POST /instances document.
+// instanceCreate is a decoded POST /instances document: ImageID, or Source
+// for the newest ready image of a series.
 type instanceCreate struct {
 	ImageID int64
+	Source  string
 	Options draupnir.CreateOptions
 }
 
@@ -98,6 +101,12 @@ func decodeImageCreate(r io.Reader) (imageCreate, error) {
 	if attrs.AnonymisationScript != nil {
 		out.AnonymisationScript = *attrs.AnonymisationScript
 	}
+	if attrs.Source != nil {
+		if !draupnir.ValidSourceName(*attrs.Source) {
+			return imageCreate{}, badSource()
+		}
+		out.Source = *attrs.Source
+	}
 	return out, nil
 }
 
@@ -114,6 +123,10 @@ func decodeImagePatch(r io.Reader, id int64) (draupnir.ImagePatch, error) {
 	var attrs wire.ImageChange
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return draupnir.ImagePatch{}, err
+	}
+	if attrs.Source != nil {
+		return draupnir.ImagePatch{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+			Detail: "an image's source is set when it is created and cannot change", Pointer: "/data/attributes/source"}
 	}
 	var patch draupnir.ImagePatch
 	if attrs.BackedUpAt != nil {
@@ -141,16 +154,28 @@ func decodeInstanceCreate(r io.Reader) (instanceCreate, error) {
 	if err := decodeAttributes(res, &attrs); err != nil {
 		return instanceCreate{}, err
 	}
-	if len(attrs.ImageID) == 0 || string(attrs.ImageID) == "null" {
-		return instanceCreate{}, missing("image_id")
-	}
-	id, ok := parseIDValue(attrs.ImageID)
-	if !ok {
+	noImageID := len(attrs.ImageID) == 0 || string(attrs.ImageID) == "null"
+	var out instanceCreate
+	switch {
+	case attrs.Source != nil && !noImageID:
 		return instanceCreate{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
-			Detail:  "image_id must be a positive integer (a number or a numeric string)",
-			Pointer: "/data/attributes/image_id"}
+			Detail: "give image_id or source, not both", Pointer: "/data/attributes/source"}
+	case attrs.Source != nil:
+		if !draupnir.ValidSourceName(*attrs.Source) {
+			return instanceCreate{}, badSource()
+		}
+		out.Source = *attrs.Source
+	case noImageID:
+		return instanceCreate{}, missing("image_id")
+	default:
+		id, ok := parseIDValue(attrs.ImageID)
+		if !ok {
+			return instanceCreate{}, &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+				Detail:  "image_id must be a positive integer (a number or a numeric string)",
+				Pointer: "/data/attributes/image_id"}
+		}
+		out.ImageID = id
 	}
-	out := instanceCreate{ImageID: id}
 	if attrs.TTL != nil {
 		if out.Options.TTL, err = parseDuration("ttl", *attrs.TTL); err != nil {
 			return instanceCreate{}, err
@@ -454,6 +479,12 @@ func noClientID(res *inResource) error {
 			Detail: "client-generated ids are not supported; leave data.id out", Pointer: "/data/id"}
 	}
 	return nil
+}
+
+func badSource() error {
+	return &apiError{Status: http.StatusUnprocessableEntity, Code: codeUnprocessable,
+		Detail:  "source must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit",
+		Pointer: "/data/attributes/source"}
 }
 
 func missing(attr string) error {

@@ -51,7 +51,7 @@ func (a *api) createImage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	im, err := a.images.Create(c.Request().Context(), principal(c), req.BackedUpAt, req.AnonymisationScript)
+	im, err := a.images.CreateInSeries(c.Request().Context(), principal(c), req.Source, req.BackedUpAt, req.AnonymisationScript)
 	if err != nil {
 		return err
 	}
@@ -134,6 +134,17 @@ func (a *api) createInstance(c echo.Context) error {
 			ae.orig = badImageID()
 		}
 		return err
+	}
+	if req.Source != "" {
+		list, err := a.images.List(c.Request().Context(), principal(c))
+		if err != nil {
+			return err
+		}
+		im, err := draupnir.NewestReady(list, req.Source)
+		if err != nil {
+			return err
+		}
+		req.ImageID = im.ID
 	}
 	in, err := a.instances.Create(c.Request().Context(), principal(c), req.ImageID, req.Options)
 	if err != nil {

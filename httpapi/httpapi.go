@@ -42,7 +42,9 @@ const DefaultMaxBodyBytes = 1 << 20
 type Options struct {
 	Images    draupnir.ImageService
 	Instances draupnir.InstanceService
-	Auth      Authenticator
+	// Sources serves /sources; nil answers that no source is configured.
+	Sources draupnir.SourceService
+	Auth    Authenticator
 	// Health backs GET /health_check; nil reports healthy.
 	Health Health
 	// Log receives request and error logs; nil discards them.
@@ -65,6 +67,7 @@ type Options struct {
 type api struct {
 	images    draupnir.ImageService
 	instances draupnir.InstanceService
+	sources   draupnir.SourceService
 	auth      Authenticator
 	health    Health
 	login     Login
@@ -82,6 +85,7 @@ func New(opts Options) http.Handler {
 	a := &api{
 		images:    opts.Images,
 		instances: opts.Instances,
+		sources:   opts.Sources,
 		auth:      opts.Auth,
 		health:    opts.Health,
 		log:       opts.Log,
@@ -133,6 +137,11 @@ func New(opts Options) http.Handler {
 	e.GET("/tombstones", a.listTombstones, std...)
 	e.POST("/instances/:id/reset", a.resetInstance, std...)
 	e.POST("/instances/:id/save", a.saveInstance, std...)
+
+	e.GET("/sources", a.listSources, std...)
+	e.GET("/sources/:name", a.getSource, std...)
+	// The service refuses everyone but the upload principal, saying so.
+	e.POST("/sources/:name/refresh", a.refreshSource, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
 

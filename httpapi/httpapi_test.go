@@ -973,6 +973,9 @@ func FuzzDecodeImageCreate(f *testing.F) {
 		if got.BackedUpAt.Location() != time.UTC {
 			t.Errorf("backed_up_at not in UTC: %v", got.BackedUpAt)
 		}
+		if got.Source != "" && !draupnir.ValidSourceName(got.Source) {
+			t.Errorf("accepted source %q", got.Source)
+		}
 	})
 }
 
@@ -985,6 +988,8 @@ func FuzzDecodeInstanceCreate(f *testing.F) {
 		`{"data":{"type":"instances","attributes":{"image_id":99999999999999999999}}}`,
 		`{"data":{"type":"images","attributes":{"image_id":1}}}`,
 		`{"data":{"type":"instances"}}`, `[]`, ``, `"x"`,
+		`{"data":{"type":"instances","attributes":{"source":"app"}}}`,
+		`{"data":{"type":"instances","attributes":{"source":"app","image_id":1}}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -994,8 +999,10 @@ func FuzzDecodeInstanceCreate(f *testing.F) {
 			checkDecodeError(t, err)
 			return
 		}
-		if got.ImageID <= 0 {
-			t.Errorf("accepted image_id %d from %q", got.ImageID, b)
+		// Exactly one of an image and a series, each valid.
+		if (got.ImageID > 0) == (got.Source != "") || got.ImageID < 0 ||
+			(got.Source != "" && !draupnir.ValidSourceName(got.Source)) {
+			t.Errorf("accepted image_id %d, source %q from %q", got.ImageID, got.Source, b)
 		}
 	})
 }

@@ -53,7 +53,7 @@ type volumes interface {
 type store interface {
 	get(ctx context.Context, id int64) (*row, error)
 	listAll(ctx context.Context) ([]*row, error)
-	insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error)
+	insert(ctx context.Context, source string, backedUpAt time.Time, script string) (*row, error)
 	// insertSaved registers an image being saved from an instance of
 	// image parent (which must be ready), finalising, with the parent's
 	// database and superuser.

@@ -93,7 +93,7 @@ func (f *fakeStore) listAll(ctx context.Context) ([]*row, error) {
 	return out, nil
 }
 
-func (f *fakeStore) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
+func (f *fakeStore) insert(ctx context.Context, source string, backedUpAt time.Time, script string) (*row, error) {
 	return nil, errors.New("the fake store makes no images")
 }
 

@@ -195,8 +195,17 @@ func destroyingError(id int64) error {
 
 // Create makes an image row and its empty upload subvolume.
 func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return s.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+// CreateInSeries is Create for an image of source's series ("" for none).
+func (s *Service) CreateInSeries(ctx context.Context, p draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	if err := requireUpload(p, "create images"); err != nil {
 		return nil, err
+	}
+	if source != "" && !draupnir.ValidSourceName(source) {
+		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "source",
+			Msg: "source must be 1-63 lower-case letters, digits, '-' or '_', starting with a letter or digit"}
 	}
 	if backedUpAt.IsZero() {
 		return nil, &draupnir.Error{Kind: draupnir.KindInvalid, Field: "backed_up_at", Msg: "backed_up_at is required (RFC 3339, e.g. 2017-05-01T12:00:00Z)"}
@@ -204,7 +213,7 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 	if err := checkScript(script); err != nil {
 		return nil, err
 	}
-	r, err := s.store.insert(ctx, backedUpAt.UTC(), script)
+	r, err := s.store.insert(ctx, source, backedUpAt.UTC(), script)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +230,7 @@ func (s *Service) Create(ctx context.Context, p draupnir.Principal, backedUpAt t
 			return nil, draupnir.StorageError(fmt.Errorf("creating the upload subvolume of image %d: %w", r.ID, err))
 		}
 	}
-	s.log.Info("image created", "image", r.ID)
+	s.log.Info("image created", "image", r.ID, "source", source)
 	return &r.Image, nil
 }
 

@@ -17,7 +17,7 @@ type pgStore struct{ pool *pgxpool.Pool }
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
 	postgres_version, database_name, superuser_name, owner, coalesce(parent_image_id, 0),
-	coalesce(from_instance_id, 0), created_at, updated_at`
+	coalesce(from_instance_id, 0), source, created_at, updated_at`
 
 // row is an image as stored, with the fields the API does not show.
 type row struct {
@@ -30,7 +30,7 @@ func scanImage(r pgx.Row) (*row, error) {
 	var state string
 	err := r.Scan(&im.ID, &state, &im.BackedUpAt, &im.AnonymisationScript, &im.Error, &im.SizeBytes,
 		&im.PostgresVersion, &im.Database, &im.Superuser, &im.Owner, &im.ParentImageID,
-		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt)
+		&im.FromInstanceID, &im.Source, &im.CreatedAt, &im.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}
@@ -73,9 +73,9 @@ func (s pgStore) listAll(ctx context.Context) ([]*row, error) {
 	return out, rows.Err()
 }
 
-func (s pgStore) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
-	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script)
-		VALUES ($1, $2) RETURNING `+imageColumns, backedUpAt, script))
+func (s pgStore) insert(ctx context.Context, source string, backedUpAt time.Time, script string) (*row, error) {
+	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script, source)
+		VALUES ($1, $2, $3) RETURNING `+imageColumns, backedUpAt, script, source))
 	if err != nil {
 		return nil, fmt.Errorf("creating image: %w", err)
 	}

@@ -61,6 +61,7 @@ type Metrics struct {
 	uploads      *prometheus.CounterVec
 	logRecords   *prometheus.CounterVec
 	ruleDestroys *prometheus.CounterVec
+	refreshes    *prometheus.CounterVec
 }
 
 // New registers Draupnir's metrics, the state collector and the Go runtime
@@ -112,9 +113,14 @@ func New(opts Options) *Metrics {
 			Namespace: Namespace, Name: "instances_destroyed_by_rule_total",
 			Help: "Instances destroyed by a rule rather than by a person, by reason: expired, idle, image_destroy.",
 		}, []string{"reason"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "source_refreshes_total",
+			Help: "Refreshes of live sources, by source and result: ok or failed.",
+		}, []string{"source", "result"}),
 	}
 	m.reg.MustRegister(
 		m.httpRequests, m.httpDuration, m.operations, m.opErrors, m.uploadBytes, m.uploads, m.logRecords, m.ruleDestroys,
+		m.refreshes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -145,6 +151,20 @@ func New(opts Options) *Metrics {
 // ObserveRuleDestroy counts an instance that rule reason destroyed.
 func (m *Metrics) ObserveRuleDestroy(reason draupnir.DestroyReason) {
 	m.ruleDestroys.WithLabelValues(string(reason)).Inc()
+}
+
+// ObserveRefresh counts a refresh of source that ended with err (nil: an
+// image is ready). Source names come from the configuration, so the label
+// stays small.
+func (m *Metrics) ObserveRefresh(source string, err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	m.refreshes.WithLabelValues(source, result).Inc()
 }
 
 // CollectState adds the figures read from the state database at each scrape:

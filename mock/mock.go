@@ -40,6 +40,7 @@ type Images struct {
 		P          draupnir.Principal
 		BackedUpAt time.Time
 		Script     string
+		Source     string
 	}
 	Patch draupnir.ImagePatch
 }
@@ -94,6 +95,10 @@ func (f *Images) Get(ctx context.Context, p draupnir.Principal, id int64) (*drau
 }
 
 func (f *Images) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return f.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+func (f *Images) CreateInSeries(ctx context.Context, p draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	if err := f.record("Create", p); err != nil {
 		return nil, err
 	}
@@ -102,10 +107,10 @@ func (f *Images) Create(ctx context.Context, p draupnir.Principal, backedUpAt ti
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Created.P, f.Created.BackedUpAt, f.Created.Script = p, backedUpAt, script
+	f.Created.P, f.Created.BackedUpAt, f.Created.Script, f.Created.Source = p, backedUpAt, script, source
 	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 	im := &draupnir.Image{ID: f.NextID, State: draupnir.ImageCreated, BackedUpAt: backedUpAt,
-		AnonymisationScript: script, CreatedAt: now, UpdatedAt: now}
+		AnonymisationScript: script, Source: source, CreatedAt: now, UpdatedAt: now}
 	f.ByID[im.ID] = im
 	f.NextID++
 	return im, nil

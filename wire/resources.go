@@ -48,6 +48,8 @@ type ImageAttributes struct {
 	Owner          string `json:"owner,omitempty"`
 	ParentImageID  int64  `json:"parent_image_id,omitempty"`
 	FromInstanceID int64  `json:"from_instance_id,omitempty"`
+	// Source names the image's series; empty for none.
+	Source string `json:"source,omitempty"`
 }
 
 // ImageResource is an image as the API renders it.
@@ -73,6 +75,7 @@ func NewImageResource(im *draupnir.Image) ImageResource {
 		Owner:               im.Owner,
 		ParentImageID:       im.ParentImageID,
 		FromInstanceID:      im.FromInstanceID,
+		Source:              im.Source,
 	}}
 }
 
@@ -99,6 +102,7 @@ func (r *ImageResource) Image() *draupnir.Image {
 		Owner:               a.Owner,
 		ParentImageID:       a.ParentImageID,
 		FromInstanceID:      a.FromInstanceID,
+		Source:              a.Source,
 		CreatedAt:           a.CreatedAt.Time,
 		UpdatedAt:           a.UpdatedAt.Time,
 	}
@@ -272,6 +276,9 @@ func NewRequest[A any](typ string, id int64, attrs A) Request[A] {
 type ImageChange struct {
 	BackedUpAt          *string `json:"backed_up_at,omitempty"` // RFC 3339; see RequestTime
 	AnonymisationScript *string `json:"anonymisation_script,omitempty"`
+	// Source puts a new image in a series (POST only: a series is set at
+	// creation).
+	Source *string `json:"source,omitempty"`
 }
 
 // InstanceCreate holds the attributes of POST /instances. ImageID is kept
@@ -279,8 +286,11 @@ type ImageChange struct {
 // anything else with a pointer to it. TTL is a duration such as "90m",
 // "8h" or "7d" (see draupnir.ParseDuration).
 type InstanceCreate struct {
-	ImageID json.RawMessage `json:"image_id"`
-	TTL     *string         `json:"ttl,omitempty"`
+	ImageID json.RawMessage `json:"image_id,omitempty"`
+	// Source, instead of ImageID, takes the newest ready image of that
+	// source's series.
+	Source *string `json:"source,omitempty"`
+	TTL    *string `json:"ttl,omitempty"`
 }
 
 // NewInstanceCreate returns the attributes that create an instance of image

@@ -13,6 +13,7 @@ import (
 	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
+	"github.com/draupnir-db/draupnir/sources"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -26,6 +27,7 @@ type core struct {
 	db        *statedb.DB
 	images    *images.Service
 	instances *instances.Service
+	sources   *sources.Service
 	lock      *datapath.Lock // the data path and run path, held while the server runs
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
@@ -48,8 +50,10 @@ func (c cascadingImages) Destroy(ctx context.Context, p draupnir.Principal, id i
 
 // openCore takes the data path, brings up the state database and migrates
 // it. With services false it stops there (draupnir migrate). destroyed, if
-// not nil, is told of every instance a rule destroys (for metrics).
-func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool, destroyed func(draupnir.DestroyReason)) (*core, error) {
+// not nil, is told of every instance a rule destroys, and refreshed of how
+// every refresh of a source ends (for metrics).
+func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, services bool, destroyed func(draupnir.DestroyReason),
+	refreshed func(source string, err error)) (*core, error) {
 	// Modes below are meant as written, whatever umask the server got.
 	syscall.Umask(0o022)
 	paths := datapath.Layout{Data: cfg.DataPath, Run: cfg.RunPath}
@@ -76,6 +80,10 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	if !services {
 		return c, nil
+	}
+	if err := cfg.CheckSourceFiles(); err != nil {
+		c.Close(ctx)
+		return nil, err
 	}
 	c.images = images.New(images.Options{
 		Pool:              c.db.Pool(),
@@ -131,11 +139,31 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	c.instances.StartPool()
 	c.instances.StartSweeper()
+	c.sources, err = sources.New(sources.Options{
+		Sources:   cfg.Sources,
+		Images:    c.images,
+		Instances: c.instances,
+		Pool:      c.db.Pool(),
+		Postgres:  sup,
+		RunDir:    paths.Run,
+		Refreshed: refreshed,
+		Log:       log,
+	})
+	if err == nil {
+		err = c.sources.Start(ctx)
+	}
+	if err != nil {
+		c.Close(ctx)
+		return nil, fmt.Errorf("starting the sources: %w", err)
+	}
 	return c, nil
 }
 
 // Close stops the services and the state cluster; instances keep running.
 func (c *core) Close(ctx context.Context) {
+	if c.sources != nil { // its refreshes use the images
+		c.sources.Close()
+	}
 	if c.images != nil {
 		c.images.Close()
 	}

@@ -146,7 +146,7 @@ func migrateCmd(ctx context.Context, configPath string, args []string, stdout, s
 		return err
 	}
 	log := logging.New(stderr, cfg.Environment)
-	c, err := openCore(ctx, cfg, log, false, nil)
+	c, err := openCore(ctx, cfg, log, false, nil, nil)
 	if err != nil {
 		return err
 	}

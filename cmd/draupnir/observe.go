@@ -33,8 +33,12 @@ func newObservedImages(s imageService, m *metrics.Metrics) observedImages {
 }
 
 func (o observedImages) Create(ctx context.Context, p draupnir.Principal, backedUpAt time.Time, script string) (*draupnir.Image, error) {
+	return o.CreateInSeries(ctx, p, "", backedUpAt, script)
+}
+
+func (o observedImages) CreateInSeries(ctx context.Context, p draupnir.Principal, source string, backedUpAt time.Time, script string) (*draupnir.Image, error) {
 	start := time.Now()
-	im, err := o.imageService.Create(ctx, p, backedUpAt, script)
+	im, err := o.imageService.CreateInSeries(ctx, p, source, backedUpAt, script)
 	o.m.ObserveOperation(metrics.OpImageCreate, err, time.Since(start))
 	return im, err
 }

@@ -51,7 +51,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if cfg.Environment == "test" {
 		log.Warn("environment is test: the integration-test token is accepted")
 	}
-	c, err := openCore(ctx, cfg, log, true, m.ObserveRuleDestroy)
+	c, err := openCore(ctx, cfg, log, true, m.ObserveRuleDestroy, m.ObserveRefresh)
 	if err != nil {
 		return err
 	}
@@ -69,6 +69,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	handler := httpapi.New(httpapi.Options{
 		Images:       c.doorImages,
 		Instances:    c.doorInstances,
+		Sources:      c.sources,
 		Metrics:      m.Handler(),
 		Requests:     m,
 		Auth:         people,

@@ -70,6 +70,7 @@ func sshCommands(cfg *config.Config, c *core, log *slog.Logger) sshd.CommandRunn
 		b := cli.Backend{
 			Images:        c.doorImages,
 			Instances:     c.doorInstances,
+			Sources:       c.sources,
 			Uploads:       c.doorImages,
 			Principal:     p,
 			ServerVersion: func(context.Context) (string, error) { return draupnir.Version, nil }, // the core is the server

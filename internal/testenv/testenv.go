@@ -10,6 +10,7 @@ package testenv
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -190,11 +191,33 @@ type Source struct {
 	Dir       string // data directory
 	SocketDir string
 	Bin       string
+	// Port is the cluster's port: 5432 on its unix socket alone, or, for
+	// SourceClusterTCP, a free port that 127.0.0.1 listens on too.
+	Port int
 }
 
 // SourceCluster initialises and starts a cluster (unix socket only) in a fresh
 // directory and stops it at cleanup. setupSQL runs in database postgres.
 func SourceCluster(t testing.TB, setupSQL string) *Source {
+	t.Helper()
+	return sourceCluster(t, setupSQL, 0)
+}
+
+// SourceClusterTCP is SourceCluster listening on 127.0.0.1 too, at a free
+// port, where every connection (replication ones too) needs a password
+// (scram-sha-256); the unix socket stays trusted, for setup.
+func SourceClusterTCP(t testing.TB, setupSQL string) *Source {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return sourceCluster(t, setupSQL, port)
+}
+
+func sourceCluster(t testing.TB, setupSQL string, tcpPort int) *Source {
 	t.Helper()
 	RequireRoot(t)
 	bin := BinDir(t)
@@ -203,14 +226,23 @@ func SourceCluster(t testing.TB, setupSQL string) *Source {
 	if err := os.Chown(base, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	s := &Source{Dir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"), Bin: bin}
+	s := &Source{Dir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"), Bin: bin, Port: 5432}
 	if err := os.Mkdir(s.SocketDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	os.Chown(s.SocketDir, uid, gid)
 	AsPostgres(t, filepath.Join(bin, "initdb"), "-D", s.Dir, "-A", "trust", "-U", "postgres", "--no-sync")
+	listen := "''"
+	if tcpPort != 0 {
+		s.Port, listen = tcpPort, "'127.0.0.1'"
+		hba := "local all all trust\nlocal replication all trust\n" +
+			"host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n"
+		if err := os.WriteFile(filepath.Join(s.Dir, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	AsPostgres(t, filepath.Join(bin, "pg_ctl"), "-D", s.Dir, "-w", "-l", filepath.Join(base, "log"), "-o",
-		fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories='%s' -c port=5432 -c fsync=off", s.SocketDir), "start")
+		fmt.Sprintf("-c listen_addresses=%s -c unix_socket_directories='%s' -c port=%d -c fsync=off", listen, s.SocketDir, s.Port), "start")
 	t.Cleanup(func() {
 		exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"), "-D", s.Dir, "-m", "immediate", "-w", "stop").Run()
 	})
@@ -225,7 +257,7 @@ func SourceCluster(t testing.TB, setupSQL string) *Source {
 func (s *Source) SQL(t testing.TB, db, sql string) string {
 	t.Helper()
 	return AsPostgres(t, filepath.Join(s.Bin, "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-		"-h", s.SocketDir, "-p", "5432", "-U", "postgres", "-d", db, "-c", sql)
+		"-h", s.SocketDir, "-p", strconv.Itoa(s.Port), "-U", "postgres", "-d", db, "-c", sql)
 }
 
 // BaseBackup runs pg_basebackup -Ft into a fresh directory (extra flags such
@@ -236,7 +268,7 @@ func (s *Source) BaseBackup(t testing.TB, extra ...string) string {
 	out := filepath.Join(TempDir(t), "backup")
 	uid, gid := PostgresUser(t)
 	os.Chown(filepath.Dir(out), uid, gid)
-	args := append([]string{"-h", s.SocketDir, "-p", "5432", "-U", "postgres", "-D", out, "-Ft", "-c", "fast"}, extra...)
+	args := append([]string{"-h", s.SocketDir, "-p", strconv.Itoa(s.Port), "-U", "postgres", "-D", out, "-Ft", "-c", "fast"}, extra...)
 	AsPostgres(t, filepath.Join(s.Bin, "pg_basebackup"), args...)
 	return out
 }
