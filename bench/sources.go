@@ -79,14 +79,6 @@ func (e *env) refreshed(ctx context.Context, name string) (int64, time.Duration,
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
-}
 
 // sources measures a pull refresh of the pgbench source (request → image
 // ready) against what it replaces: pg_basebackup to disk, the tarball
