@@ -79,7 +79,6 @@ func (e *env) refreshed(ctx context.Context, name string) (int64, time.Duration,
 	}
 }
 
-
 // sources measures a pull refresh of the pgbench source (request → image
 // ready) against what it replaces: pg_basebackup to disk, the tarball
 // streamed into a new image through the SSH door, and done.
