@@ -198,13 +198,17 @@ type Principal struct {
 	Name string
 	// Upload is true for the trusted principal that manages images.
 	Upload bool
+	// Node is true for another node of the cluster (Name is its name),
+	// signed in with its registered key: it may speak the node protocol
+	// and nothing else, and it is neither a user nor the upload principal.
+	Node bool
 }
 
 // UploadPrincipal is the name of the trusted principal that manages images.
 const UploadPrincipal = "upload"
 
 // CanSee reports whether p may see an instance owned by owner.
-func (p Principal) CanSee(owner string) bool { return p.Upload || p.Name == owner }
+func (p Principal) CanSee(owner string) bool { return !p.Node && (p.Upload || p.Name == owner) }
 
 // Kind classifies errors so the doors can map them to HTTP statuses and exit
 // codes.

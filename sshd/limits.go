@@ -156,12 +156,13 @@ func (l *limiter) authenticate(s *slot, p draupnir.Principal) error {
 	case released:
 		return errors.New("the connection was closed to make room for others")
 	case authenticated:
-		if s.principal == p.Name {
+		if s.principal == limiterName(p) {
 			return nil
 		}
 		l.leaveAuthenticated(s)
 	}
-	if l.byName[p.Name] >= l.lim.perPrincipal {
+	name := limiterName(p)
+	if l.byName[name] >= l.lim.perPrincipal {
 		return fmt.Errorf("too many connections for %s (at most %d at once); close some and try again", p.Name, l.lim.perPrincipal)
 	}
 	users := l.authed - l.byUpload
@@ -171,8 +172,8 @@ func (l *limiter) authenticate(s *slot, p draupnir.Principal) error {
 	if s.state == inHandshake {
 		l.leaveHandshake(s)
 	}
-	s.state, s.principal, s.upload = authenticated, p.Name, p.Upload
-	l.byName[p.Name]++
+	s.state, s.principal, s.upload = authenticated, name, p.Upload
+	l.byName[name]++
 	l.authed++
 	if p.Upload {
 		l.byUpload++
