@@ -91,4 +91,3 @@ func (s *Server) refuseNodeProtocol(sess ssh.Session, p draupnir.Principal, args
 	s.log.Warn("ssh node protocol refused to a non-node", "principal", p.Name, "remote", sess.RemoteAddr().String())
 	return s.fail(sess, p, draupnir.Errorf(draupnir.KindForbidden, "permission denied: %s is for the cluster's nodes only", NodeCommand)), true
 }
-
