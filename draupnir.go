@@ -62,6 +62,19 @@ type Image struct {
 	FromInstanceID int64
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
+	// Nodes are the image's copies on the nodes of a cluster: where it is
+	// ready, where it is being copied. Empty for a single node.
+	Nodes []ImageCopy
+}
+
+// ImageCopy is an image's copy on one node of a cluster.
+type ImageCopy struct {
+	Node string
+	// State is copying, ready, failed (an attempt failed; it is retried)
+	// or destroying.
+	State    string
+	Attempts int    // attempts at copying it there so far
+	Error    string // why the last attempt failed
 }
 
 // Saved reports whether the image was saved from an instance.

@@ -46,6 +46,11 @@ type Options struct {
 	// source's triggers and rules off while it runs.
 	ScriptAsSuperuser bool
 	KeepUploads       bool // keep an image's raw upload once it is ready (debugging)
+	// Node is this node's name in a cluster; "" for a single node. Images
+	// made here record it; an image is ready here only once this node
+	// holds a ready copy (package replicate ships them), and a destroy
+	// reaches every node's copy.
+	Node string
 	Log               *slog.Logger
 }
 
@@ -134,9 +139,34 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 	}
 	out := make([]*draupnir.Image, len(rows))
 	for i, r := range rows {
-		out[i] = visibleTo(p, &r.Image)
+		out[i] = &r.Image
+	}
+	if err := s.addCopies(ctx, out...); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i] = visibleTo(p, out[i])
 	}
 	return out, nil
+}
+
+// addCopies fills in the images' copies on the nodes of a cluster.
+func (s *Service) addCopies(ctx context.Context, ims ...*draupnir.Image) error {
+	if s.copies == nil || len(ims) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(ims))
+	for i, im := range ims {
+		ids[i] = im.ID
+	}
+	byID, err := s.copies.copies(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, im := range ims {
+		im.Nodes = byID[im.ID]
+	}
+	return nil
 }
 
 // Get returns image id as p sees it: only the upload principal reads why
@@ -144,6 +174,9 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
 	r, err := s.store.get(ctx, id)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.addCopies(ctx, &r.Image); err != nil {
 		return nil, err
 	}
 	return visibleTo(p, &r.Image), nil
@@ -159,11 +192,16 @@ const FailedForOthers = "finalising failed; the upload principal can see why"
 // upload principal, who runs finalise, reads it; others learn only that it
 // failed.
 func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
-	if p.Upload || im.Error == "" {
+	if p.Upload || im.Error == "" && !slices.ContainsFunc(im.Nodes, func(c draupnir.ImageCopy) bool { return c.Error != "" }) {
 		return im
 	}
 	c := *im
 	c.Error = FailedForOthers
+	// Why a copy failed can quote the data path: the upload principal's.
+	c.Nodes = slices.Clone(im.Nodes)
+	for i := range c.Nodes {
+		c.Nodes[i].Error = ""
+	}
 	return &c
 }
 
@@ -176,6 +214,15 @@ func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, er
 	}
 	if r.State != draupnir.ImageReady {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s, not ready", id, r.State)
+	}
+	if s.copies != nil {
+		here, err := s.copies.readyHere(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !here {
+			return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready on this node yet (it is being copied here)", id)
+		}
 	}
 	s.mu.Lock()
 	destroying := s.destroys[id]
@@ -310,6 +357,17 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
 		return fmt.Errorf("destroying the instances of image %d: %w", id, err)
 	}
+	if s.copies != nil {
+		// In a cluster the image's copies go first, each node its own;
+		// the row goes with the last (package replicate).
+		n, err := s.copies.markDestroying(ctx, id)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return s.destroyCopy(ctx, id)
+		}
+	}
 	if err := s.store.delete(ctx, id); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
@@ -328,6 +386,26 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 		return fmt.Errorf("image %d is destroyed but its subvolumes are not all deleted: %w", id, err)
 	}
 	s.log.Info("image destroyed", "image", id)
+	return nil
+}
+
+// destroyCopy deletes this node's copy of image id, whose destroy has begun
+// on every node.
+func (s *Service) destroyCopy(ctx context.Context, id int64) error {
+	var errs []error
+	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
+		if err := s.volumes.Delete(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("image %d is being destroyed but its subvolumes here are not all deleted: %w", id, err)
+	}
+	gone, err := s.copies.dropCopy(ctx, id)
+	if err != nil {
+		return err
+	}
+	s.log.Info("image destroyed on this node; the other nodes delete their copies", "image", id, "row_deleted", gone)
 	return nil
 }
 
@@ -368,7 +446,9 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			return err
 		}
 		if r.State == draupnir.ImageReady {
-			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
+			// (In a cluster a node may lack a ready image's snapshot:
+			// it is still being copied here.)
+			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok && s.copies == nil {
 				s.log.Error("ready image has lost its snapshot; marking it failed", "image", r.ID)
 				s.store.fail(ctx, r.ID, "the image's snapshot is missing from the data path; upload and finalise it again")
 			}
