@@ -382,3 +382,40 @@ func parseDu(out []byte) (total, exclusive int64, err error) {
 	}
 	return total, exclusive, nil
 }
+
+var iocSubvolSetflags = iow(26, 8)
+
+// SetReadOnly sets or clears the read-only flag of the subvolume at path
+// (BTRFS_IOC_SUBVOL_SETFLAGS). A received subvolume keeps its received
+// UUID, so that later incremental streams still find it as their parent.
+func SetReadOnly(path string, readOnly bool) error {
+	if err := setReadOnly(path, readOnly); err != nil {
+		return fmt.Errorf("btrfs set read-only %s: %w", path, err)
+	}
+	return nil
+}
+
+func setReadOnly(path string, readOnly bool) error {
+	fd, err := openDir(path)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Ino != firstFreeObjectID {
+		return errNotSubvolume
+	}
+	var flags uint64
+	if err := ioctl(fd, iocSubvolGetflags, unsafe.Pointer(&flags)); err != nil {
+		return err
+	}
+	if readOnly {
+		flags |= subvolRdonly
+	} else {
+		flags &^= subvolRdonly
+	}
+	return ioctl(fd, iocSubvolSetflags, unsafe.Pointer(&flags))
+}

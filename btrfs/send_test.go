@@ -54,6 +54,20 @@ func TestSendReceive(t *testing.T) {
 	if err := Receive(ctx, dst, &full); err != nil {
 		t.Fatal(err)
 	}
+	// A received subvolume moved to another directory (which needs it
+	// writable for a moment) still serves as the parent of the next.
+	moved := filepath.Join(mnt, "moved")
+	os.Mkdir(moved, 0o700)
+	if err := SetReadOnly(filepath.Join(dst, "s1"), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dst, "s1"), filepath.Join(moved, "s1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetReadOnly(filepath.Join(moved, "s1"), true); err != nil {
+		t.Fatal(err)
+	}
+	dst = moved
 	var incr bytes.Buffer
 	if err := Send(ctx, filepath.Join(mnt, "s2"), filepath.Join(mnt, "s1"), &incr); err != nil {
 		t.Fatal(err)

@@ -77,6 +77,8 @@ func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int
 	waitErr := sess.Wait()
 	n := in.n.Load()
 	switch {
+	case in.stalled.Load():
+		return n, fmt.Errorf("the stream from node %s stalled for %s; cut", src.Name, r.opts.StallTimeout)
 	case in.over.Load():
 		return n, fmt.Errorf("the stream from node %s is larger than %d bytes; refused", src.Name, limit)
 	case recvErr != nil:
@@ -112,7 +114,18 @@ func (r *Replicator) install(id int64, tmp string) error {
 	if ro, err := btrfs.IsReadOnly(got); err != nil || !ro {
 		return fmt.Errorf("the stream's subvolume is not read-only (unfinished); refused")
 	}
-	if err := os.Rename(got, r.snapshotDir(id)); err != nil {
+	// A read-only subvolume cannot move to another directory (its ".."
+	// would change): writable for the move only, by root, in directories
+	// only root may enter.
+	dst := r.snapshotDir(id)
+	if err := btrfs.SetReadOnly(got, false); err != nil {
+		return fmt.Errorf("installing the received image: %w", err)
+	}
+	if err := os.Rename(got, dst); err != nil {
+		return fmt.Errorf("installing the received image: %w", err)
+	}
+	if err := btrfs.SetReadOnly(dst, true); err != nil {
+		btrfs.Delete(dst)
 		return fmt.Errorf("installing the received image: %w", err)
 	}
 	return nil

@@ -75,6 +75,8 @@ type Options struct {
 	// cut, for tests, makes the stream of an attempt fail after n
 	// bytes when it returns n > 0.
 	cut func(attempt int) int64
+	// received, for tests, is told the stream bytes of each copy.
+	received func(id, bytes int64)
 }
 
 // Replicator pulls images to this node and serves them to others.
@@ -245,6 +247,12 @@ func (r *Replicator) attempt(ctx context.Context, c candidate, peers []Peer) {
 		// froze it here): a crash came before the row said so.
 		r.finish(ctx, c.ID, nil, log)
 		return
+	} else if ok, _ := btrfs.IsSubvolume(snap); ok {
+		// Moved in but not yet read-only again when this node stopped.
+		if err := btrfs.Delete(snap); err != nil {
+			r.finish(ctx, c.ID, err, log)
+			return
+		}
 	}
 	var src *Peer
 	var sources []Peer
@@ -264,6 +272,9 @@ func (r *Replicator) attempt(ctx context.Context, c candidate, peers []Peer) {
 	}
 	start := time.Now()
 	n, err := r.pull(ctx, *src, c, parent, attempt)
+	if err == nil && r.opts.received != nil {
+		r.opts.received(c.ID, n)
+	}
 	if err == nil {
 		log.Info("image received", "from", src.Name, "parent", parent, "bytes", n, "attempt", attempt, "duration", time.Since(start))
 	}
