@@ -51,7 +51,7 @@ type Options struct {
 	// holds a ready copy (package replicate ships them), and a destroy
 	// reaches every node's copy.
 	Node string
-	Log               *slog.Logger
+	Log  *slog.Logger
 }
 
 // Service manages images.

@@ -113,7 +113,7 @@ func (c *cluster) addNode(name string, opt func(*Options)) *node {
 	o := Options{
 		Pool: c.pool, Node: name, Peers: peers, Signer: signer,
 		SnapshotsDir: n.snaps, ReceiveDir: filepath.Join(n.mnt, "image_receive"),
-		Backoff: time.Millisecond, MaxBackoff: time.Millisecond, Log: log,
+		Backoff: time.Nanosecond, MaxBackoff: time.Nanosecond, Log: log,
 		received: func(id, b int64) { n.mu.Lock(); n.received[id] = b; n.mu.Unlock() },
 	}
 	opt(&o)
