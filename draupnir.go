@@ -156,6 +156,10 @@ const (
 	// InstanceWarm is a started instance in the warm pool: nobody's yet,
 	// invisible to everyone, handed out whole by the next create.
 	InstanceWarm InstanceState = "warm"
+	// InstanceUnavailable is an instance on a node that is down: it is not
+	// lost (its data is on that node) and answers again once the node is
+	// back. Never stored; only reported.
+	InstanceUnavailable InstanceState = "unavailable"
 )
 
 // Instance is a writable snapshot of a ready image with its own postgres.

@@ -1,0 +1,47 @@
+package draupnir
+
+import (
+	"context"
+	"time"
+)
+
+// Node is one `draupnir serve` of several sharing a state database, as the
+// state database last heard of it. A single node (no [node] name) has no
+// row and is never listed.
+type Node struct {
+	Name string
+	// AdvertiseHost is what users connect to for instances on the node.
+	AdvertiseHost string
+	// APIURL and SSHAddress are how other nodes reach its API and SSH door.
+	APIURL     string
+	SSHAddress string
+	// SSHPublicKey is the authorized_keys line of its SSH host key, the
+	// key it signs in with at other nodes' SSH doors.
+	SSHPublicKey string
+	// Drained nodes take no new instances; theirs keep running.
+	Drained bool
+	// Down is computed when read: no heartbeat for three intervals.
+	Down        bool
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+	NodeCapacity
+}
+
+// NodeCapacity is the room a node reported with its last heartbeat.
+type NodeCapacity struct {
+	FreeDiskBytes   int64 // beyond the data path's reserve
+	FreeMemoryBytes int64
+	Instances       int // instances placed on the node, warm ones included
+	FreePorts       int
+}
+
+// NodeService is the cluster's membership as the doors call it: the upload
+// principal sees the nodes and drains or undrains them; anyone else gets
+// KindForbidden.
+type NodeService interface {
+	List(ctx context.Context, p Principal) ([]*Node, error)
+	// Drain stops new instances on node name (theirs keep running);
+	// Undrain reverses it. Both return the node as it is now.
+	Drain(ctx context.Context, p Principal, name string) (*Node, error)
+	Undrain(ctx context.Context, p Principal, name string) (*Node, error)
+}
