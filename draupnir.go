@@ -173,6 +173,9 @@ type Instance struct {
 	Username string
 	Password string
 	Database string
+	// Node is the node of a cluster the instance runs on; empty on a
+	// single node.
+	Node string
 	// CACertificate is the PEM certificate of the CA that signed the
 	// instance's server certificate, for sslmode=verify-full.
 	CACertificate string

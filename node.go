@@ -2,6 +2,7 @@ package draupnir
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -18,6 +19,9 @@ type Node struct {
 	// SSHPublicKey is the authorized_keys line of its SSH host key, the
 	// key it signs in with at other nodes' SSH doors.
 	SSHPublicKey string
+	// CACertificate is the PEM certificate of the CA that signs the
+	// server certificates of the node's instances.
+	CACertificate string
 	// Drained nodes take no new instances; theirs keep running.
 	Drained bool
 	// Down is computed when read: no heartbeat for three intervals.
@@ -44,4 +48,17 @@ type NodeService interface {
 	// Undrain reverses it. Both return the node as it is now.
 	Drain(ctx context.Context, p Principal, name string) (*Node, error)
 	Undrain(ctx context.Context, p Principal, name string) (*Node, error)
+}
+
+// ElsewhereError is the answer of a node's instance service about an
+// instance that runs on another node: that node must be asked instead
+// (the doors' forwarding does). Instance is what the state database says
+// of it, for when that node cannot be reached.
+type ElsewhereError struct {
+	Node     string
+	Instance *Instance
+}
+
+func (e *ElsewhereError) Error() string {
+	return fmt.Sprintf("instance %d runs on node %s", e.Instance.ID, e.Node)
 }

@@ -21,7 +21,7 @@ type deps struct {
 }
 
 func realDeps(opts Options) deps {
-	d := deps{volumes: btrfs.FS{}, store: pgStore{opts.Pool}}
+	d := deps{volumes: btrfs.FS{}, store: pgStore{pool: opts.Pool, node: opts.Node}}
 	if opts.Supervisor != nil {
 		// Not a nil *Supervisor in a non-nil postgres.
 		d.postgres = opts.Supervisor

@@ -379,3 +379,28 @@ func TestDestroyByOwner(t *testing.T) {
 		})
 	}
 }
+
+// TestReconcileLeavesOtherNodesImages: a node repairs only the images it
+// makes; another node may be finalising one right now, and a ready one of
+// another node has no snapshot here until it is shipped.
+func TestReconcileLeavesOtherNodesImages(t *testing.T) {
+	e := newEnv(t)
+	e.s.opts.Node = "a"
+	e.image(t, 1, draupnir.ImageFinalising)
+	e.image(t, 2, draupnir.ImageReady)
+	e.image(t, 3, draupnir.ImageFinalising)
+	e.store.mu.Lock()
+	for _, id := range []int64{1, 2} {
+		e.store.rows[id].Node = "b"
+	}
+	e.store.rows[3].Node = "a"
+	e.store.mu.Unlock()
+	if err := e.s.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[int64]draupnir.ImageState{1: draupnir.ImageFinalising, 2: draupnir.ImageReady, 3: draupnir.ImageFailed} {
+		if r := e.store.row(id); r.State != want {
+			t.Errorf("image %d is %s, want %s", id, r.State, want)
+		}
+	}
+}

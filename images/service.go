@@ -35,6 +35,9 @@ import (
 
 // Options configures a Service.
 type Options struct {
+	// Node is this node's name in a cluster ('' for a single node): the
+	// images it registers are made here, and Reconcile repairs only those.
+	Node            string
 	Pool            *pgxpool.Pool
 	Supervisor      *supervisor.Supervisor
 	UploadsDir      string // data_path/image_uploads
@@ -342,6 +345,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, r := range rows {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
+		if r.Node != s.opts.Node {
+			// Another node makes it, perhaps right now; a copy of it
+			// here is the shipping's to keep or repair.
+			continue
+		}
 		if r.State == draupnir.ImageFinalising && r.Saved() {
 			// A save has nothing to retry from: undo it.
 			s.log.Warn("image was being saved from an instance when the server stopped; deleting it", "image", r.ID)

@@ -12,17 +12,24 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// pgStore is the images table in the state database.
-type pgStore struct{ pool *pgxpool.Pool }
+// pgStore is the images table in the state database; the images it
+// registers are made on node ('' on a single node).
+type pgStore struct {
+	pool *pgxpool.Pool
+	node string
+}
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
 	postgres_version, database_name, superuser_name, owner, coalesce(parent_image_id, 0),
-	coalesce(from_instance_id, 0), created_at, updated_at`
+	coalesce(from_instance_id, 0), created_at, updated_at, node`
 
 // row is an image as stored, with the fields the API does not show.
 type row struct {
 	draupnir.Image
 	Superuser string
+	// Node is the node that makes the image (takes its upload and
+	// finalises it, or saves it from an instance).
+	Node string
 }
 
 func scanImage(r pgx.Row) (*row, error) {
@@ -30,7 +37,7 @@ func scanImage(r pgx.Row) (*row, error) {
 	var state string
 	err := r.Scan(&im.ID, &state, &im.BackedUpAt, &im.AnonymisationScript, &im.Error, &im.SizeBytes,
 		&im.PostgresVersion, &im.Database, &im.Superuser, &im.Owner, &im.ParentImageID,
-		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt)
+		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt, &im.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -74,8 +81,8 @@ func (s pgStore) listAll(ctx context.Context) ([]*row, error) {
 }
 
 func (s pgStore) insert(ctx context.Context, backedUpAt time.Time, script string) (*row, error) {
-	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script)
-		VALUES ($1, $2) RETURNING `+imageColumns, backedUpAt, script))
+	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (backed_up_at, anonymisation_script, node)
+		VALUES ($1, $2, $3) RETURNING `+imageColumns, backedUpAt, script, s.node))
 	if err != nil {
 		return nil, fmt.Errorf("creating image: %w", err)
 	}
@@ -120,10 +127,10 @@ func (s pgStore) startUpload(ctx context.Context, id int64) (*row, bool, error) 
 // time is the parent's: the data is that backup's, changed by its user.
 func (s pgStore) insertSaved(ctx context.Context, owner string, parent, instanceID int64) (*row, error) {
 	im, err := scanImage(s.pool.QueryRow(ctx, `INSERT INTO images (state, backed_up_at, owner, parent_image_id, from_instance_id,
-			database_name, superuser_name, postgres_version)
-		SELECT 'finalising', backed_up_at, $1, id, $3, database_name, superuser_name, postgres_version
+			database_name, superuser_name, postgres_version, node)
+		SELECT 'finalising', backed_up_at, $1, id, $3, database_name, superuser_name, postgres_version, $4
 		FROM images WHERE id = $2 AND state = 'ready'
-		RETURNING `+imageColumns, owner, parent, instanceID))
+		RETURNING `+imageColumns, owner, parent, instanceID, s.node))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d, which the instance was made of, is not ready", parent)
 	}

@@ -91,10 +91,16 @@ func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.I
 	}), f.failing("listOwned")
 }
 
-func (f *fakeStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
+// listOfImage ignores here: the fake holds one node's instances.
+func (f *fakeStore) listOfImage(ctx context.Context, imageID int64, here bool) ([]*draupnir.Instance, error) {
 	return f.listWhere(func(r *draupnir.Instance) bool {
 		return r.ImageID == imageID && r.State != draupnir.InstanceCreating && r.State != draupnir.InstanceResetting
 	}), f.failing("listOfImage")
+}
+
+func (f *fakeStore) usage(ctx context.Context, min, max int) (int, int, error) {
+	all := f.listWhere(func(*draupnir.Instance) bool { return true })
+	return len(all), max - min + 1 - len(all), f.failing("usage")
 }
 
 // freePort is the lowest port of [min, max] that no row holds and that is

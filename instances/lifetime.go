@@ -165,7 +165,9 @@ func lapsed(in *draupnir.Instance, now time.Time, idle time.Duration) (draupnir.
 
 // sweep destroys every instance that a rule says must go at now.
 func (s *Service) sweep(ctx context.Context, now time.Time) {
-	list, err := s.store.listOwned(ctx, nil)
+	// This node's only: another node's instances are its own to sweep
+	// (lapsed skips the warm pool's, which are nobody's).
+	list, err := s.store.listAll(ctx)
 	if err != nil {
 		s.log.Error("sweeper could not list the instances", "err", err)
 		return
