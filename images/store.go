@@ -13,7 +13,7 @@ import (
 )
 
 // pgStore is the images table in the state database; the images it
-// registers are made on node (” on a single node).
+// registers are made on node (empty on a single node).
 type pgStore struct {
 	pool *pgxpool.Pool
 	node string

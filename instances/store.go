@@ -14,7 +14,7 @@ import (
 
 // pgStore is the instances table in the state database, as node sees it:
 // it lists, allocates ports for and pools only its own node's instances
-// (node is ” on a single node), and reads and counts everyone's.
+// (node is empty on a single node), and reads and counts everyone's.
 type pgStore struct {
 	pool *pgxpool.Pool
 	node string
