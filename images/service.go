@@ -35,7 +35,7 @@ import (
 
 // Options configures a Service.
 type Options struct {
-	// Node is this node's name in a cluster ('' for a single node): the
+	// Node is this node's name in a cluster (empty for a single node): the
 	// images it registers are made here, and Reconcile repairs only those.
 	Node            string
 	Pool            *pgxpool.Pool

@@ -53,7 +53,7 @@ type Cluster interface {
 
 // Options configures a Service.
 type Options struct {
-	// Node is this node's name in a cluster, '' for a single node: the
+	// Node is this node's name in a cluster, empty for a single node: the
 	// service runs, pools, sweeps and allocates ports for its own node's
 	// instances only, and answers about another node's with a
 	// *draupnir.ElsewhereError.
