@@ -715,6 +715,9 @@ func (c *Config) validateNode(bad func(key, format string, args ...any)) {
 	} else if h, p, err := net.SplitHostPort(n.SSHAddress); err != nil || !validHost(h) || !validPortText(p) {
 		bad("node.ssh_address", "must be host:port such as \"node1.internal:2222\", got %q", n.SSHAddress)
 	}
+	if c.SSH.Port == 0 {
+		bad("ssh.port", "must not be 0 with node.name: nodes ship images to each other through the SSH door")
+	}
 	if c.Cluster.Secret == "" {
 		bad("cluster.secret", "is required with node.name (or cluster.secret_file): it signs the API calls nodes forward to each other")
 	}

@@ -508,6 +508,7 @@ func TestValidateNode(t *testing.T) {
 		{"no secret", func(c *Config) { c.Cluster.Secret = "" }, "cluster.secret"},
 		{"short secret", func(c *Config) { c.Cluster.Secret = "short-secret" }, "cluster.secret"},
 		{"negative copies", func(c *Config) { c.Cluster.Copies = -1 }, "cluster.copies"},
+		{"no SSH door", func(c *Config) { c.SSH.Port = 0 }, "ssh.port"},
 		{"node keys without a name", func(c *Config) { *c = Default(); c.Node.APIURL = "http://n1:8080" }, "node.api_url"},
 	}
 	for _, tt := range tests {

@@ -28,8 +28,9 @@ const MissedBeats = 3
 // Options configures a Registry.
 type Options struct {
 	Pool *pgxpool.Pool
-	// Self is this node's row: Name, AdvertiseHost, APIURL, SSHAddress and
-	// SSHPublicKey are written by Register; the rest is ignored.
+	// Self is this node's row: Name, AdvertiseHost, APIURL, SSHAddress,
+	// SSHPublicKey and CACertificate are written by Register; the rest is
+	// ignored.
 	Self draupnir.Node
 	// Interval is node.heartbeat_interval.
 	Interval time.Duration
@@ -65,15 +66,15 @@ func (r *Registry) Interval() time.Duration { return r.opts.Interval }
 func (r *Registry) Register(ctx context.Context) error {
 	s := r.opts.Self
 	tag, err := r.opts.Pool.Exec(ctx, `
-		INSERT INTO nodes (name, advertise_host, api_url, ssh_address, ssh_public_key)
-		VALUES ($1, $2, $3, $4, $5)
+		INSERT INTO nodes (name, advertise_host, api_url, ssh_address, ssh_public_key, ca_certificate)
+		VALUES ($1, $2, $3, $4, $5, $7)
 		ON CONFLICT (name) DO UPDATE SET
 			advertise_host = excluded.advertise_host, api_url = excluded.api_url,
 			ssh_address = excluded.ssh_address, ssh_public_key = excluded.ssh_public_key,
-			started_at = now(), heartbeat_at = now()
+			ca_certificate = excluded.ca_certificate, started_at = now(), heartbeat_at = now()
 		WHERE nodes.ssh_public_key = excluded.ssh_public_key
 		   OR nodes.heartbeat_at < now() - $6::interval`,
-		s.Name, s.AdvertiseHost, s.APIURL, s.SSHAddress, s.SSHPublicKey, r.downAfter())
+		s.Name, s.AdvertiseHost, s.APIURL, s.SSHAddress, s.SSHPublicKey, r.downAfter(), s.CACertificate)
 	if err != nil {
 		return unavailable(fmt.Errorf("registering node %s: %w", s.Name, err))
 	}
@@ -160,14 +161,14 @@ func (r *Registry) beat(ctx context.Context) error {
 }
 
 const selectNodes = `
-	SELECT name, advertise_host, api_url, ssh_address, ssh_public_key, drained,
+	SELECT name, advertise_host, api_url, ssh_address, ssh_public_key, ca_certificate, drained,
 		heartbeat_at < now() - $1::interval, started_at, heartbeat_at,
 		free_disk_bytes, free_memory_bytes, instances, free_ports
 	FROM nodes`
 
 func scanNode(row pgx.Row) (*draupnir.Node, error) {
 	var n draupnir.Node
-	err := row.Scan(&n.Name, &n.AdvertiseHost, &n.APIURL, &n.SSHAddress, &n.SSHPublicKey, &n.Drained,
+	err := row.Scan(&n.Name, &n.AdvertiseHost, &n.APIURL, &n.SSHAddress, &n.SSHPublicKey, &n.CACertificate, &n.Drained,
 		&n.Down, &n.StartedAt, &n.HeartbeatAt,
 		&n.FreeDiskBytes, &n.FreeMemoryBytes, &n.Instances, &n.FreePorts)
 	return &n, err

@@ -43,7 +43,7 @@ func newRegistry(pool *pgxpool.Pool, name, key string, c draupnir.NodeCapacity) 
 	return New(Options{
 		Pool: pool,
 		Self: draupnir.Node{Name: name, AdvertiseHost: name + ".example.com", APIURL: "http://" + name + ":8080",
-			SSHAddress: name + ":2222", SSHPublicKey: key},
+			SSHAddress: name + ":2222", SSHPublicKey: key, CACertificate: "CA of " + name},
 		Interval: time.Second,
 		Capacity: func(context.Context) (draupnir.NodeCapacity, error) { return c, nil },
 		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -70,7 +70,7 @@ func TestRegistry(t *testing.T) {
 	}
 	got := list[0]
 	if got.NodeCapacity != capA || got.Down || got.Drained || got.SSHPublicKey != "ssh-ed25519 AAAA-a" ||
-		got.AdvertiseHost != "a.example.com" || got.APIURL != "http://a:8080" || got.SSHAddress != "a:2222" {
+		got.AdvertiseHost != "a.example.com" || got.CACertificate != "CA of a" || got.APIURL != "http://a:8080" || got.SSHAddress != "a:2222" {
 		t.Errorf("node a = %+v", got)
 	}
 
