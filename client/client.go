@@ -34,6 +34,7 @@ type Client struct {
 	auth    string // "Bearer <token>", or "" for none
 	http    *http.Client
 	version string
+	prepare func(req *http.Request, body []byte)
 }
 
 // Option configures a Client.
@@ -48,6 +49,12 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = 
 // WithVersion makes the client announce version instead of draupnir.Version
 // in the Draupnir-Version header (for compatibility tests).
 func WithVersion(version string) Option { return func(c *Client) { c.version = version } }
+
+// WithPrepare makes the client call prepare on every request, with its
+// body, just before sending it: a node forwarding a request signs it there.
+func WithPrepare(prepare func(req *http.Request, body []byte)) Option {
+	return func(c *Client) { c.prepare = prepare }
+}
 
 // New returns a client for the server at baseURL (e.g.
 // "https://draupnir.example.com") that authenticates with token.
@@ -253,12 +260,13 @@ func (c *Client) instance(ctx context.Context, method, path string, body any, wa
 // out is nil). Any status other than want is turned into an error.
 func (c *Client) do(ctx context.Context, method, path string, body any, want int, out any) error {
 	var rd io.Reader
+	var raw []byte
 	if body != nil {
 		b, err := wire.Marshal(body)
 		if err != nil {
 			return fmt.Errorf("encoding %s %s: %w", method, path, err)
 		}
-		rd = bytes.NewReader(b)
+		rd, raw = bytes.NewReader(b), b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
@@ -270,6 +278,9 @@ func (c *Client) do(ctx context.Context, method, path string, body any, want int
 	h.Set("Accept", "application/json")
 	if c.auth != "" {
 		h.Set("Authorization", c.auth)
+	}
+	if c.prepare != nil {
+		c.prepare(req, raw)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -59,6 +59,12 @@ type Options struct {
 	Login Login
 	// People serves /tokens and /keys; nil leaves them out.
 	People People
+	// Nodes serves /nodes; nil leaves it out.
+	Nodes draupnir.NodeService
+	// Forwards checks requests other nodes of a cluster forward here and
+	// keeps the callers' credentials for those this node forwards; nil
+	// (a single node) refuses every forwarded request.
+	Forwards Forwards
 }
 
 // api holds what the handlers share.
@@ -69,6 +75,8 @@ type api struct {
 	health    Health
 	login     Login
 	people    People
+	nodes     draupnir.NodeService
+	forwards  Forwards
 	log       *slog.Logger
 	maxBody   int64
 	server    wire.Version
@@ -84,6 +92,8 @@ func New(opts Options) http.Handler {
 		instances: opts.Instances,
 		auth:      opts.Auth,
 		health:    opts.Health,
+		nodes:     opts.Nodes,
+		forwards:  opts.Forwards,
 		log:       opts.Log,
 		maxBody:   opts.MaxBodyBytes,
 		serverRaw: draupnir.Version,
@@ -135,6 +145,12 @@ func New(opts Options) http.Handler {
 	e.POST("/instances/:id/save", a.saveInstance, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
+
+	if opts.Nodes != nil {
+		e.GET("/nodes", a.listNodes, upload...)
+		e.POST("/nodes/:name/drain", a.drainNode, upload...)
+		e.POST("/nodes/:name/undrain", a.undrainNode, upload...)
+	}
 
 	e.GET("/health_check", a.healthCheck)
 	e.HEAD("/health_check", a.healthCheck)
