@@ -149,7 +149,9 @@ func (f *Instances) Update(ctx context.Context, p draupnir.Principal, id int64, 
 	in, err := f.Local.Update(ctx, p, id, patch)
 	return elsewhere(ctx, f, p, in, err,
 		func(c client.Instances) (*draupnir.Instance, error) { return c.Update(ctx, p, id, patch) },
-		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Instance, error) { return nil, downError(ee, cause) })
+		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Instance, error) {
+			return nil, downError(ee, cause)
+		})
 }
 
 // Reset resets instance id, on the node that runs it.
@@ -157,7 +159,9 @@ func (f *Instances) Reset(ctx context.Context, p draupnir.Principal, id, imageID
 	in, err := f.Local.Reset(ctx, p, id, imageID)
 	return elsewhere(ctx, f, p, in, err,
 		func(c client.Instances) (*draupnir.Instance, error) { return c.Reset(ctx, p, id, imageID) },
-		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Instance, error) { return nil, downError(ee, cause) })
+		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Instance, error) {
+			return nil, downError(ee, cause)
+		})
 }
 
 // Save saves instance id as an image, on the node that runs it.
@@ -165,7 +169,9 @@ func (f *Instances) Save(ctx context.Context, p draupnir.Principal, id int64) (*
 	im, err := f.Local.Save(ctx, p, id)
 	return elsewhere(ctx, f, p, im, err,
 		func(c client.Instances) (*draupnir.Image, error) { return c.Save(ctx, p, id) },
-		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Image, error) { return nil, downError(ee, cause) })
+		func(ee *draupnir.ElsewhereError, cause error) (*draupnir.Image, error) {
+			return nil, downError(ee, cause)
+		})
 }
 
 // Destroy destroys instance id, on the node that runs it.
@@ -173,7 +179,9 @@ func (f *Instances) Destroy(ctx context.Context, p draupnir.Principal, id int64)
 	err := f.Local.Destroy(ctx, p, id)
 	_, err = elsewhere(ctx, f, p, struct{}{}, err,
 		func(c client.Instances) (struct{}, error) { return struct{}{}, c.Destroy(ctx, p, id) },
-		func(ee *draupnir.ElsewhereError, cause error) (struct{}, error) { return struct{}{}, downError(ee, cause) })
+		func(ee *draupnir.ElsewhereError, cause error) (struct{}, error) {
+			return struct{}{}, downError(ee, cause)
+		})
 	return err
 }
 
