@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -402,4 +403,43 @@ func compareVersions(a, b string) int {
 		return 1
 	}
 	return va.Compare(vb)
+}
+
+// Nodes returns the cluster's membership as the server sees it, over HTTP.
+func (c *Client) Nodes() Nodes { return Nodes{c} }
+
+var _ draupnir.NodeService = Nodes{}
+
+// Nodes is draupnir.NodeService over the HTTP API (the upload principal's).
+type Nodes struct{ c *Client }
+
+// List returns every node of the server's cluster.
+func (s Nodes) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Node, error) {
+	var doc wire.Document[[]wire.NodeResource]
+	if err := s.c.do(ctx, http.MethodGet, "/nodes", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Node, len(doc.Data))
+	for i := range doc.Data {
+		out[i] = doc.Data[i].Node()
+	}
+	return out, nil
+}
+
+// Drain stops new instances on node name.
+func (s Nodes) Drain(ctx context.Context, _ draupnir.Principal, name string) (*draupnir.Node, error) {
+	return s.c.node(ctx, name, "drain")
+}
+
+// Undrain lets node name take new instances again.
+func (s Nodes) Undrain(ctx context.Context, _ draupnir.Principal, name string) (*draupnir.Node, error) {
+	return s.c.node(ctx, name, "undrain")
+}
+
+func (c *Client) node(ctx context.Context, name, action string) (*draupnir.Node, error) {
+	var doc wire.Document[wire.NodeResource]
+	if err := c.do(ctx, http.MethodPost, "/nodes/"+url.PathEscape(name)+"/"+action, nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	return doc.Data.Node(), nil
 }

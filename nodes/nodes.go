@@ -32,6 +32,10 @@ type Options struct {
 	// SSHPublicKey and CACertificate are written by Register; the rest is
 	// ignored.
 	Self draupnir.Node
+	// Keys, if set, tells Register the node's SSH public key and instance
+	// CA certificate instead of Self: they may exist only once the doors
+	// and services are up.
+	Keys func() (sshPublicKey, caCertificate string, err error)
 	// Interval is node.heartbeat_interval.
 	Interval time.Duration
 	// Capacity measures this node's room for each heartbeat.
@@ -65,6 +69,12 @@ func (r *Registry) Interval() time.Duration { return r.opts.Interval }
 // would each think the other's instances their own.
 func (r *Registry) Register(ctx context.Context) error {
 	s := r.opts.Self
+	if r.opts.Keys != nil {
+		var err error
+		if s.SSHPublicKey, s.CACertificate, err = r.opts.Keys(); err != nil {
+			return fmt.Errorf("registering node %s: %w", s.Name, err)
+		}
+	}
 	tag, err := r.opts.Pool.Exec(ctx, `
 		INSERT INTO nodes (name, advertise_host, api_url, ssh_address, ssh_public_key, ca_certificate)
 		VALUES ($1, $2, $3, $4, $5, $7)
