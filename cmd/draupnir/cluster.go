@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/httpapi"
+	"github.com/draupnir-db/draupnir/instances"
 	"github.com/draupnir-db/draupnir/nodes"
 )
 
@@ -85,4 +87,17 @@ func (c *core) hostKeyPath() string {
 		return c.cfg.SSH.HostKey
 	}
 	return filepath.Join(c.paths.Keys(), "ssh_host_ed25519_key")
+}
+
+// ownInstances is the instance service as this node's metrics see it: its
+// own instances only, since each node reports its own (List answers for
+// the whole cluster).
+type ownInstances struct {
+	*instances.Service
+	node string
+}
+
+func (o ownInstances) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
+	list, err := o.Service.List(ctx, p)
+	return slices.DeleteFunc(list, func(in *draupnir.Instance) bool { return in.Node != o.node }), err
 }

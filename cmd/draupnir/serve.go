@@ -63,7 +63,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	c.doorImages, c.doorInstances = c.observed(m)
-	if err := m.CollectState(cascadingImages{c.images, c.instances}, c.instances, log.With("component", "metrics")); err != nil {
+	if err := m.CollectState(cascadingImages{c.images, c.instances}, ownInstances{c.instances, cfg.Node.Name}, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	handler := httpapi.New(httpapi.Options{
