@@ -266,6 +266,46 @@ func TestCluster(t *testing.T) {
 	})
 }
 
+// TestClusterStateDatabaseDown: with the shared state database gone, every
+// node refuses writes with 503 and its instances keep running; once it is
+// back, the nodes create again.
+func TestClusterStateDatabaseDown(t *testing.T) {
+	cl, state := startCluster(t, 2)
+	n1, n2 := cl[0], cl[1]
+	ctx := context.Background()
+	nobody := draupnir.Principal{}
+	src := newSource(t)
+	im := n1.readyImage(t, anonymise, src.BaseBackup(t, "-X", "fetch")+"/base.tar")
+	in, err := n2.user().Instances().Create(ctx, nobody, im.ID, draupnir.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pgctl := filepath.Join(state.Bin, "pg_ctl")
+	testenv.AsPostgres(t, pgctl, "-D", state.Dir, "-m", "fast", "-w", "stop")
+	for _, n := range cl {
+		if _, err := n.user().Instances().Create(ctx, nobody, im.ID, draupnir.CreateOptions{}); draupnir.KindOf(err) != draupnir.KindUnavailable {
+			t.Errorf("create through %s with the state database down = %v, want 503", n.name, err)
+		}
+		if err := n.user().Instances().Destroy(ctx, nobody, in.ID); draupnir.KindOf(err) != draupnir.KindUnavailable {
+			t.Errorf("destroy through %s with the state database down = %v, want 503", n.name, err)
+		}
+	}
+	if got := mustPSQLOn(t, in, "SELECT count(*) FROM customers"); got != "1000" {
+		t.Errorf("the instance with the state database down: %q", got)
+	}
+
+	testenv.AsPostgres(t, pgctl, "-D", state.Dir, "-w", "-l", filepath.Join(filepath.Dir(state.Dir), "log"), "-o",
+		fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories='%s' -c port=5432 -c fsync=off", state.SocketDir), "start")
+	eventually(t, "a create works again", func() bool {
+		in2, err := n2.user().Instances().Create(ctx, nobody, im.ID, draupnir.CreateOptions{})
+		return err == nil && in2.Node == "node1"
+	})
+	if got, err := n2.user().Instances().Get(ctx, nobody, in.ID); err != nil || got.State != draupnir.InstanceRunning {
+		t.Errorf("the instance once the state database is back: %+v, %v", got, err)
+	}
+}
+
 // mustPSQLOn runs sql on instance in at the host it reports.
 func mustPSQLOn(t testing.TB, in *draupnir.Instance, sql string) string {
 	t.Helper()
