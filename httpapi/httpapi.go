@@ -6,6 +6,8 @@
 // are answered as that server answered them, our own line with JSON:API
 // errors. The documents themselves are package wire's, shared with the
 // client.
+// A request another node of a cluster forwarded is authenticated by its
+// signature (Forwards) and the caller's own token it carries.
 // It holds no business logic, and it is the only package that knows about
 // Echo, so that a move to another router touches nothing else.
 package httpapi

@@ -10,7 +10,10 @@
 // never a protected one nor one being reset, and leaves a tombstone saying
 // why; it caps how many a user may have. It keeps what runs in line with
 // what the state database says, at start-up (Reconcile) and while running
-// (a postgres that dies is restarted).
+// (a postgres that dies is restarted). On a node of a cluster it does all
+// that for its own node's instances only (ports are per node), lists
+// everyone's with their node's host, and answers a call about another
+// node's instance with a *draupnir.ElsewhereError for the doors to forward.
 package instances
 
 import (

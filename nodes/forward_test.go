@@ -195,10 +195,8 @@ func (h homed) elsewhere(p draupnir.Principal, id int64) error {
 }
 
 func (h homed) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Instance, error) {
-	if err := h.elsewhere(p, id); err != nil || h.away[id] == "" {
-		if err != nil {
-			return nil, err
-		}
+	if err := h.elsewhere(p, id); err != nil {
+		return nil, err
 	}
 	return h.Instances.Get(ctx, p, id)
 }

@@ -1,10 +1,15 @@
-// Package nodes is the membership of a cluster of `draupnir serve` nodes
-// sharing one state database: each node registers its row in the nodes
-// table (addresses and its SSH host key), beats every heartbeat_interval
-// with its capacity, and reads the others' rows to place instances and ship
-// images. A node is down when its heartbeat is older than three intervals,
-// judged by the state database's clock so that the nodes' clocks need not
-// agree. A single node (no [node] name) never uses this package.
+// Package nodes makes several `draupnir serve` nodes sharing one state
+// database one service. Membership: each node registers its row in the
+// nodes table (addresses, SSH host key, instance CA), beats every
+// heartbeat_interval with its capacity, and is down when its heartbeat is
+// older than three intervals, judged by the state database's clock so that
+// the nodes' clocks need not agree; drained nodes take no new instances.
+// Placement: a create goes to the node that holds the image ready with the
+// fewest instances (Rank). Forwarding: Instances, the instance service both
+// doors call, sends a create placed elsewhere, and any call about another
+// node's instance, to that node's API, signed with the cluster's secret
+// (Signer) and carrying the caller's own credentials; Trust checks such
+// calls where they land. A single node (no [node] name) uses none of it.
 package nodes
 
 import (
