@@ -8,7 +8,9 @@
 // owned by the service, not by the request that asked for it. An image may
 // also be saved from an instance (save.go): a copy of its data, booted,
 // stripped of the instance's password and shut down cleanly before it is
-// frozen; it belongs to whoever saved it, who may destroy it.
+// frozen; it belongs to whoever saved it, who may destroy it. On a node of
+// a cluster, the images it registers are made on that node, and Reconcile
+// repairs only those.
 package images
 
 import (
