@@ -127,6 +127,8 @@ type store interface {
 	// holds at now and the instance is not protected.
 	claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error)
 	countOwned(ctx context.Context, owner string) (int, error)
+	// lockOwner holds owner's lock, shared by every node, until release.
+	lockOwner(ctx context.Context, owner string) (release func(), err error)
 	// usage returns how many instances this node has and how many ports
 	// of [min, max] they leave free.
 	usage(ctx context.Context, min, max int) (count, freePorts int, err error)

@@ -28,6 +28,8 @@ type fakeStore struct {
 	next   int64
 	ready  map[int64]string // ready images and their databases
 	fail   map[string]error
+	// ownerLocks counts lockOwner calls.
+	ownerLocks int
 }
 
 func newFakeStore(ready map[int64]string) *fakeStore {
@@ -96,6 +98,18 @@ func (f *fakeStore) listOfImage(ctx context.Context, imageID int64, here bool) (
 	return f.listWhere(func(r *draupnir.Instance) bool {
 		return r.ImageID == imageID && r.State != draupnir.InstanceCreating && r.State != draupnir.InstanceResetting
 	}), f.failing("listOfImage")
+}
+
+// lockOwner counts the locks taken; the fake serves one node, whose
+// portMu is lock enough.
+func (f *fakeStore) lockOwner(ctx context.Context, owner string) (func(), error) {
+	if err := f.failing("lockOwner"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ownerLocks++
+	return func() {}, nil
 }
 
 func (f *fakeStore) usage(ctx context.Context, min, max int) (int, int, error) {

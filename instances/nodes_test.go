@@ -177,3 +177,84 @@ func TestStoreScopesByNode(t *testing.T) {
 		t.Errorf("a's claimWarm = %+v, %v", in, err)
 	}
 }
+
+// TestOwnerLockAcrossNodes: a user's lock held by one node keeps another
+// node's create for that user waiting, and nobody else's.
+func TestOwnerLockAcrossNodes(t *testing.T) {
+	a, b := nodeStores(t)
+	ctx := context.Background()
+	release, err := a.lockOwner(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		r, err := b.lockOwner(ctx, "alice")
+		if err == nil {
+			r()
+		}
+		got <- err
+	}()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if r, err := b.lockOwner(short, "alice"); err == nil {
+		r()
+		t.Fatal("node b took alice's lock while node a held it")
+	}
+	other, err := b.lockOwner(ctx, "bob")
+	if err != nil {
+		t.Fatalf("bob's lock: %v", err)
+	}
+	other()
+	select {
+	case err := <-got:
+		t.Fatalf("node b's wait for alice's lock ended before node a let go: %v", err)
+	default:
+	}
+	release()
+	if err := <-got; err != nil {
+		t.Fatalf("node b after node a let go: %v", err)
+	}
+}
+
+// TestQuotaLockedOnlyInACluster: a node of a cluster takes the user's lock
+// shared by the nodes for a create within a quota; a single node, the
+// upload principal and a server without quota do not pay for it; a lock
+// that cannot be taken fails the create with nothing made.
+func TestQuotaLockedOnlyInACluster(t *testing.T) {
+	alice := draupnir.Principal{Name: "alice@example.com"}
+	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	tests := []struct {
+		name   string
+		node   string
+		quota  int
+		p      draupnir.Principal
+		locked int
+	}{
+		{"node with a quota", "a", 3, alice, 1},
+		{"single node", "", 3, alice, 0},
+		{"no quota", "a", 0, alice, 0},
+		{"upload principal", "a", 3, upload, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(o *Options) { o.Node, o.MaxPerUser, o.Cluster = tt.node, tt.quota, fakeCluster{} })
+			if _, err := e.s.Create(context.Background(), tt.p, testImage, draupnir.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if e.store.ownerLocks != tt.locked {
+				t.Errorf("took the owner's lock %d times, want %d", e.store.ownerLocks, tt.locked)
+			}
+		})
+	}
+	t.Run("lock unavailable", func(t *testing.T) {
+		e := newEnv(t, func(o *Options) { o.Node, o.MaxPerUser = "a", 3 })
+		e.store.fail["lockOwner"] = errors.New("state database gone")
+		if _, err := e.s.Create(context.Background(), alice, testImage, draupnir.CreateOptions{}); err == nil {
+			t.Fatal("created without the lock")
+		}
+		if list, _ := e.store.listAll(context.Background()); len(list) != 0 {
+			t.Errorf("left %d rows", len(list))
+		}
+	})
+}

@@ -456,10 +456,13 @@ func (s *Service) create(ctx context.Context, imageID int64, p draupnir.Principa
 // allocate inserts the instance row of p with a free port, within p's
 // quota.
 func (s *Service) allocate(ctx context.Context, imageID int64, p draupnir.Principal, username, password string, expires time.Time) (*draupnir.Instance, error) {
-	// portMu also makes the count and the insert one step, so that
+	// The lock also makes the count and the insert one step, so that
 	// concurrent creates cannot all pass the quota.
-	s.portMu.Lock()
-	defer s.portMu.Unlock()
+	unlock, err := s.lockQuota(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := s.checkQuota(ctx, p); err != nil {
 		return nil, err
 	}

@@ -374,3 +374,18 @@ func (s pgStore) usage(ctx context.Context, min, max int) (count, freePorts int,
 	}
 	return count, freePorts, nil
 }
+
+// lockOwner takes owner's advisory lock in the state database, which
+// every node shares, and holds it until release (in a transaction of its
+// own, so that a lost connection lets it go too).
+func (s pgStore) lockOwner(ctx context.Context, owner string) (func(), error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("locking the instances of %s: %w", owner, err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('draupnir instances of ' || $1))`, owner); err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("locking the instances of %s: %w", owner, err)
+	}
+	return func() { tx.Rollback(context.WithoutCancel(ctx)) }, nil
+}
