@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -269,5 +270,60 @@ func TestHostPublicKey(t *testing.T) {
 	}
 	if _, err := HostPublicKey(filepath.Join(t.TempDir(), "none")); err == nil {
 		t.Error("a missing key gave no error")
+	}
+}
+
+// TestCandidates: only nodes that hold the image ready and are neither
+// drained nor down are candidates; instances are counted live, owned ones
+// only, and free ports lessened by the instances made since the beat.
+func TestCandidates(t *testing.T) {
+	pool := statePool(t)
+	ctx := context.Background()
+	capacity := draupnir.NodeCapacity{FreeDiskBytes: 1 << 30, FreeMemoryBytes: 1 << 30, Instances: 1, FreePorts: 10}
+	regs := map[string]*Registry{}
+	for _, name := range []string{"a", "b", "c", "d", "e", "f"} {
+		regs[name] = newRegistry(pool, name, "key-"+name, capacity)
+		if err := regs[name].Register(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`INSERT INTO images (id, state, backed_up_at, anonymisation_script, database_name, node)
+		VALUES (1, 'ready', now(), '', 'app', 'a'), (2, 'uploading', now(), '', 'app', 'a')`)
+	exec(`INSERT INTO image_copies (image_id, node, state) VALUES
+		(1, 'b', 'ready'), (1, 'c', 'copying'), (1, 'd', 'ready'), (1, 'e', 'ready'), (1, 'f', 'failed')`)
+	exec(`UPDATE nodes SET drained = true WHERE name = 'd'`)
+	exec(`UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE name = 'e'`)
+	// On a: two owned and one warm; on b: one owned.
+	exec(`INSERT INTO instances (image_id, owner, port, username, password, node, state) VALUES
+		(1, 'alice', 6000, 'u', 'p', 'a', 'running'), (1, 'bob', 6001, 'u', 'p', 'a', 'running'),
+		(1, '', 6002, 'u', 'p', 'a', 'warm'), (1, 'carol', 6000, 'u', 'p', 'b', 'running')`)
+	got, err := regs["f"].Candidates(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Candidate{
+		{Name: "a", Instances: 2, FreePorts: 8, FreeMemoryBytes: 1 << 30, FreeDiskBytes: 1 << 30},
+		{Name: "b", Instances: 1, FreePorts: 10, FreeMemoryBytes: 1 << 30, FreeDiskBytes: 1 << 30},
+	}
+	slices.SortFunc(got, func(x, y Candidate) int { return strings.Compare(x.Name, y.Name) })
+	if !slices.Equal(got, want) {
+		t.Errorf("Candidates = %+v\nwant %+v", got, want)
+	}
+	if r := Rank(got); r[0].Name != "b" {
+		t.Errorf("Rank picks %s, want b (fewer owned instances)", r[0].Name)
+	}
+	for id, want := range map[int64]bool{1: true, 2: false, 3: false} {
+		if ready, err := regs["a"].ImageReady(ctx, id); err != nil || ready != want {
+			t.Errorf("ImageReady(%d) = %v, %v", id, ready, err)
+		}
+	}
+	if got, _ := regs["a"].Candidates(ctx, 2); len(got) != 0 {
+		t.Errorf("candidates for an image not ready: %+v", got)
 	}
 }

@@ -11,9 +11,10 @@ import (
 // down, as placement weighs it.
 type Candidate struct {
 	Name string
-	// Instances is how many instances the node has now (warm ones too),
-	// counted in the state database rather than taken from the last
-	// heartbeat, so that a burst of creates spreads.
+	// Instances is how many instances somebody owns on the node now
+	// (the warm pool's are a node's readiness, not its load), counted in
+	// the state database rather than taken from the last heartbeat, so
+	// that a burst of creates spreads.
 	Instances int
 	// FreePorts is the last heartbeat's free ports less the instances
 	// made there since.
@@ -57,8 +58,9 @@ func (r *Registry) ImageReady(ctx context.Context, id int64) (bool, error) {
 // unranked.
 func (r *Registry) Candidates(ctx context.Context, imageID int64) ([]Candidate, error) {
 	rows, err := r.opts.Pool.Query(ctx, `
-		WITH live AS (SELECT node, count(*) AS n FROM instances GROUP BY node)
-		SELECT n.name, coalesce(l.n, 0)::int, n.free_ports - greatest(coalesce(l.n, 0) - n.instances, 0),
+		WITH live AS (SELECT node, count(*) AS n, count(*) FILTER (WHERE owner <> '') AS owned
+			FROM instances GROUP BY node)
+		SELECT n.name, coalesce(l.owned, 0)::int, n.free_ports - greatest(coalesce(l.n, 0) - n.instances, 0),
 			n.free_memory_bytes, n.free_disk_bytes
 		FROM nodes n LEFT JOIN live l ON l.node = n.name
 		WHERE NOT n.drained AND n.heartbeat_at >= now() - $2::interval
