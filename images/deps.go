@@ -69,4 +69,7 @@ type store interface {
 	ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error)
 	update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error)
 	delete(ctx context.Context, id int64) error
+	// adopt makes image id, of no node, this node's, unless another node
+	// did first.
+	adopt(ctx context.Context, id int64) (bool, error)
 }

@@ -336,6 +336,30 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	return nil
 }
 
+// adopt makes r, an image of no node whose snapshot or upload is here,
+// this node's: a single node's, once it is made a node of a cluster.
+// It reports whether r is now this node's.
+func (s *Service) adopt(ctx context.Context, r *row) bool {
+	if r.Node != "" {
+		return false
+	}
+	snap, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID))
+	upload, _ := s.volumes.IsSubvolume(s.uploadDir(r.ID))
+	if !snap && !upload {
+		return false
+	}
+	ok, err := s.store.adopt(ctx, r.ID)
+	if err != nil || !ok {
+		if err != nil {
+			s.log.Error("could not take over an image of the single node this was", "image", r.ID, "err", err)
+		}
+		return false
+	}
+	s.log.Info("took over an image of the single node this was", "image", r.ID, "node", s.opts.Node)
+	r.Node = s.opts.Node
+	return true
+}
+
 // Reconcile repairs what a crash left: no image stays finalising, half-made
 // work directories go, and subvolumes that no row owns are deleted.
 func (s *Service) Reconcile(ctx context.Context) error {
@@ -348,9 +372,11 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
 		if r.Node != s.opts.Node {
-			// Another node makes it, perhaps right now; a copy of it
-			// here is the shipping's to keep or repair.
-			continue
+			if !s.adopt(ctx, r) {
+				// Another node makes it, perhaps right now; a copy of
+				// it here is the shipping's to keep or repair.
+				continue
+			}
 		}
 		if r.State == draupnir.ImageFinalising && r.Saved() {
 			// A save has nothing to retry from: undo it.

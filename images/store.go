@@ -179,3 +179,11 @@ func (s pgStore) delete(ctx context.Context, id int64) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1`, id)
 	return err
 }
+
+func (s pgStore) adopt(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE images SET node = $2, updated_at = now() WHERE id = $1 AND node = ''`, id, s.node)
+	if err != nil {
+		return false, fmt.Errorf("taking over image %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}

@@ -127,6 +127,10 @@ type store interface {
 	// holds at now and the instance is not protected.
 	claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error)
 	countOwned(ctx context.Context, owner string) (int, error)
+	// unplaced returns the ids of the instances of no node; adopt makes
+	// one of them this node's, unless another node did first.
+	unplaced(ctx context.Context) ([]int64, error)
+	adopt(ctx context.Context, id int64) (bool, error)
 	// lockOwner holds owner's lock, shared by every node, until release.
 	lockOwner(ctx context.Context, owner string) (release func(), err error)
 	// usage returns how many instances this node has and how many ports

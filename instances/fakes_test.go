@@ -30,6 +30,9 @@ type fakeStore struct {
 	fail   map[string]error
 	// ownerLocks counts lockOwner calls.
 	ownerLocks int
+	// node is the node the store serves: listAll lists its rows, and
+	// insert makes rows of it.
+	node string
 }
 
 func newFakeStore(ready map[int64]string) *fakeStore {
@@ -84,7 +87,26 @@ func (f *fakeStore) listWhere(keep func(*draupnir.Instance) bool) []*draupnir.In
 }
 
 func (f *fakeStore) listAll(ctx context.Context) ([]*draupnir.Instance, error) {
-	return f.listWhere(func(*draupnir.Instance) bool { return true }), f.failing("listAll")
+	return f.listWhere(func(r *draupnir.Instance) bool { return r.Node == f.node }), f.failing("listAll")
+}
+
+func (f *fakeStore) unplaced(ctx context.Context) ([]int64, error) {
+	var ids []int64
+	for _, r := range f.listWhere(func(r *draupnir.Instance) bool { return r.Node == "" }) {
+		ids = append(ids, r.ID)
+	}
+	return ids, f.failing("unplaced")
+}
+
+func (f *fakeStore) adopt(ctx context.Context, id int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.Node != "" {
+		return false, f.failing("adopt")
+	}
+	r.Node = f.node
+	return true, f.failing("adopt")
 }
 
 func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error) {
@@ -144,7 +166,7 @@ func (f *fakeStore) insert(ctx context.Context, imageID int64, owner, username, 
 	}
 	f.next++
 	r := &draupnir.Instance{ID: f.next, ImageID: imageID, Owner: owner, State: draupnir.InstanceCreating,
-		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires}
+		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires, Node: f.node}
 	f.rows[r.ID] = r
 	c := *r
 	return &c, nil
@@ -547,6 +569,7 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 	if change != nil {
 		change(&opts)
 	}
+	e.store.node = opts.Node
 	d := deps{
 		postgres: e.pg,
 		volumes:  e.vol,

@@ -258,3 +258,47 @@ func TestQuotaLockedOnlyInACluster(t *testing.T) {
 		}
 	})
 }
+
+// TestReconcileTakesOverTheSingleNodesInstances: a single node made a node
+// of a cluster keeps its instances (rows of no node whose data it holds)
+// rather than taking their data for orphans; it never touches data a row of
+// another node claims, nor a row of no node whose data it does not hold.
+func TestReconcileTakesOverTheSingleNodesInstances(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Node, o.Cluster = "a", fakeCluster{{Name: "b"}} })
+	ctx := context.Background()
+	rows := []struct {
+		row    draupnir.Instance
+		subvol bool
+	}{
+		{draupnir.Instance{ID: 1, Owner: alice.Name, State: draupnir.InstanceRunning}, true},            // the single node's
+		{draupnir.Instance{ID: 2, Owner: alice.Name, State: draupnir.InstanceRunning}, false},           // of no node, data elsewhere
+		{draupnir.Instance{ID: 3, Owner: alice.Name, State: draupnir.InstanceRunning, Node: "b"}, true}, // b's, a stray copy here
+	}
+	for i, r := range rows {
+		r.row.ImageID, r.row.Port = testImage, minPort+i
+		e.store.add(r.row)
+		if r.subvol {
+			if err := e.vol.AddSubvolume(e.s.dir(r.row.ID), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := e.s.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.store.row(1); r.Node != "a" || r.State != draupnir.InstanceRunning {
+		t.Errorf("the single node's instance: %+v, want a's, running", r)
+	}
+	if ok, _ := e.vol.IsSubvolume(e.s.dir(1)); !ok {
+		t.Error("the single node's instance lost its data")
+	}
+	if r := e.store.row(2); r.Node != "" {
+		t.Errorf("took over an instance whose data is not here: %+v", r)
+	}
+	if ok, _ := e.vol.IsSubvolume(e.s.dir(3)); !ok {
+		t.Error("deleted data that node b's row claims")
+	}
+	if r := e.store.row(3); r.Node != "b" || r.State != draupnir.InstanceRunning {
+		t.Errorf("b's row changed: %+v", r)
+	}
+}

@@ -389,3 +389,23 @@ func (s pgStore) lockOwner(ctx context.Context, owner string) (func(), error) {
 	}
 	return func() { tx.Rollback(context.WithoutCancel(ctx)) }, nil
 }
+
+func (s pgStore) unplaced(ctx context.Context) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM instances WHERE node = '' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing the instances of no node: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("listing the instances of no node: %w", err)
+	}
+	return ids, nil
+}
+
+func (s pgStore) adopt(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET node = $2, updated_at = now() WHERE id = $1 AND node = ''`, id, s.node)
+	if err != nil {
+		return false, fmt.Errorf("taking over instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
