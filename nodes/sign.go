@@ -41,8 +41,9 @@ type Signer struct {
 	secret []byte
 	now    func() time.Time
 
-	mu   sync.Mutex
-	seen map[string]time.Time // nonces verified within MaxSkew, by expiry
+	mu     sync.Mutex
+	seen   map[string]time.Time // nonces verified within MaxSkew, by expiry
+	pruned time.Time            // when seen last lost its expired nonces
 }
 
 // NewSigner returns the signer of node with the cluster's secret.
@@ -132,10 +133,15 @@ func (s *Signer) Verify(r *http.Request, body []byte) (Forward, error) {
 	nonce := h.Get(HeaderNonce)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for n, until := range s.seen {
-		if now.After(until) {
-			delete(s.seen, n)
+	// Expired nonces go now and then, not at every call: the map holds
+	// every forward of the last two minutes.
+	if now.Sub(s.pruned) > MaxSkew/4 {
+		for n, until := range s.seen {
+			if now.After(until) {
+				delete(s.seen, n)
+			}
 		}
+		s.pruned = now
 	}
 	if _, dup := s.seen[nonce]; dup || len(nonce) != 32 {
 		return forged("replayed")
