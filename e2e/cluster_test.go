@@ -154,6 +154,28 @@ func TestCluster(t *testing.T) {
 		byNode["node3"] = byNode["node3"][1:]
 	})
 
+	t.Run("the SSH door forwards too", func(t *testing.T) {
+		in := byNode["node2"][1]
+		id := strconv.FormatInt(in.ID, 10)
+		out, err := n1.ssh(t, n1.keys, n1.keys.user, "ssh", "user@127.0.0.1", "instances", "show", id).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), in.Password) {
+			t.Fatalf("instances show %s on node1 over SSH: %v\n%s", id, err, out)
+		}
+		// The attacker's key on node1 gets node2's answer for them: none.
+		out, err = n1.ssh(t, n1.keys, n1.keys.attacker, "ssh", "attacker@127.0.0.1", "instances", "destroy", id).CombinedOutput()
+		if err == nil || strings.Contains(string(out), in.Password) {
+			t.Fatalf("the attacker's destroy of %s through node1: %v\n%s", id, err, out)
+		}
+		out, err = n3.ssh(t, n3.keys, n3.keys.user, "ssh", "user@127.0.0.1", "instances", "destroy", id).CombinedOutput()
+		if err != nil {
+			t.Fatalf("instances destroy %s on node3 over SSH: %v\n%s", id, err, out)
+		}
+		if _, err := n2.user().Instances().Get(ctx, nobody, in.ID); draupnir.KindOf(err) != draupnir.KindNotFound {
+			t.Errorf("GET on node2 after the destroy through node3's SSH door = %v, want not found", err)
+		}
+		byNode["node2"] = byNode["node2"][:1]
+	})
+
 	t.Run("nodes list and drain", func(t *testing.T) {
 		list, err := n2.upload().Nodes().List(ctx, nobody)
 		if err != nil || len(list) != 3 {

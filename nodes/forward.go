@@ -73,7 +73,7 @@ func (f *Instances) Tombstones(ctx context.Context, p draupnir.Principal) ([]*dr
 	return f.Local.Tombstones(ctx, p)
 }
 
-// remote returns the API of node name, as p, for a call of ctx.
+// remote is node's API, called as p with the credentials ctx carries.
 func (f *Instances) remote(ctx context.Context, node *draupnir.Node, p draupnir.Principal) client.Instances {
 	auth, _ := ctx.Value(credentialsKey{}).(string)
 	return client.New(node.APIURL, "", client.WithHTTPClient(f.HTTP), client.WithPrepare(func(r *http.Request, body []byte) {
