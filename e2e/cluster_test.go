@@ -92,7 +92,8 @@ func TestCluster(t *testing.T) {
 	nobody := draupnir.Principal{} // the client's token says who
 
 	src := newSource(t)
-	im := n1.readyImage(t, anonymise, src.BaseBackup(t, "-X", "fetch")+"/base.tar")
+	backup := src.BaseBackup(t, "-X", "fetch") + "/base.tar"
+	im := n1.readyImage(t, anonymise, backup)
 	// Until the image is shipped, it is ready on node1 only.
 	for _, n := range cl {
 		in, err := n.user().Instances().Create(ctx, nobody, im.ID, draupnir.CreateOptions{})
@@ -174,6 +175,26 @@ func TestCluster(t *testing.T) {
 			t.Errorf("GET on node2 after the destroy through node3's SSH door = %v, want not found", err)
 		}
 		byNode["node2"] = byNode["node2"][:1]
+	})
+
+	t.Run("an image is finalised where it was uploaded", func(t *testing.T) {
+		// Made on node2, which took the POST /images.
+		im2, err := n2.upload().Images().Create(ctx, nobody, time.Now(), anonymise)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n2.copyInto(t, im2.ID, backup)
+		done, err := n3.upload().Images().Finalise(ctx, nobody, im2.ID)
+		if err != nil || !done.Ready() {
+			t.Fatalf("done through node3 of an image uploaded to node2: %+v, %v\n%s", done, err, n2.logs())
+		}
+		in, err := n1.user().Instances().Create(ctx, nobody, im2.ID, draupnir.CreateOptions{})
+		if err != nil || in.Node != "node2" {
+			t.Fatalf("create of the new image: %+v, %v", in, err)
+		}
+		if err := n1.user().Instances().Destroy(ctx, nobody, in.ID); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("nodes list and drain", func(t *testing.T) {

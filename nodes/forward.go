@@ -44,6 +44,9 @@ type Membership interface {
 	Get(ctx context.Context, name string) (*draupnir.Node, error)
 	Candidates(ctx context.Context, imageID int64) ([]Candidate, error)
 	ImageReady(ctx context.Context, imageID int64) (bool, error)
+	// ImageNode is the node that makes image id ("" for none or no
+	// such image).
+	ImageNode(ctx context.Context, id int64) (string, error)
 }
 
 // Instances is the instance service of a node of a cluster as both doors
@@ -75,13 +78,19 @@ func (f *Instances) Tombstones(ctx context.Context, p draupnir.Principal) ([]*dr
 
 // remote is node's API, called as p with the credentials ctx carries.
 func (f *Instances) remote(ctx context.Context, node *draupnir.Node, p draupnir.Principal) client.Instances {
+	return signedClient(ctx, f.Signer, f.HTTP, node, p).Instances()
+}
+
+// signedClient is node's API through hc, called as p with the credentials
+// ctx carries, every request signed by s.
+func signedClient(ctx context.Context, s *Signer, hc *http.Client, node *draupnir.Node, p draupnir.Principal) *client.Client {
 	auth, _ := ctx.Value(credentialsKey{}).(string)
-	return client.New(node.APIURL, "", client.WithHTTPClient(f.HTTP), client.WithPrepare(func(r *http.Request, body []byte) {
+	return client.New(node.APIURL, "", client.WithHTTPClient(hc), client.WithPrepare(func(r *http.Request, body []byte) {
 		if auth != "" {
 			r.Header.Set("Authorization", auth)
 		}
-		f.Signer.Sign(r, body, node.Name, p)
-	})).Instances()
+		s.Sign(r, body, node.Name, p)
+	}))
 }
 
 // elsewhere runs call on the node of the instance that err, the local
@@ -255,4 +264,48 @@ func (t Trust) Verify(r *http.Request, body []byte) (context.Context, draupnir.P
 // Origin keeps the caller's Authorization header in ctx for forwarding.
 func (t Trust) Origin(ctx context.Context, authorization string) context.Context {
 	return WithCredentials(ctx, authorization)
+}
+
+// LocalImages is a node's own image service as the doors call it.
+type LocalImages interface {
+	draupnir.ImageService
+	draupnir.Uploads
+}
+
+// Images is the image service of a node of a cluster as both doors call
+// it: an image is finalised on the node that took its upload (its row's
+// node), forwarded there when the call comes elsewhere. The rest is the
+// local service's.
+type Images struct {
+	LocalImages
+	Nodes  Membership
+	Signer *Signer
+	HTTP   *http.Client
+	Log    *slog.Logger
+}
+
+// Finalise finalises image id on the node that holds its upload.
+func (f *Images) Finalise(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
+	node, err := f.Nodes.ImageNode(ctx, id)
+	if err != nil || node == "" || node == f.Nodes.Self() || Forwarded(ctx) {
+		// Unknown images and those of no node get the local answer.
+		return f.LocalImages.Finalise(ctx, p, id)
+	}
+	n, err := f.Nodes.Get(ctx, node)
+	if err != nil && draupnir.KindOf(err) != draupnir.KindNotFound {
+		return nil, err
+	}
+	unreachable := func(cause error) error {
+		return &draupnir.Error{Kind: draupnir.KindUnavailable, Err: cause,
+			Msg: fmt.Sprintf("image %d was uploaded to node %s, which does not answer; try again when it is back", id, node)}
+	}
+	if err != nil || n.Down {
+		return nil, unreachable(nil)
+	}
+	im, err := signedClient(ctx, f.Signer, f.HTTP, n, p).Images().Finalise(ctx, p, id)
+	if err != nil && isUnreachable(err) {
+		f.Log.Warn("node does not answer a forwarded finalise", "node", node, "err", err)
+		return nil, unreachable(err)
+	}
+	return im, err
 }

@@ -178,6 +178,14 @@ func (f *fakeNodes) ImageReady(_ context.Context, imageID int64) (bool, error) {
 	return len(f.images[imageID]) > 0, nil
 }
 
+// ImageNode says image 2 is made on b, every other on a.
+func (f *fakeNodes) ImageNode(_ context.Context, id int64) (string, error) {
+	if id == 2 {
+		return "b", nil
+	}
+	return "a", nil
+}
+
 // homed is a node's local service: the mock's instances in away run on
 // other nodes, and it answers about them as instances.Service does.
 type homed struct {
@@ -230,6 +238,8 @@ type cluster struct {
 	aLocal     homed
 	bLocal     *mock.Instances
 	aFwd       *Instances
+	aImages    *mock.Images
+	bImages    *mock.Images
 	signerA    *Signer
 	nodes      *fakeNodes
 	logA, logB *bytes.Buffer
@@ -241,26 +251,63 @@ func newCluster(t *testing.T) *cluster {
 	c.nodes = &fakeNodes{self: "a", nodes: map[string]*draupnir.Node{}, images: map[int64][]Candidate{
 		1: {{Name: "b", FreePorts: 10, FreeDiskBytes: 1 << 30}},
 	}}
-	door := func(local draupnir.InstanceService, s *Signer, log io.Writer) http.Handler {
-		return httpapi.New(httpapi.Options{Images: mock.NewImages(), Instances: local, Auth: tokens,
-			Forwards: Trust{Signer: s}, Log: slog.New(slog.NewTextHandler(log, nil))})
+	c.aImages, c.bImages = mock.NewImages(), mock.NewImages()
+	door := func(local draupnir.InstanceService, images *mock.Images, nodes Membership, s *Signer, log io.Writer) http.Handler {
+		l := slog.New(slog.NewTextHandler(log, nil))
+		im := &Images{LocalImages: mockUploads{images}, Nodes: nodes, Signer: s, HTTP: http.DefaultClient, Log: l}
+		return httpapi.New(httpapi.Options{Images: im, Instances: local, Auth: tokens, Forwards: Trust{Signer: s}, Log: l})
 	}
 	signerB := NewSigner("b", []byte(testSecret))
 	c.bLocal = mock.NewInstances(mock.NewImages())
-	bFwd := &Instances{Local: c.bLocal, Nodes: &fakeNodes{self: "b", nodes: c.nodes.nodes, images: c.nodes.images},
-		Signer: signerB, HTTP: http.DefaultClient, Log: slog.New(slog.NewTextHandler(c.logB, nil))}
-	c.b = httptest.NewServer(door(bFwd, signerB, c.logB))
+	bNodes := &fakeNodes{self: "b", nodes: c.nodes.nodes, images: c.nodes.images}
+	bFwd := &Instances{Local: c.bLocal, Nodes: bNodes, Signer: signerB, HTTP: http.DefaultClient,
+		Log: slog.New(slog.NewTextHandler(c.logB, nil))}
+	c.b = httptest.NewServer(door(bFwd, c.bImages, bNodes, signerB, c.logB))
 	t.Cleanup(c.b.Close)
 
 	c.signerA = NewSigner("a", []byte(testSecret))
 	c.aLocal = homed{Instances: mock.NewInstances(mock.NewImages()), away: map[int64]string{1: "b", 2: "b"}}
 	c.aFwd = &Instances{Local: c.aLocal, Nodes: c.nodes, Signer: c.signerA, HTTP: http.DefaultClient,
 		Log: slog.New(slog.NewTextHandler(c.logA, nil))}
-	c.a = httptest.NewServer(door(c.aFwd, c.signerA, c.logA))
+	c.a = httptest.NewServer(door(c.aFwd, c.aImages, c.nodes, c.signerA, c.logA))
 	t.Cleanup(c.a.Close)
 	c.nodes.nodes["a"] = &draupnir.Node{Name: "a", APIURL: c.a.URL}
 	c.nodes.nodes["b"] = &draupnir.Node{Name: "b", APIURL: c.b.URL}
 	return c
+}
+
+// mockUploads is a mock image service with no uploads.
+type mockUploads struct{ *mock.Images }
+
+func (mockUploads) OpenUpload(context.Context, draupnir.Principal, int64) (draupnir.Upload, error) {
+	return nil, draupnir.Errorf(draupnir.KindInternal, "no uploads here")
+}
+
+// TestFinaliseOnTheUploadsNode: an image is finalised on the node that
+// took its upload, whichever node is asked.
+func TestFinaliseOnTheUploadsNode(t *testing.T) {
+	c := newCluster(t)
+	status, body := call(t, c.a, "POST", "/images/2/done", "upload-token-0123456789", "", nil)
+	if status != 200 {
+		t.Fatalf("done through a = %d %s", status, body)
+	}
+	if got := strings.Join(c.bImages.Calls(), " "); !strings.Contains(got, "Finalise") {
+		t.Errorf("b's calls: %s", got)
+	}
+	if got := strings.Join(c.aImages.Calls(), " "); strings.Contains(got, "Finalise") {
+		t.Errorf("a finalised it too: %s", got)
+	}
+	// A user's done is refused by the door before any forward.
+	if status, _ := call(t, c.a, "POST", "/images/2/done", "alice-token-0123456789", "", nil); status != 403 {
+		t.Errorf("a user's done = %d", status)
+	}
+	c.nodes.nodes["b"].Down = true
+	a := &Images{LocalImages: mockUploads{c.aImages}, Nodes: c.nodes, Signer: c.signerA, HTTP: http.DefaultClient,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}
+	if _, err := a.Finalise(context.Background(), upload, 2); draupnir.KindOf(err) != draupnir.KindUnavailable {
+		t.Errorf("done while b is down = %v, want unavailable", err)
+	}
 }
 
 // call sends a request to srv with token (none if empty) and extra headers.

@@ -53,6 +53,17 @@ func (r *Registry) ImageReady(ctx context.Context, id int64) (bool, error) {
 	return ready, nil
 }
 
+// ImageNode returns the node that makes image id: "" for an image of no
+// node, or no such image.
+func (r *Registry) ImageNode(ctx context.Context, id int64) (string, error) {
+	var node string
+	err := r.opts.Pool.QueryRow(ctx, `SELECT coalesce((SELECT node FROM images WHERE id = $1), '')`, id).Scan(&node)
+	if err != nil {
+		return "", unavailable(fmt.Errorf("reading image %d: %w", id, err))
+	}
+	return node, nil
+}
+
 // Candidates returns the nodes that hold image imageID ready (the node
 // that made it, or one with a ready copy) and are neither drained nor down,
 // unranked.

@@ -31,6 +31,23 @@ func (c *core) placed() draupnir.InstanceService {
 	}
 }
 
+// placedImages is the image service as both doors call it: on a node of a
+// cluster, an image is finalised on the node that took its upload.
+func (c *core) placedImages() imageService {
+	local := cascadingImages{c.images, c.instances}
+	if c.registry == nil {
+		return local
+	}
+	return &nodes.Images{
+		LocalImages: local,
+		Nodes:       c.registry,
+		Signer:      c.signer,
+		// Finalising a large image takes as long as it takes.
+		HTTP: &http.Client{},
+		Log:  c.log.With("component", "nodes"),
+	}
+}
+
 // doorNodes is the cluster's membership as the doors see it.
 func (c *core) doorNodes() draupnir.NodeService {
 	if c.registry == nil {
