@@ -169,6 +169,10 @@ const (
 	// InstanceWarm is a started instance in the warm pool: nobody's yet,
 	// invisible to everyone, handed out whole by the next create.
 	InstanceWarm InstanceState = "warm"
+	// InstanceUnavailable is an instance on a node that is down: it is not
+	// lost (its data is on that node) and answers again once the node is
+	// back. Never stored; only reported.
+	InstanceUnavailable InstanceState = "unavailable"
 )
 
 // Instance is a writable snapshot of a ready image with its own postgres.
@@ -182,6 +186,9 @@ type Instance struct {
 	Username string
 	Password string
 	Database string
+	// Node is the node of a cluster the instance runs on; empty on a
+	// single node.
+	Node string
 	// CACertificate is the PEM certificate of the CA that signed the
 	// instance's server certificate, for sslmode=verify-full.
 	CACertificate string

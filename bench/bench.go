@@ -323,6 +323,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"uploads", e.uploads},
 		{"large image", e.large},
 		{"warm pool", e.warmPool},
+		{"forwarding", e.forwarding},
 	}
 	for _, name := range cfg.Only {
 		if !slices.ContainsFunc(steps, func(s step) bool { return s.name == name }) {

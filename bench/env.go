@@ -298,32 +298,73 @@ func freePort() (int, error) {
 }
 
 func startServer(ctx context.Context, e *env, undo *cleanups) (*server, error) {
-	binary := e.cfg.Server
-	if binary == "" {
-		binary = filepath.Join(e.work, "draupnir")
-		e.log.Info("building draupnir")
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", binary, "./cmd/draupnir").CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("go build ./cmd/draupnir (run from the module root, or pass -server): %w: %s", err, tail(out))
+	e.runPath = "/run/draupnir-bench-" + randomHex(4)
+	undo.push(func(context.Context) error { return os.RemoveAll(e.runPath) })
+	return e.startServerSpec(ctx, undo, serverSpec{
+		name:     "draupnir",
+		dataPath: e.mnt,
+		runPath:  e.runPath,
+		portBase: e.cfg.PortBase,
+		portSpan: e.cfg.portSpan(),
+		env:      e.serverEnv,
+		keepLog:  e.cfg.ServerLog,
+	})
+}
+
+// serverSpec says where a draupnir serve runs and how it differs from the
+// main one.
+type serverSpec struct {
+	name              string // of its config and log files in the work directory
+	dataPath, runPath string
+	portBase          int // its instance ports: portSpan of them from portBase
+	portSpan          int
+	top               string   // top-level keys of its config (database_url, node.*)
+	env               []string // added to its environment
+	keepLog           string   // where its log is copied at the end, if set
+	// httpPort and sshPort, if not 0, are its ports; else free ones.
+	httpPort, sshPort int
+}
+
+// serverBinary returns the draupnir binary, building it the first time.
+func (e *env) serverBinary(ctx context.Context) (string, error) {
+	if e.cfg.Server != "" {
+		return e.cfg.Server, nil
+	}
+	binary := filepath.Join(e.work, "draupnir")
+	if _, err := os.Stat(binary); err == nil {
+		return binary, nil
+	}
+	e.log.Info("building draupnir")
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", binary, "./cmd/draupnir").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build ./cmd/draupnir (run from the module root, or pass -server): %w: %s", err, tail(out))
+	}
+	return binary, nil
+}
+
+// startServerSpec starts a draupnir serve as spec says and waits until it
+// is healthy; undo stops it.
+func (e *env) startServerSpec(ctx context.Context, undo *cleanups, spec serverSpec) (*server, error) {
+	binary, err := e.serverBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	httpPort, sshPort := spec.httpPort, spec.sshPort
+	for _, p := range []*int{&httpPort, &sshPort} {
+		if *p == 0 {
+			if *p, err = freePort(); err != nil {
+				return nil, err
+			}
 		}
-	}
-	httpPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	sshPort, err := freePort()
-	if err != nil {
-		return nil, err
 	}
 	s := &server{
 		sshPort: sshPort,
 		url:     "http://127.0.0.1:" + strconv.Itoa(httpPort),
 		secret:  "bench-" + randomHex(16),
-		logPath: filepath.Join(e.work, "draupnir.log"),
+		logPath: filepath.Join(e.work, spec.name+".log"),
 	}
-	e.runPath = "/run/draupnir-bench-" + randomHex(4)
-	undo.push(func(context.Context) error { return os.RemoveAll(e.runPath) })
-	conf := fmt.Sprintf(`data_path = %q
+	conf := fmt.Sprintf(`%s
+data_path = %q
 run_path = %q
 environment = "test"
 shared_secret = %q
@@ -340,8 +381,8 @@ upload_authorized_keys = %q
 min_port = %d
 max_port = %d
 listen_addresses = "127.0.0.1"
-`, e.mnt, e.runPath, s.secret, httpPort, sshPort, e.keys.authKey, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
-	confPath := filepath.Join(e.work, "config.toml")
+`, spec.top, spec.dataPath, spec.runPath, s.secret, httpPort, sshPort, e.keys.authKey, spec.portBase, spec.portBase+spec.portSpan-1)
+	confPath := filepath.Join(e.work, spec.name+".toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -351,7 +392,7 @@ listen_addresses = "127.0.0.1"
 	}
 	defer logf.Close()
 	s.cmd = exec.Command(binary, "--config", confPath, "serve")
-	s.cmd.Env = append(os.Environ(), e.serverEnv...)
+	s.cmd.Env = append(os.Environ(), spec.env...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C at the terminal reaches only us, and we
 	// stop it in order.
@@ -361,11 +402,11 @@ listen_addresses = "127.0.0.1"
 	}
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.exited) }()
-	if e.cfg.ServerLog != "" {
+	if spec.keepLog != "" {
 		undo.push(func(context.Context) error {
 			b, err := os.ReadFile(s.logPath)
 			if err == nil {
-				err = os.WriteFile(e.cfg.ServerLog, b, 0o644)
+				err = os.WriteFile(spec.keepLog, b, 0o644)
 			}
 			return err
 		})

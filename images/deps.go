@@ -23,7 +23,7 @@ type deps struct {
 }
 
 func realDeps(opts Options) deps {
-	st := pgStore{opts.Pool, opts.Node}
+	st := pgStore{pool: opts.Pool, node: opts.Node}
 	d := deps{volumes: btrfs.FS{}, store: st}
 	if opts.Node != "" {
 		d.copies = st
@@ -75,6 +75,9 @@ type store interface {
 	ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error)
 	update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error)
 	delete(ctx context.Context, id int64) error
+	// adopt makes image id, of no node, this node's, unless another node
+	// did first.
+	adopt(ctx context.Context, id int64) (bool, error)
 }
 
 // copies are the images' copies on the nodes of a cluster (pgStore).

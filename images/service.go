@@ -8,7 +8,9 @@
 // owned by the service, not by the request that asked for it. An image may
 // also be saved from an instance (save.go): a copy of its data, booted,
 // stripped of the instance's password and shut down cleanly before it is
-// frozen; it belongs to whoever saved it, who may destroy it.
+// frozen; it belongs to whoever saved it, who may destroy it. On a node of
+// a cluster, the images it registers are made on that node, and Reconcile
+// repairs only those.
 package images
 
 import (
@@ -35,6 +37,12 @@ import (
 
 // Options configures a Service.
 type Options struct {
+	// Node is this node's name in a cluster (empty for a single node): the
+	// images it registers are made here, and Reconcile repairs only those;
+	// an image is ready here only once this node holds a ready copy
+	// (package replicate ships them), and a destroy reaches every node's
+	// copy.
+	Node            string
 	Pool            *pgxpool.Pool
 	Supervisor      *supervisor.Supervisor
 	UploadsDir      string // data_path/image_uploads
@@ -46,12 +54,7 @@ type Options struct {
 	// source's triggers and rules off while it runs.
 	ScriptAsSuperuser bool
 	KeepUploads       bool // keep an image's raw upload once it is ready (debugging)
-	// Node is this node's name in a cluster; "" for a single node. Images
-	// made here record it; an image is ready here only once this node
-	// holds a ready copy (package replicate ships them), and a destroy
-	// reaches every node's copy.
-	Node string
-	Log  *slog.Logger
+	Log               *slog.Logger
 }
 
 // Service manages images.
@@ -409,6 +412,30 @@ func (s *Service) destroyCopy(ctx context.Context, id int64) error {
 	return nil
 }
 
+// adopt makes r, an image of no node whose snapshot or upload is here,
+// this node's: a single node's, once it is made a node of a cluster.
+// It reports whether r is now this node's.
+func (s *Service) adopt(ctx context.Context, r *row) bool {
+	if r.Node != "" {
+		return false
+	}
+	snap, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID))
+	upload, _ := s.volumes.IsSubvolume(s.uploadDir(r.ID))
+	if !snap && !upload {
+		return false
+	}
+	ok, err := s.store.adopt(ctx, r.ID)
+	if err != nil || !ok {
+		if err != nil {
+			s.log.Error("could not take over an image of the single node this was", "image", r.ID, "err", err)
+		}
+		return false
+	}
+	s.log.Info("took over an image of the single node this was", "image", r.ID, "node", s.opts.Node)
+	r.Node = s.opts.Node
+	return true
+}
+
 // Reconcile repairs what a crash left: no image stays finalising, half-made
 // work directories go, and subvolumes that no row owns are deleted.
 func (s *Service) Reconcile(ctx context.Context) error {
@@ -420,6 +447,13 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, r := range rows {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
+		if r.Node != s.opts.Node {
+			if !s.adopt(ctx, r) {
+				// Another node makes it, perhaps right now; a copy of
+				// it here is the shipping's to keep or repair.
+				continue
+			}
+		}
 		if r.State == draupnir.ImageFinalising && r.Saved() {
 			// A save has nothing to retry from: undo it.
 			s.log.Warn("image was being saved from an instance when the server stopped; deleting it", "image", r.ID)
@@ -446,9 +480,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			return err
 		}
 		if r.State == draupnir.ImageReady {
-			// (In a cluster a node may lack a ready image's snapshot:
-			// it is still being copied here.)
-			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok && s.copies == nil {
+			if ok, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID)); !ok {
 				s.log.Error("ready image has lost its snapshot; marking it failed", "image", r.ID)
 				s.store.fail(ctx, r.ID, "the image's snapshot is missing from the data path; upload and finalise it again")
 			}

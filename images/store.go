@@ -27,12 +27,15 @@ const notDestroying = `NOT EXISTS (SELECT 1 FROM image_copies d WHERE d.image_id
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
 	postgres_version, database_name, superuser_name, owner, coalesce(parent_image_id, 0),
-	coalesce(from_instance_id, 0), created_at, updated_at`
+	coalesce(from_instance_id, 0), created_at, updated_at, node`
 
 // row is an image as stored, with the fields the API does not show.
 type row struct {
 	draupnir.Image
 	Superuser string
+	// Node is the node that makes the image (takes its upload and
+	// finalises it, or saves it from an instance).
+	Node string
 }
 
 func scanImage(r pgx.Row) (*row, error) {
@@ -40,7 +43,7 @@ func scanImage(r pgx.Row) (*row, error) {
 	var state string
 	err := r.Scan(&im.ID, &state, &im.BackedUpAt, &im.AnonymisationScript, &im.Error, &im.SizeBytes,
 		&im.PostgresVersion, &im.Database, &im.Superuser, &im.Owner, &im.ParentImageID,
-		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt)
+		&im.FromInstanceID, &im.CreatedAt, &im.UpdatedAt, &im.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -236,6 +239,14 @@ func (s pgStore) dropCopy(ctx context.Context, id int64) (gone bool, err error) 
 	tag, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM image_copies WHERE image_id = $1)`, id)
 	if err != nil {
 		return false, fmt.Errorf("deleting image %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (s pgStore) adopt(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE images SET node = $2, updated_at = now() WHERE id = $1 AND node = ''`, id, s.node)
+	if err != nil {
+		return false, fmt.Errorf("taking over image %d: %w", id, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }

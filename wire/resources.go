@@ -117,6 +117,7 @@ type InstanceAttributes struct {
 	Password      string `json:"password"`
 	Database      string `json:"database"`
 	Owner         string `json:"owner,omitempty"` // tells the upload principal whose it is
+	Node          string `json:"node,omitempty"`  // the node of a cluster it runs on
 	CACertificate string `json:"ca_certificate,omitempty"`
 	Error         string `json:"error,omitempty"`
 	// ExpiresAt, ProtectedUntil and LastActiveAt are null for none.
@@ -145,6 +146,7 @@ func NewInstanceResource(in *draupnir.Instance) InstanceResource {
 		Password:      in.Password,
 		Database:      in.Database,
 		Owner:         in.Owner,
+		Node:          in.Node,
 		CACertificate: in.CACertificate,
 		Error:         in.Error,
 
@@ -167,6 +169,7 @@ func (r *InstanceResource) Instance() *draupnir.Instance {
 		Username:      a.Username,
 		Password:      a.Password,
 		Database:      a.Database,
+		Node:          a.Node,
 		CACertificate: a.CACertificate,
 		Error:         a.Error,
 		CreatedAt:     a.CreatedAt.Time,

@@ -30,6 +30,7 @@ const (
 	TypeTokenRequests = "token_requests"
 	TypeKeys          = "keys"
 	TypeTombstones    = "tombstones"
+	TypeNodes         = "nodes"
 )
 
 // Marshal encodes v as the API sends documents: compact, ending in a newline,

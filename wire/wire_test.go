@@ -195,3 +195,41 @@ func TestParseVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeRoundTrip: a node and an instance's node survive the wire; a
+// node's keys never go out.
+func TestNodeRoundTrip(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	n := &draupnir.Node{Name: "n1", AdvertiseHost: "n1.example.com", APIURL: "http://n1:8080", SSHAddress: "n1:2222",
+		Drained: true, Down: true, StartedAt: now, HeartbeatAt: now,
+		NodeCapacity: draupnir.NodeCapacity{FreeDiskBytes: 1 << 40, FreeMemoryBytes: 1 << 33, Instances: 3, FreePorts: 997}}
+	withKeys := *n
+	withKeys.SSHPublicKey, withKeys.CACertificate = "ssh-ed25519 AAAAsecretish", "-----BEGIN CERTIFICATE-----"
+	b, err := Marshal(Document[NodeResource]{Data: NewNodeResource(&withKeys)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range []string{"ssh-ed25519", "CERTIFICATE"} {
+		if strings.Contains(string(b), leak) {
+			t.Errorf("node JSON %s shows %s", b, leak)
+		}
+	}
+	var back Document[NodeResource]
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Data.Node(); *got != *n {
+		t.Errorf("round trip %+v, want %+v", got, n)
+	}
+	inst := &draupnir.Instance{ID: 9, ImageID: 4, Node: "n1", State: draupnir.InstanceUnavailable, CreatedAt: now, UpdatedAt: now}
+	if b, err = Marshal(NewInstanceResource(inst)); err != nil {
+		t.Fatal(err)
+	}
+	var ir InstanceResource
+	if err := json.Unmarshal(b, &ir); err != nil {
+		t.Fatal(err)
+	}
+	if got := ir.Instance(); *got != *inst || !strings.Contains(string(b), `"node":"n1"`) {
+		t.Errorf("round trip %+v (%s), want %+v", got, b, inst)
+	}
+}

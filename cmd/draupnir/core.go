@@ -13,6 +13,7 @@ import (
 	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
+	"github.com/draupnir-db/draupnir/nodes"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -27,6 +28,10 @@ type core struct {
 	images    *images.Service
 	instances *instances.Service
 	lock      *datapath.Lock // the data path and run path, held while the server runs
+	// registry is the cluster's membership and signer signs and checks
+	// the calls nodes forward to each other; both nil on a single node.
+	registry *nodes.Registry
+	signer   *nodes.Signer
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -77,7 +82,18 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	if !services {
 		return c, nil
 	}
+	hostname := cfg.PublicHostname
+	var cluster instances.Cluster // a nil interface on a single node
+	if cfg.Node.Name != "" {
+		if cfg.Node.AdvertiseHost != "" {
+			hostname = cfg.Node.AdvertiseHost
+		}
+		c.registry = c.newRegistry(hostname)
+		c.signer = nodes.NewSigner(cfg.Node.Name, []byte(cfg.Cluster.Secret))
+		cluster = c.registry
+	}
 	c.images = images.New(images.Options{
+		Node:              cfg.Node.Name,
 		Pool:              c.db.Pool(),
 		Supervisor:        sup,
 		UploadsDir:        paths.Uploads(),
@@ -92,6 +108,8 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.images.WarmUp(major)
 	}
 	c.instances, err = instances.New(instances.Options{
+		Node:                  cfg.Node.Name,
+		Cluster:               cluster,
 		Pool:                  c.db.Pool(),
 		Supervisor:            sup,
 		Images:                c.images,
@@ -101,7 +119,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		MinPort:               cfg.Instances.MinPort,
 		MaxPort:               cfg.Instances.MaxPort,
 		ListenAddresses:       cfg.Instances.ListenAddresses,
-		Hostname:              cfg.PublicHostname,
+		Hostname:              hostname,
 		Settings:              cfg.Instances.Settings,
 		StartTimeout:          cfg.Instances.StartTimeout.Duration,
 		WarmPool:              cfg.Instances.WarmPool,
@@ -136,6 +154,9 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 
 // Close stops the services and the state cluster; instances keep running.
 func (c *core) Close(ctx context.Context) {
+	if c.registry != nil {
+		c.registry.Close()
+	}
 	if c.images != nil {
 		c.images.Close()
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 
 	"github.com/draupnir-db/draupnir"
@@ -25,10 +24,7 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	if cfg.SSH.Port == 0 {
 		return func(context.Context) {}, nil
 	}
-	hostKey := cfg.SSH.HostKey
-	if hostKey == "" {
-		hostKey = filepath.Join(c.paths.Keys(), "ssh_host_ed25519_key")
-	}
+	hostKey := c.hostKeyPath()
 	sshLog := log.With("component", "ssh")
 	srv, err := sshd.New(sshd.Options{
 		HostKeyPath:    hostKey,
@@ -71,6 +67,7 @@ func sshCommands(cfg *config.Config, c *core, log *slog.Logger) sshd.CommandRunn
 			Images:        c.doorImages,
 			Instances:     c.doorInstances,
 			Uploads:       c.doorImages,
+			Nodes:         c.doorNodes(),
 			Principal:     p,
 			ServerVersion: func(context.Context) (string, error) { return draupnir.Version, nil }, // the core is the server
 		}
