@@ -199,7 +199,9 @@ func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
 		return im
 	}
 	c := *im
-	c.Error = FailedForOthers
+	if c.Error != "" {
+		c.Error = FailedForOthers
+	}
 	// Why a copy failed can quote the data path: the upload principal's.
 	c.Nodes = slices.Clone(im.Nodes)
 	for i := range c.Nodes {

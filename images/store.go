@@ -155,7 +155,7 @@ func (s pgStore) ready(ctx context.Context, id int64, size int64, version, datab
 	return scanImage(s.pool.QueryRow(ctx, `WITH images AS (UPDATE images SET state = 'ready', error = '', size_bytes = $2,
 			postgres_version = $3, database_name = $4, superuser_name = $5, updated_at = now()
 			WHERE id = $1 RETURNING *),
-		copy AS (INSERT INTO image_copies (image_id, node, state) SELECT id, $6, 'ready' FROM images WHERE $6 <> ''
+		copied AS (INSERT INTO image_copies (image_id, node, state) SELECT id, $6, 'ready' FROM images WHERE $6 <> ''
 			ON CONFLICT (image_id, node) DO UPDATE SET state = 'ready', error = '', updated_at = now())
 		SELECT `+imageColumns+` FROM images`, id, size, version, database, superuser, s.node))
 }

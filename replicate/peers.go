@@ -2,57 +2,51 @@ package replicate
 
 import (
 	"context"
-	"fmt"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/draupnir-db/draupnir"
 )
 
-// TablePeers reads the cluster's nodes from the nodes table: their SSH
-// doors and keys, and whether they are down (no heartbeat for DownAfter).
-// It also tells the SSH door which keys are nodes' (sshd.NodeKeys).
-type TablePeers struct {
-	Pool      *pgxpool.Pool
-	DownAfter time.Duration
+// NodeLister lists the cluster's nodes (nodes.Registry).
+type NodeLister interface {
+	List(ctx context.Context) ([]*draupnir.Node, error)
 }
 
+// RegistryPeers are the cluster's nodes as shipping needs them, read from
+// the membership registry. They also tell the SSH door which keys are
+// nodes' (sshd.NodeKeys).
+type RegistryPeers struct{ Nodes NodeLister }
+
 // Peers lists every registered node. A node whose key does not parse is
-// listed without one (nobody can sign in as it or be reached as it).
-func (t TablePeers) Peers(ctx context.Context) ([]Peer, error) {
-	rows, err := t.Pool.Query(ctx, `SELECT name, ssh_address, ssh_public_key,
-		heartbeat_at < now() - make_interval(secs => $1) FROM nodes ORDER BY name`, t.DownAfter.Seconds())
+// listed without one: nobody can sign in as it, and it is not trusted as a
+// source.
+func (p RegistryPeers) Peers(ctx context.Context) ([]Peer, error) {
+	nodes, err := p.Nodes.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing nodes: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	var out []Peer
-	for rows.Next() {
-		var p Peer
-		var key string
-		if err := rows.Scan(&p.Name, &p.SSHAddress, &key, &p.Down); err != nil {
-			return nil, fmt.Errorf("listing nodes: %w", err)
+	out := make([]Peer, 0, len(nodes))
+	for _, n := range nodes {
+		peer := Peer{Name: n.Name, SSHAddress: n.SSHAddress, Down: n.Down}
+		if k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(n.SSHPublicKey)); err == nil {
+			peer.SSHKey = k
 		}
-		if k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(key)); err == nil {
-			p.SSHKey = k
-		}
-		out = append(out, p)
+		out = append(out, peer)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // NodeForKey returns the name of the node whose registered key is key.
-func (t TablePeers) NodeForKey(ctx context.Context, key gossh.PublicKey) (string, error) {
-	peers, err := t.Peers(ctx)
+func (p RegistryPeers) NodeForKey(ctx context.Context, key gossh.PublicKey) (string, error) {
+	peers, err := p.Peers(ctx)
 	if err != nil {
 		return "", err
 	}
 	want := string(key.Marshal())
-	for _, p := range peers {
-		if p.SSHKey != nil && string(p.SSHKey.Marshal()) == want {
-			return p.Name, nil
+	for _, peer := range peers {
+		if peer.SSHKey != nil && string(peer.SSHKey.Marshal()) == want {
+			return peer.Name, nil
 		}
 	}
 	return "", draupnir.Errorf(draupnir.KindUnauthorized, "not a node's key")

@@ -24,6 +24,7 @@ import (
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/internal/testenv"
+	"github.com/draupnir-db/draupnir/nodes"
 	"github.com/draupnir-db/draupnir/sshd"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
@@ -104,7 +105,7 @@ func (c *cluster) addNode(name string, opt func(*Options)) *node {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})).With("test_node", name)
-	peers := TablePeers{Pool: c.pool, DownAfter: time.Minute}
+	peers := RegistryPeers{nodes.New(nodes.Options{Pool: c.pool, Interval: 20 * time.Second})}
 	hostKey := filepath.Join(n.mnt, "keys", "ssh_host_ed25519_key")
 	signer, err := sshd.LoadHostKey(hostKey)
 	if err != nil {

@@ -48,6 +48,18 @@ type ImageAttributes struct {
 	Owner          string `json:"owner,omitempty"`
 	ParentImageID  int64  `json:"parent_image_id,omitempty"`
 	FromInstanceID int64  `json:"from_instance_id,omitempty"`
+	// Nodes are the image's copies on the nodes of a cluster (none on a
+	// single node): where it is ready, where it is being copied.
+	Nodes []ImageCopy `json:"nodes,omitempty"`
+}
+
+// ImageCopy is an image's copy on one node of a cluster. Error, why the
+// last attempt at copying it failed, is shown to the upload principal only.
+type ImageCopy struct {
+	Node     string `json:"node"`
+	State    string `json:"state"` // copying, ready, failed (retried) or destroying
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // ImageResource is an image as the API renders it.
@@ -73,7 +85,19 @@ func NewImageResource(im *draupnir.Image) ImageResource {
 		Owner:               im.Owner,
 		ParentImageID:       im.ParentImageID,
 		FromInstanceID:      im.FromInstanceID,
+		Nodes:               newImageCopies(im.Nodes),
 	}}
+}
+
+func newImageCopies(cs []draupnir.ImageCopy) []ImageCopy {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]ImageCopy, len(cs))
+	for i, c := range cs {
+		out[i] = ImageCopy{Node: c.Node, State: c.State, Attempts: c.Attempts, Error: c.Error}
+	}
+	return out
 }
 
 // Image converts the resource to the domain type. A document with only the
@@ -99,9 +123,21 @@ func (r *ImageResource) Image() *draupnir.Image {
 		Owner:               a.Owner,
 		ParentImageID:       a.ParentImageID,
 		FromInstanceID:      a.FromInstanceID,
+		Nodes:               imageCopies(a.Nodes),
 		CreatedAt:           a.CreatedAt.Time,
 		UpdatedAt:           a.UpdatedAt.Time,
 	}
+}
+
+func imageCopies(cs []ImageCopy) []draupnir.ImageCopy {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]draupnir.ImageCopy, len(cs))
+	for i, c := range cs {
+		out[i] = draupnir.ImageCopy{Node: c.Node, State: c.State, Attempts: c.Attempts, Error: c.Error}
+	}
+	return out
 }
 
 // InstanceAttributes are the attributes of an instance. The original API

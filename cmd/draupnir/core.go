@@ -14,6 +14,7 @@ import (
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
 	"github.com/draupnir-db/draupnir/nodes"
+	"github.com/draupnir-db/draupnir/replicate"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -32,6 +33,9 @@ type core struct {
 	// the calls nodes forward to each other; both nil on a single node.
 	registry *nodes.Registry
 	signer   *nodes.Signer
+	// replicator ships images to this node of a cluster; nil on a single
+	// node.
+	replicator *replicate.Replicator
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -146,6 +150,12 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	if err := c.instances.Reconcile(ctx); err != nil {
 		c.Close(ctx)
 		return nil, fmt.Errorf("reconciling instances: %w", err)
+	}
+	// After the images' reconcile: the images this node made must be its
+	// own before their ready copies are recorded.
+	if c.replicator, err = c.newReplicator(ctx); err != nil {
+		c.Close(ctx)
+		return nil, fmt.Errorf("image shipping: %w", err)
 	}
 	c.instances.StartPool()
 	c.instances.StartSweeper()

@@ -142,6 +142,9 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		}
 		c.registry.Start()
 	}
+	// Once registered: the other nodes list this one as a source.
+	stopShipping := c.startShipping(ctx)
+	defer stopShipping()
 	if *makeDemo {
 		go func() {
 			err := demo.Make(ctx, demo.Options{

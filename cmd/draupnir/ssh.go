@@ -26,10 +26,12 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	}
 	hostKey := c.hostKeyPath()
 	sshLog := log.With("component", "ssh")
+	keys, nodeRunner := c.sshNodes(keys)
 	srv, err := sshd.New(sshd.Options{
 		HostKeyPath:    hostKey,
 		Uploads:        c.doorImages,
 		Keys:           keys,
+		Node:           nodeRunner,
 		Commands:       sshCommands(cfg, c, sshLog),
 		IdleTimeout:    cfg.SSH.IdleTimeout.Duration,
 		MaxTimeout:     cfg.SSH.MaxTimeout.Duration,
