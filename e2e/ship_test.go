@@ -97,7 +97,9 @@ func TestShip(t *testing.T) {
 		full := receivedBytes(t, n2, im.ID, 0)
 		for _, n := range cl[1:] {
 			incr := receivedBytes(t, n, saved.ID, im.ID)
-			if incr*4 > full {
+			// The saved copy brings its own WAL segment (16 MiB): well
+			// below the whole image, nowhere near twice it.
+			if incr*2 > full {
 				t.Errorf("%s received %d bytes for the saved image against its parent, %d for the whole parent", n.name, incr, full)
 			}
 		}
