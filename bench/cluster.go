@@ -37,7 +37,9 @@ func (e *env) forwarding(ctx context.Context) error {
 		e.undo.push(func(context.Context) error { return os.RemoveAll(runPath) })
 		spec := serverSpec{name: "node-" + name, dataPath: dataPath, runPath: runPath,
 			portBase: base + i*span, portSpan: span,
-			top: fmt.Sprintf("database_url = %q\nnode.name = %q\nnode.heartbeat_interval = \"1s\"", dbURL, name),
+			// One copy: the image must stay on b alone, even now that
+			// nodes ship images to each other.
+			top: fmt.Sprintf("database_url = %q\nnode.name = %q\nnode.heartbeat_interval = \"1s\"\ncluster.copies = 1", dbURL, name),
 			env: []string{"DRAUPNIR_CLUSTER_SECRET=" + secret}}
 		srv, err := e.startNode(ctx, spec)
 		if err != nil {

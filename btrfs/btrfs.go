@@ -3,9 +3,10 @@
 // ioctls, answers whether a path is btrfs, a subvolume or read-only, reports
 // a subvolume's referenced and exclusive bytes, turns a directory into a
 // subvolume, turns quotas on and limits what one subvolume may write
-// (qgroups), and prepares a loop-mounted
-// btrfs file for machines whose data path is not on btrfs. It knows nothing
-// about images or instances.
+// (qgroups), streams subvolumes out and in (btrfs send and receive, for
+// shipping images between nodes), and prepares a loop-mounted btrfs file for
+// machines whose data path is not on btrfs. It knows nothing about images or
+// instances.
 package btrfs
 
 import (

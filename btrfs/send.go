@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // Send writes the send stream of the read-only subvolume snap to w (`btrfs
@@ -24,16 +27,20 @@ func Send(ctx context.Context, snap, parent string, w io.Writer) error {
 	cmd := exec.CommandContext(ctx, "btrfs", args...)
 	stderr := &tailBuffer{max: 4 << 10}
 	cmd.Stderr = stderr
-	out, err := cmd.StdoutPipe()
+	out, pw, err := bigPipe()
 	if err != nil {
 		return fmt.Errorf("btrfs send %s: %w", snap, err)
 	}
-	if err := cmd.Start(); err != nil {
+	defer out.Close()
+	cmd.Stdout = pw
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
 		return fmt.Errorf("btrfs send %s: %w", snap, err)
 	}
 	// Copied here rather than by exec, so that a failing w stops the
 	// process at once instead of leaving it blocked on a full pipe.
-	_, copyErr := io.Copy(w, out)
+	_, copyErr := io.CopyBuffer(onlyWriter{w}, onlyReader{out}, make([]byte, copyBuffer))
 	if copyErr != nil {
 		cmd.Process.Kill()
 	}
@@ -46,6 +53,29 @@ func Send(ctx context.Context, snap, parent string, w io.Writer) error {
 	}
 	return nil
 }
+
+// copyBuffer and pipeSize are sized for streams of hundreds of MiB: fewer,
+// larger reads and writes between btrfs and the network.
+const (
+	copyBuffer = 1 << 20
+	pipeSize   = 1 << 20
+)
+
+// bigPipe returns a pipe grown to pipeSize where the system allows it.
+func bigPipe() (r, w *os.File, err error) {
+	r, w, err = os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Best effort: the limit is /proc/sys/fs/pipe-max-size.
+	unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+	return r, w, nil
+}
+
+// onlyReader and onlyWriter hide a file's ReadFrom and WriteTo, so that
+// io.CopyBuffer uses the buffer it is given.
+type onlyReader struct{ io.Reader }
+type onlyWriter struct{ io.Writer }
 
 // Receive reads a send stream from r into the directory dir (`btrfs receive`),
 // confined to dir by chroot: a stream names its own paths and may create any
@@ -62,11 +92,15 @@ func Receive(ctx context.Context, dir string, r io.Reader) error {
 	cmd := exec.CommandContext(ctx, "btrfs", "receive", "-q", "-e", "-E", "1", "-C", dir)
 	stderr := &tailBuffer{max: 4 << 10}
 	cmd.Stderr = stderr
-	in, err := cmd.StdinPipe()
+	pr, in, err := bigPipe()
 	if err != nil {
 		return fmt.Errorf("btrfs receive into %s: %w", dir, err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdin = pr
+	err = cmd.Start()
+	pr.Close()
+	if err != nil {
+		in.Close()
 		return fmt.Errorf("btrfs receive into %s: %w", dir, err)
 	}
 	var readErr errorOnce
@@ -74,9 +108,8 @@ func Receive(ctx context.Context, dir string, r io.Reader) error {
 		// Not waited for: a read of r may block until the caller closes
 		// its source. A read error is recorded before the pipe closes,
 		// so before btrfs receive can see the end of its input.
-		_, err := io.Copy(in, readErrors{r, &readErr})
+		io.CopyBuffer(onlyWriter{in}, onlyReader{readErrors{r, &readErr}}, make([]byte, copyBuffer))
 		in.Close()
-		_ = err
 	}()
 	err = cmd.Wait()
 	if rerr := readErr.get(); rerr != nil {
