@@ -81,9 +81,9 @@ type onlyWriter struct{ io.Writer }
 // confined to dir by chroot: a stream names its own paths and may create any
 // file below its target, so dir should be private to root and empty, and the
 // caller checks what arrived before using it. The stream's subvolume is made
-// read-only only when its stream ends; a stream cut short at a command's
-// boundary can still look complete to btrfs receive, so the caller must also
-// know that the sender finished. A read error of r fails Receive. The process
+// read-only only when its stream ends: a stream that stops before its end
+// marker fails (-e), as does a read error of r; the caller should still know
+// that the sender finished before it trusts what arrived. The process
 // ends with ctx, and Receive returns when it has, even if a read of r is
 // still blocked (the caller then closes what r reads from).
 func Receive(ctx context.Context, dir string, r io.Reader) error {
