@@ -21,9 +21,15 @@ type pgStore struct {
 	node string
 }
 
-// notDestroying leaves out images whose destroy is under way on the nodes
-// of a cluster: they are gone for everyone as soon as it begins.
-const notDestroying = `NOT EXISTS (SELECT 1 FROM image_copies d WHERE d.image_id = images.id AND d.state = 'destroying')`
+// visible is the condition that leaves out, on a node of a cluster, images
+// whose destroy is under way on the nodes: they are gone for everyone as
+// soon as it begins. A single node has no copies and pays nothing for it.
+func (s pgStore) visible() string {
+	if s.node == "" {
+		return "true"
+	}
+	return `NOT EXISTS (SELECT 1 FROM image_copies d WHERE d.image_id = images.id AND d.state = 'destroying')`
+}
 
 const imageColumns = `id, state, backed_up_at, anonymisation_script, error, size_bytes,
 	postgres_version, database_name, superuser_name, owner, coalesce(parent_image_id, 0),
@@ -59,7 +65,7 @@ func notFound(id int64) error {
 }
 
 func (s pgStore) get(ctx context.Context, id int64) (*row, error) {
-	im, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = $1 AND `+notDestroying, id))
+	im, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = $1 AND `+s.visible(), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, notFound(id)
 	}
@@ -70,7 +76,7 @@ func (s pgStore) get(ctx context.Context, id int64) (*row, error) {
 }
 
 func (s pgStore) listAll(ctx context.Context) ([]*row, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+imageColumns+` FROM images WHERE `+notDestroying+` ORDER BY id`)
+	rows, err := s.pool.Query(ctx, `SELECT `+imageColumns+` FROM images WHERE `+s.visible()+` ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("listing images: %w", err)
 	}
