@@ -41,11 +41,11 @@ type nodeKeys struct {
 
 func (k nodeKeys) PrincipalForKey(ctx context.Context, key gossh.PublicKey) (draupnir.Principal, error) {
 	name, err := k.nodes.NodeForKey(ctx, key)
-	if err != nil && draupnir.KindOf(err) != draupnir.KindUnauthorized {
-		return draupnir.Principal{}, err // fail closed: the nodes could not be read
-	}
 	p, perr := k.keys.PrincipalForKey(ctx, key)
-	if err != nil { // not a node's key
+	if err != nil {
+		// Not a node's key, or the nodes cannot be read (the state
+		// database is down): then no key is a node's, and users and the
+		// upload principal still get what their keys give them.
 		if perr == nil && p.Node {
 			return draupnir.Principal{}, draupnir.Errorf(draupnir.KindUnauthorized, "key %s: only the nodes' registered keys authenticate nodes", gossh.FingerprintSHA256(key))
 		}

@@ -186,3 +186,53 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+type brokenNodes struct{}
+
+func (brokenNodes) NodeForKey(context.Context, gossh.PublicKey) (string, error) {
+	return "", fmt.Errorf("the state database does not answer")
+}
+
+type oneKey struct {
+	key gossh.PublicKey
+	p   draupnir.Principal
+}
+
+func (k oneKey) PrincipalForKey(_ context.Context, key gossh.PublicKey) (draupnir.Principal, error) {
+	if string(key.Marshal()) == string(k.key.Marshal()) {
+		return k.p, nil
+	}
+	return draupnir.Principal{}, draupnir.Errorf(draupnir.KindUnauthorized, "unknown key")
+}
+
+// TestWithNodesTable: who a key is, with the nodes readable or not.
+func TestWithNodesTable(t *testing.T) {
+	dir := t.TempDir()
+	keyOf := func(name string) gossh.PublicKey {
+		priv, _ := writeClientKey(t, filepath.Join(dir, name))
+		return publicKeyOf(t, priv)
+	}
+	alice, node, both := keyOf("alice"), keyOf("node"), keyOf("both")
+	nodes := fakeNodes{string(node.Marshal()): "n1", string(both.Marshal()): "n2"}
+	users := func(k gossh.PublicKey) Keys { return oneKey{k, draupnir.Principal{Name: "alice@example.com"}} }
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name  string
+		keys  Keys
+		key   gossh.PublicKey
+		want  draupnir.Principal
+		wantE bool
+	}{
+		{"a user", WithNodes(users(alice), nodes), alice, draupnir.Principal{Name: "alice@example.com"}, false},
+		{"a node", WithNodes(users(alice), nodes), node, draupnir.Principal{Name: "n1", Node: true}, false},
+		{"a key both a user's and a node's", WithNodes(users(both), nodes), both, draupnir.Principal{}, true},
+		{"nodes unreadable: a user still", WithNodes(users(alice), brokenNodes{}), alice, draupnir.Principal{Name: "alice@example.com"}, false},
+		{"nodes unreadable: no node", WithNodes(users(alice), brokenNodes{}), node, draupnir.Principal{}, true},
+		{"other keys cannot make a node", WithNodes(oneKey{alice, draupnir.Principal{Name: "n1", Node: true}}, nodes), alice, draupnir.Principal{}, true},
+	} {
+		got, err := tt.keys.PrincipalForKey(ctx, tt.key)
+		if (err != nil) != tt.wantE || got != tt.want {
+			t.Errorf("%s: %+v, %v; want %+v (error %v)", tt.name, got, err, tt.want, tt.wantE)
+		}
+	}
+}
