@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -451,4 +452,55 @@ func TestShipRefusals(t *testing.T) {
 	if _, err := os.Stat(b.r.snapshotDir(id)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("b holds the image after a refused copy")
 	}
+}
+
+// TestShipStalledSenderIsCut: a source that sends a little and then
+// nothing is cut after StallTimeout, and the copy comes from another
+// source at the next attempt.
+func TestShipStalledSenderIsCut(t *testing.T) {
+	c := newCluster(t, "a")
+	b := c.addNode("b", func(o *Options) { o.StallTimeout = 300 * time.Millisecond })
+	a := c.nodes["a"]
+	id := c.makeImage("a", a.newWork(t, 1<<20), 0)
+	// "hung" is a node whose door answers the node protocol with a few
+	// bytes and then hangs until the connection goes.
+	hungKey := filepath.Join(testenv.TempDir(t), "hung_key")
+	hung, err := sshd.New(sshd.Options{HostKeyPath: hungKey, Uploads: noUploads{}, Log: slog.New(slog.DiscardHandler),
+		Keys: sshd.WithNodes(noKeys{}, RegistryPeers{nodes.New(nodes.Options{Pool: c.pool, Interval: 20 * time.Second})}),
+		Node: func(ctx context.Context, _ string, _ []string, stdout, _ io.Writer) int {
+			stdout.Write([]byte("btrfs-stream\x00"))
+			<-ctx.Done()
+			return 1
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hung.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		hung.Shutdown(ctx)
+	})
+	ctx := context.Background()
+	c.pool.Exec(ctx, `INSERT INTO nodes (name, advertise_host, api_url, ssh_address, ssh_public_key) VALUES ('hung', 'h', 'h', $1, $2)`,
+		l.Addr().String(), strings.TrimSpace(string(gossh.MarshalAuthorizedKey(hung.PublicKey()))))
+	c.pool.Exec(ctx, `INSERT INTO image_copies (image_id, node, state) VALUES ($1, 'hung', 'ready')`, id)
+	// Sources rotate by attempt over a and hung, by name: the first
+	// attempt goes to a, so make it the second by failing one first.
+	c.pool.Exec(ctx, `INSERT INTO image_copies (image_id, node, state, attempts) VALUES ($1, 'b', 'failed', 1)`, id)
+	c.step("b")
+	state, attempts, msg := c.copyState(id, "b")
+	if state != "failed" || attempts != 2 || !strings.Contains(msg, "stalled") {
+		t.Fatalf("copy from a hung node: %q after %d attempts (%s), want failed, stalled", state, attempts, msg)
+	}
+	receiveEmpty(t, b)
+	c.step("b")
+	if state, _, msg := c.copyState(id, "b"); state != "ready" {
+		t.Fatalf("next attempt, from a: %q (%s)", state, msg)
+	}
+	sameTree(t, a.r.snapshotDir(id), b.r.snapshotDir(id))
 }
