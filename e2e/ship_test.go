@@ -3,15 +3,19 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/testenv"
 	"github.com/draupnir-db/draupnir/sshd"
 )
 
@@ -20,7 +24,7 @@ import (
 // stream, no user or upload key speaks the node protocol, and a destroy
 // reaches every node.
 func TestShip(t *testing.T) {
-	cl, _ := startCluster(t, 3)
+	cl, state := startCluster(t, 3)
 	n1, n2, n3 := cl[0], cl[1], cl[2]
 	ctx := context.Background()
 	nobody := draupnir.Principal{}
@@ -124,6 +128,33 @@ func TestShip(t *testing.T) {
 				_, err := os.Stat(n.snapshotDir(saved.ID))
 				return errors.Is(err, fs.ErrNotExist)
 			})
+		}
+	})
+
+	t.Run("a node killed mid-copy leaves nothing half-made and catches up", func(t *testing.T) {
+		n3.stop(syscall.SIGKILL)
+		im2 := n1.readyImage(t, anonymise, backup)
+		waitShipped(t, n1, im2.ID, n1, n2)
+		// What a kill -9 in the middle of receiving leaves: a claimed
+		// copy and half a stream in the receive directory.
+		half := filepath.Join(n3.layout().Receive(), strconv.FormatInt(im2.ID, 10))
+		if err := os.MkdirAll(half, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Run(t, "btrfs", "-q", "subvolume", "create", filepath.Join(half, strconv.FormatInt(im2.ID, 10)))
+		state.SQL(t, "draupnir", fmt.Sprintf("INSERT INTO image_copies (image_id, node, state, attempts) VALUES (%d, 'node3', 'copying', 1)", im2.ID))
+		n3.start()
+		got := waitShipped(t, n1, im2.ID, n3)
+		for _, c := range got.Nodes {
+			if c.Node == "node3" && c.Attempts != 2 {
+				t.Errorf("node3's copy took %d attempts, want 2 (the killed one and its retry)", c.Attempts)
+			}
+		}
+		if ents, err := os.ReadDir(n3.layout().Receive()); err != nil || len(ents) != 0 {
+			t.Errorf("node3's receive directory after its restart: %d entries, %v", len(ents), err)
+		}
+		if !reflect.DeepEqual(n3.snapshotSums(t, im2.ID), n1.snapshotSums(t, im2.ID)) {
+			t.Errorf("node3's copy of image %d differs from node1's", im2.ID)
 		}
 	})
 }
