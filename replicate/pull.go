@@ -15,6 +15,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/internal/diskspace"
 	"github.com/draupnir-db/draupnir/sshd"
 )
 
@@ -25,6 +26,20 @@ const minStreamLimit = 256 << 20
 // pull receives image c from peer src into this node's snapshots, and
 // returns how many stream bytes it read.
 func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int64, attempt int) (int64, error) {
+	// As for uploads, the data path's reserve stays free: a whole image
+	// needs its size above it before it starts, and no stream may go past
+	// it.
+	room, err := diskspace.Of(r.opts.ReceiveDir)
+	if err != nil {
+		return 0, err
+	}
+	need := int64(0)
+	if parent == 0 {
+		need = c.Size
+	}
+	if room.Avail() <= need {
+		return 0, room.FullError(nil)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tmp := r.receiveDir(c.ID)
@@ -60,8 +75,9 @@ func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int
 	if err := sess.Start(cmd); err != nil {
 		return 0, fmt.Errorf("node %s: %w", src.Name, err)
 	}
-	// As for uploads, a stream has a budget: twice the image's size.
-	limit := max(2*c.Size, minStreamLimit)
+	// A stream has a budget: twice the image's size, and the room above
+	// the reserve.
+	limit := min(max(2*c.Size, minStreamLimit), room.Avail())
 	if r.opts.cut != nil {
 		if n := r.opts.cut(attempt); n > 0 {
 			limit = n
@@ -80,7 +96,7 @@ func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int
 	case in.stalled.Load():
 		return n, fmt.Errorf("the stream from node %s stalled for %s; cut", src.Name, r.opts.StallTimeout)
 	case in.over.Load():
-		return n, fmt.Errorf("the stream from node %s is larger than %d bytes; refused", src.Name, limit)
+		return n, fmt.Errorf("the stream from node %s went past %d bytes (twice the image's size, or the room above the data path's reserve); refused", src.Name, limit)
 	case recvErr != nil:
 		return n, recvErr
 	case waitErr != nil:

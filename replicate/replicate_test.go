@@ -504,3 +504,28 @@ func TestShipStalledSenderIsCut(t *testing.T) {
 	}
 	sameTree(t, a.r.snapshotDir(id), b.r.snapshotDir(id))
 }
+
+// TestShipKeepsTheReserve: an image larger than the room above the data
+// path's reserve is not received (the attempt fails and is retried), and
+// arrives once there is room.
+func TestShipKeepsTheReserve(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	a, b := c.nodes["a"], c.nodes["b"]
+	id := c.makeImage("a", a.newWork(t, 1<<20), 0)
+	ctx := context.Background()
+	// As far as b can tell, the image is larger than its whole disk.
+	c.pool.Exec(ctx, `UPDATE images SET size_bytes = 4::bigint << 30 WHERE id = $1`, id)
+	c.step("b")
+	if state, _, msg := c.copyState(id, "b"); state != "failed" || !strings.Contains(msg, "data path is full") {
+		t.Fatalf("copy of an image larger than the room: %q (%s), want failed, full", state, msg)
+	}
+	receiveEmpty(t, b)
+	if _, err := os.Stat(b.r.snapshotDir(id)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("b holds the image")
+	}
+	c.pool.Exec(ctx, `UPDATE images SET size_bytes = 1 << 20 WHERE id = $1`, id)
+	c.step("b")
+	if state, _, msg := c.copyState(id, "b"); state != "ready" {
+		t.Fatalf("copy once there is room: %q (%s)", state, msg)
+	}
+}
