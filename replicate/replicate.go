@@ -339,8 +339,15 @@ func (r *Replicator) discard(dir string) error {
 
 // destroys carries out the destroys of images that name this node: its
 // instances of them, its snapshot, its row, and the image's row once no
-// node holds a copy.
+// node holds a copy. It also forgets the copies of removed nodes.
 func (r *Replicator) destroys(ctx context.Context) error {
+	// A node removed for good (its row deleted) never deletes its copies:
+	// forget them, and finish the destroys that waited only for it.
+	if copies, images, err := r.db.forgetRemoved(ctx); err != nil {
+		return err
+	} else if copies > 0 {
+		r.log.Info("forgot the image copies of removed nodes", "copies", copies, "destroyed_images", images)
+	}
 	ids, err := r.db.destroying(ctx, r.opts.Node)
 	if err != nil {
 		return err

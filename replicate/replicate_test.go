@@ -178,7 +178,7 @@ func (c *cluster) makeImage(origin string, work string, parent int64) int64 {
 // newWork makes a subvolume on n holding a few files of random data.
 func (n *node) newWork(t *testing.T, size int) string {
 	t.Helper()
-	work := filepath.Join(n.mnt, "work")
+	work := filepath.Join(n.mnt, fmt.Sprintf("work-%d", time.Now().UnixNano()))
 	if err := btrfs.CreateSubvolume(work); err != nil {
 		t.Fatal(err)
 	}
@@ -426,6 +426,22 @@ func TestShipDestroyEverywhere(t *testing.T) {
 	c.pool.QueryRow(ctx, `SELECT count(*) FROM images WHERE id = $1`, id).Scan(&n)
 	if n != 0 {
 		t.Errorf("the image's row survived the destroy of every copy")
+	}
+
+	// A node removed for good (its row deleted) holds up no destroy: its
+	// copies are forgotten, and the image's row goes.
+	id2 := c.makeImage("a", a.newWork(t, 1<<20), 0)
+	c.step("b")
+	c.pool.Exec(ctx, `DELETE FROM nodes WHERE name = 'b'`)
+	c.pool.Exec(ctx, `UPDATE image_copies SET state = 'destroying' WHERE image_id = $1`, id2)
+	btrfs.Delete(a.r.snapshotDir(id2))
+	DropCopy(ctx, c.pool, id2, "a")
+	c.step("a")
+	c.pool.QueryRow(ctx, `SELECT count(*) FROM images WHERE id = $1`, id2).Scan(&n)
+	var copies int
+	c.pool.QueryRow(ctx, `SELECT count(*) FROM image_copies WHERE node = 'b'`).Scan(&copies)
+	if n != 0 || copies != 0 {
+		t.Errorf("after b's removal: image row %d, b's copies %d; want none", n, copies)
 	}
 }
 

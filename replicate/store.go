@@ -161,3 +161,41 @@ func DropCopy(ctx context.Context, pool *pgxpool.Pool, id int64, node string) (g
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// forgetRemoved deletes the copies of nodes that are no longer registered
+// (removed for good), and the rows of images being destroyed that no node
+// holds a copy of any more; it returns how many of each.
+func (s store) forgetRemoved(ctx context.Context) (copies, images int64, err error) {
+	var destroyed []int64
+	rows, err := s.pool.Query(ctx, `DELETE FROM image_copies c
+		WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.name = c.node)
+		RETURNING image_id, state = 'destroying'`)
+	if err != nil {
+		return 0, 0, fmt.Errorf("forgetting removed nodes' image copies: %w", err)
+	}
+	for rows.Next() {
+		var id int64
+		var destroying bool
+		if err := rows.Scan(&id, &destroying); err != nil {
+			rows.Close()
+			return 0, 0, fmt.Errorf("forgetting removed nodes' image copies: %w", err)
+		}
+		copies++
+		if destroying {
+			destroyed = append(destroyed, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, fmt.Errorf("forgetting removed nodes' image copies: %w", err)
+	}
+	if len(destroyed) == 0 {
+		return copies, 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM images i WHERE i.id = ANY($1)
+		AND NOT EXISTS (SELECT 1 FROM image_copies c WHERE c.image_id = i.id)`, destroyed)
+	if err != nil {
+		return copies, 0, fmt.Errorf("deleting destroyed images: %w", err)
+	}
+	return copies, tag.RowsAffected(), nil
+}
