@@ -90,7 +90,15 @@ func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int
 	if recvErr != nil {
 		client.Close() // the sender need not finish a stream nobody reads
 	}
+	// A sender that has sent its stream exits; one that hangs instead is
+	// cut like a stalled stream.
+	hung := time.AfterFunc(r.opts.StallTimeout, func() { client.Close() })
 	waitErr := sess.Wait()
+	hung.Stop()
+	said := ""
+	if msg := strings.TrimSpace(stderr.String()); msg != "" {
+		said = fmt.Sprintf(" (node %s said: %s)", src.Name, msg)
+	}
 	n := in.n.Load()
 	switch {
 	case in.stalled.Load():
@@ -98,11 +106,11 @@ func (r *Replicator) pull(ctx context.Context, src Peer, c candidate, parent int
 	case in.over.Load():
 		return n, fmt.Errorf("the stream from node %s went past %d bytes (twice the image's size, or the room above the data path's reserve); refused", src.Name, limit)
 	case recvErr != nil:
-		return n, recvErr
+		return n, fmt.Errorf("%w%s", recvErr, said)
 	case waitErr != nil:
-		// btrfs receive may take a stream cut at a command's boundary for
-		// a whole one: only the sender's exit says it finished.
-		return n, fmt.Errorf("node %s did not finish sending: %w%s", src.Name, waitErr, tail(stderr.String()))
+		// What arrived looked whole to btrfs receive, but only the
+		// sender's exit says that it finished.
+		return n, fmt.Errorf("node %s did not finish sending: %w%s", src.Name, waitErr, said)
 	}
 	return n, r.install(c.ID, tmp)
 }
@@ -242,11 +250,4 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 		l.n -= k
 	}
 	return len(p), nil
-}
-
-func tail(s string) string {
-	if s = strings.TrimSpace(s); s == "" {
-		return ""
-	}
-	return ": " + s
 }

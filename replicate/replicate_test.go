@@ -459,6 +459,19 @@ func TestShipRefusals(t *testing.T) {
 			t.Errorf("Serve %q: code %d, %d bytes out", args, code, out.Len())
 		}
 	}
+	// A source that cannot send says why, and b's copy records it.
+	snap := a.r.snapshotDir(id)
+	if err := os.Rename(snap, snap+".away"); err != nil {
+		t.Fatal(err)
+	}
+	c.step("b")
+	if state, _, msg := c.copyState(id, "b"); state != "failed" || !strings.Contains(msg, "node a said") || !strings.Contains(msg, "missing") {
+		t.Errorf("copy from a node without the snapshot: %q (%s), want failed with a's reason", state, msg)
+	}
+	receiveEmpty(t, b)
+	if err := os.Rename(snap+".away", snap); err != nil {
+		t.Fatal(err)
+	}
 	// A peer whose registered host key is another's is not trusted.
 	c.pool.Exec(ctx, `UPDATE nodes SET ssh_public_key = (SELECT ssh_public_key FROM nodes WHERE name = 'b') WHERE name = 'a'`)
 	c.step("b")
