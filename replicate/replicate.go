@@ -379,7 +379,7 @@ func (r *Replicator) destroys(ctx context.Context) error {
 //	send ID [PARENT]   the btrfs send stream of image ID, incremental
 //	                   against PARENT when this node holds it ready
 //
-// It sends only images this node holds ready, and never to itself.
+// It sends only images this node holds ready.
 func (r *Replicator) Serve(ctx context.Context, node string, args []string, stdout, stderr io.Writer) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "draupnir: "+format+"\n", a...)
