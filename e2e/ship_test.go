@@ -129,6 +129,11 @@ func TestShip(t *testing.T) {
 				return errors.Is(err, fs.ErrNotExist)
 			})
 		}
+		// The row goes with the last copy.
+		eventually(t, "the destroyed image's rows go", func() bool {
+			left := state.SQL(t, "draupnir", fmt.Sprintf("SELECT (SELECT count(*) FROM images WHERE id = %d) + (SELECT count(*) FROM image_copies WHERE image_id = %d)", saved.ID, saved.ID))
+			return strings.TrimSpace(left) == "0"
+		})
 	})
 
 	t.Run("a node killed mid-copy leaves nothing half-made and catches up", func(t *testing.T) {

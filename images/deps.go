@@ -85,5 +85,4 @@ type copies interface {
 	copies(ctx context.Context, ids []int64) (map[int64][]draupnir.ImageCopy, error)
 	readyHere(ctx context.Context, id int64) (bool, error)
 	markDestroying(ctx context.Context, id int64) (int64, error)
-	dropCopy(ctx context.Context, id int64) (gone bool, err error)
 }

@@ -220,6 +220,12 @@ func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, er
 	if r.State != draupnir.ImageReady {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is %s, not ready", id, r.State)
 	}
+	s.mu.Lock()
+	destroying := s.destroys[id]
+	s.mu.Unlock()
+	if destroying {
+		return nil, destroyingError(id)
+	}
 	if s.copies != nil {
 		here, err := s.copies.readyHere(ctx, id)
 		if err != nil {
@@ -228,12 +234,6 @@ func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, er
 		if !here {
 			return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready on this node yet (it is being copied here)", id)
 		}
-	}
-	s.mu.Lock()
-	destroying := s.destroys[id]
-	s.mu.Unlock()
-	if destroying {
-		return nil, destroyingError(id)
 	}
 	return &draupnir.ReadyImage{ID: id, Database: r.Database, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
 }
@@ -364,13 +364,14 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	}
 	if s.copies != nil {
 		// In a cluster the image's copies go first, each node its own;
-		// the row goes with the last (package replicate).
+		// the row goes with the last (package replicate). From here on
+		// it is gone for everyone.
 		n, err := s.copies.markDestroying(ctx, id)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
-			return s.destroyCopy(ctx, id)
+			return s.destroyCopy(id)
 		}
 	}
 	if err := s.store.delete(ctx, id); err != nil {
@@ -394,9 +395,10 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	return nil
 }
 
-// destroyCopy deletes this node's copy of image id, whose destroy has begun
-// on every node.
-func (s *Service) destroyCopy(ctx context.Context, id int64) error {
+// destroyCopy deletes this node's subvolumes of image id, whose destroy has
+// begun on every node. Each node's shipping (package replicate) then drops
+// its copy's row, this node's included, and the last one the image's row.
+func (s *Service) destroyCopy(id int64) error {
 	var errs []error
 	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
 		if err := s.volumes.Delete(dir); err != nil {
@@ -404,13 +406,10 @@ func (s *Service) destroyCopy(ctx context.Context, id int64) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		// This node's shipping retries the snapshot's deletion.
 		return fmt.Errorf("image %d is being destroyed but its subvolumes here are not all deleted: %w", id, err)
 	}
-	gone, err := s.copies.dropCopy(ctx, id)
-	if err != nil {
-		return err
-	}
-	s.log.Info("image destroyed on this node; the other nodes delete their copies", "image", id, "row_deleted", gone)
+	s.log.Info("image destroyed; every node deletes its copy", "image", id)
 	return nil
 }
 

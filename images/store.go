@@ -236,19 +236,6 @@ func (s pgStore) markDestroying(ctx context.Context, id int64) (int64, error) {
 	return tag.RowsAffected(), nil
 }
 
-// dropCopy deletes this node's copy row of a destroyed image id and, once no
-// node holds a copy, the image's row (gone).
-func (s pgStore) dropCopy(ctx context.Context, id int64) (gone bool, err error) {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM image_copies WHERE image_id = $1 AND node = $2`, id, s.node); err != nil {
-		return false, fmt.Errorf("deleting the copy of image %d: %w", id, err)
-	}
-	tag, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM image_copies WHERE image_id = $1)`, id)
-	if err != nil {
-		return false, fmt.Errorf("deleting image %d: %w", id, err)
-	}
-	return tag.RowsAffected() == 1, nil
-}
-
 func (s pgStore) adopt(ctx context.Context, id int64) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE images SET node = $2, updated_at = now() WHERE id = $1 AND node = ''`, id, s.node)
 	if err != nil {

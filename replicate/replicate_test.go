@@ -415,7 +415,7 @@ func TestShipDestroyEverywhere(t *testing.T) {
 	ctx := context.Background()
 	c.pool.Exec(ctx, `UPDATE image_copies SET state = 'destroying' WHERE image_id = $1`, id)
 	btrfs.Delete(a.r.snapshotDir(id))
-	if gone, err := DropCopy(ctx, c.pool, id, "a"); err != nil || gone {
+	if gone, err := a.r.db.dropCopy(ctx, id, "a"); err != nil || gone {
 		t.Fatalf("a's part of the destroy: gone %v, %v; want the row kept for b", gone, err)
 	}
 	c.step("b")
@@ -435,7 +435,7 @@ func TestShipDestroyEverywhere(t *testing.T) {
 	c.pool.Exec(ctx, `DELETE FROM nodes WHERE name = 'b'`)
 	c.pool.Exec(ctx, `UPDATE image_copies SET state = 'destroying' WHERE image_id = $1`, id2)
 	btrfs.Delete(a.r.snapshotDir(id2))
-	DropCopy(ctx, c.pool, id2, "a")
+	a.r.db.dropCopy(ctx, id2, "a")
 	c.step("a")
 	c.pool.QueryRow(ctx, `SELECT count(*) FROM images WHERE id = $1`, id2).Scan(&n)
 	var copies int

@@ -141,20 +141,13 @@ func (s store) destroying(ctx context.Context, node string) ([]int64, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
-// dropCopy deletes node's row of image id and, when no copy is left
-// anywhere, the image's row; gone reports the latter.
+// dropCopy deletes node's row of a destroyed image id and, when no node
+// holds a copy any more, the image's row (gone).
 func (s store) dropCopy(ctx context.Context, id int64, node string) (gone bool, err error) {
-	return DropCopy(ctx, s.pool, id, node)
-}
-
-// DropCopy deletes node's copy row of a destroyed image id and, when no node
-// holds a copy any more, the image's row (gone). The image service's
-// destroy and every node's part of it end with it.
-func DropCopy(ctx context.Context, pool *pgxpool.Pool, id int64, node string) (gone bool, err error) {
-	if _, err := pool.Exec(ctx, `DELETE FROM image_copies WHERE image_id = $1 AND node = $2`, id, node); err != nil {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM image_copies WHERE image_id = $1 AND node = $2`, id, node); err != nil {
 		return false, fmt.Errorf("deleting the copy of image %d: %w", id, err)
 	}
-	tag, err := pool.Exec(ctx, `DELETE FROM images WHERE id = $1
+	tag, err := s.pool.Exec(ctx, `DELETE FROM images WHERE id = $1
 		AND NOT EXISTS (SELECT 1 FROM image_copies WHERE image_id = $1)`, id)
 	if err != nil {
 		return false, fmt.Errorf("deleting image %d: %w", id, err)
