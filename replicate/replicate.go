@@ -1,6 +1,6 @@
 // Package replicate ships ready images between the nodes of a cluster. Each
-// node pulls what it lacks: for every ready image it should hold (every
-// image, or cluster.copies of them by a stable choice) it claims a
+// node pulls what it lacks: for every ready image it should hold (all of
+// them, or with cluster.copies those a stable hash chooses it for) it claims a
 // 'copying' row in image_copies, signs in to a node holding the image ready
 // with its own host key, runs the node protocol's send there, and pipes the
 // `btrfs send` stream straight into `btrfs receive` (no file on disk),
@@ -10,8 +10,9 @@
 // only then renamed into the snapshots directory and marked ready; anything
 // else is deleted and retried with back-off. Pulling lets the node that lacks
 // an image drive its own retries, with its own disk, and write only its own
-// rows. The package also serves the send side of the protocol (Serve) and
-// carries out image destroys on this node (a 'destroying' row).
+// rows. The package also serves the send side of the protocol (Serve),
+// carries out image destroys on this node (a 'destroying' row), and forgets
+// the copies of nodes removed for good.
 package replicate
 
 import (
