@@ -65,6 +65,19 @@ type Image struct {
 	Source    string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// Nodes are the image's copies on the nodes of a cluster: where it is
+	// ready, where it is being copied. Empty for a single node.
+	Nodes []ImageCopy
+}
+
+// ImageCopy is an image's copy on one node of a cluster.
+type ImageCopy struct {
+	Node string
+	// State is copying, ready, failed (an attempt failed; it is retried)
+	// or destroying.
+	State    string
+	Attempts int    // attempts at copying it there so far
+	Error    string // why the last attempt failed
 }
 
 // Saved reports whether the image was saved from an instance.
@@ -159,6 +172,10 @@ const (
 	// InstanceWarm is a started instance in the warm pool: nobody's yet,
 	// invisible to everyone, handed out whole by the next create.
 	InstanceWarm InstanceState = "warm"
+	// InstanceUnavailable is an instance on a node that is down: it is not
+	// lost (its data is on that node) and answers again once the node is
+	// back. Never stored; only reported.
+	InstanceUnavailable InstanceState = "unavailable"
 )
 
 // Instance is a writable snapshot of a ready image with its own postgres.
@@ -172,6 +189,9 @@ type Instance struct {
 	Username string
 	Password string
 	Database string
+	// Node is the node of a cluster the instance runs on; empty on a
+	// single node.
+	Node string
 	// CACertificate is the PEM certificate of the CA that signed the
 	// instance's server certificate, for sslmode=verify-full.
 	CACertificate string
@@ -201,13 +221,17 @@ type Principal struct {
 	Name string
 	// Upload is true for the trusted principal that manages images.
 	Upload bool
+	// Node is true for another node of the cluster (Name is its name),
+	// signed in with its registered key: it may speak the node protocol
+	// and nothing else, and it is neither a user nor the upload principal.
+	Node bool
 }
 
 // UploadPrincipal is the name of the trusted principal that manages images.
 const UploadPrincipal = "upload"
 
 // CanSee reports whether p may see an instance owned by owner.
-func (p Principal) CanSee(owner string) bool { return p.Upload || p.Name == owner }
+func (p Principal) CanSee(owner string) bool { return !p.Node && (p.Upload || p.Name == owner) }
 
 // Kind classifies errors so the doors can map them to HTTP statuses and exit
 // codes.

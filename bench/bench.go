@@ -334,6 +334,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"sources", e.sources},
 		{"large image", e.large},
 		{"warm pool", e.warmPool},
+		{"forwarding", e.forwarding},
+		{"shipping", e.shipping},
 	}
 	for _, name := range cfg.Only {
 		if !slices.ContainsFunc(steps, func(s step) bool { return s.name == name }) {

@@ -301,36 +301,83 @@ func freePort() (int, error) {
 }
 
 func startServer(ctx context.Context, e *env, undo *cleanups) (*server, error) {
-	binary := e.cfg.Server
-	if binary == "" {
-		binary = filepath.Join(e.work, "draupnir")
-		e.log.Info("building draupnir")
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", binary, "./cmd/draupnir").CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("go build ./cmd/draupnir (run from the module root, or pass -server): %w: %s", err, tail(out))
-		}
-	}
-	httpPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	sshPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s := &server{
-		sshPort: sshPort,
-		url:     "http://127.0.0.1:" + strconv.Itoa(httpPort),
-		secret:  "bench-" + randomHex(16),
-		logPath: filepath.Join(e.work, "draupnir.log"),
-	}
 	// A restart keeps the run path: instances adopted from the last server
 	// keep running as they are (their sockets and access rules live there).
 	if e.runPath == "" {
 		e.runPath = "/run/draupnir-bench-" + randomHex(4)
 		undo.push(func(context.Context) error { return os.RemoveAll(e.runPath) })
 	}
-	conf := fmt.Sprintf(`data_path = %q
+	srcs, err := e.sourcesConfig(pullSource, "pull")
+	if err != nil {
+		return nil, err
+	}
+	return e.startServerSpec(ctx, undo, serverSpec{
+		name:     "draupnir",
+		dataPath: e.mnt,
+		runPath:  e.runPath,
+		portBase: e.cfg.PortBase,
+		portSpan: e.cfg.portSpan(),
+		env:      e.serverEnv,
+		keepLog:  e.cfg.ServerLog,
+		tables:   srcs,
+	})
+}
+
+// serverSpec says where a draupnir serve runs and how it differs from the
+// main one.
+type serverSpec struct {
+	name              string // of its config and log files in the work directory
+	dataPath, runPath string
+	portBase          int // its instance ports: portSpan of them from portBase
+	portSpan          int
+	top               string   // top-level keys of its config (database_url, node.*)
+	env               []string // added to its environment
+	keepLog           string   // where its log is copied at the end, if set
+	tables            string   // arrays of tables ([[sources]]) that end its config
+	// httpPort and sshPort, if not 0, are its ports; else free ones.
+	httpPort, sshPort int
+}
+
+// serverBinary returns the draupnir binary, building it the first time.
+func (e *env) serverBinary(ctx context.Context) (string, error) {
+	if e.cfg.Server != "" {
+		return e.cfg.Server, nil
+	}
+	binary := filepath.Join(e.work, "draupnir")
+	if _, err := os.Stat(binary); err == nil {
+		return binary, nil
+	}
+	e.log.Info("building draupnir")
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", binary, "./cmd/draupnir").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build ./cmd/draupnir (run from the module root, or pass -server): %w: %s", err, tail(out))
+	}
+	return binary, nil
+}
+
+// startServerSpec starts a draupnir serve as spec says and waits until it
+// is healthy; undo stops it.
+func (e *env) startServerSpec(ctx context.Context, undo *cleanups, spec serverSpec) (*server, error) {
+	binary, err := e.serverBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	httpPort, sshPort := spec.httpPort, spec.sshPort
+	for _, p := range []*int{&httpPort, &sshPort} {
+		if *p == 0 {
+			if *p, err = freePort(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	s := &server{
+		sshPort: sshPort,
+		url:     "http://127.0.0.1:" + strconv.Itoa(httpPort),
+		secret:  "bench-" + randomHex(16),
+		logPath: filepath.Join(e.work, spec.name+".log"),
+	}
+	conf := fmt.Sprintf(`%s
+data_path = %q
 run_path = %q
 environment = "test"
 shared_secret = %q
@@ -347,25 +394,21 @@ upload_authorized_keys = %q
 min_port = %d
 max_port = %d
 listen_addresses = "127.0.0.1"
-`, e.mnt, e.runPath, s.secret, httpPort, sshPort, e.keys.authKey, e.cfg.PortBase, e.cfg.PortBase+e.cfg.portSpan()-1)
-	srcs, err := e.sourcesConfig(pullSource, "pull")
-	if err != nil {
-		return nil, err
-	}
-	conf += srcs
-	confPath := filepath.Join(e.work, "config.toml")
+`, spec.top, spec.dataPath, spec.runPath, s.secret, httpPort, sshPort, e.keys.authKey, spec.portBase, spec.portBase+spec.portSpan-1)
+	conf += spec.tables
+	confPath := filepath.Join(e.work, spec.name+".toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	s.binary, s.confPath, s.env = binary, confPath, append(os.Environ(), e.serverEnv...)
+	s.binary, s.confPath, s.env = binary, confPath, append(os.Environ(), spec.env...)
 	if err := s.launch(ctx); err != nil {
 		return nil, err
 	}
-	if e.cfg.ServerLog != "" {
+	if spec.keepLog != "" {
 		undo.push(func(context.Context) error {
 			b, err := os.ReadFile(s.logPath)
 			if err == nil {
-				err = os.WriteFile(e.cfg.ServerLog, b, 0o644)
+				err = os.WriteFile(spec.keepLog, b, 0o644)
 			}
 			return err
 		})

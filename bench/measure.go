@@ -20,6 +20,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/client"
 	"github.com/draupnir-db/draupnir/images/extract"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -63,14 +64,20 @@ func (e *env) makeImage(ctx context.Context) error {
 // imageOf makes a ready image of a pg_basebackup directory and returns its id
 // and how long POST /images/:id/done took.
 func (e *env) imageOf(ctx context.Context, backup, script string) (int64, time.Duration, error) {
-	im, err := e.upload.Images().Create(ctx, draupnir.Principal{}, time.Now(), script)
+	return e.imageOn(ctx, e.srv, e.upload, e.layout().Uploads(), backup, script)
+}
+
+// imageOn is imageOf on server srv, reached as up, whose uploads are in
+// uploads.
+func (e *env) imageOn(ctx context.Context, srv *server, up *client.Client, uploads, backup, script string) (int64, time.Duration, error) {
+	im, err := up.Images().Create(ctx, draupnir.Principal{}, time.Now(), script)
 	if err != nil {
 		return 0, 0, err
 	}
 	// The SSH door is what uploads in production; here the bytes are
 	// reflinked straight into the upload subvolume, which is what a finished
 	// upload leaves there.
-	dst := filepath.Join(e.layout().Uploads(), strconv.FormatInt(im.ID, 10))
+	dst := filepath.Join(uploads, strconv.FormatInt(im.ID, 10))
 	ents, err := os.ReadDir(backup)
 	if err != nil {
 		return 0, 0, err
@@ -86,10 +93,10 @@ func (e *env) imageOf(ctx context.Context, backup, script string) (int64, time.D
 		return 0, 0, err
 	}
 	t0 := time.Now()
-	done, err := e.upload.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
+	done, err := up.Images().Finalise(ctx, draupnir.Principal{}, im.ID)
 	d := time.Since(t0)
 	if err != nil {
-		return 0, 0, fmt.Errorf("finalising image %d: %w\nserver log: %s", im.ID, err, e.srv.logTail())
+		return 0, 0, fmt.Errorf("finalising image %d: %w\nserver log: %s", im.ID, err, srv.logTail())
 	}
 	if !done.Ready() {
 		return 0, 0, fmt.Errorf("image %d is %s after done: %s", im.ID, done.State, done.Error)

@@ -3,9 +3,10 @@
 // ioctls, answers whether a path is btrfs, a subvolume or read-only, reports
 // a subvolume's referenced and exclusive bytes, turns a directory into a
 // subvolume, turns quotas on and limits what one subvolume may write
-// (qgroups), and prepares a loop-mounted
-// btrfs file for machines whose data path is not on btrfs. It knows nothing
-// about images or instances.
+// (qgroups), streams subvolumes out and in (btrfs send and receive, for
+// shipping images between nodes), and prepares a loop-mounted btrfs file for
+// machines whose data path is not on btrfs. It knows nothing about images or
+// instances.
 package btrfs
 
 import (
@@ -381,4 +382,41 @@ func parseDu(out []byte) (total, exclusive int64, err error) {
 		return 0, 0, fmt.Errorf("unexpected exclusive in %q: %w", line, err)
 	}
 	return total, exclusive, nil
+}
+
+var iocSubvolSetflags = iow(26, 8)
+
+// SetReadOnly sets or clears the read-only flag of the subvolume at path
+// (BTRFS_IOC_SUBVOL_SETFLAGS). A received subvolume keeps its received
+// UUID, so that later incremental streams still find it as their parent.
+func SetReadOnly(path string, readOnly bool) error {
+	if err := setReadOnly(path, readOnly); err != nil {
+		return fmt.Errorf("btrfs set read-only %s: %w", path, err)
+	}
+	return nil
+}
+
+func setReadOnly(path string, readOnly bool) error {
+	fd, err := openDir(path)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Ino != firstFreeObjectID {
+		return errNotSubvolume
+	}
+	var flags uint64
+	if err := ioctl(fd, iocSubvolGetflags, unsafe.Pointer(&flags)); err != nil {
+		return err
+	}
+	if readOnly {
+		flags |= subvolRdonly
+	} else {
+		flags &^= subvolRdonly
+	}
+	return ioctl(fd, iocSubvolSetflags, unsafe.Pointer(&flags))
 }

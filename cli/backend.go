@@ -37,13 +37,15 @@ type Backend struct {
 	Uploads draupnir.Uploads
 	// People manages the caller's access tokens and SSH keys.
 	People People
+	// Nodes lists, drains and undrains the nodes of a cluster.
+	Nodes draupnir.NodeService
 }
 
 // HTTPBackend is the backend of the local client: the services of the
 // server c talks to, acting as c's token's principal.
 func HTTPBackend(c *client.Client) Backend {
 	return Backend{Images: c.Images(), Instances: c.Instances(), Sources: c.Sources(), byToken: true,
-		ServerVersion: c.ServerVersion, People: c}
+		ServerVersion: c.ServerVersion, People: c, Nodes: c.Nodes()}
 }
 
 // check refuses a backend that would call the services as the zero

@@ -52,7 +52,8 @@ func newFakeBackend() *fake {
 			DestroyedAt: time.Date(2026, 11, 24, 12, 0, 5, 0, time.UTC)}},
 		images: []*draupnir.Image{
 			{ID: 1, State: draupnir.ImageReady, BackedUpAt: t0, CreatedAt: t0, UpdatedAt: t0, SizeBytes: 3 << 30, PostgresVersion: "15", AnonymisationScript: "DELETE FROM users;"},
-			{ID: 2, State: draupnir.ImageReady, BackedUpAt: t0.Add(48 * time.Hour), CreatedAt: t0, UpdatedAt: t0, PostgresVersion: "15"},
+			{ID: 2, State: draupnir.ImageReady, BackedUpAt: t0.Add(48 * time.Hour), CreatedAt: t0, UpdatedAt: t0, PostgresVersion: "15",
+				Nodes: []draupnir.ImageCopy{{Node: "n1", State: "ready"}, {Node: "n2", State: "failed", Attempts: 2, Error: "cut\nshort"}}},
 			{ID: 3, State: draupnir.ImageFailed, BackedUpAt: t0.Add(72 * time.Hour), CreatedAt: t0, UpdatedAt: t0, Error: "ERROR:  relation \"users\" does not exist\nLINE 1"},
 		},
 		instances: []*draupnir.Instance{
@@ -307,6 +308,8 @@ func TestCommands(t *testing.T) {
 			stdout: []string{"ID:", "1", "State:", "ready", "Anonymisation script:", "    DELETE FROM users;"}},
 		{name: "failed image error on one line", args: []string{"images", "show", "3"},
 			stdout: []string{"Error:", `relation "users" does not exist LINE 1`}},
+		{name: "images show of a cluster", args: []string{"images", "show", "2"},
+			stdout: []string{"Nodes:", "n1 ready, n2 failed (attempt 2 failed: cut short)"}},
 		{name: "images show missing", args: []string{"images", "show", "7"}, code: 1,
 			stderr: "draupnir-client: image 7 does not exist\n"},
 		{name: "images create", args: []string{"images", "create", "--backed-up-at", "2017-05-01T12:00:00Z", "--anonymisation-script", script},

@@ -76,6 +76,9 @@ func (a *app) printImage(img *draupnir.Image) error {
 		fmt.Fprintf(tw, "Saved from:\tinstance %d of image %s\n", img.FromInstanceID, parent)
 		fmt.Fprintf(tw, "Owner:\t%s\n", img.Owner)
 	}
+	if len(img.Nodes) > 0 {
+		fmt.Fprintf(tw, "Nodes:\t%s\n", nodesStr(img.Nodes))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -276,4 +279,17 @@ func sizeStr(n int64) string {
 
 func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
+}
+
+// nodesStr says where an image of a cluster is ready and where it is being
+// copied: "a ready, b copying (attempt 2 failed: …)".
+func nodesStr(cs []draupnir.ImageCopy) string {
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		parts[i] = c.Node + " " + c.State
+		if c.Error != "" {
+			parts[i] += fmt.Sprintf(" (attempt %d failed: %s)", c.Attempts, oneLine(c.Error))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

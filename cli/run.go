@@ -237,6 +237,9 @@ destroy them, print connection settings.`,
 		a.keysCmd(),
 		a.logoutCmd(),
 	)
+	if a.b.Nodes != nil {
+		root.AddCommand(a.nodesCmd())
+	}
 	if a.env.SSH {
 		root.AddCommand(&cobra.Command{
 			Use:                "authenticate",

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,7 @@ type Client struct {
 	auth    string // "Bearer <token>", or "" for none
 	http    *http.Client
 	version string
+	prepare func(req *http.Request, body []byte)
 }
 
 // Option configures a Client.
@@ -48,6 +50,12 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = 
 // WithVersion makes the client announce version instead of draupnir.Version
 // in the Draupnir-Version header (for compatibility tests).
 func WithVersion(version string) Option { return func(c *Client) { c.version = version } }
+
+// WithPrepare makes the client call prepare on every request, with its
+// body, just before sending it: a node forwarding a request signs it there.
+func WithPrepare(prepare func(req *http.Request, body []byte)) Option {
+	return func(c *Client) { c.prepare = prepare }
+}
 
 // New returns a client for the server at baseURL (e.g.
 // "https://draupnir.example.com") that authenticates with token.
@@ -265,12 +273,13 @@ func (c *Client) instance(ctx context.Context, method, path string, body any, wa
 // out is nil). Any status other than want is turned into an error.
 func (c *Client) do(ctx context.Context, method, path string, body any, want int, out any) error {
 	var rd io.Reader
+	var raw []byte
 	if body != nil {
 		b, err := wire.Marshal(body)
 		if err != nil {
 			return fmt.Errorf("encoding %s %s: %w", method, path, err)
 		}
-		rd = bytes.NewReader(b)
+		rd, raw = bytes.NewReader(b), b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
@@ -282,6 +291,9 @@ func (c *Client) do(ctx context.Context, method, path string, body any, want int
 	h.Set("Accept", "application/json")
 	if c.auth != "" {
 		h.Set("Authorization", c.auth)
+	}
+	if c.prepare != nil {
+		c.prepare(req, raw)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -403,4 +415,43 @@ func compareVersions(a, b string) int {
 		return 1
 	}
 	return va.Compare(vb)
+}
+
+// Nodes returns the cluster's membership as the server sees it, over HTTP.
+func (c *Client) Nodes() Nodes { return Nodes{c} }
+
+var _ draupnir.NodeService = Nodes{}
+
+// Nodes is draupnir.NodeService over the HTTP API (the upload principal's).
+type Nodes struct{ c *Client }
+
+// List returns every node of the server's cluster.
+func (s Nodes) List(ctx context.Context, _ draupnir.Principal) ([]*draupnir.Node, error) {
+	var doc wire.Document[[]wire.NodeResource]
+	if err := s.c.do(ctx, http.MethodGet, "/nodes", nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*draupnir.Node, len(doc.Data))
+	for i := range doc.Data {
+		out[i] = doc.Data[i].Node()
+	}
+	return out, nil
+}
+
+// Drain stops new instances on node name.
+func (s Nodes) Drain(ctx context.Context, _ draupnir.Principal, name string) (*draupnir.Node, error) {
+	return s.c.node(ctx, name, "drain")
+}
+
+// Undrain lets node name take new instances again.
+func (s Nodes) Undrain(ctx context.Context, _ draupnir.Principal, name string) (*draupnir.Node, error) {
+	return s.c.node(ctx, name, "undrain")
+}
+
+func (c *Client) node(ctx context.Context, name, action string) (*draupnir.Node, error) {
+	var doc wire.Document[wire.NodeResource]
+	if err := c.do(ctx, http.MethodPost, "/nodes/"+url.PathEscape(name)+"/"+action, nil, http.StatusOK, &doc); err != nil {
+		return nil, err
+	}
+	return doc.Data.Node(), nil
 }

@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/mail"
 	"net/url"
 	"os"
@@ -55,6 +57,9 @@ type Config struct {
 	// Sources are the live sources whose image series the server keeps
 	// fresh ([[sources]]). Environment variables do not reach them.
 	Sources []Source `toml:"sources"`
+
+	Node    Node    `toml:"node"`
+	Cluster Cluster `toml:"cluster"`
 }
 
 // Source is one [[sources]] entry: a PostgreSQL server (a primary or a
@@ -93,6 +98,52 @@ type Source struct {
 func ParseSchedule(spec string) (cron.Schedule, error) {
 	return cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor).Parse(spec)
 }
+
+// Node names this server as one node of several sharing the state database
+// at database_url. Without a name the server is a single node, as always.
+type Node struct {
+	// Name identifies the node in the state database: lower-case letters,
+	// digits and '-', at most 63 characters.
+	Name string `toml:"name"`
+	// AdvertiseHost is what users connect to for instances on this node;
+	// empty means public_hostname.
+	AdvertiseHost string `toml:"advertise_host"`
+	// APIURL is how other nodes reach this node's HTTP API.
+	APIURL string `toml:"api_url"`
+	// SSHAddress is how other nodes reach this node's SSH door (host:port).
+	SSHAddress string `toml:"ssh_address"`
+	// HeartbeatInterval is how often the node reports itself alive with
+	// its capacity; a node silent for three intervals is down.
+	HeartbeatInterval Duration `toml:"heartbeat_interval"`
+}
+
+// Cluster configures what the nodes of a cluster share.
+type Cluster struct {
+	// Copies is on how many nodes each image is kept ready; 0 means every
+	// node.
+	Copies int `toml:"copies"`
+	// Secret signs the API calls one node forwards to another; every node
+	// has the same. SecretFile, if set, is read into it at load.
+	Secret     Secret `toml:"secret"`
+	SecretFile string `toml:"secret_file"`
+}
+
+// Secret is a configuration value that must never reach a log or an error:
+// it prints as "[redacted]".
+type Secret string
+
+// String hides the secret from fmt and log/slog's text output.
+func (Secret) String() string { return "[redacted]" }
+
+// GoString hides the secret from %#v.
+func (Secret) GoString() string { return `"[redacted]"` }
+
+// LogValue hides the secret from log/slog.
+func (Secret) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
+// MarshalJSON hides the secret from JSON output, such as log/slog's JSON
+// handler printing a struct that holds it.
+func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"[redacted]"`), nil }
 
 // HTTP configures the API's listeners.
 type HTTP struct {
@@ -248,6 +299,7 @@ func Default() Config {
 			TombstoneDays:   7,
 		},
 		Postgres: Postgres{BinDirs: []string{"/usr/lib/postgresql/*/bin"}},
+		Node:     Node{HeartbeatInterval: Duration{5 * time.Second}},
 	}
 }
 
@@ -281,10 +333,45 @@ func Load(path string, optional bool, environ []string) (*Config, error) {
 	if err := applyEnv(&cfg, environ); err != nil {
 		return nil, err
 	}
+	if err := cfg.readSecretFile(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return &cfg, nil
+}
+
+// readSecretFile reads cluster.secret_file into cluster.secret. The file
+// must be private to its owner: the secret lets whoever holds it speak as a
+// node.
+func (c *Config) readSecretFile() error {
+	f := c.Cluster.SecretFile
+	if f == "" {
+		return nil
+	}
+	if c.Cluster.Secret != "" {
+		return errors.New("cluster.secret_file: set cluster.secret or cluster.secret_file, not both")
+	}
+	if !filepath.IsAbs(f) {
+		return fmt.Errorf("cluster.secret_file: must be an absolute path, got %q", f)
+	}
+	fi, err := os.Stat(f)
+	if err != nil {
+		return fmt.Errorf("cluster.secret_file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("cluster.secret_file: %s is accessible by others (mode %04o): chmod 600 it", f, fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return fmt.Errorf("cluster.secret_file: %w", err)
+	}
+	c.Cluster.Secret = Secret(strings.TrimSpace(string(data)))
+	if c.Cluster.Secret == "" {
+		return fmt.Errorf("cluster.secret_file: %s is empty", f)
+	}
+	return nil
 }
 
 func decode(data []byte, cfg *Config) error {
@@ -403,7 +490,7 @@ func walk(v reflect.Value, prefix string, fn func(string, reflect.Value) error) 
 
 func setFromString(f reflect.Value, s string) error {
 	switch f.Interface().(type) {
-	case string:
+	case string, Secret:
 		f.SetString(s)
 	case int, int64:
 		n, err := strconv.ParseInt(s, 10, 64)
@@ -629,7 +716,106 @@ func (c *Config) Validate() error {
 			bad(key(e.key), "%s", e.msg)
 		}
 	}
+	c.validateNode(bad)
 	return errors.Join(errs...)
+}
+
+// MinSecretLen is the shortest cluster.secret accepted: 32 bytes, as an
+// HMAC-SHA256 key should be.
+const MinSecretLen = 32
+
+// validateNode checks [node] and [cluster]: with a node name, every key
+// another node or a user relies on must be there and well-formed.
+func (c *Config) validateNode(bad func(key, format string, args ...any)) {
+	n := c.Node
+	if n.HeartbeatInterval.Duration < time.Second || n.HeartbeatInterval.Duration > time.Minute {
+		bad("node.heartbeat_interval", "must be between 1s and 1m, got %s", n.HeartbeatInterval)
+	}
+	if c.Cluster.Copies < 0 {
+		bad("cluster.copies", "must not be negative (0 means every node), got %d", c.Cluster.Copies)
+	}
+	// Never echo the secret, even when it is too short.
+	if s := c.Cluster.Secret; s != "" && len(s) < MinSecretLen {
+		bad("cluster.secret", "must be at least %d characters", MinSecretLen)
+	}
+	if n.Name == "" {
+		for _, k := range []struct{ key, val string }{
+			{"node.advertise_host", n.AdvertiseHost}, {"node.api_url", n.APIURL}, {"node.ssh_address", n.SSHAddress},
+		} {
+			if k.val != "" {
+				bad(k.key, "needs node.name (a node of a cluster); without it the server is a single node")
+			}
+		}
+		return
+	}
+	if !ValidNodeName(n.Name) {
+		bad("node.name", "must be 1-63 lower-case letters, digits and '-', starting with a letter or digit, got %q", n.Name)
+	}
+	if c.Embedded() {
+		bad("node.name", "needs database_url: the nodes of a cluster share one state database")
+	}
+	host := n.AdvertiseHost
+	if host == "" {
+		host = c.PublicHostname
+	}
+	switch {
+	case host == "":
+		bad("node.advertise_host", "is required with node.name (or set public_hostname): users connect there")
+	case !validHost(host):
+		bad("node.advertise_host", "must be a host name or address without port or scheme, got %q", host)
+	}
+	if n.APIURL == "" {
+		bad("node.api_url", "is required with node.name: other nodes forward API calls there")
+	} else if u, err := url.Parse(n.APIURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" ||
+		u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
+		bad("node.api_url", "must be an http(s) URL of the API's root such as \"https://node1.internal:8443\", got %q", n.APIURL)
+	}
+	if n.SSHAddress == "" {
+		bad("node.ssh_address", "is required with node.name: other nodes ship images to its SSH door")
+	} else if h, p, err := net.SplitHostPort(n.SSHAddress); err != nil || !validHost(h) || !validPortText(p) {
+		bad("node.ssh_address", "must be host:port such as \"node1.internal:2222\", got %q", n.SSHAddress)
+	}
+	if c.SSH.Port == 0 {
+		bad("ssh.port", "must not be 0 with node.name: nodes ship images to each other through the SSH door")
+	}
+	if c.Cluster.Secret == "" {
+		bad("cluster.secret", "is required with node.name (or cluster.secret_file): it signs the API calls nodes forward to each other")
+	}
+}
+
+// ValidNodeName reports whether name may name a node: a DNS label in lower
+// case, so that it is safe in logs, paths and headers.
+func ValidNodeName(name string) bool {
+	if name == "" || len(name) > 63 || name[0] == '-' {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost reports whether h is a bare host name or IP address.
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	for _, r := range h {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func validPortText(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n <= 65535
 }
 
 // validSettingName reports whether k looks like a postgres parameter name

@@ -2,7 +2,10 @@ package config
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -95,6 +98,17 @@ keep_uploads = true
 
 [postgres]
 bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
+
+[node]
+name = "node-1"
+advertise_host = "n1.example.com"
+api_url = "https://n1.internal:8443"
+ssh_address = "n1.internal:2222"
+heartbeat_interval = "2s"
+
+[cluster]
+copies = 2
+secret = "0123456789abcdef0123456789abcdef"
 `)
 	got, err := Load(p, false, nil)
 	if err != nil {
@@ -136,6 +150,11 @@ bin_dirs = ["/opt/pg15/bin", "/opt/pg16/bin"]
 			SweepInterval: Duration{15 * time.Second}, TombstoneDays: 7,
 		},
 		Postgres: Postgres{BinDirs: []string{"/opt/pg15/bin", "/opt/pg16/bin"}},
+		Node: Node{
+			Name: "node-1", AdvertiseHost: "n1.example.com", APIURL: "https://n1.internal:8443",
+			SSHAddress: "n1.internal:2222", HeartbeatInterval: Duration{2 * time.Second},
+		},
+		Cluster: Cluster{Copies: 2, Secret: "0123456789abcdef0123456789abcdef"},
 	}
 	if !reflect.DeepEqual(*got, want) {
 		t.Errorf("Load:\n got %+v\nwant %+v", *got, want)
@@ -440,6 +459,140 @@ func TestValidate(t *testing.T) {
 			}
 			wantErr(t, err, tt.key+":")
 		})
+	}
+}
+
+// clusterNode is a valid node of a cluster, for TestValidateNode to break.
+func clusterNode() Config {
+	c := Default()
+	c.DatabaseURL = "postgres://draupnir@state.internal/draupnir"
+	c.Node = Node{
+		Name: "n1", AdvertiseHost: "n1.example.com", APIURL: "http://10.0.0.1:8080",
+		SSHAddress: "10.0.0.1:2222", HeartbeatInterval: Duration{5 * time.Second},
+	}
+	c.Cluster.Secret = Secret(strings.Repeat("s", MinSecretLen))
+	return c
+}
+
+func TestValidateNode(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		change func(*Config)
+		key    string // "" means valid
+	}{
+		{"valid node", func(c *Config) {}, ""},
+		{"single node keeps working", func(c *Config) { *c = Default() }, ""},
+		{"name without database_url", func(c *Config) { c.DatabaseURL = "" }, "node.name"},
+		{"name with capitals", func(c *Config) { c.Node.Name = "Node1" }, "node.name"},
+		{"name with slash", func(c *Config) { c.Node.Name = "../n1" }, "node.name"},
+		{"name with leading dash", func(c *Config) { c.Node.Name = "-n1" }, "node.name"},
+		{"name too long", func(c *Config) { c.Node.Name = strings.Repeat("n", 64) }, "node.name"},
+		{"advertise_host from public_hostname", func(c *Config) { c.Node.AdvertiseHost, c.PublicHostname = "", "db.example.com" }, ""},
+		{"no advertise_host", func(c *Config) { c.Node.AdvertiseHost = "" }, "node.advertise_host"},
+		{"advertise_host with port", func(c *Config) { c.Node.AdvertiseHost = "n1.example.com:5432" }, "node.advertise_host"},
+		{"advertise_host URL", func(c *Config) { c.Node.AdvertiseHost = "https://n1.example.com" }, "node.advertise_host"},
+		{"advertise_host IPv6", func(c *Config) { c.Node.AdvertiseHost = "fd00::1" }, ""},
+		{"no api_url", func(c *Config) { c.Node.APIURL = "" }, "node.api_url"},
+		{"api_url without scheme", func(c *Config) { c.Node.APIURL = "n1.internal:8080" }, "node.api_url"},
+		{"api_url ftp", func(c *Config) { c.Node.APIURL = "ftp://n1.internal" }, "node.api_url"},
+		{"api_url with user", func(c *Config) { c.Node.APIURL = "https://u:p@n1.internal" }, "node.api_url"},
+		{"api_url with path", func(c *Config) { c.Node.APIURL = "https://n1.internal/api" }, "node.api_url"},
+		{"api_url with trailing slash", func(c *Config) { c.Node.APIURL = "https://n1.internal/" }, ""},
+		{"no ssh_address", func(c *Config) { c.Node.SSHAddress = "" }, "node.ssh_address"},
+		{"ssh_address without port", func(c *Config) { c.Node.SSHAddress = "n1.internal" }, "node.ssh_address"},
+		{"ssh_address port 0", func(c *Config) { c.Node.SSHAddress = "n1.internal:0" }, "node.ssh_address"},
+		{"ssh_address IPv6", func(c *Config) { c.Node.SSHAddress = "[fd00::1]:2222" }, ""},
+		{"heartbeat too fast", func(c *Config) { c.Node.HeartbeatInterval.Duration = 10 * time.Millisecond }, "node.heartbeat_interval"},
+		{"heartbeat too slow", func(c *Config) { c.Node.HeartbeatInterval.Duration = time.Hour }, "node.heartbeat_interval"},
+		{"no secret", func(c *Config) { c.Cluster.Secret = "" }, "cluster.secret"},
+		{"short secret", func(c *Config) { c.Cluster.Secret = "short-secret" }, "cluster.secret"},
+		{"negative copies", func(c *Config) { c.Cluster.Copies = -1 }, "cluster.copies"},
+		{"no SSH door", func(c *Config) { c.SSH.Port = 0 }, "ssh.port"},
+		{"node keys without a name", func(c *Config) { *c = Default(); c.Node.APIURL = "http://n1:8080" }, "node.api_url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := clusterNode()
+			tt.change(&c)
+			err := c.Validate()
+			if tt.key == "" {
+				if err != nil {
+					t.Fatalf("valid change rejected: %v", err)
+				}
+				return
+			}
+			wantErr(t, err, tt.key+":")
+		})
+	}
+}
+
+// TestClusterSecretFile reads the secret from a private file and refuses
+// files others could read, and never repeats the secret in an error or in
+// printed configuration.
+func TestClusterSecretFile(t *testing.T) {
+	t.Parallel()
+	secret := "cluster-secret-" + strings.Repeat("x", 40)
+	dir := t.TempDir()
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	node := "database_url = \"postgres://s/db\"\npublic_hostname = \"n1\"\n[node]\nname = \"n1\"\napi_url = \"http://n1:8080\"\nssh_address = \"n1:2222\"\n"
+	good := write("good", secret+"\n", 0o600)
+	c, err := Load(writeConfig(t, node+"[cluster]\nsecret_file = \""+good+"\""), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(c.Cluster.Secret) != secret {
+		t.Errorf("secret read from the file is %q", string(c.Cluster.Secret))
+	}
+	for _, out := range []string{fmt.Sprint(c.Cluster), fmt.Sprintf("%+v %#v %v", *c, c.Cluster, c.Cluster.Secret)} {
+		if strings.Contains(out, secret) {
+			t.Errorf("printed configuration reveals the secret: %s", out)
+		}
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("config", "cluster", c.Cluster, "secret", c.Cluster.Secret)
+	if strings.Contains(buf.String(), secret) {
+		t.Errorf("logged configuration reveals the secret: %s", buf.String())
+	}
+
+	tests := []struct {
+		name, cluster string
+		want          []string
+	}{
+		{"readable by others", "secret_file = \"" + write("open", secret, 0o644) + "\"", []string{"cluster.secret_file", "chmod 600"}},
+		{"readable by group", "secret_file = \"" + write("group", secret, 0o640) + "\"", []string{"cluster.secret_file", "chmod 600"}},
+		{"missing", "secret_file = \"" + filepath.Join(dir, "none") + "\"", []string{"cluster.secret_file"}},
+		{"relative", "secret_file = \"secret\"", []string{"cluster.secret_file", "absolute"}},
+		{"empty", "secret_file = \"" + write("empty", "\n", 0o600) + "\"", []string{"cluster.secret_file", "empty"}},
+		{"too short", "secret_file = \"" + write("short", "short-"+secret[:10], 0o600) + "\"", []string{"cluster.secret:"}},
+		{"both", "secret = \"" + secret + "\"\nsecret_file = \"" + good + "\"", []string{"cluster.secret_file", "not both"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(writeConfig(t, node+"[cluster]\n"+tt.cluster), false, nil)
+			wantErr(t, err, tt.want...)
+			if err != nil && strings.Contains(err.Error(), secret[:20]) {
+				t.Errorf("error %q reveals the secret", err)
+			}
+		})
+	}
+	// The environment sets it too, as every key.
+	c, err = Load(writeConfig(t, node), false, []string{"DRAUPNIR_CLUSTER_SECRET=" + secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(c.Cluster.Secret) != secret {
+		t.Errorf("secret from DRAUPNIR_CLUSTER_SECRET is %q", string(c.Cluster.Secret))
 	}
 }
 

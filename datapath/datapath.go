@@ -31,6 +31,10 @@ func (l Layout) Uploads() string { return filepath.Join(l.Data, "image_uploads")
 // Snapshots holds each image's finalised, read-only btrfs snapshot.
 func (l Layout) Snapshots() string { return filepath.Join(l.Data, "image_snapshots") }
 
+// Receive is where images shipped from other nodes of a cluster land until
+// they are checked: private to root (replicate makes it).
+func (l Layout) Receive() string { return filepath.Join(l.Data, "image_receive") }
+
 // Instances holds each instance's writable snapshot of its image.
 func (l Layout) Instances() string { return filepath.Join(l.Data, "instances") }
 

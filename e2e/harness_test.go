@@ -151,6 +151,14 @@ func startServerSSH(t testing.TB, extra string, keys *sshKeys) *server {
 // startServerSize is startServerSSH on a btrfs of size bytes.
 func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *server {
 	t.Helper()
+	return startServerTop(t, size, nil, extra, keys)
+}
+
+// startServerTop is startServerSize with the top-level keys (such as
+// database_url) that top, if not nil, returns for the server (whose ports
+// are chosen by then).
+func startServerTop(t testing.TB, size int64, top func(*server) string, extra string, keys *sshKeys) *server {
+	t.Helper()
 	build(t)
 	mnt := testenv.Btrfs(t, size)
 	minPort := nextPortRange()
@@ -169,7 +177,11 @@ func startServerSize(t testing.TB, size int64, extra string, keys *sshKeys) *ser
 	s.url = "http://127.0.0.1:" + strconv.Itoa(s.httpPort)
 	t.Cleanup(func() { os.RemoveAll(s.runPath) })
 	s.config = filepath.Join(testenv.TempDir(t), "config.toml")
-	conf := fmt.Sprintf(`data_path = %q
+	conf := ""
+	if top != nil {
+		conf = top(s) + "\n"
+	}
+	conf += fmt.Sprintf(`data_path = %q
 run_path = %q
 environment = "test"
 shared_secret = %q

@@ -6,6 +6,8 @@
 // are answered as that server answered them, our own line with JSON:API
 // errors. The documents themselves are package wire's, shared with the
 // client.
+// A request another node of a cluster forwarded is authenticated by its
+// signature (Forwards) and the caller's own token it carries.
 // It holds no business logic, and it is the only package that knows about
 // Echo, so that a move to another router touches nothing else.
 package httpapi
@@ -61,6 +63,12 @@ type Options struct {
 	Login Login
 	// People serves /tokens and /keys; nil leaves them out.
 	People People
+	// Nodes serves /nodes; nil leaves it out.
+	Nodes draupnir.NodeService
+	// Forwards checks requests other nodes of a cluster forward here and
+	// keeps the callers' credentials for those this node forwards; nil
+	// (a single node) refuses every forwarded request.
+	Forwards Forwards
 }
 
 // api holds what the handlers share.
@@ -72,6 +80,8 @@ type api struct {
 	health    Health
 	login     Login
 	people    People
+	nodes     draupnir.NodeService
+	forwards  Forwards
 	log       *slog.Logger
 	maxBody   int64
 	server    wire.Version
@@ -88,6 +98,8 @@ func New(opts Options) http.Handler {
 		sources:   opts.Sources,
 		auth:      opts.Auth,
 		health:    opts.Health,
+		nodes:     opts.Nodes,
+		forwards:  opts.Forwards,
 		log:       opts.Log,
 		maxBody:   opts.MaxBodyBytes,
 		serverRaw: draupnir.Version,
@@ -144,6 +156,12 @@ func New(opts Options) http.Handler {
 	e.POST("/sources/:name/refresh", a.refreshSource, std...)
 
 	a.routePeople(e, opts.Login, opts.People)
+
+	if opts.Nodes != nil {
+		e.GET("/nodes", a.listNodes, upload...)
+		e.POST("/nodes/:name/drain", a.drainNode, upload...)
+		e.POST("/nodes/:name/undrain", a.undrainNode, upload...)
+	}
 
 	e.GET("/health_check", a.healthCheck)
 	e.HEAD("/health_check", a.healthCheck)

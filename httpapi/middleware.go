@@ -88,9 +88,18 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// authenticate resolves the bearer token to a principal.
+// authenticate resolves the bearer token to a principal; a request another
+// node forwarded is authenticated by authenticateForward instead.
 func (a *api) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
+		if isForwarded(c.Request()) {
+			p, err := a.authenticateForward(c)
+			if err != nil {
+				return err
+			}
+			c.Set(ctxPrincipal, p)
+			return next(c)
+		}
 		token, ok := bearerToken(c.Request().Header.Get("Authorization"))
 		if !ok {
 			return newError(http.StatusUnauthorized, codeUnauthorized,
@@ -105,8 +114,24 @@ func (a *api) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 			return fmt.Errorf("authenticating a bearer token: %w", err)
 		}
 		c.Set(ctxPrincipal, p)
+		if a.forwards != nil {
+			r := c.Request()
+			c.SetRequest(r.WithContext(a.forwards.Origin(r.Context(), r.Header.Get("Authorization"))))
+		}
 		return next(c)
 	}
+}
+
+// isForwarded reports whether r claims to be forwarded by a node: it has
+// any of the Draupnir-Forward… headers, so that none of them is ever
+// ignored.
+func isForwarded(r *http.Request) bool {
+	for k := range r.Header {
+		if strings.HasPrefix(strings.ToLower(k), "draupnir-forward") {
+			return true
+		}
+	}
+	return false
 }
 
 // bearerToken extracts the token of an "Authorization: Bearer <token>"

@@ -18,10 +18,16 @@ type deps struct {
 	postgres postgres
 	volumes  volumes
 	store    store
+	// copies is nil for a single node.
+	copies copies
 }
 
 func realDeps(opts Options) deps {
-	d := deps{volumes: btrfs.FS{}, store: pgStore{opts.Pool}}
+	st := pgStore{pool: opts.Pool, node: opts.Node}
+	d := deps{volumes: btrfs.FS{}, store: st}
+	if opts.Node != "" {
+		d.copies = st
+	}
 	if opts.Supervisor != nil {
 		// Not a nil *Supervisor in a non-nil postgres.
 		d.postgres = opts.Supervisor
@@ -69,4 +75,14 @@ type store interface {
 	ready(ctx context.Context, id int64, size int64, version, database, superuser string) (*row, error)
 	update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error)
 	delete(ctx context.Context, id int64) error
+	// adopt makes image id, of no node, this node's, unless another node
+	// did first.
+	adopt(ctx context.Context, id int64) (bool, error)
+}
+
+// copies are the images' copies on the nodes of a cluster (pgStore).
+type copies interface {
+	copies(ctx context.Context, ids []int64) (map[int64][]draupnir.ImageCopy, error)
+	readyHere(ctx context.Context, id int64) (bool, error)
+	markDestroying(ctx context.Context, id int64) (int64, error)
 }

@@ -25,6 +25,7 @@ type fakeStore struct {
 	rows     map[int64]*row
 	failures map[string][]error
 	calls    map[string]int
+	node     string // whose images adopt makes them
 }
 
 func newFakeStore() *fakeStore {
@@ -160,6 +161,20 @@ func (f *fakeStore) ready(ctx context.Context, id int64, size int64, version, da
 
 func (f *fakeStore) update(ctx context.Context, id int64, patch draupnir.ImagePatch) (*row, error) {
 	return nil, errors.New("the fake store changes no images")
+}
+
+func (f *fakeStore) adopt(ctx context.Context, id int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("adopt"); err != nil {
+		return false, err
+	}
+	r := f.rows[id]
+	if r == nil || r.Node != "" {
+		return false, nil
+	}
+	r.Node = f.node
+	return true, nil
 }
 
 func (f *fakeStore) delete(ctx context.Context, id int64) error {

@@ -379,3 +379,41 @@ func TestDestroyByOwner(t *testing.T) {
 		})
 	}
 }
+
+// TestReconcileLeavesOtherNodesImages: a node repairs only the images it
+// makes; another node may be finalising one right now, and a ready one of
+// another node has no snapshot here until it is shipped.
+func TestReconcileLeavesOtherNodesImages(t *testing.T) {
+	e := newEnv(t)
+	e.s.opts.Node, e.store.node = "a", "a"
+	e.image(t, 1, draupnir.ImageFinalising)
+	e.image(t, 2, draupnir.ImageReady)
+	e.image(t, 3, draupnir.ImageFinalising)
+	// A single node's, made a node of a cluster: its snapshot is here.
+	e.image(t, 4, draupnir.ImageReady, "snapshot")
+	// Of no node, and not here: another machine's to take over.
+	e.image(t, 5, draupnir.ImageReady)
+	e.store.mu.Lock()
+	for _, id := range []int64{1, 2} {
+		e.store.rows[id].Node = "b"
+	}
+	e.store.rows[3].Node = "a"
+	e.store.mu.Unlock()
+	if err := e.s.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[int64]draupnir.ImageState{1: draupnir.ImageFinalising, 2: draupnir.ImageReady, 3: draupnir.ImageFailed,
+		4: draupnir.ImageReady, 5: draupnir.ImageReady} {
+		if r := e.store.row(id); r.State != want {
+			t.Errorf("image %d is %s, want %s", id, r.State, want)
+		}
+	}
+	for id, want := range map[int64]string{1: "b", 2: "b", 3: "a", 4: "a", 5: ""} {
+		if r := e.store.row(id); r.Node != want {
+			t.Errorf("image %d is node %q's, want %q's", id, r.Node, want)
+		}
+	}
+	if !e.exists(e.s.SnapshotDir(4)) {
+		t.Error("the single node's image lost its snapshot")
+	}
+}

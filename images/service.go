@@ -8,7 +8,9 @@
 // owned by the service, not by the request that asked for it. An image may
 // also be saved from an instance (save.go): a copy of its data, booted,
 // stripped of the instance's password and shut down cleanly before it is
-// frozen; it belongs to whoever saved it, who may destroy it.
+// frozen; it belongs to whoever saved it, who may destroy it. On a node of
+// a cluster, the images it registers are made on that node, and Reconcile
+// repairs only those.
 package images
 
 import (
@@ -35,6 +37,12 @@ import (
 
 // Options configures a Service.
 type Options struct {
+	// Node is this node's name in a cluster (empty for a single node): the
+	// images it registers are made here, and Reconcile repairs only those;
+	// an image is ready here only once this node holds a ready copy
+	// (package replicate ships them), and a destroy reaches every node's
+	// copy.
+	Node            string
 	Pool            *pgxpool.Pool
 	Supervisor      *supervisor.Supervisor
 	UploadsDir      string // data_path/image_uploads
@@ -134,9 +142,34 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 	}
 	out := make([]*draupnir.Image, len(rows))
 	for i, r := range rows {
-		out[i] = visibleTo(p, &r.Image)
+		out[i] = &r.Image
+	}
+	if err := s.addCopies(ctx, out...); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i] = visibleTo(p, out[i])
 	}
 	return out, nil
+}
+
+// addCopies fills in the images' copies on the nodes of a cluster.
+func (s *Service) addCopies(ctx context.Context, ims ...*draupnir.Image) error {
+	if s.copies == nil || len(ims) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(ims))
+	for i, im := range ims {
+		ids[i] = im.ID
+	}
+	byID, err := s.copies.copies(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, im := range ims {
+		im.Nodes = byID[im.ID]
+	}
+	return nil
 }
 
 // Get returns image id as p sees it: only the upload principal reads why
@@ -144,6 +177,9 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*draupnir.Image, error) {
 	r, err := s.store.get(ctx, id)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.addCopies(ctx, &r.Image); err != nil {
 		return nil, err
 	}
 	return visibleTo(p, &r.Image), nil
@@ -159,11 +195,18 @@ const FailedForOthers = "finalising failed; the upload principal can see why"
 // upload principal, who runs finalise, reads it; others learn only that it
 // failed.
 func visibleTo(p draupnir.Principal, im *draupnir.Image) *draupnir.Image {
-	if p.Upload || im.Error == "" {
+	if p.Upload || im.Error == "" && !slices.ContainsFunc(im.Nodes, func(c draupnir.ImageCopy) bool { return c.Error != "" }) {
 		return im
 	}
 	c := *im
-	c.Error = FailedForOthers
+	if c.Error != "" {
+		c.Error = FailedForOthers
+	}
+	// Why a copy failed can quote the data path: the upload principal's.
+	c.Nodes = slices.Clone(im.Nodes)
+	for i := range c.Nodes {
+		c.Nodes[i].Error = ""
+	}
 	return &c
 }
 
@@ -182,6 +225,15 @@ func (s *Service) Ready(ctx context.Context, id int64) (*draupnir.ReadyImage, er
 	s.mu.Unlock()
 	if destroying {
 		return nil, destroyingError(id)
+	}
+	if s.copies != nil {
+		here, err := s.copies.readyHere(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !here {
+			return nil, draupnir.Errorf(draupnir.KindConflict, "image %d is not ready on this node yet (it is being copied here)", id)
+		}
 	}
 	return &draupnir.ReadyImage{ID: id, Database: r.Database, Snapshot: s.SnapshotDir(id), Superuser: r.Superuser}, nil
 }
@@ -319,6 +371,18 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	if err := instances.DestroyAllOfImage(ctx, id); err != nil {
 		return fmt.Errorf("destroying the instances of image %d: %w", id, err)
 	}
+	if s.copies != nil {
+		// In a cluster the image's copies go first, each node its own;
+		// the row goes with the last (package replicate). From here on
+		// it is gone for everyone.
+		n, err := s.copies.markDestroying(ctx, id)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return s.destroyCopy(id)
+		}
+	}
 	if err := s.store.delete(ctx, id); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23503" { // foreign_key_violation
@@ -340,6 +404,48 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64, i
 	return nil
 }
 
+// destroyCopy deletes this node's subvolumes of image id, whose destroy has
+// begun on every node. Each node's shipping (package replicate) then drops
+// its copy's row, this node's included, and the last one the image's row.
+func (s *Service) destroyCopy(id int64) error {
+	var errs []error
+	for _, dir := range []string{s.workDir(id), s.SnapshotDir(id), s.uploadDir(id)} {
+		if err := s.volumes.Delete(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		// This node's shipping retries the snapshot's deletion.
+		return fmt.Errorf("image %d is being destroyed but its subvolumes here are not all deleted: %w", id, err)
+	}
+	s.log.Info("image destroyed; every node deletes its copy", "image", id)
+	return nil
+}
+
+// adopt makes r, an image of no node whose snapshot or upload is here,
+// this node's: a single node's, once it is made a node of a cluster.
+// It reports whether r is now this node's.
+func (s *Service) adopt(ctx context.Context, r *row) bool {
+	if r.Node != "" {
+		return false
+	}
+	snap, _ := s.volumes.IsSubvolume(s.SnapshotDir(r.ID))
+	upload, _ := s.volumes.IsSubvolume(s.uploadDir(r.ID))
+	if !snap && !upload {
+		return false
+	}
+	ok, err := s.store.adopt(ctx, r.ID)
+	if err != nil || !ok {
+		if err != nil {
+			s.log.Error("could not take over an image of the single node this was", "image", r.ID, "err", err)
+		}
+		return false
+	}
+	s.log.Info("took over an image of the single node this was", "image", r.ID, "node", s.opts.Node)
+	r.Node = s.opts.Node
+	return true
+}
+
 // Reconcile repairs what a crash left: no image stays finalising, half-made
 // work directories go, and subvolumes that no row owns are deleted.
 func (s *Service) Reconcile(ctx context.Context) error {
@@ -351,6 +457,13 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	for _, r := range rows {
 		id := strconv.FormatInt(r.ID, 10)
 		known[id] = true
+		if r.Node != s.opts.Node {
+			if !s.adopt(ctx, r) {
+				// Another node makes it, perhaps right now; a copy of
+				// it here is the shipping's to keep or repair.
+				continue
+			}
+		}
 		if r.State == draupnir.ImageFinalising && r.Saved() {
 			// A save has nothing to retry from: undo it.
 			s.log.Warn("image was being saved from an instance when the server stopped; deleting it", "image", r.ID)

@@ -35,3 +35,27 @@ func TestVisibleTo(t *testing.T) {
 		})
 	}
 }
+
+// TestVisibleToCopyErrors: why a copy to another node failed can quote the
+// data path; only the upload principal reads it.
+func TestVisibleToCopyErrors(t *testing.T) {
+	const leak = "btrfs receive into /srv/draupnir/image_receive/43: No space left"
+	im := &draupnir.Image{ID: 43, State: draupnir.ImageReady,
+		Nodes: []draupnir.ImageCopy{{Node: "a", State: "ready"}, {Node: "b", State: "failed", Attempts: 3, Error: leak}}}
+	for _, tt := range []struct {
+		p    draupnir.Principal
+		want string
+	}{
+		{draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}, leak},
+		{draupnir.Principal{Name: "alice@example.com"}, ""},
+		{draupnir.Principal{Name: "b", Node: true}, ""},
+	} {
+		got := visibleTo(tt.p, im)
+		if got.Nodes[1].Error != tt.want || got.Nodes[1].State != "failed" || got.Nodes[1].Attempts != 3 || got.Error != "" {
+			t.Errorf("%+v sees %+v, want copy error %q and no image error", tt.p, got, tt.want)
+		}
+	}
+	if im.Nodes[1].Error != leak {
+		t.Errorf("the stored image was changed: %+v", im.Nodes)
+	}
+}

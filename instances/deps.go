@@ -38,7 +38,7 @@ func realDeps(opts Options) deps {
 	return deps{
 		postgres:     supervised{opts.Supervisor},
 		volumes:      btrfs.FS{},
-		store:        pgStore{opts.Pool},
+		store:        pgStore{pool: opts.Pool, node: opts.Node},
 		prepareRole:  prepareRole,
 		warmUp:       warmUp,
 		probe:        probe,
@@ -102,15 +102,15 @@ type volumes interface {
 // store is the instances table (pgStore).
 type store interface {
 	get(ctx context.Context, id int64) (*draupnir.Instance, error)
-	// listAll returns every instance, the warm pool's and those being
-	// created or destroyed too.
+	// listAll returns every instance of this node, the warm pool's and
+	// those being created or destroyed too.
 	listAll(ctx context.Context) ([]*draupnir.Instance, error)
 	// listOwned returns the instances somebody owns: owner's, or with
 	// owner nil everybody's.
 	listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error)
 	// listOfImage returns the instances of an image that are not being
-	// created or reset.
-	listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error)
+	// created or reset: of this node only, if here.
+	listOfImage(ctx context.Context, imageID int64, here bool) ([]*draupnir.Instance, error)
 	// nextID reserves a new instance's id, for insert.
 	nextID(ctx context.Context) (int64, error)
 	// insert and claimWarm take the new instance's expiry (zero: none).
@@ -134,6 +134,15 @@ type store interface {
 	// holds at now and the instance is not protected.
 	claimLapsed(ctx context.Context, id int64, reason draupnir.DestroyReason, detail string, now, idleBefore time.Time) (bool, error)
 	countOwned(ctx context.Context, owner string) (int, error)
+	// unplaced returns the ids of the instances of no node; adopt makes
+	// one of them this node's, unless another node did first.
+	unplaced(ctx context.Context) ([]int64, error)
+	adopt(ctx context.Context, id int64) (bool, error)
+	// lockOwner holds owner's lock, shared by every node, until release.
+	lockOwner(ctx context.Context, owner string) (release func(), err error)
+	// usage returns how many instances this node has and how many ports
+	// of [min, max] they leave free.
+	usage(ctx context.Context, min, max int) (count, freePorts int, err error)
 	// touch records that instance id was seen in use at t.
 	touch(ctx context.Context, id int64, t time.Time) error
 	// tombstone returns instance id's tombstone, nil if it has none.

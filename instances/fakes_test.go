@@ -28,6 +28,11 @@ type fakeStore struct {
 	next   int64
 	ready  map[int64]string // ready images and their databases
 	fail   map[string]error
+	// ownerLocks counts lockOwner calls.
+	ownerLocks int
+	// node is the node the store serves: listAll lists its rows, and
+	// insert makes rows of it.
+	node string
 }
 
 func newFakeStore(ready map[int64]string) *fakeStore {
@@ -82,7 +87,26 @@ func (f *fakeStore) listWhere(keep func(*draupnir.Instance) bool) []*draupnir.In
 }
 
 func (f *fakeStore) listAll(ctx context.Context) ([]*draupnir.Instance, error) {
-	return f.listWhere(func(*draupnir.Instance) bool { return true }), f.failing("listAll")
+	return f.listWhere(func(r *draupnir.Instance) bool { return r.Node == f.node }), f.failing("listAll")
+}
+
+func (f *fakeStore) unplaced(ctx context.Context) ([]int64, error) {
+	var ids []int64
+	for _, r := range f.listWhere(func(r *draupnir.Instance) bool { return r.Node == "" }) {
+		ids = append(ids, r.ID)
+	}
+	return ids, f.failing("unplaced")
+}
+
+func (f *fakeStore) adopt(ctx context.Context, id int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rows[id]
+	if r == nil || r.Node != "" {
+		return false, f.failing("adopt")
+	}
+	r.Node = f.node
+	return true, f.failing("adopt")
 }
 
 func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Instance, error) {
@@ -91,10 +115,28 @@ func (f *fakeStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.I
 	}), f.failing("listOwned")
 }
 
-func (f *fakeStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
+// listOfImage ignores here: the fake holds one node's instances.
+func (f *fakeStore) listOfImage(ctx context.Context, imageID int64, here bool) ([]*draupnir.Instance, error) {
 	return f.listWhere(func(r *draupnir.Instance) bool {
 		return r.ImageID == imageID && r.State != draupnir.InstanceCreating && r.State != draupnir.InstanceResetting
 	}), f.failing("listOfImage")
+}
+
+// lockOwner counts the locks taken; the fake serves one node, whose
+// portMu is lock enough.
+func (f *fakeStore) lockOwner(ctx context.Context, owner string) (func(), error) {
+	if err := f.failing("lockOwner"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ownerLocks++
+	return func() {}, nil
+}
+
+func (f *fakeStore) usage(ctx context.Context, min, max int) (int, int, error) {
+	all := f.listWhere(func(*draupnir.Instance) bool { return true })
+	return len(all), max - min + 1 - len(all), f.failing("usage")
 }
 
 // freePort is the lowest port of [min, max] that no row holds and that is
@@ -136,7 +178,7 @@ func (f *fakeStore) insert(ctx context.Context, id, imageID int64, owner, userna
 		return nil, nil
 	}
 	r := &draupnir.Instance{ID: id, ImageID: imageID, Owner: owner, State: draupnir.InstanceCreating,
-		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires}
+		Port: port, Username: username, Password: password, Database: f.ready[imageID], ExpiresAt: expires, Node: f.node}
 	f.rows[r.ID] = r
 	c := *r
 	return &c, nil
@@ -550,6 +592,7 @@ func newEnv(t *testing.T, change func(*Options)) *env {
 	if change != nil {
 		change(&opts)
 	}
+	e.store.node = opts.Node
 	d := deps{
 		postgres: e.pg,
 		volumes:  e.vol,

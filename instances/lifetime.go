@@ -97,6 +97,23 @@ func (s *Service) Update(ctx context.Context, p draupnir.Principal, id int64, pa
 	return s.decorate(in), nil
 }
 
+// lockQuota takes portMu and, on a node of a cluster where p has a quota,
+// p's lock in the state database, so that counting p's instances and
+// adding one is a single step on every node at once: concurrent creates
+// placed on several nodes cannot all pass the quota.
+func (s *Service) lockQuota(ctx context.Context, p draupnir.Principal) (unlock func(), err error) {
+	s.portMu.Lock()
+	if s.opts.Node == "" || s.opts.MaxPerUser <= 0 || p.Upload || p.Name == "" {
+		return s.portMu.Unlock, nil
+	}
+	release, err := s.store.lockOwner(ctx, p.Name)
+	if err != nil {
+		s.portMu.Unlock()
+		return nil, err
+	}
+	return func() { release(); s.portMu.Unlock() }, nil
+}
+
 // checkQuota refuses p one instance more than MaxPerUser. The upload
 // principal and the warm pool (no principal) have no quota.
 func (s *Service) checkQuota(ctx context.Context, p draupnir.Principal) error {
@@ -117,8 +134,11 @@ func (s *Service) checkQuota(ctx context.Context, p draupnir.Principal) error {
 // claimWarm hands p a warm instance of image imageID, within p's quota, or
 // returns nil when the pool has none.
 func (s *Service) claimWarm(ctx context.Context, imageID int64, p draupnir.Principal, expires time.Time) (*draupnir.Instance, error) {
-	s.portMu.Lock()
-	defer s.portMu.Unlock()
+	unlock, err := s.lockQuota(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := s.checkQuota(ctx, p); err != nil {
 		return nil, err
 	}
@@ -165,7 +185,9 @@ func lapsed(in *draupnir.Instance, now time.Time, idle time.Duration) (draupnir.
 
 // sweep destroys every instance that a rule says must go at now.
 func (s *Service) sweep(ctx context.Context, now time.Time) {
-	list, err := s.store.listOwned(ctx, nil)
+	// This node's only: another node's instances are its own to sweep
+	// (lapsed skips the warm pool's, which are nobody's).
+	list, err := s.store.listAll(ctx)
 	if err != nil {
 		s.log.Error("sweeper could not list the instances", "err", err)
 		return

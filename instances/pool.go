@@ -73,7 +73,7 @@ func (s *Service) fillPool(ctx context.Context) {
 func (s *Service) shrinkPool(ctx context.Context, imageID int64, extra int) {
 	s.poolMu.Lock()
 	defer s.poolMu.Unlock()
-	list, err := s.store.listOfImage(ctx, imageID)
+	list, err := s.store.listOfImage(ctx, imageID, true)
 	if err != nil {
 		s.log.Warn("warm pool: cannot list warm instances", "err", err)
 		return

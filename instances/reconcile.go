@@ -94,8 +94,15 @@ func (s *Service) recover(id int64) {
 // it adopts instances whose postgres still runs (restarting those started
 // with other settings), restarts those that should run, applies the disk
 // limit, finishes creates, resets and destroys that a crash interrupted, and deletes
-// subvolumes that no row owns and stale qgroups.
+// subvolumes that no row owns and stale qgroups. A node of a cluster first
+// takes over the instances of no node whose data it holds: those it had
+// as a single node.
 func (s *Service) Reconcile(ctx context.Context) error {
+	if s.opts.Node != "" {
+		if err := s.adoptUnplaced(ctx); err != nil {
+			return err
+		}
+	}
 	list, err := s.store.listAll(ctx)
 	if err != nil {
 		return err
@@ -161,6 +168,15 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			continue
 		}
 		path := filepath.Join(s.opts.Dir, e.Name())
+		if id, err := strconv.ParseInt(e.Name(), 10, 64); err == nil {
+			// Never delete data a row still claims, whichever node's.
+			if in, err := s.store.get(ctx, id); err == nil {
+				s.log.Warn("leaving alone the subvolume of an instance of another node", "path", path, "node", in.Node)
+				continue
+			} else if draupnir.KindOf(err) != draupnir.KindNotFound {
+				return fmt.Errorf("reconcile: %w", err)
+			}
+		}
 		s.log.Warn("deleting an instance subvolume that no row owns", "path", path)
 		if err := s.postgres.StopDataDir(ctx, path, supervisor.Immediate, 10*time.Second); err != nil {
 			s.log.Error("could not stop an orphaned postgres", "path", path, "err", err)
@@ -171,5 +187,28 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		}
 	}
 	s.removeStaleQgroups()
+	return nil
+}
+
+// adoptUnplaced makes this node's the instances of no node whose data is
+// here: a single node's, once it is made a node of a cluster. Without it
+// they would be nobody's, and their data taken for orphans.
+func (s *Service) adoptUnplaced(ctx context.Context) error {
+	ids, err := s.store.unplaced(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if ok, _ := s.volumes.IsSubvolume(s.dir(id)); !ok {
+			continue
+		}
+		ok, err := s.store.adopt(ctx, id)
+		if err != nil {
+			return err
+		}
+		if ok {
+			s.log.Info("took over an instance of the single node this was", "instance", id, "node", s.opts.Node)
+		}
+	}
 	return nil
 }

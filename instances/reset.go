@@ -28,6 +28,9 @@ func (s *Service) Reset(ctx context.Context, p draupnir.Principal, id, imageID i
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return nil, notFound(id)
 	}
+	if err := s.elsewhere(ctx, in); err != nil {
+		return nil, err
+	}
 	if imageID == 0 {
 		imageID = in.ImageID
 	}

@@ -229,7 +229,7 @@ func TestResettingIsLeftAlone(t *testing.T) {
 	if ok, _ := e.store.setLiveState(context.Background(), in.ID, draupnir.InstanceRunning, ""); ok {
 		t.Error("a crash recovery overwrote the resetting state")
 	}
-	if list, _ := e.store.listOfImage(context.Background(), testImage); len(list) != 0 {
+	if list, _ := e.store.listOfImage(context.Background(), testImage, true); len(list) != 0 {
 		t.Errorf("an image destroy would tear down a resetting instance: %v", list)
 	}
 }

@@ -24,6 +24,9 @@ func (s *Service) Save(ctx context.Context, p draupnir.Principal, id int64) (*dr
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return nil, notFound(id)
 	}
+	if err := s.elsewhere(ctx, in); err != nil {
+		return nil, err
+	}
 	if in.State != draupnir.InstanceRunning {
 		return nil, draupnir.Errorf(draupnir.KindConflict, "instance %d is %s; only a running instance can be saved", id, in.State)
 	}

@@ -10,7 +10,10 @@
 // never a protected one nor one being reset, and leaves a tombstone saying
 // why; it caps how many a user may have. It keeps what runs in line with
 // what the state database says, at start-up (Reconcile) and while running
-// (a postgres that dies is restarted).
+// (a postgres that dies is restarted). On a node of a cluster it does all
+// that for its own node's instances only (ports are per node), lists
+// everyone's with their node's host, and answers a call about another
+// node's instance with a *draupnir.ElsewhereError for the doors to forward.
 package instances
 
 import (
@@ -44,8 +47,23 @@ type Images interface {
 	draupnir.ImageSaver
 }
 
+// Cluster is what the service needs to know of the other nodes of a
+// cluster (*nodes.Registry): where their instances are reached, and which
+// nodes are down.
+type Cluster interface {
+	List(ctx context.Context) ([]*draupnir.Node, error)
+}
+
 // Options configures a Service.
 type Options struct {
+	// Node is this node's name in a cluster, empty for a single node: the
+	// service runs, pools, sweeps and allocates ports for its own node's
+	// instances only, and answers about another node's with a
+	// *draupnir.ElsewhereError.
+	Node string
+	// Cluster, with Node, tells the other nodes' instances' host names
+	// and CA certificates, and whether their nodes are down.
+	Cluster         Cluster
 	Pool            *pgxpool.Pool
 	Supervisor      *supervisor.Supervisor
 	Images          Images
@@ -218,13 +236,68 @@ func (s *Service) sockDir(id int64) string {
 	return filepath.Join(s.opts.RunDir, strconv.FormatInt(id, 10))
 }
 
+// decorate adds to one of this node's instances what the row does not
+// hold: where users reach it and the CA that signed its certificate.
 func (s *Service) decorate(in *draupnir.Instance) *draupnir.Instance {
 	in.Hostname = s.opts.Hostname
 	in.CACertificate = s.tls.caPEM
 	return in
 }
 
-// List returns p's instances; the upload principal sees all.
+// CACertificate is the PEM certificate of the CA that signs this node's
+// instances' server certificates.
+func (s *Service) CACertificate() string { return s.tls.caPEM }
+
+// decorateAll decorates instances of any node: another node's get that
+// node's advertised host and CA, and read unavailable while it is down.
+func (s *Service) decorateAll(ctx context.Context, list []*draupnir.Instance) error {
+	var nodes map[string]*draupnir.Node
+	for _, in := range list {
+		if in.Node == s.opts.Node {
+			s.decorate(in)
+			continue
+		}
+		if nodes == nil {
+			if s.opts.Cluster == nil {
+				return fmt.Errorf("instance %d is on node %q, but this server is no node of a cluster", in.ID, in.Node)
+			}
+			all, err := s.opts.Cluster.List(ctx)
+			if err != nil {
+				return err
+			}
+			nodes = map[string]*draupnir.Node{}
+			for _, n := range all {
+				nodes[n.Name] = n
+			}
+		}
+		n := nodes[in.Node]
+		if n == nil {
+			// Its node was removed with the instance still there.
+			in.State, in.Error = draupnir.InstanceUnavailable, fmt.Sprintf("its node %s is no longer in the cluster", in.Node)
+			continue
+		}
+		in.Hostname, in.CACertificate = n.AdvertiseHost, n.CACertificate
+		if n.Down {
+			in.State, in.Error = draupnir.InstanceUnavailable, fmt.Sprintf("its node %s is down; it answers again when the node is back", in.Node)
+		}
+	}
+	return nil
+}
+
+// elsewhere is nil for one of this node's instances, and for another
+// node's the *draupnir.ElsewhereError that sends the caller there.
+func (s *Service) elsewhere(ctx context.Context, in *draupnir.Instance) error {
+	if in.Node == s.opts.Node {
+		return nil
+	}
+	if err := s.decorateAll(ctx, []*draupnir.Instance{in}); err != nil {
+		return err
+	}
+	return &draupnir.ElsewhereError{Node: in.Node, Instance: in}
+}
+
+// List returns p's instances, on every node; the upload principal sees
+// all.
 func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Instance, error) {
 	var list []*draupnir.Instance
 	var err error
@@ -233,10 +306,19 @@ func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.I
 	} else {
 		list, err = s.store.listOwned(ctx, &p.Name)
 	}
-	for _, in := range list {
-		s.decorate(in)
+	if err != nil {
+		return nil, err
 	}
-	return list, err
+	if err := s.decorateAll(ctx, list); err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// Usage is this node's share of the instances: how many it has (warm ones
+// too) and how many ports of its range they leave free.
+func (s *Service) Usage(ctx context.Context) (count, freePorts int, err error) {
+	return s.store.usage(ctx, s.opts.MinPort, s.opts.MaxPort)
 }
 
 // Get returns instance id if p may see it; someone else's is not found.
@@ -250,6 +332,9 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, id int64) (*dra
 	}
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return nil, notFound(id)
+	}
+	if err := s.elsewhere(ctx, in); err != nil {
+		return nil, err
 	}
 	return s.decorate(in), nil
 }
@@ -432,10 +517,13 @@ func (s *Service) giveRole(ctx context.Context, in *draupnir.Instance, im *draup
 // allocate inserts the row of instance id, of p, with a free port, within
 // p's quota.
 func (s *Service) allocate(ctx context.Context, id, imageID int64, p draupnir.Principal, username, password string, expires time.Time) (*draupnir.Instance, error) {
-	// portMu also makes the count and the insert one step, so that
+	// The lock also makes the count and the insert one step, so that
 	// concurrent creates cannot all pass the quota.
-	s.portMu.Lock()
-	defer s.portMu.Unlock()
+	unlock, err := s.lockQuota(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := s.checkQuota(ctx, p); err != nil {
 		return nil, err
 	}
@@ -587,6 +675,9 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 	if !p.CanSee(in.Owner) || in.Owner == "" {
 		return notFound(id)
 	}
+	if err := s.elsewhere(ctx, in); err != nil {
+		return err
+	}
 	// Tearing it down under its create or reset would fail that half-way.
 	// Creating only moves on, and claimDestroy refuses an instance whose
 	// reset began since, so this check cannot go stale.
@@ -616,7 +707,7 @@ func (s *Service) Destroy(ctx context.Context, p draupnir.Principal, id int64) e
 // OwnersOfImage returns who owns instances of image imageID (the warm
 // pool's are nobody's), each once, sorted.
 func (s *Service) OwnersOfImage(ctx context.Context, imageID int64) ([]string, error) {
-	list, err := s.store.listOfImage(ctx, imageID)
+	list, err := s.store.listOfImage(ctx, imageID, false)
 	if err != nil {
 		return nil, err
 	}
@@ -636,8 +727,9 @@ func (s *Service) DestroyAllOfImage(ctx context.Context, imageID int64) error {
 	defer s.poolMu.Unlock()
 	// Creates in flight are left to finish: the image's row cannot go while
 	// they refer to it, so its destroy answers a conflict to retry instead
-	// of failing them half-way.
-	list, err := s.store.listOfImage(ctx, imageID)
+	// of failing them half-way. Only this node's instances can be torn
+	// down here; another node's keep the image's row from going.
+	list, err := s.store.listOfImage(ctx, imageID, true)
 	if err != nil {
 		return err
 	}

@@ -12,11 +12,16 @@ import (
 	"github.com/draupnir-db/draupnir"
 )
 
-// pgStore is the instances table in the state database.
-type pgStore struct{ pool *pgxpool.Pool }
+// pgStore is the instances table in the state database, as node sees it:
+// it lists, allocates ports for and pools only its own node's instances
+// (node is empty on a single node), and reads and counts everyone's.
+type pgStore struct {
+	pool *pgxpool.Pool
+	node string
+}
 
 const instanceColumns = `i.id, i.image_id, i.owner, i.state, i.port, i.username, i.password, i.error,
-	i.created_at, i.updated_at, im.database_name, i.expires_at, i.protected_until, i.last_active_at`
+	i.created_at, i.updated_at, im.database_name, i.expires_at, i.protected_until, i.last_active_at, i.node`
 
 const fromInstances = ` FROM instances i JOIN images im ON im.id = i.image_id `
 
@@ -25,7 +30,7 @@ func scanInstance(r pgx.Row) (*draupnir.Instance, error) {
 	var state string
 	var expires, protected *time.Time
 	if err := r.Scan(&in.ID, &in.ImageID, &in.Owner, &state, &in.Port, &in.Username, &in.Password, &in.Error,
-		&in.CreatedAt, &in.UpdatedAt, &in.Database, &expires, &protected, &in.LastActiveAt); err != nil {
+		&in.CreatedAt, &in.UpdatedAt, &in.Database, &expires, &protected, &in.LastActiveAt, &in.Node); err != nil {
 		return nil, err
 	}
 	in.State = draupnir.InstanceState(state)
@@ -57,7 +62,7 @@ func (s pgStore) get(ctx context.Context, id int64) (*draupnir.Instance, error) 
 }
 
 func (s pgStore) listAll(ctx context.Context) ([]*draupnir.Instance, error) {
-	return s.list(ctx, "")
+	return s.list(ctx, "WHERE i.node = $1", s.node)
 }
 
 // listOwned leaves out the warm pool's instances, starting or waiting:
@@ -69,8 +74,9 @@ func (s pgStore) listOwned(ctx context.Context, owner *string) ([]*draupnir.Inst
 	return s.list(ctx, "WHERE i.owner = $1 AND i.owner <> ''", *owner)
 }
 
-func (s pgStore) listOfImage(ctx context.Context, imageID int64) ([]*draupnir.Instance, error) {
-	return s.list(ctx, "WHERE i.image_id = $1 AND i.state NOT IN ('creating', 'resetting')", imageID)
+func (s pgStore) listOfImage(ctx context.Context, imageID int64, here bool) ([]*draupnir.Instance, error) {
+	return s.list(ctx, "WHERE i.image_id = $1 AND i.state NOT IN ('creating', 'resetting') AND (NOT $2 OR i.node = $3)",
+		imageID, here, s.node)
 }
 
 func (s pgStore) list(ctx context.Context, where string, args ...any) ([]*draupnir.Instance, error) {
@@ -113,14 +119,14 @@ func (s pgStore) insert(ctx context.Context, id, imageID int64, owner, username,
 	// One round trip: instance create is on the hot path.
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)),
 		i AS (
-			INSERT INTO instances (id, image_id, owner, port, username, password, expires_at)
-			SELECT $9, $1, $2, p, $3, $4, $8 FROM generate_series($5::int, $6::int) AS p, lazy
-			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($7::int[])
+			INSERT INTO instances (id, image_id, owner, port, username, password, expires_at, node)
+			SELECT $9, $1, $2, p, $3, $4, $8, $10 FROM generate_series($5::int, $6::int) AS p, lazy
+			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.node = $10 AND i.port = p) AND p <> ALL($7::int[])
 			ORDER BY p LIMIT 1
 			ON CONFLICT (node, port) DO NOTHING
 			RETURNING *)
 		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`,
-		imageID, owner, username, password, min, max, skip, nullTime(expires), id))
+		imageID, owner, username, password, min, max, skip, nullTime(expires), id, s.node))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -135,9 +141,9 @@ func (s pgStore) movePort(ctx context.Context, id int64, min, max int, skip []in
 	var port int
 	err := s.pool.QueryRow(ctx, `UPDATE instances SET port = (
 			SELECT p FROM generate_series($2::int, $3::int) AS p
-			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.port = p) AND p <> ALL($4::int[])
+			WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.node = $5 AND i.port = p) AND p <> ALL($4::int[])
 			ORDER BY p LIMIT 1), updated_at = now()
-		WHERE id = $1 RETURNING port`, id, min, max, skip).Scan(&port)
+		WHERE id = $1 RETURNING port`, id, min, max, skip, s.node).Scan(&port)
 	if err != nil {
 		return 0, fmt.Errorf("moving instance %d to another port: %w", id, err)
 	}
@@ -151,10 +157,10 @@ func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string, exp
 	in, err := scanInstance(s.pool.QueryRow(ctx, `WITH i AS (
 			UPDATE instances SET owner = $2, state = 'running', created_at = now(), updated_at = now(),
 				expires_at = $3, last_active_at = now()
-			WHERE id = (SELECT id FROM instances WHERE image_id = $1 AND state = 'warm'
+			WHERE id = (SELECT id FROM instances WHERE image_id = $1 AND state = 'warm' AND node = $4
 			            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
 			RETURNING *)
-		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`, imageID, owner, nullTime(expires)))
+		SELECT `+instanceColumns+` FROM i JOIN images im ON im.id = i.image_id`, imageID, owner, nullTime(expires), s.node))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -164,13 +170,17 @@ func (s pgStore) claimWarm(ctx context.Context, imageID int64, owner string, exp
 	return in, nil
 }
 
-// poolSizes returns, for every ready image made from an upload, how many
-// warm instances it has. Images saved from instances get no pool: there may
-// be many, each used by few.
+// poolSizes returns, for every ready image made from an upload that this
+// node holds (it made it, or holds a ready copy), how many warm instances
+// it has here. Images saved from instances get no pool: there may be many,
+// each used by few.
 func (s pgStore) poolSizes(ctx context.Context) (map[int64]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT im.id, count(i.id) FROM images im
-		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm'
-		WHERE im.state = 'ready' AND im.from_instance_id IS NULL GROUP BY im.id`)
+		LEFT JOIN instances i ON i.image_id = im.id AND i.state = 'warm' AND i.node = $1
+		WHERE im.state = 'ready' AND im.from_instance_id IS NULL
+		AND (im.node = $1 OR EXISTS (SELECT 1 FROM image_copies c
+			WHERE c.image_id = im.id AND c.node = $1 AND c.state = 'ready'))
+		GROUP BY im.id`, s.node)
 	if err != nil {
 		return nil, fmt.Errorf("counting warm instances: %w", err)
 	}
@@ -385,4 +395,50 @@ func (s pgStore) touch(ctx context.Context, id int64, t time.Time) error {
 		return fmt.Errorf("recording the activity of instance %d: %w", id, err)
 	}
 	return nil
+}
+
+// usage returns how many instances this node has (warm ones too) and how
+// many ports of [min, max] they leave free.
+func (s pgStore) usage(ctx context.Context, min, max int) (count, freePorts int, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT count(*), $2::int - count(*) FILTER (WHERE port BETWEEN $3 AND $4)
+		FROM instances WHERE node = $1`, s.node, max-min+1, min, max).Scan(&count, &freePorts)
+	if err != nil {
+		return 0, 0, fmt.Errorf("counting the instances of this node: %w", err)
+	}
+	return count, freePorts, nil
+}
+
+// lockOwner takes owner's advisory lock in the state database, which
+// every node shares, and holds it until release (in a transaction of its
+// own, so that a lost connection lets it go too).
+func (s pgStore) lockOwner(ctx context.Context, owner string) (func(), error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("locking the instances of %s: %w", owner, err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('draupnir instances of ' || $1))`, owner); err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("locking the instances of %s: %w", owner, err)
+	}
+	return func() { tx.Rollback(context.WithoutCancel(ctx)) }, nil
+}
+
+func (s pgStore) unplaced(ctx context.Context) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM instances WHERE node = '' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing the instances of no node: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("listing the instances of no node: %w", err)
+	}
+	return ids, nil
+}
+
+func (s pgStore) adopt(ctx context.Context, id int64) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE instances SET node = $2, updated_at = now() WHERE id = $1 AND node = ''`, id, s.node)
+	if err != nil {
+		return false, fmt.Errorf("taking over instance %d: %w", id, err)
+	}
+	return tag.RowsAffected() == 1, nil
 }

@@ -14,7 +14,7 @@ import (
 // (n) so that one setting scales them together.
 type limits struct {
 	conns        int // authenticated connections in all (n)
-	reserve      int // of conns, usable by the upload principal only
+	reserve      int // of conns, usable by the upload principal and nodes only
 	perPrincipal int // authenticated connections of one principal
 	handshakes   int // connections still in the handshake, on top of conns
 	perSource    int // handshakes from one IPv4 address or IPv6 /64
@@ -61,7 +61,7 @@ type limiter struct {
 	seq      uint64         // of the last slot admitted
 	byName   map[string]int // authenticated connections per principal
 	authed   int            // authenticated connections in all
-	byUpload int            // of authed, the upload principal's
+	byUpload int            // of authed, the upload principal's and nodes'
 
 	// Refusals are logged at most once per warnEvery, with a count, so
 	// that a flood cannot flood the log as well.
@@ -156,25 +156,29 @@ func (l *limiter) authenticate(s *slot, p draupnir.Principal) error {
 	case released:
 		return errors.New("the connection was closed to make room for others")
 	case authenticated:
-		if s.principal == p.Name {
+		if s.principal == limiterName(p) {
 			return nil
 		}
 		l.leaveAuthenticated(s)
 	}
-	if l.byName[p.Name] >= l.lim.perPrincipal {
+	name := limiterName(p)
+	if l.byName[name] >= l.lim.perPrincipal {
 		return fmt.Errorf("too many connections for %s (at most %d at once); close some and try again", p.Name, l.lim.perPrincipal)
 	}
+	// The cluster's nodes share the upload principal's reserve: users
+	// holding every other connection must not stop images travelling.
+	trusted := p.Upload || p.Node
 	users := l.authed - l.byUpload
-	if l.authed >= l.lim.conns || !p.Upload && users >= l.lim.conns-l.lim.reserve {
+	if l.authed >= l.lim.conns || !trusted && users >= l.lim.conns-l.lim.reserve {
 		return errors.New("the server has too many connections; try again later")
 	}
 	if s.state == inHandshake {
 		l.leaveHandshake(s)
 	}
-	s.state, s.principal, s.upload = authenticated, p.Name, p.Upload
-	l.byName[p.Name]++
+	s.state, s.principal, s.upload = authenticated, name, trusted
+	l.byName[name]++
 	l.authed++
-	if p.Upload {
+	if trusted {
 		l.byUpload++
 	}
 	return nil

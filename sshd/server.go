@@ -6,8 +6,11 @@
 // the authenticated principal. SSH clients see a virtual namespace,
 // /draupnir/image_uploads/<id>[/…], and nothing of the real filesystem: the
 // door maps it onto the images' uploads (draupnir.Upload), which own the
-// files, and only speaks the protocols. There are no PTYs, no forwarding of
-// any kind and no shell.
+// files, and only speaks the protocols. In a cluster, the other nodes sign in
+// with their registered host keys (WithNodes) as node principals, which may
+// run the node protocol (NodeCommand, to ship images) and nothing else; no
+// other principal may run it. There are no PTYs, no forwarding of any kind
+// and no shell.
 package sshd
 
 import (
@@ -46,6 +49,9 @@ type Options struct {
 	Uploads     draupnir.Uploads
 	Keys        Keys
 	Commands    CommandRunner // nil: other commands are refused
+	// Node runs the node protocol for principals that are nodes (see
+	// WithNodes); nil: nodes are refused.
+	Node NodeRunner
 
 	IdleTimeout time.Duration // close a connection idle this long; 0: never
 	MaxTimeout  time.Duration // close any connection after this long; 0: never
@@ -341,6 +347,11 @@ func (s *Server) handleSFTP(sess ssh.Session) {
 	if !ok {
 		return
 	}
+	if p.Node {
+		fmt.Fprintf(sess.Stderr(), "draupnir: permission denied: a node may only speak the node protocol\n")
+		sess.Exit(1)
+		return
+	}
 	s.log.Info("ssh sftp session", "principal", p.Name, "remote", sess.RemoteAddr().String())
 	ns := s.namespace(sess, p)
 	err := serveSFTP(ns, sess, sess.Stderr())
@@ -378,7 +389,13 @@ func (s *Server) run(sess ssh.Session, p draupnir.Principal) int {
 			verb += " " + args[1]
 		}
 	}
-	s.log.Info("ssh command", "principal", p.Name, "remote", sess.RemoteAddr().String(), "command", verb)
+	s.log.Info("ssh command", "principal", p.Name, "node", p.Node, "remote", sess.RemoteAddr().String(), "command", verb)
+	if p.Node {
+		return s.runNode(sess, p, args)
+	}
+	if status, refused := s.refuseNodeProtocol(sess, p, args); refused {
+		return status
+	}
 	if len(args) > 0 && args[0] == "scp" {
 		return s.runSCP(sess, p, args[1:])
 	}

@@ -50,6 +50,18 @@ type ImageAttributes struct {
 	FromInstanceID int64  `json:"from_instance_id,omitempty"`
 	// Source names the image's series; empty for none.
 	Source string `json:"source,omitempty"`
+	// Nodes are the image's copies on the nodes of a cluster (none on a
+	// single node): where it is ready, where it is being copied.
+	Nodes []ImageCopy `json:"nodes,omitempty"`
+}
+
+// ImageCopy is an image's copy on one node of a cluster. Error, why the
+// last attempt at copying it failed, is shown to the upload principal only.
+type ImageCopy struct {
+	Node     string `json:"node"`
+	State    string `json:"state"` // copying, ready, failed (retried) or destroying
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // ImageResource is an image as the API renders it.
@@ -76,7 +88,19 @@ func NewImageResource(im *draupnir.Image) ImageResource {
 		ParentImageID:       im.ParentImageID,
 		FromInstanceID:      im.FromInstanceID,
 		Source:              im.Source,
+		Nodes:               newImageCopies(im.Nodes),
 	}}
+}
+
+func newImageCopies(cs []draupnir.ImageCopy) []ImageCopy {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]ImageCopy, len(cs))
+	for i, c := range cs {
+		out[i] = ImageCopy{Node: c.Node, State: c.State, Attempts: c.Attempts, Error: c.Error}
+	}
+	return out
 }
 
 // Image converts the resource to the domain type. A document with only the
@@ -103,9 +127,21 @@ func (r *ImageResource) Image() *draupnir.Image {
 		ParentImageID:       a.ParentImageID,
 		FromInstanceID:      a.FromInstanceID,
 		Source:              a.Source,
+		Nodes:               imageCopies(a.Nodes),
 		CreatedAt:           a.CreatedAt.Time,
 		UpdatedAt:           a.UpdatedAt.Time,
 	}
+}
+
+func imageCopies(cs []ImageCopy) []draupnir.ImageCopy {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]draupnir.ImageCopy, len(cs))
+	for i, c := range cs {
+		out[i] = draupnir.ImageCopy{Node: c.Node, State: c.State, Attempts: c.Attempts, Error: c.Error}
+	}
+	return out
 }
 
 // InstanceAttributes are the attributes of an instance. The original API
@@ -121,6 +157,7 @@ type InstanceAttributes struct {
 	Password      string `json:"password"`
 	Database      string `json:"database"`
 	Owner         string `json:"owner,omitempty"` // tells the upload principal whose it is
+	Node          string `json:"node,omitempty"`  // the node of a cluster it runs on
 	CACertificate string `json:"ca_certificate,omitempty"`
 	Error         string `json:"error,omitempty"`
 	// ExpiresAt, ProtectedUntil and LastActiveAt are null for none.
@@ -149,6 +186,7 @@ func NewInstanceResource(in *draupnir.Instance) InstanceResource {
 		Password:      in.Password,
 		Database:      in.Database,
 		Owner:         in.Owner,
+		Node:          in.Node,
 		CACertificate: in.CACertificate,
 		Error:         in.Error,
 
@@ -171,6 +209,7 @@ func (r *InstanceResource) Instance() *draupnir.Instance {
 		Username:      a.Username,
 		Password:      a.Password,
 		Database:      a.Database,
+		Node:          a.Node,
 		CACertificate: a.CACertificate,
 		Error:         a.Error,
 		CreatedAt:     a.CreatedAt.Time,

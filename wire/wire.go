@@ -31,6 +31,7 @@ const (
 	TypeKeys          = "keys"
 	TypeTombstones    = "tombstones"
 	TypeSources       = "sources"
+	TypeNodes         = "nodes"
 )
 
 // Marshal encodes v as the API sends documents: compact, ending in a newline,

@@ -2,12 +2,40 @@ package wire
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/draupnir-db/draupnir"
 )
+
+// TestImageNodes: an image of a cluster says which nodes hold it ready and
+// which are copying it; a single node's image has no nodes attribute.
+func TestImageNodes(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	im := &draupnir.Image{ID: 7, State: draupnir.ImageReady, BackedUpAt: now, CreatedAt: now, UpdatedAt: now,
+		Nodes: []draupnir.ImageCopy{{Node: "a", State: "ready"}, {Node: "b", State: "copying", Attempts: 2, Error: "cut"}}}
+	b, err := Marshal(Document[ImageResource]{Data: NewImageResource(im)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"nodes":[{"node":"a","state":"ready"},{"node":"b","state":"copying","attempts":2,"error":"cut"}]`
+	if !strings.Contains(string(b), want) {
+		t.Errorf("image JSON %s lacks %s", b, want)
+	}
+	var back Document[ImageResource]
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Data.Image(); !reflect.DeepEqual(got, im) {
+		t.Errorf("round trip %+v, want %+v", got, im)
+	}
+	im.Nodes = nil
+	if b, _ = Marshal(Document[ImageResource]{Data: NewImageResource(im)}); strings.Contains(string(b), "nodes") {
+		t.Errorf("single node's image JSON %s has nodes", b)
+	}
+}
 
 func TestRoundTrip(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -23,7 +51,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if got := back.Data.Image(); *got != *img {
+	if got := back.Data.Image(); !reflect.DeepEqual(got, img) {
 		t.Errorf("round trip %+v, want %+v", got, img)
 	}
 
@@ -47,7 +75,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if got := back.Data.Image(); *got != *saved {
+	if got := back.Data.Image(); !reflect.DeepEqual(got, saved) {
 		t.Errorf("round trip %+v, want %+v", got, saved)
 	}
 
@@ -193,5 +221,43 @@ func TestParseVersion(t *testing.T) {
 		if got != tt.want || (err == nil) != tt.ok {
 			t.Errorf("ParseVersion(%q) = %v, %v; want %v, ok %v", tt.in, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestNodeRoundTrip: a node and an instance's node survive the wire; a
+// node's keys never go out.
+func TestNodeRoundTrip(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	n := &draupnir.Node{Name: "n1", AdvertiseHost: "n1.example.com", APIURL: "http://n1:8080", SSHAddress: "n1:2222",
+		Drained: true, Down: true, StartedAt: now, HeartbeatAt: now,
+		NodeCapacity: draupnir.NodeCapacity{FreeDiskBytes: 1 << 40, FreeMemoryBytes: 1 << 33, Instances: 3, FreePorts: 997}}
+	withKeys := *n
+	withKeys.SSHPublicKey, withKeys.CACertificate = "ssh-ed25519 AAAAsecretish", "-----BEGIN CERTIFICATE-----"
+	b, err := Marshal(Document[NodeResource]{Data: NewNodeResource(&withKeys)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range []string{"ssh-ed25519", "CERTIFICATE"} {
+		if strings.Contains(string(b), leak) {
+			t.Errorf("node JSON %s shows %s", b, leak)
+		}
+	}
+	var back Document[NodeResource]
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.Data.Node(); *got != *n {
+		t.Errorf("round trip %+v, want %+v", got, n)
+	}
+	inst := &draupnir.Instance{ID: 9, ImageID: 4, Node: "n1", State: draupnir.InstanceUnavailable, CreatedAt: now, UpdatedAt: now}
+	if b, err = Marshal(NewInstanceResource(inst)); err != nil {
+		t.Fatal(err)
+	}
+	var ir InstanceResource
+	if err := json.Unmarshal(b, &ir); err != nil {
+		t.Fatal(err)
+	}
+	if got := ir.Instance(); *got != *inst || !strings.Contains(string(b), `"node":"n1"`) {
+		t.Errorf("round trip %+v (%s), want %+v", got, b, inst)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/draupnir-db/draupnir/datapath"
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
+	"github.com/draupnir-db/draupnir/nodes"
+	"github.com/draupnir-db/draupnir/replicate"
 	"github.com/draupnir-db/draupnir/sources"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
@@ -29,6 +31,13 @@ type core struct {
 	instances *instances.Service
 	sources   *sources.Service
 	lock      *datapath.Lock // the data path and run path, held while the server runs
+	// registry is the cluster's membership and signer signs and checks
+	// the calls nodes forward to each other; both nil on a single node.
+	registry *nodes.Registry
+	signer   *nodes.Signer
+	// replicator ships images to this node of a cluster; nil on a single
+	// node.
+	replicator *replicate.Replicator
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -85,7 +94,18 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.Close(ctx)
 		return nil, err
 	}
+	hostname := cfg.PublicHostname
+	var cluster instances.Cluster // a nil interface on a single node
+	if cfg.Node.Name != "" {
+		if cfg.Node.AdvertiseHost != "" {
+			hostname = cfg.Node.AdvertiseHost
+		}
+		c.registry = c.newRegistry(hostname)
+		c.signer = nodes.NewSigner(cfg.Node.Name, []byte(cfg.Cluster.Secret))
+		cluster = c.registry
+	}
 	c.images = images.New(images.Options{
+		Node:              cfg.Node.Name,
 		Pool:              c.db.Pool(),
 		Supervisor:        sup,
 		UploadsDir:        paths.Uploads(),
@@ -100,6 +120,8 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.images.WarmUp(major)
 	}
 	c.instances, err = instances.New(instances.Options{
+		Node:                  cfg.Node.Name,
+		Cluster:               cluster,
 		Pool:                  c.db.Pool(),
 		Supervisor:            sup,
 		Images:                c.images,
@@ -109,7 +131,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		MinPort:               cfg.Instances.MinPort,
 		MaxPort:               cfg.Instances.MaxPort,
 		ListenAddresses:       cfg.Instances.ListenAddresses,
-		Hostname:              cfg.PublicHostname,
+		Hostname:              hostname,
 		Settings:              cfg.Instances.Settings,
 		StartTimeout:          cfg.Instances.StartTimeout.Duration,
 		WarmPool:              cfg.Instances.WarmPool,
@@ -137,6 +159,12 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		c.Close(ctx)
 		return nil, fmt.Errorf("reconciling instances: %w", err)
 	}
+	// After the images' reconcile: the images this node made must be its
+	// own before their ready copies are recorded.
+	if c.replicator, err = c.newReplicator(ctx); err != nil {
+		c.Close(ctx)
+		return nil, fmt.Errorf("image shipping: %w", err)
+	}
 	c.instances.StartPool()
 	c.instances.StartSweeper()
 	c.sources, err = sources.New(sources.Options{
@@ -163,6 +191,9 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 func (c *core) Close(ctx context.Context) {
 	if c.sources != nil { // its refreshes use the images
 		c.sources.Close()
+	}
+	if c.registry != nil {
+		c.registry.Close()
 	}
 	if c.images != nil {
 		c.images.Close()

@@ -40,5 +40,5 @@ func newOps(cfg *config.Config, stderr io.Writer) (*slog.Logger, *metrics.Metric
 
 // observed returns the services as the doors should see them: measured.
 func (c *core) observed(m *metrics.Metrics) (imageService, draupnir.InstanceService) {
-	return newObservedImages(cascadingImages{c.images, c.instances}, m), observedInstances{c.instances, m}
+	return newObservedImages(c.placedImages(), m), observedInstances{c.placed(), m}
 }

@@ -63,7 +63,7 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		return err
 	}
 	c.doorImages, c.doorInstances = c.observed(m)
-	if err := m.CollectState(cascadingImages{c.images, c.instances}, c.instances, log.With("component", "metrics")); err != nil {
+	if err := m.CollectState(cascadingImages{c.images, c.instances}, ownInstances{c.instances, cfg.Node.Name}, log.With("component", "metrics")); err != nil {
 		return err
 	}
 	handler := httpapi.New(httpapi.Options{
@@ -75,6 +75,8 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 		Auth:         people,
 		Login:        login,
 		People:       people,
+		Nodes:        c.doorNodes(),
+		Forwards:     c.forwards(),
 		Health:       c,
 		Log:          log.With("component", "http"),
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
@@ -132,6 +134,18 @@ func serveCmd(ctx context.Context, configPath string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
+	if c.registry != nil {
+		// Last: other nodes place instances here once it beats, and the
+		// SSH door has made its host key by now.
+		if err := c.registry.Register(ctx); err != nil {
+			stopSSH(context.WithoutCancel(ctx))
+			return err
+		}
+		c.registry.Start()
+	}
+	// Once registered: the other nodes list this one as a source.
+	stopShipping := c.startShipping(ctx)
+	defer stopShipping()
 	if *makeDemo {
 		go func() {
 			err := demo.Make(ctx, demo.Options{

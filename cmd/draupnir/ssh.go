@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 
 	"github.com/draupnir-db/draupnir"
@@ -25,15 +24,14 @@ func startSSH(ctx context.Context, cfg *config.Config, c *core, keys sshd.Keys, 
 	if cfg.SSH.Port == 0 {
 		return func(context.Context) {}, nil
 	}
-	hostKey := cfg.SSH.HostKey
-	if hostKey == "" {
-		hostKey = filepath.Join(c.paths.Keys(), "ssh_host_ed25519_key")
-	}
+	hostKey := c.hostKeyPath()
 	sshLog := log.With("component", "ssh")
+	keys, nodeRunner := c.sshNodes(keys)
 	srv, err := sshd.New(sshd.Options{
 		HostKeyPath:    hostKey,
 		Uploads:        c.doorImages,
 		Keys:           keys,
+		Node:           nodeRunner,
 		Commands:       sshCommands(cfg, c, sshLog),
 		IdleTimeout:    cfg.SSH.IdleTimeout.Duration,
 		MaxTimeout:     cfg.SSH.MaxTimeout.Duration,
@@ -72,6 +70,7 @@ func sshCommands(cfg *config.Config, c *core, log *slog.Logger) sshd.CommandRunn
 			Instances:     c.doorInstances,
 			Sources:       c.sources,
 			Uploads:       c.doorImages,
+			Nodes:         c.doorNodes(),
 			Principal:     p,
 			ServerVersion: func(context.Context) (string, error) { return draupnir.Version, nil }, // the core is the server
 		}
