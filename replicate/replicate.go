@@ -227,9 +227,10 @@ func (r *Replicator) backoff(attempts int) time.Duration {
 }
 
 // parentOf is the image whose snapshot an image's stream can be incremental
-// against: the previous image of its series, which the receiver may already
-// hold. Until images record their source, an image's series is its lineage:
-// a saved image follows the image it was saved from.
+// against, which the receiver may already hold: the previous ready image of
+// its source's series (consecutive follow-mode images share every unchanged
+// block) or, for an image saved from an instance, the image it was saved
+// from. The candidates query chooses it.
 func parentOf(c candidate) int64 { return c.ParentID }
 
 // attempt claims image c and pulls it once from a node holding it ready.

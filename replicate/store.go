@@ -33,12 +33,15 @@ type candidate struct {
 // sent incrementally against it.
 func (s store) candidates(ctx context.Context, node string) ([]candidate, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT i.id, coalesce(i.parent_image_id, 0), i.size_bytes,
+		SELECT i.id, par.id, i.size_bytes,
 			coalesce(nullif(i.node, ''), (SELECT min(o.node) FROM image_copies o WHERE o.image_id = i.id AND o.state = 'ready'), ''),
 			array(SELECT r.node FROM image_copies r WHERE r.image_id = i.id AND r.state = 'ready' ORDER BY r.node),
-			array(SELECT r.node FROM image_copies r WHERE r.image_id = i.parent_image_id AND r.state = 'ready' ORDER BY r.node),
+			array(SELECT r.node FROM image_copies r WHERE r.image_id = par.id AND r.state = 'ready' ORDER BY r.node),
 			coalesce(c.attempts, 0), coalesce(extract(epoch FROM now() - c.updated_at), 0)
-		FROM images i LEFT JOIN image_copies c ON c.image_id = i.id AND c.node = $1
+		FROM images i LEFT JOIN image_copies c ON c.image_id = i.id AND c.node = $1,
+			-- The series' previous ready image, else the image it was saved from.
+			LATERAL (SELECT coalesce((SELECT max(p.id) FROM images p
+				WHERE i.source <> '' AND p.source = i.source AND p.id < i.id AND p.state = 'ready'), i.parent_image_id, 0) AS id) par
 		WHERE i.state = 'ready' AND i.node <> $1
 			AND (c.state IS NULL OR c.state = 'failed')
 			AND NOT EXISTS (SELECT 1 FROM image_copies d WHERE d.image_id = i.id AND d.state = 'destroying')
