@@ -791,20 +791,34 @@ func TestKillDuringLifetimeOps(t *testing.T) {
 		checkConsistent(t, s)
 	}
 	// hold stops (SIGSTOP) every process under dir once one shows up that
-	// is not in old (nor a backend of the instance in), and returns them.
-	hold := func(t *testing.T, under string, old map[int]proc) []int {
+	// is not in old (nor a backend of the instance in), and returns them;
+	// none if finished is closed first. It looks every millisecond or so:
+	// a save's private postgres lives for a few tens of them.
+	hold := func(t *testing.T, under string, old map[int]proc, finished <-chan struct{}) []int {
 		t.Helper()
-		var held []int
-		waitFor(t, 60*time.Second, "a new postgres under "+under, func() bool {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var held []int
 			for pid, p := range procsUnder(under) {
 				if _, ok := old[pid]; !ok && (under == dir || !strings.HasPrefix(p.cwd+"/", dir+"/")) {
 					syscall.Kill(pid, syscall.SIGSTOP)
 					held = append(held, pid)
 				}
 			}
-			return len(held) > 0
-		})
-		return held
+			if len(held) > 0 {
+				return held
+			}
+			select {
+			case <-finished:
+				t.Logf("the operation finished before a new postgres under %s was seen", under)
+				return nil
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new postgres under %s", under)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 
 	t.Run("reset, before the old postgres stops", func(t *testing.T) {
@@ -829,7 +843,7 @@ func TestKillDuringLifetimeOps(t *testing.T) {
 		old := procsUnder(dir)
 		done := make(chan error, 1)
 		go func() { _, err := user.Reset(ctx, draupnir.Principal{}, in.ID, 0); done <- err }()
-		held := hold(t, dir, old)
+		held := hold(t, dir, old, nil)
 		crash(t, held, done)
 		same(t)
 		if !resetData(t) {
@@ -873,25 +887,18 @@ func TestKillDuringLifetimeOps(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		// pause holds the save at its point and returns what it stopped.
-		pause func(t *testing.T, done <-chan error) []int
+		pause func(t *testing.T, finished <-chan struct{}) []int
 	}{
-		{"save, at the instance's checkpoint", func(t *testing.T, done <-chan error) []int {
+		{"save, at the instance's checkpoint", func(t *testing.T, finished <-chan struct{}) []int {
 			// started by the caller with the instance's postmaster stopped
 			waitFor(t, 30*time.Second, "the save to register its image", func() bool {
 				return saved(images(t, false)) != nil
 			})
 			return nil
 		}},
-		{"save, while the copy boots to shut down cleanly", func(t *testing.T, done <-chan error) []int {
-			var work string
-			waitFor(t, 30*time.Second, "the save to register its image", func() bool {
-				if m := saved(images(t, false)); m != nil {
-					work = filepath.Join(s.layout().Snapshots(), strconv.FormatInt(m.ID, 10)+".work")
-					return true
-				}
-				return false
-			})
-			return hold(t, work, nil)
+		{"save, while the copy boots to shut down cleanly", func(t *testing.T, finished <-chan struct{}) []int {
+			// Nothing else runs under the image snapshots.
+			return hold(t, s.layout().Snapshots(), nil, finished)
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -902,16 +909,26 @@ func TestKillDuringLifetimeOps(t *testing.T) {
 				syscall.Kill(pm, syscall.SIGSTOP)
 				held = append(held, pm)
 			}
-			done := make(chan error, 1)
-			go func() { _, err := user.Save(ctx, draupnir.Principal{}, in.ID); done <- err }()
-			held = append(held, tt.pause(t, done)...)
+			done, finished := make(chan error, 1), make(chan struct{})
+			go func() {
+				_, err := user.Save(ctx, draupnir.Principal{}, in.ID)
+				done <- err
+				close(finished)
+			}()
+			held = append(held, tt.pause(t, finished)...)
 			crash(t, held, done)
 			same(t)
 			if resetData(t) {
 				t.Error("an interrupted save changed the instance's data")
 			}
+			// Gone, or (had it finished before the kill) ready.
 			if m := saved(images(t, true)); m != nil {
-				t.Errorf("the interrupted save left image %d (%s)", m.ID, m.State)
+				if !m.Ready() {
+					t.Errorf("the interrupted save left image %d %s", m.ID, m.State)
+				}
+				if err := s.user().Images().Destroy(ctx, draupnir.Principal{}, m.ID); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if pids := postgresUnder(s.layout().Snapshots()); len(pids) > 0 {
 				t.Errorf("postgres processes left under the image snapshots: %v", pids)
@@ -938,7 +955,7 @@ func TestKillDuringLifetimeOps(t *testing.T) {
 				done <- err
 			}()
 		}
-		held := hold(t, s.layout().Instances(), old)
+		held := hold(t, s.layout().Instances(), old, nil)
 		s.stop(syscall.SIGKILL)
 		for range creates {
 			<-done
