@@ -529,6 +529,7 @@ func (m *Manager) connect(ctx context.Context, sb *standby) (*pgx.Conn, error) {
 	db, err := open(su)
 	if isMissingRole(err) {
 		if su, err = m.findSuperuser(ctx, sb); err == nil {
+			m.log.Info("the source's superuser has another name", "source", sb.src.Name, "superuser", su)
 			db, err = open(su)
 		}
 	}
@@ -633,9 +634,10 @@ var errRestart = errors.New("the standby needs a restart")
 
 // poll reads the standby's state and lag into its status. The lag is the
 // source's WAL position as its WAL sender last reported it to the standby
-// (pg_stat_wal_receiver.latest_end_lsn, sent with every WAL message)
-// minus the replay position: no extra connection to the source, and under
-// load as current as the stream itself.
+// (pg_stat_wal_receiver.latest_end_lsn, sent with every WAL message; until
+// the first one, what the standby has received) minus the replay position:
+// no extra connection to the source, and under load as current as the
+// stream itself.
 func (m *Manager) poll(ctx context.Context, sb *standby) error {
 	db, err := m.pollConn(ctx, sb)
 	if err != nil {
@@ -647,7 +649,7 @@ func (m *Manager) poll(ctx context.Context, sb *standby) error {
 		receiver   *string
 		pause      string
 	)
-	err = db.QueryRow(ctx, `SELECT pg_catalog.pg_wal_lsn_diff(r.latest_end_lsn, pg_catalog.pg_last_wal_replay_lsn())::bigint,
+	err = db.QueryRow(ctx, `SELECT pg_catalog.pg_wal_lsn_diff(GREATEST(r.latest_end_lsn, r.flushed_lsn), pg_catalog.pg_last_wal_replay_lsn())::bigint,
 		pg_catalog.pg_last_xact_replay_timestamp(), r.status, pg_catalog.pg_get_wal_replay_pause_state()
 		FROM (SELECT 1) AS one LEFT JOIN pg_catalog.pg_stat_wal_receiver AS r ON true`).Scan(&lag, &replayedAt, &receiver, &pause)
 	if err != nil {
@@ -671,7 +673,7 @@ func (m *Manager) poll(ctx context.Context, sb *standby) error {
 		case receiver == nil || *receiver != "streaming":
 			s.State = Disconnected
 		case lag == nil:
-			s.State = CatchingUp // streaming, but no position from the sender yet
+			s.State = CatchingUp // streaming, but nothing replayed yet
 		default:
 			s.LagBytes = max(0, *lag)
 			s.State = Streaming

@@ -63,6 +63,7 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 		return err
 	}
 	defer db.Close(context.WithoutCancel(ctx))
+	begin := time.Now()
 	if sb.conn != nil {
 		target, err := m.sourcePosition(ctx, sb)
 		if err != nil {
@@ -72,12 +73,14 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 			return err
 		}
 	}
+	caughtUp := time.Since(begin)
 	if !m.opts.NoRestartpoint {
 		if _, err := db.Exec(ctx, "CHECKPOINT"); err != nil {
 			return fmt.Errorf("source %s: restartpoint on the standby: %w", name, err)
 		}
 	}
 	start := time.Now()
+	restartpoint := start.Sub(begin) - caughtUp
 	if err := m.opts.Volumes.Snapshot(sb.l.data, dst, false); err != nil {
 		return fmt.Errorf("snapshot of the standby of source %s: %w", name, err)
 	}
@@ -89,7 +92,8 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 			return fmt.Errorf("snapshot of the standby of source %s: %w", name, err)
 		}
 	}
-	m.log.Info("standby snapshotted", "source", name, "dst", dst, "duration", time.Since(start))
+	m.log.Info("standby snapshotted", "source", name, "dst", dst, "catch_up", caughtUp,
+		"restartpoint", restartpoint, "snapshot", time.Since(start))
 	return nil
 }
 
