@@ -385,6 +385,10 @@ ssl = off
 recovery_target_timeline = 'latest'
 log_line_prefix = '%%m [%%p] '
 shared_buffers = 128MB
+# On btrfs, copy-on-write: zero-filling and recycling WAL segments only
+# writes blocks that every snapshot then holds apart from the standby.
+wal_init_zero = off
+wal_recycle = off
 `, name)
 	fmt.Fprintf(&conf, "hba_file = %s\nident_file = %s\n", quote(sb.l.hba), quote(sb.l.ident))
 	// A hot standby refuses to run with less than its source has.
@@ -609,9 +613,14 @@ func (m *Manager) watch(ctx context.Context, sb *standby, proc *supervisor.Proce
 	defer t.Stop()
 	for {
 		if err := m.poll(ctx, sb); err != nil {
-			if errors.Is(err, errRestart) {
+			if errors.Is(err, errRestart) || errors.Is(err, errRebuild) {
 				if serr := proc.Stop(ctx, supervisor.Fast, time.Minute); serr != nil {
 					return serr
+				}
+				if errors.Is(err, errRebuild) {
+					if derr := m.opts.Volumes.Delete(sb.l.data); derr != nil {
+						return fmt.Errorf("%w; deleting it: %w", err, derr)
+					}
 				}
 				return err
 			}
@@ -629,8 +638,13 @@ func (m *Manager) watch(ctx context.Context, sb *standby, proc *supervisor.Proce
 	}
 }
 
-// errRestart marks a poll that found the standby in need of a restart.
-var errRestart = errors.New("the standby needs a restart")
+var (
+	// errRestart marks a poll that found the standby in need of a restart.
+	errRestart = errors.New("the standby needs a restart")
+	// errRebuild marks a poll that found the standby unable to go on: the
+	// source no longer has the WAL it needs.
+	errRebuild = errors.New("the standby needs a new base backup")
+)
 
 // poll reads the standby's state and lag into its status. The lag is the
 // source's WAL position as its WAL sender last reported it to the standby
@@ -648,6 +662,7 @@ func (m *Manager) poll(ctx context.Context, sb *standby) error {
 		replayedAt *time.Time
 		receiver   *string
 		pause      string
+		gone       bool
 	)
 	err = db.QueryRow(ctx, `SELECT pg_catalog.pg_wal_lsn_diff(GREATEST(r.latest_end_lsn, r.flushed_lsn), pg_catalog.pg_last_wal_replay_lsn())::bigint,
 		pg_catalog.pg_last_xact_replay_timestamp(), r.status, pg_catalog.pg_get_wal_replay_pause_state()
@@ -672,6 +687,7 @@ func (m *Manager) poll(ctx context.Context, sb *standby) error {
 			s.State, s.LagBytes = Streaming, 0
 		case receiver == nil || *receiver != "streaming":
 			s.State = Disconnected
+			gone = sb.src.RestoreCommand == "" && walGone(sb.l.log)
 		case lag == nil:
 			s.State = CatchingUp // streaming, but nothing replayed yet
 		default:
@@ -687,5 +703,37 @@ func (m *Manager) poll(ctx context.Context, sb *standby) error {
 		}
 		s.LastError = ""
 	})
+	if gone {
+		m.log.Error("the source removed WAL its standby still needed; making a new base backup (keep WAL on the source with wal_keep_size, or give a restore_command)", "source", sb.src.Name)
+		return fmt.Errorf("source %s removed WAL its standby still needed (raise wal_keep_size on it, or give a restore_command): %w", sb.src.Name, errRebuild)
+	}
 	return nil
+}
+
+// walGone reports whether the standby's last attempt to stream failed
+// because the source had removed the WAL it asked for: postgres then
+// retries for ever in vain. The server log is the only place that says so.
+func walGone(logFile string) bool {
+	f, err := os.Open(logFile)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	const tailBytes = 16 << 10
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, _ := io.ReadAll(io.NewSectionReader(f, max(0, fi.Size()-tailBytes), tailBytes))
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		if strings.Contains(l, "could not receive data from WAL stream") {
+			return strings.Contains(l, "has already been removed")
+		}
+		if strings.Contains(l, "started streaming WAL") || strings.Contains(l, "database system is ready") {
+			return false
+		}
+	}
+	return false
 }

@@ -411,3 +411,32 @@ func TestBadSources(t *testing.T) {
 	src.SQL(t, "postgres", "ALTER ROLE norep REPLICATION")
 	waitState(t, m, "norep", Streaming)
 }
+
+// TestSourceRemovedWAL cuts the standby off while the source writes and
+// checkpoints past what it had streamed, with nothing keeping that WAL:
+// postgres would retry in vain for ever, so the standby is made again from
+// a new base backup, and then has the rows.
+func TestSourceRemovedWAL(t *testing.T) {
+	e := newEnv(t)
+	src := testenv.NewSource(t, testenv.SourceOptions{SetupSQL: "CREATE TABLE t AS SELECT 1 AS n"})
+	m := e.start(t, Source{Name: "app", Conninfo: src.Conninfo})
+	waitState(t, m, "app", Streaming)
+	first := pidOf(t, filepath.Join(e.dir, "app"))
+
+	src.SQL(t, "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+	for i := 0; i < 3; i++ {
+		src.SQL(t, "postgres", "INSERT INTO t VALUES (2); SELECT pg_switch_wal()")
+	}
+	src.SQL(t, "postgres", "CHECKPOINT")
+	waitFor(t, m, "app", "rebuilt", func(st Status) bool {
+		b, err := os.ReadFile(filepath.Join(e.dir, "app", "postmaster.pid"))
+		return st.State == Streaming && err == nil && !strings.HasPrefix(string(b), strconv.Itoa(first)+"\n")
+	})
+	dst := filepath.Join(e.dir, "image")
+	if err := m.SnapshotInto(context.Background(), "app", dst); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, boot(t, e, dst, "postgres", "postgres"), "t"); n != 4 {
+		t.Errorf("snapshot after the rebuild has %d rows, want 4", n)
+	}
+}
