@@ -527,7 +527,14 @@ func (m *Manager) connect(ctx context.Context, sb *standby) (*pgx.Conn, error) {
 			return nil, err
 		}
 		cfg.Host, cfg.Port, cfg.User, cfg.Database = sb.l.sockets, port, user, "template1"
-		cfg.RuntimeParams["application_name"] = "draupnir"
+		// The source's superuser may have set role and database defaults
+		// (ALTER ROLE … SET), replicated here; what the client sends wins
+		// over them.
+		for k, v := range map[string]string{"application_name": "draupnir", "search_path": "pg_catalog",
+			"statement_timeout": "0", "lock_timeout": "0", "session_preload_libraries": "",
+			"local_preload_libraries": "", "default_transaction_isolation": "read committed"} {
+			cfg.RuntimeParams[k] = v
+		}
 		return pgx.ConnectConfig(ctx, cfg)
 	}
 	db, err := open(su)
@@ -625,6 +632,8 @@ func (m *Manager) watch(ctx context.Context, sb *standby, proc *supervisor.Proce
 				return err
 			}
 			if ctx.Err() == nil && proc.Alive() {
+				// The standby runs but cannot be read: say why.
+				sb.set(func(s *Status) { s.LastError = err.Error() })
 				m.log.Debug("standby poll failed", "source", sb.src.Name, "err", err)
 			}
 		}

@@ -142,8 +142,8 @@ func pidOf(t *testing.T, dataDir string) int {
 
 // TestFollow follows a source whose superuser is not called postgres,
 // through a replication role that must give its password (from a
-// passfile), and whose configuration tries to run commands on any server
-// booted from its files. Writes on the source reach a snapshot booted as a
+// passfile), whose configuration tries to run commands on any server
+// booted from its files, and whose role settings would break the polls. Writes on the source reach a snapshot booted as a
 // primary; the password is nowhere but in the passfiles; the planted
 // settings never apply; nothing listens on TCP.
 func TestFollow(t *testing.T) {
@@ -162,6 +162,11 @@ func TestFollow(t *testing.T) {
 	f.Close()
 	src.SQL(t, "postgres", fmt.Sprintf("ALTER SYSTEM SET archive_command = 'touch %s.auto'", marker))
 	src.SQL(t, "postgres", "ALTER SYSTEM SET archive_mode = 'always'")
+	// Defaults for the role and database Draupnir polls the standby as and
+	// in, replicated with the data: each alone would break every poll.
+	src.SQL(t, "postgres", "ALTER ROLE boss IN DATABASE template1 SET statement_timeout = '1ms'")
+	src.SQL(t, "postgres", "ALTER ROLE boss IN DATABASE template1 SET session_preload_libraries = 'draupnir_no_such_library'")
+	src.SQL(t, "postgres", "ALTER DATABASE template1 SET search_path = public, pg_catalog")
 	const password = "s3cret-Passw0rd-xyzzy"
 	conninfo, passfile := src.ReplicationRole(t, "replicator", password)
 
@@ -200,7 +205,7 @@ func TestFollow(t *testing.T) {
 	}
 	// Private: no TCP, socket directory and data the postgres user's alone.
 	l := m.layout("app")
-	db, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=5432 user=boss dbname=template1", l.sockets))
+	db, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=5432 user=boss dbname=postgres", l.sockets))
 	if err != nil {
 		t.Fatal(err)
 	}
