@@ -284,12 +284,11 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 			return fmt.Errorf("standby of source %s: deleting %s: %w", name, dir, err)
 		}
 	}
-	for _, f := range []string{l.passfile, l.log} {
-		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, dir := range []string{l.private, l.sockets} {
+		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("standby of source %s: %w", name, err)
 		}
 	}
-	os.RemoveAll(l.sockets)
 	return nil
 }
 

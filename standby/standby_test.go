@@ -445,3 +445,40 @@ func TestSourceRemovedWAL(t *testing.T) {
 		t.Errorf("snapshot after the rebuild has %d rows, want 4", n)
 	}
 }
+
+// TestRemove drops a source from the configuration: the next server start
+// stops its standby but keeps its data; Remove refuses while the source is
+// followed and deletes everything once it is not.
+func TestRemove(t *testing.T) {
+	e := newEnv(t)
+	src := testenv.NewSource(t, testenv.SourceOptions{})
+	s := Source{Name: "app", Conninfo: src.Conninfo}
+	m := e.start(t, s)
+	waitState(t, m, "app", Streaming)
+	if err := m.Remove(context.Background(), "app"); err == nil || !strings.Contains(err.Error(), "still followed") {
+		t.Errorf("Remove of a followed source: %v", err)
+	}
+	m.Close()
+	data := filepath.Join(e.dir, "app")
+	pid := pidOf(t, data)
+
+	later := e.start(t) // app is no longer configured
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if syscall.Kill(pid, 0) == nil {
+		t.Fatal("the standby of a source no longer configured still runs")
+	}
+	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
+		t.Fatalf("its data is gone: %v", err)
+	}
+	if err := later.Remove(context.Background(), "app"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{data, data + ".private", filepath.Join(e.run, "app")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("Remove left %s (%v)", p, err)
+		}
+	}
+}
