@@ -361,17 +361,9 @@ var controlSettings = []struct{ control, setting string }{
 func (m *Manager) configure(ctx context.Context, sb *standby) (bool, error) {
 	name := sb.src.Name
 	sup := m.opts.Postgres
-	version, err := supervisor.DataVersion(sb.l.data)
+	control, err := m.controlData(ctx, sb.l.data)
 	if err != nil {
 		return false, fmt.Errorf("source %s: %w", name, err)
-	}
-	bin, err := sup.BinDir(version)
-	if err != nil {
-		return false, fmt.Errorf("source %s: %w", name, err)
-	}
-	out, err := sup.Command(ctx, filepath.Join(bin, "pg_controldata"), "-D", sb.l.data).CombinedOutput()
-	if err != nil {
-		return false, fmt.Errorf("source %s: pg_controldata: %w: %s", name, err, bytes.TrimSpace(out))
 	}
 	var conf strings.Builder
 	fmt.Fprintf(&conf, `# Written by draupnir for the standby of source %s; rewritten at every
@@ -393,9 +385,9 @@ wal_recycle = off
 	fmt.Fprintf(&conf, "hba_file = %s\nident_file = %s\n", quote(sb.l.hba), quote(sb.l.ident))
 	// A hot standby refuses to run with less than its source has.
 	for _, cs := range controlSettings {
-		v, err := controlValue(string(out), cs.control)
+		v, err := strconv.Atoi(control[cs.control])
 		if err != nil {
-			return false, fmt.Errorf("source %s: pg_controldata: %w", name, err)
+			return false, fmt.Errorf("source %s: pg_controldata's %s: %w", name, cs.control, err)
 		}
 		if cs.setting == "max_connections" {
 			v = max(v, 10)
@@ -444,15 +436,28 @@ wal_recycle = off
 	return changed, nil
 }
 
-// controlValue finds "label: N" in pg_controldata's output.
-func controlValue(out, label string) (int, error) {
-	for _, line := range strings.Split(out, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok && strings.TrimSpace(k) == label {
-			return strconv.Atoi(strings.TrimSpace(v))
+// controlData runs pg_controldata on dir and returns its "label: value"
+// lines.
+func (m *Manager) controlData(ctx context.Context, dir string) (map[string]string, error) {
+	version, err := supervisor.DataVersion(dir)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := m.opts.Postgres.BinDir(version)
+	if err != nil {
+		return nil, err
+	}
+	out, err := m.opts.Postgres.Command(ctx, filepath.Join(bin, "pg_controldata"), "-D", dir).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("pg_controldata: %w: %s", err, bytes.TrimSpace(out))
+	}
+	values := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			values[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 	}
-	return 0, fmt.Errorf("no %q line", label)
+	return values, nil
 }
 
 // quote makes s a postgresql.conf string.

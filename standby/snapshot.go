@@ -7,7 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -92,6 +96,10 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 			return fmt.Errorf("snapshot of the standby of source %s: %w", name, err)
 		}
 	}
+	if err := m.trimWAL(ctx, dst); err != nil {
+		// Only disk is at stake: the copy is whole without the trim.
+		m.log.Warn("could not trim the snapshot's WAL", "source", name, "err", err)
+	}
 	m.log.Info("standby snapshotted", "source", name, "dst", dst, "catch_up", caughtUp,
 		"restartpoint", restartpoint, "snapshot", time.Since(start))
 	return nil
@@ -121,4 +129,87 @@ func (m *Manager) waitReplay(ctx context.Context, sb *standby, db *pgx.Conn, lsn
 		}
 		delay = min(delay*2, 50*time.Millisecond)
 	}
+}
+
+// trimWAL drops from a fresh snapshot the WAL that its crash recovery will
+// not read: the segments before the one holding the redo point of its last
+// restartpoint, and in that one the pages between the first (whose header
+// postgres checks) and the redo point's, punched out. The standby removes
+// and overwrites its own copies of those blocks later; the image would
+// otherwise keep them as its own, up to a WAL segment per image.
+func (m *Manager) trimWAL(ctx context.Context, dir string) error {
+	control, err := m.controlData(ctx, dir)
+	if err != nil {
+		return err
+	}
+	redoFile := control["Latest checkpoint's REDO WAL file"]
+	segSize, err1 := strconv.ParseInt(control["Bytes per WAL segment"], 10, 64)
+	block, err2 := strconv.ParseInt(control["WAL block size"], 10, 64)
+	redo, err3 := parseLSN(control["Latest checkpoint's REDO location"])
+	if len(redoFile) != 24 || err1 != nil || err2 != nil || err3 != nil || segSize <= 0 || block <= 0 {
+		return fmt.Errorf("pg_controldata of %s: no redo point to trim to", dir)
+	}
+	// Opened without following links: the directory came from the source.
+	wal, err := unix.Open(filepath.Join(dir, "pg_wal"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening pg_wal: %w", err)
+	}
+	d := os.NewFile(uintptr(wal), "pg_wal")
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		// Segments only (24 hex digits), of any timeline: the last 16
+		// digits are the segment number.
+		if len(n) == 24 && isHex(n) && n[8:] < redoFile[8:] {
+			if err := unix.Unlinkat(wal, n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("removing pg_wal/%s: %w", n, err)
+			}
+		}
+	}
+	end := (int64(redo%uint64(segSize)) / block) * block
+	if end <= block {
+		return nil
+	}
+	fd, err := unix.Openat(wal, redoFile, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening pg_wal/%s: %w", redoFile, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("pg_wal/%s is not a regular file", redoFile)
+	}
+	if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, block, end-block); err != nil {
+		return fmt.Errorf("punching pg_wal/%s: %w", redoFile, err)
+	}
+	return nil
+}
+
+// parseLSN reads a WAL position written as "X/Y".
+func parseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("%q is not a WAL position", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, err
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, err
+	}
+	return h<<32 | l, nil
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789ABCDEF", c) {
+			return false
+		}
+	}
+	return true
 }

@@ -186,6 +186,19 @@ func TestFollow(t *testing.T) {
 				t.Errorf("round %d: the snapshot has %s (%v)", round, f, err)
 			}
 		}
+		// The WAL before the redo point is trimmed away; recovery below
+		// shows that what is left is enough.
+		control, err := m.controlData(context.Background(), dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		redo := control["Latest checkpoint's REDO WAL file"]
+		segs, _ := filepath.Glob(filepath.Join(dst, "pg_wal", "[0-9A-F]*"))
+		for _, seg := range segs {
+			if n := filepath.Base(seg); len(n) == 24 && n < redo {
+				t.Errorf("round %d: the snapshot kept pg_wal/%s, older than its redo point's %s", round, n, redo)
+			}
+		}
 		c := boot(t, e, dst, "boss", "app")
 		if n, want := count(t, c, "t"), 1000+100*round; n != want {
 			t.Errorf("round %d: the snapshot has %d rows, want %d", round, n, want)
