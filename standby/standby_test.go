@@ -176,6 +176,9 @@ func TestFollow(t *testing.T) {
 
 	for round := 1; round <= 2; round++ {
 		src.SQL(t, "app", "INSERT INTO t SELECT generate_series(1, 100)")
+		// A checkpoint mid-segment: the snapshot's redo point, with WAL
+		// before it in the same segment to trim.
+		src.SQL(t, "app", "CREATE TABLE filler AS SELECT generate_series(1, 5000) AS n; DROP TABLE filler; CHECKPOINT")
 		src.SQL(t, "postgres", "SELECT pg_switch_wal()") // archive_mode=always would archive on the standby
 		dst := filepath.Join(e.dir, fmt.Sprintf("image%d", round))
 		if err := m.SnapshotInto(context.Background(), "app", dst); err != nil {
@@ -197,6 +200,21 @@ func TestFollow(t *testing.T) {
 		for _, seg := range segs {
 			if n := filepath.Base(seg); len(n) == 24 && n < redo {
 				t.Errorf("round %d: the snapshot kept pg_wal/%s, older than its redo point's %s", round, n, redo)
+			}
+		}
+		lsn, err := parseLSN(control["Latest checkpoint's REDO location"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if redoPage := int64(lsn%(16<<20)) &^ 8191; redoPage > 8192 {
+			f, err := os.Open(filepath.Join(dst, "pg_wal", redo))
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := f.Seek(8192, 3) // SEEK_DATA: the first data at or after page 1
+			f.Close()
+			if err != nil || data < redoPage {
+				t.Errorf("round %d: pg_wal/%s has data at %d (%v), before its redo point's page at %d", round, redo, data, err, redoPage)
 			}
 		}
 		c := boot(t, e, dst, "boss", "app")
