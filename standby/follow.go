@@ -197,6 +197,9 @@ func (m *Manager) privateDir(sb *standby) error {
 	if err := os.Chown(sb.l.private, sup.UID(), sup.GID()); err != nil {
 		return fmt.Errorf("source %s: %w", sb.src.Name, err)
 	}
+	if err := os.Chmod(sb.l.private, 0o700); err != nil {
+		return fmt.Errorf("source %s: %w", sb.src.Name, err)
+	}
 	if sb.src.Passfile == "" {
 		if err := os.Remove(sb.l.passfile); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("source %s: %w", sb.src.Name, err)

@@ -74,8 +74,9 @@ type Volumes interface {
 // Options configure a Manager.
 type Options struct {
 	// Dir holds one subvolume per standby (datapath's Standbys), and
-	// beside it what must not go into snapshots: its log and its copy of
-	// the passfile. On btrfs.
+	// beside it what must not go into snapshots: its configuration, log
+	// and copy of the passfile. On the btrfs filesystem SnapshotInto's
+	// destinations are on: a snapshot cannot cross filesystems.
 	Dir string
 	// RunDir holds each standby's socket directory (datapath's
 	// StandbySockets); it must be short, as socket paths are.
