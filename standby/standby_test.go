@@ -513,3 +513,25 @@ func TestRemove(t *testing.T) {
 		}
 	}
 }
+
+// TestBaseBackupFails lets pg_basebackup itself fail, after the source
+// answered and the scratch subvolume was made (the source allows one WAL
+// sender; -X stream needs two): the error names the source, and nothing
+// is left behind.
+func TestBaseBackupFails(t *testing.T) {
+	e := newEnv(t)
+	src := testenv.NewSource(t, testenv.SourceOptions{Settings: map[string]string{"max_wal_senders": "1"}})
+	m := e.start(t, Source{Name: "app", Conninfo: src.Conninfo})
+	st := waitState(t, m, "app", Failed)
+	if !strings.Contains(st.LastError, "source app: base backup failed") {
+		t.Errorf("error %q, want it to say the base backup of source app failed", st.LastError)
+	}
+	// Ended, a retry in flight cleans up after itself too.
+	m.Close()
+	ents, _ := os.ReadDir(e.dir)
+	for _, ent := range ents {
+		if ent.Name() != "app.private" {
+			t.Errorf("a failed base backup left %s behind", ent.Name())
+		}
+	}
+}
