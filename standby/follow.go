@@ -83,7 +83,18 @@ func (sb *standby) set(f func(*Status)) {
 }
 
 func (sb *standby) fail(err error) {
-	sb.set(func(s *Status) { s.State, s.LastError = Failed, err.Error() })
+	sb.set(func(s *Status) { s.State, s.LastError = Failed, clip(err.Error()) })
+}
+
+// maxError bounds LastError: messages relayed from the source (libpq's,
+// pg_basebackup's) are the source's to make as long as it likes.
+const maxError = 2000
+
+func clip(msg string) string {
+	if len(msg) <= maxError {
+		return msg
+	}
+	return msg[:maxError/2] + " … " + msg[len(msg)-maxError/2:]
 }
 
 func (sb *standby) process() *supervisor.Process {
@@ -641,7 +652,7 @@ func (m *Manager) watch(ctx context.Context, sb *standby, proc *supervisor.Proce
 			}
 			if ctx.Err() == nil && proc.Alive() {
 				// The standby runs but cannot be read: say why.
-				sb.set(func(s *Status) { s.LastError = err.Error() })
+				sb.set(func(s *Status) { s.LastError = clip(err.Error()) })
 				m.log.Debug("standby poll failed", "source", sb.src.Name, "err", err)
 			}
 		}
