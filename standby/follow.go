@@ -329,6 +329,9 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 		}
 		return fmt.Errorf("source %s: base backup failed: %w: %s", name, err, strings.TrimSpace(string(out)))
 	}
+	if err := noTablespaces(sb.l.incoming); err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
+	}
 	// The source's own server state must not come along.
 	for _, f := range []string{"postgresql.auto.conf", "standby.signal", "recovery.signal", "postmaster.pid", "postmaster.opts"} {
 		if err := os.Remove(filepath.Join(sb.l.incoming, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -339,6 +342,29 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 		return fmt.Errorf("source %s: moving the base backup into place: %w", name, err)
 	}
 	m.log.Info("base backup of source done", "source", name, "duration", time.Since(start))
+	return nil
+}
+
+// noTablespaces refuses a data directory with tablespaces: their data
+// lives outside it (pg_basebackup writes them to the source's paths, here),
+// so a snapshot would not hold it and an image booted from one would write
+// into the standby's.
+func noTablespaces(dir string) error {
+	ents, err := os.ReadDir(filepath.Join(dir, "pg_tblspc"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading pg_tblspc: %w", err)
+	}
+	if len(ents) > 0 {
+		var names []string
+		for _, e := range ents {
+			if target, err := os.Readlink(filepath.Join(dir, "pg_tblspc", e.Name())); err == nil {
+				names = append(names, e.Name()+" at "+target)
+			} else {
+				names = append(names, e.Name())
+			}
+		}
+		return fmt.Errorf("the source uses tablespaces (%s), which follow mode does not support", strings.Join(names, ", "))
+	}
 	return nil
 }
 

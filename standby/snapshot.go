@@ -88,6 +88,11 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 	if err := m.opts.Volumes.Snapshot(sb.l.data, dst, false); err != nil {
 		return fmt.Errorf("snapshot of the standby of source %s: %w", name, err)
 	}
+	// A tablespace created on the source since the base backup.
+	if err := noTablespaces(dst); err != nil {
+		m.opts.Volumes.Delete(dst)
+		return fmt.Errorf("snapshot of the standby of source %s: %w", name, err)
+	}
 	// The running standby's lock file and signal would only get in the way
 	// of whoever boots the copy.
 	for _, f := range []string{"postmaster.pid", "postmaster.opts", "standby.signal"} {

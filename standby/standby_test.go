@@ -535,3 +535,39 @@ func TestBaseBackupFails(t *testing.T) {
 		}
 	}
 }
+
+// TestTablespaces refuses a source with a tablespace (here one inside its
+// data directory, which pg_basebackup copies without complaint): the
+// tablespace's data would escape the snapshots.
+func TestTablespaces(t *testing.T) {
+	e := newEnv(t)
+	src := testenv.NewSource(t, testenv.SourceOptions{Settings: map[string]string{"allow_in_place_tablespaces": "on"}})
+	src.SQL(t, "postgres", "CREATE TABLESPACE ts LOCATION ''")
+	src.SQL(t, "postgres", "CREATE TABLE t (n int) TABLESPACE ts")
+	m := e.start(t, Source{Name: "app", Conninfo: src.Conninfo})
+	st := waitState(t, m, "app", Failed)
+	if !strings.Contains(st.LastError, "source app: the source uses tablespaces") {
+		t.Errorf("error %q, want it to say source app uses tablespaces", st.LastError)
+	}
+	m.Close()
+	ents, _ := os.ReadDir(e.dir)
+	for _, ent := range ents {
+		if ent.Name() != "app.private" {
+			t.Errorf("a refused base backup left %s behind", ent.Name())
+		}
+	}
+
+	// One created once the standby follows: refreshes are refused.
+	later := testenv.NewSource(t, testenv.SourceOptions{Settings: map[string]string{"allow_in_place_tablespaces": "on"}})
+	m = e.start(t, Source{Name: "later", Conninfo: later.Conninfo})
+	waitState(t, m, "later", Streaming)
+	later.SQL(t, "postgres", "CREATE TABLESPACE ts LOCATION ''")
+	later.SQL(t, "postgres", "CREATE TABLE t (n int) TABLESPACE ts")
+	dst := filepath.Join(e.dir, "image")
+	if err := m.SnapshotInto(context.Background(), "later", dst); err == nil || !strings.Contains(err.Error(), "tablespaces") {
+		t.Errorf("SnapshotInto of a standby with a tablespace: %v", err)
+	}
+	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
+		t.Errorf("a refused snapshot left %s (%v)", dst, err)
+	}
+}
