@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sys/unix"
 )
 
 // SnapshotInto makes dst (must not exist; its parent must) a writable btrfs
@@ -36,7 +35,8 @@ import (
 // that instant would leave them. PostgreSQL's crash recovery is made for
 // that state: it replays pg_wal from the last restartpoint to the end of the
 // WAL the snapshot holds. Replay is not paused for it; the standby goes on
-// as if nothing happened.
+// as if nothing happened. The WAL before the redo point is then trimmed
+// from the copy (see trimWAL), and a copy with tablespaces is refused.
 func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 	m.mu.Lock()
 	sb, ok := m.standbys[name]
