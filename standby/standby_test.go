@@ -455,15 +455,20 @@ func TestBadSources(t *testing.T) {
 func TestSourceRemovedWAL(t *testing.T) {
 	e := newEnv(t)
 	src := testenv.NewSource(t, testenv.SourceOptions{SetupSQL: "CREATE TABLE t AS SELECT 1 AS n"})
-	m := e.start(t, Source{Name: "app", Conninfo: src.Conninfo})
+	conninfo, passfile := src.ReplicationRole(t, "replicator", "pw")
+	m := e.start(t, Source{Name: "app", Conninfo: conninfo, Passfile: passfile})
 	waitState(t, m, "app", Streaming)
 	first := pidOf(t, filepath.Join(e.dir, "app"))
 
+	// Kept out while the source moves on, so that it cannot stream the
+	// WAL before the checkpoint removes it.
+	src.SQL(t, "postgres", "ALTER ROLE replicator NOLOGIN")
 	src.SQL(t, "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
 	for i := 0; i < 3; i++ {
 		src.SQL(t, "postgres", "INSERT INTO t VALUES (2); SELECT pg_switch_wal()")
 	}
 	src.SQL(t, "postgres", "CHECKPOINT")
+	src.SQL(t, "postgres", "ALTER ROLE replicator LOGIN")
 	waitFor(t, m, "app", "rebuilt", func(st Status) bool {
 		b, err := os.ReadFile(filepath.Join(e.dir, "app", "postmaster.pid"))
 		return st.State == Streaming && err == nil && !strings.HasPrefix(string(b), strconv.Itoa(first)+"\n")
