@@ -14,6 +14,7 @@ import (
 	"github.com/draupnir-db/draupnir/images"
 	"github.com/draupnir-db/draupnir/instances"
 	"github.com/draupnir-db/draupnir/sources"
+	"github.com/draupnir-db/draupnir/standby"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -28,7 +29,8 @@ type core struct {
 	images    *images.Service
 	instances *instances.Service
 	sources   *sources.Service
-	lock      *datapath.Lock // the data path and run path, held while the server runs
+	standbys  *standby.Manager // nil without follow-mode sources
+	lock      *datapath.Lock   // the data path and run path, held while the server runs
 	// doorImages and doorInstances are the services as the doors see
 	// them: measured.
 	doorImages    imageService
@@ -139,6 +141,14 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	c.instances.StartPool()
 	c.instances.StartSweeper()
+	if c.standbys, err = startStandbys(ctx, cfg, paths, sup, log); err != nil {
+		c.Close(ctx)
+		return nil, fmt.Errorf("starting the standbys of followed sources: %w", err)
+	}
+	var follower sources.Follower
+	if c.standbys != nil {
+		follower = followers{c.standbys}
+	}
 	c.sources, err = sources.New(sources.Options{
 		Sources:   cfg.Sources,
 		Images:    c.images,
@@ -146,6 +156,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Pool:      c.db.Pool(),
 		Postgres:  sup,
 		RunDir:    paths.Run,
+		Follower:  follower,
 		Refreshed: refreshed,
 		Log:       log,
 	})
@@ -161,8 +172,11 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 
 // Close stops the services and the state cluster; instances keep running.
 func (c *core) Close(ctx context.Context) {
-	if c.sources != nil { // its refreshes use the images
+	if c.sources != nil { // its refreshes use the images and the standbys
 		c.sources.Close()
+	}
+	if c.standbys != nil { // the standbys themselves keep running
+		c.standbys.Close()
 	}
 	if c.images != nil {
 		c.images.Close()
