@@ -30,7 +30,7 @@ func (f fakeSources) get(name string) (*draupnir.Source, error) {
 	case "cdc":
 		return &draupnir.Source{Name: "cdc", Mode: draupnir.SourceFollow, Keep: 1, State: "idle", StandbyState: "disconnected",
 			StandbyError: "could not connect\nto the source",
-			LagBytes: 2048, LagSeconds: 1.25}, nil
+			LagBytes:     2048, LagSeconds: 1.25}, nil
 	}
 	return nil, draupnir.Errorf(draupnir.KindNotFound, "source %q is not configured", name)
 }
