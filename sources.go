@@ -27,8 +27,11 @@ type Source struct {
 	Conninfo string
 	// State is "idle", "refreshing" or "failing" (the last refresh failed);
 	// for follow mode the standby's own state is in StandbyState.
-	State         string
-	StandbyState  string
+	State        string
+	StandbyState string
+	// StandbyError is why the standby last failed or lost its source
+	// (follow mode; the upload principal's to read).
+	StandbyError  string
 	LastRefreshAt time.Time // when the last refresh ended; zero for never
 	NextRefreshAt time.Time // zero without a schedule
 	LastError     string    // why the last refresh failed; empty after a success

@@ -4,7 +4,8 @@
 // one run what DESIGN.md §6 promises — create → first query against the floor
 // (a bare btrfs snapshot plus a postgres start), the alternatives that grow
 // with the data (CREATE DATABASE … TEMPLATE, pg_dump | pg_restore), destroy,
-// many idle instances, concurrent creates, finalise and listing — and reports
+// many idle instances, concurrent creates, finalise and listing, follow mode's
+// standby refreshes — and reports
 // every raw sample. Everything it starts it stops and everything it mounts it
 // unmounts, also when it fails or is interrupted.
 package bench
@@ -319,6 +320,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 	}
 	e.rep = rep
 	e.undo = &undo
+	follow := &followBench{e: e}
 	steps := []step{
 		{"image", e.makeImage},
 		{"create vs floor", e.createVsFloor},
@@ -332,7 +334,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (rep *Report, err er
 		{"anonymising finalise", e.anonymisingFinalise},
 		{"uploads", e.uploads},
 		{"sources", e.sources},
+		{"follow", follow.small},
 		{"large image", e.large},
+		{"follow large", follow.large},
 		{"warm pool", e.warmPool},
 		{"forwarding", e.forwarding},
 		{"shipping", e.shipping},

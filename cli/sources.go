@@ -132,6 +132,9 @@ func (a *app) printSource(s *draupnir.Source) error {
 	fmt.Fprintf(tw, "Images:\t%s\n", idsStr(s.ImageIDs))
 	if s.Mode == draupnir.SourceFollow {
 		fmt.Fprintf(tw, "Standby:\t%s\n", dash(s.StandbyState))
+		if s.StandbyError != "" {
+			fmt.Fprintf(tw, "Standby error:\t%s\n", oneLine(s.StandbyError))
+		}
 		fmt.Fprintf(tw, "Lag:\t%s\n", lagStr(s))
 	}
 	return tw.Flush()

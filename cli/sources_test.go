@@ -28,8 +28,9 @@ func (f fakeSources) get(name string) (*draupnir.Source, error) {
 			Conninfo: "host=db user=repl", LastError: "source \"app\": it is unreachable;\npg_basebackup said: …",
 			LastRefreshAt: t0, NextRefreshAt: t0.Add(24 * time.Hour), ImageIDs: []int64{5, 6}}, nil
 	case "cdc":
-		return &draupnir.Source{Name: "cdc", Mode: draupnir.SourceFollow, Keep: 1, State: "idle", StandbyState: "streaming",
-			LagBytes: 2048, LagSeconds: 1.25}, nil
+		return &draupnir.Source{Name: "cdc", Mode: draupnir.SourceFollow, Keep: 1, State: "idle", StandbyState: "disconnected",
+			StandbyError: "could not connect\nto the source",
+			LagBytes:     2048, LagSeconds: 1.25}, nil
 	}
 	return nil, draupnir.Errorf(draupnir.KindNotFound, "source %q is not configured", name)
 }
@@ -68,7 +69,7 @@ func TestSourceCommands(t *testing.T) {
 		{name: "show", args: []string{"sources", "show", "app"},
 			stdout: []string{"Name:", "app", "Conninfo:", "host=db user=repl", "State:", "failing",
 				"Last error:", `source "app": it is unreachable; pg_basebackup said`, "Schedule:", "0 3 * * *", "Keep:", "2", "Images:", "5,6"}},
-		{name: "show follow", args: []string{"sources", "show", "cdc"}, stdout: []string{"Standby:", "streaming", "Lag:", "2.0 KiB, 1.2s"}},
+		{name: "show follow", args: []string{"sources", "show", "cdc"}, stdout: []string{"Standby:", "disconnected", "Standby error:", "could not connect to the source", "Lag:", "2.0 KiB, 1.2s"}},
 		{name: "show unknown", args: []string{"sources", "show", "nope"}, code: 1, stderr: `source "nope" is not configured`},
 		{name: "show bad name", args: []string{"sources", "show", "../etc"}, code: 2, stderr: "is not a source name", wantCalls: "-"},
 		{name: "refresh", ssh: true, args: []string{"sources", "refresh", "app"}, stdout: []string{"ID:", "7", "Source:", "app"},

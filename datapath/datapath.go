@@ -1,5 +1,6 @@
 // Package datapath knows the layout of a server's data path (image uploads,
-// image snapshots, instances, the embedded state cluster, keys) and of the
+// image snapshots, instances, the standbys of followed sources, the embedded
+// state cluster, keys) and of the
 // run path beside it, the permissions each part needs so that the postgres
 // user can reach what it must and nothing else, and the locks that keep a
 // second server off a data path or run path that one already uses. Every
@@ -41,11 +42,19 @@ func (l Layout) Instances() string { return filepath.Join(l.Data, "instances") }
 // State is the data directory of the embedded state cluster.
 func (l Layout) State() string { return filepath.Join(l.Data, "state") }
 
+// Standbys holds one subvolume per followed source, each the data directory
+// of a streaming replica of that source (package standby). Their data is the
+// source's raw, unanonymised data: nothing in here is ever served.
+func (l Layout) Standbys() string { return filepath.Join(l.Data, "standbys") }
+
 // Keys holds the server's private keys: the instance CA and the SSH host key.
 func (l Layout) Keys() string { return filepath.Join(l.Data, "keys") }
 
 // StateSockets is the socket directory of the embedded state cluster.
 func (l Layout) StateSockets() string { return filepath.Join(l.Run, "state") }
+
+// StandbySockets holds each standby's private socket directory.
+func (l Layout) StandbySockets() string { return filepath.Join(l.Run, "standbys") }
 
 // lockName is the file flocked in both the data path and the run path.
 const lockName = "draupnir.lock"
@@ -98,7 +107,7 @@ func Acquire(l Layout) (*Lock, error) {
 // modes that let the postgres user through without letting it, or any
 // other local user, list what is inside.
 func (l Layout) makeParts() error {
-	for _, d := range []string{l.Uploads(), l.Snapshots(), l.Instances()} {
+	for _, d := range []string{l.Uploads(), l.Snapshots(), l.Instances(), l.Standbys()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -111,6 +120,14 @@ func (l Layout) makeParts() error {
 		return err
 	}
 	if err := os.MkdirAll(l.Run, 0o755); err != nil {
+		return fmt.Errorf("run_path: %w", err)
+	}
+	// Each standby's socket directory inside is the postgres user's and
+	// 0700; this parent only lets it through.
+	if err := os.MkdirAll(l.StandbySockets(), 0o711); err != nil {
+		return fmt.Errorf("run_path: %w", err)
+	}
+	if err := os.Chmod(l.StandbySockets(), 0o711); err != nil {
 		return fmt.Errorf("run_path: %w", err)
 	}
 	// The postgres user must reach the data path and the run path; keep

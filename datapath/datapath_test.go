@@ -22,7 +22,9 @@ func TestLayout(t *testing.T) {
 		{"Instances", l.Instances(), "/srv/draupnir/instances"},
 		{"State", l.State(), "/srv/draupnir/state"},
 		{"Keys", l.Keys(), "/srv/draupnir/keys"},
+		{"Standbys", l.Standbys(), "/srv/draupnir/standbys"},
 		{"StateSockets", l.StateSockets(), "/run/draupnir/state"},
+		{"StandbySockets", l.StandbySockets(), "/run/draupnir/standbys"},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s() = %q, want %q", tt.name, tt.got, tt.want)
@@ -64,6 +66,7 @@ func TestAcquire(t *testing.T) {
 	}{
 		{l.Data, 0o711}, {l.Run, 0o711},
 		{l.Uploads(), 0o711}, {l.Snapshots(), 0o711}, {l.Instances(), 0o711},
+		{l.Standbys(), 0o711}, {l.StandbySockets(), 0o711},
 		{l.Keys(), 0o700},
 	} {
 		st, err := os.Stat(tt.dir)

@@ -55,26 +55,9 @@ func (s *server) waitImage(t testing.TB, id int64) *draupnir.Image {
 	}
 }
 
-// waitRefresh waits for the refresh of source name that makes image id to
-// end (its image ready or failed, and the source free again).
-func (s *server) waitRefresh(t testing.TB, name string, id int64) *draupnir.Image {
-	t.Helper()
-	im := s.waitImage(t, id)
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		src, err := s.upload().Sources().Get(context.Background(), draupnir.Principal{}, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if src.RefreshingImageID != id {
-			return s.waitImage(t, id)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("source %s still refreshing image %d, which is %s", name, id, im.State)
-		}
-	}
-}
-
-// refreshed refreshes source name over HTTP and waits for its image.
+// refreshed refreshes source name over HTTP and waits for its image. The
+// next refresh may follow at once: one asked while the last only records
+// how it ended waits for that.
 func (s *server) refreshed(t testing.TB, name string) *draupnir.Image {
 	t.Helper()
 	im, err := s.upload().Sources().Refresh(context.Background(), draupnir.Principal{}, name)
@@ -84,7 +67,7 @@ func (s *server) refreshed(t testing.TB, name string) *draupnir.Image {
 	if im.Source != name {
 		t.Errorf("refresh of %s made an image of source %q", name, im.Source)
 	}
-	return s.waitRefresh(t, name, im.ID)
+	return s.waitImage(t, im.ID)
 }
 
 // api sends a request with token and returns the status and body.
@@ -180,7 +163,7 @@ func TestSourcePull(t *testing.T) {
 	src := newSource(t)
 	src.SQL(t, "postgres", "CREATE ROLE repl LOGIN REPLICATION; CREATE ROLE norepl LOGIN")
 	script := writePrivate(t, "app.sql", anonymise)
-	sock := fmt.Sprintf("host=%s port=%d", src.SocketDir, src.Port)
+	sock := fmt.Sprintf("host=%s port=5432", src.SocketDir)
 	extra := sourceEntry("app", "pull", sock+" user=repl", script, 2, "") +
 		sourceEntry("norepl", "pull", sock+" user=norepl", script, 1, "") +
 		sourceEntry("gone", "pull", fmt.Sprintf("host=127.0.0.1 port=%d user=repl", freePort(t)), script, 1, "") +
@@ -209,7 +192,7 @@ func TestSourcePull(t *testing.T) {
 	if _, err := s.user().Sources().Refresh(ctx, draupnir.Principal{}, "app"); draupnir.KindOf(err) != draupnir.KindForbidden {
 		t.Errorf("a user's refresh: %v, want forbidden", err)
 	}
-	a := s.waitRefresh(t, "app", first.ID)
+	a := s.waitImage(t, first.ID)
 	if !a.Ready() || a.Source != "app" {
 		t.Fatalf("first refresh: image %d is %s (%s), source %q", a.ID, a.State, a.Error, a.Source)
 	}
@@ -229,7 +212,7 @@ func TestSourcePull(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("client sources refresh app: exit %d\n%s", code, out)
 	}
-	b := s.waitRefresh(t, "app", jsonID(t, out))
+	b := s.waitImage(t, jsonID(t, out))
 	if !b.Ready() {
 		t.Fatalf("second refresh: image %d is %s: %s", b.ID, b.State, b.Error)
 	}
@@ -255,7 +238,7 @@ func TestSourcePull(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ssh sources refresh app: exit %d\n%s", code, out)
 	}
-	c := s.waitRefresh(t, "app", jsonID(t, out))
+	c := s.waitImage(t, jsonID(t, out))
 	if !c.Ready() {
 		t.Fatalf("third refresh: image %d is %s: %s", c.ID, c.State, c.Error)
 	}
@@ -363,30 +346,28 @@ func TestSourcePull(t *testing.T) {
 	}
 }
 
-// TestSourcePassword refreshes over TCP with the password in a passfile,
+// TestSourcePassword refreshes with the password in a passfile (scram),
 // which is never shown or logged; a password in the conninfo itself (which
 // would be on pg_basebackup's command line for every local user to read) is
 // refused at start, naming the key. A wrong password and a source with
 // tablespaces fail with clear errors.
 func TestSourcePassword(t *testing.T) {
 	const password = "pw-s3cr3t-of-the-source"
-	src := testenv.SourceClusterTCP(t, "CREATE ROLE app LOGIN; CREATE ROLE repl LOGIN REPLICATION PASSWORD '"+password+"'")
-	src.SQL(t, "postgres", "CREATE DATABASE shop OWNER app")
-	src.SQL(t, "shop", shopSQL)
+	src := newSource(t)
+	conninfo, good := src.ReplicationRole(t, "repl", password)
 	script := writePrivate(t, "app.sql", anonymise)
-	tcp := fmt.Sprintf("host=127.0.0.1 port=%d user=repl", src.Port)
-	good := writePrivate(t, "pgpass", fmt.Sprintf("127.0.0.1:%d:*:repl:%s\n", src.Port, password))
-	wrong := writePrivate(t, "wrong", fmt.Sprintf("127.0.0.1:%d:*:repl:not-it\n", src.Port))
+	wrong := writePrivate(t, "wrong", "*:*:*:repl:not-it\n")
+
 	build(t)
 	inline := writePrivate(t, "config.toml", fmt.Sprintf("data_path = %q\nrun_path = \"/run/draupnir-e2e-inline\"\n", testenv.TempDir(t))+
-		sourceEntry("inline", "pull", tcp+" password="+password, script, 1, ""))
+		sourceEntry("inline", "pull", conninfo+" password="+password, script, 1, ""))
 	out, err := exec.Command(bins.server, "--config", inline, "serve").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "sources[0].conninfo: must not hold a password") || strings.Contains(string(out), password) {
 		t.Errorf("serve with a password in a conninfo: %v\n%s", err, out)
 	}
 
-	s := startServer(t, sourceEntry("app", "pull", tcp, script, 1, fmt.Sprintf("passfile = %q", good))+
-		sourceEntry("wrong", "pull", tcp, script, 1, fmt.Sprintf("passfile = %q", wrong)))
+	s := startServer(t, sourceEntry("app", "pull", conninfo, script, 1, fmt.Sprintf("passfile = %q", good))+
+		sourceEntry("wrong", "pull", conninfo, script, 1, fmt.Sprintf("passfile = %q", wrong)))
 	logOnFailure(t, s)
 	ctx := context.Background()
 
@@ -440,7 +421,7 @@ func TestSourceRefreshKilled(t *testing.T) {
 	// Enough data that the backup takes a moment.
 	src.SQL(t, "shop", "CREATE TABLE bulk AS SELECT n, repeat('x', 500) AS pad FROM generate_series(1, 200000) n")
 	script := writePrivate(t, "app.sql", anonymise)
-	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 2, ""))
+	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=5432 user=repl", src.SocketDir), script, 2, ""))
 	logOnFailure(t, s)
 	ctx := context.Background()
 	prev := s.refreshed(t, "app")
@@ -454,7 +435,7 @@ func TestSourceRefreshKilled(t *testing.T) {
 	s.stop(syscall.SIGKILL)
 	s.start()
 
-	im := s.waitRefresh(t, "app", cut.ID)
+	im := s.waitImage(t, cut.ID)
 	if im.State != draupnir.ImageFailed || !strings.Contains(im.Error, "interrupted") {
 		t.Errorf("the image of the killed refresh is %s: %q, want failed as interrupted", im.State, im.Error)
 	}
@@ -483,7 +464,7 @@ func TestSourceSchedule(t *testing.T) {
 	src := newSource(t)
 	src.SQL(t, "postgres", "CREATE ROLE repl LOGIN REPLICATION")
 	script := writePrivate(t, "app.sql", anonymise)
-	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=%d user=repl", src.SocketDir, src.Port), script, 1,
+	s := startServer(t, sourceEntry("app", "pull", fmt.Sprintf("host=%s port=5432 user=repl", src.SocketDir), script, 1,
 		`schedule = "@every 3s"`))
 	logOnFailure(t, s)
 	ctx := context.Background()
@@ -510,5 +491,116 @@ func TestSourceSchedule(t *testing.T) {
 	}
 	if !strings.Contains(s.logs(), "refresh started") {
 		t.Error("the log does not record the scheduled refresh")
+	}
+}
+
+// waitStandby waits until source name's standby is in state want.
+func (s *server) waitStandby(t testing.TB, name, want string) *draupnir.Source {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		src, err := s.upload().Sources().Get(context.Background(), draupnir.Principal{}, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src.StandbyState == want {
+			return src
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby of source %s is %q, not %q, after 3 minutes", name, src.StandbyState, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSourceFollow follows a source with a standby: each refresh snapshots
+// it, so instances see the rows the source had committed when the refresh
+// began and none that the script removes. A source outage fails a refresh
+// and leaves the series serving; the standby survives a restart of the
+// server and reconnects after the outage, and the next refreshes work.
+func TestSourceFollow(t *testing.T) {
+	keys := &sshKeys{}
+	src := newSource(t)
+	const password = "pw-follow-s3cr3t"
+	conninfo, passfile := src.ReplicationRole(t, "repl", password)
+	script := writePrivate(t, "app.sql", anonymise)
+	s := startServerSSH(t, sourceEntry("app", "follow", conninfo, script, 2, fmt.Sprintf("passfile = %q", passfile)), keys)
+	logOnFailure(t, s)
+	ctx := context.Background()
+	customers := func(in *draupnir.Instance, want string) {
+		t.Helper()
+		if got := mustPSQL(t, in, "SELECT count(*) FROM customers"); got != want {
+			t.Errorf("instance %d of image %d sees %s customers, want %s", in.ID, in.ImageID, got, want)
+		}
+		if got := mustPSQL(t, in, "SELECT count(*) FROM secret_tokens"); got != "0" {
+			t.Errorf("instance %d sees %s secret tokens, want 0", in.ID, got)
+		}
+		if got := mustPSQL(t, in, "SELECT count(*) FROM customers WHERE email LIKE '%@real.example'"); got != "0" {
+			t.Errorf("instance %d sees %s real emails, want 0", in.ID, got)
+		}
+	}
+
+	s.waitStandby(t, "app", "streaming")
+	a := s.refreshed(t, "app")
+	if !a.Ready() {
+		t.Fatalf("first follow refresh: image %d is %s: %s", a.ID, a.State, a.Error)
+	}
+	customers(s.instanceOfSource(t, "app"), "1000")
+
+	// Writes on the source, then at once a refresh (through the SSH door):
+	// the image has them.
+	src.SQL(t, "shop", "INSERT INTO customers (email) VALUES ('newest@real.example'); INSERT INTO secret_tokens VALUES ('new-s3cr3t')")
+	out, code := s.door(t, keys, "ssh", true, "--json", "sources", "refresh", "app")
+	if code != 0 {
+		t.Fatalf("ssh sources refresh app: exit %d\n%s", code, out)
+	}
+	b := s.waitImage(t, jsonID(t, out))
+	if !b.Ready() {
+		t.Fatalf("second follow refresh: image %d is %s: %s", b.ID, b.State, b.Error)
+	}
+	inB := s.instanceOfSource(t, "app")
+	if inB.ImageID != b.ID {
+		t.Errorf("source app gives image %d, want %d", inB.ImageID, b.ID)
+	}
+	customers(inB, "1001")
+	for _, door := range []string{"client", "ssh"} {
+		out, code := s.door(t, keys, door, false, "sources", "show", "app")
+		if code != 0 || !strings.Contains(out, "follow") || !strings.Contains(out, "Standby:") || !strings.Contains(out, "Lag:") {
+			t.Errorf("%s sources show app: exit %d\n%s", door, code, out)
+		}
+	}
+
+	// An outage of the source: the refresh fails, naming it, and the series
+	// still serves b.
+	src.Stop(t)
+	failed := s.refreshed(t, "app")
+	if failed.State != draupnir.ImageFailed || !strings.Contains(failed.Error, `"app"`) && !strings.Contains(failed.Error, " app") {
+		t.Errorf("refresh during an outage: image %d is %s: %q", failed.ID, failed.State, failed.Error)
+	}
+	if in := s.instanceOfSource(t, "app"); in.ImageID != b.ID {
+		t.Errorf("during the outage source app gives image %d, want %d", in.ImageID, b.ID)
+	}
+	src.Start(t)
+
+	// A restart of the server: the standby is adopted, catches up, and the
+	// next refresh sees the source's latest row.
+	s.stop(syscall.SIGTERM)
+	s.start()
+	src.SQL(t, "shop", "INSERT INTO customers (email) VALUES ('after@real.example')")
+	s.waitStandby(t, "app", "streaming")
+	c := s.refreshed(t, "app")
+	if !c.Ready() {
+		t.Fatalf("refresh after the restart: image %d is %s: %s", c.ID, c.State, c.Error)
+	}
+	customers(s.instanceOfSource(t, "app"), "1002")
+	got, err := s.upload().Sources().Get(ctx, draupnir.Principal{}, "app")
+	if err != nil || got.State != "idle" || got.LastError != "" {
+		t.Errorf("source app after a good refresh: %v %+v", err, got)
+	}
+	status, body := s.api(t, sharedSecret, http.MethodGet, "/sources/app", "")
+	for what, text := range map[string]string{"GET /sources/app": string(body), "the server log": s.logs()} {
+		if strings.Contains(text, password) {
+			t.Errorf("%s reveals the source's password (status %d)", what, status)
+		}
 	}
 }

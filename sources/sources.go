@@ -267,6 +267,10 @@ func (s *Service) describe(p draupnir.Principal, src *source, ims []*draupnir.Im
 		if s.opts.Follower != nil {
 			if ss, ok := s.opts.Follower.Status(c.Name); ok {
 				out.StandbyState, out.LagBytes, out.LagSeconds = ss.State, ss.LagBytes, ss.LagSeconds
+				if p.Upload {
+					// Part of it is what the source's server said.
+					out.StandbyError = ss.LastError
+				}
 			}
 		}
 	}

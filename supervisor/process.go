@@ -45,6 +45,11 @@ type Spec struct {
 	ListenAddresses string
 	// Settings are extra run-time settings, passed as -c name=value.
 	Settings map[string]string
+	// ConfigFile, if set, is read instead of DataDir's postgresql.conf
+	// (DataDir's postgresql.auto.conf is still read after it). It keeps a
+	// server's own configuration out of a data directory whose files come
+	// from elsewhere and are snapshotted.
+	ConfigFile string
 	// LogFile receives postgres' stdout and stderr (appended; created 0600
 	// and owned by the OS user).
 	LogFile string
@@ -209,6 +214,12 @@ func (spec Spec) args(dataDir string) ([]string, error) {
 		"-p", strconv.Itoa(spec.Port),
 		"-c", "listen_addresses=" + spec.ListenAddresses,
 		"-c", "unix_socket_directories=" + spec.SocketDir,
+	}
+	if spec.ConfigFile != "" {
+		if !filepath.IsAbs(spec.ConfigFile) {
+			return nil, fmt.Errorf("config file %q must be an absolute path", spec.ConfigFile)
+		}
+		args = append(args, "-c", "config_file="+spec.ConfigFile)
 	}
 	names := make([]string, 0, len(spec.Settings))
 	for k := range spec.Settings {

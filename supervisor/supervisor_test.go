@@ -226,6 +226,30 @@ func TestStopEscalates(t *testing.T) {
 	}
 }
 
+// TestStartConfigFile starts postgres with a configuration file outside
+// its data directory: that file's settings apply, the data directory's
+// postgresql.conf is not read.
+func TestStartConfigFile(t *testing.T) {
+	s := newSupervisor(t)
+	dir := cluster(t, s)
+	f, err := os.OpenFile(filepath.Join(dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(f, "work_mem = '3MB'")
+	f.Close()
+	conf := filepath.Join(filepath.Dir(dir), "outside.conf")
+	if err := os.WriteFile(conf, []byte("work_mem = '7MB'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp := spec(t, dir)
+	sp.ConfigFile = conf
+	start(t, s, sp)
+	if got := query(t, sp.SocketDir, sp.Port, "SHOW work_mem"); got != "7MB" {
+		t.Errorf("work_mem = %q, want the outside file's 7MB", got)
+	}
+}
+
 func TestStartPortInUse(t *testing.T) {
 	s := newSupervisor(t)
 	dir := cluster(t, s)
@@ -284,6 +308,9 @@ func TestStartFailures(t *testing.T) {
 		{"managed setting", func(t *testing.T, dir string, sp *Spec) {
 			sp.Settings["listen_addresses"] = "*"
 		}, "managed"},
+		{"relative config file", func(t *testing.T, dir string, sp *Spec) {
+			sp.ConfigFile = "postgresql.conf"
+		}, "must be an absolute path"},
 		{"ctx ends", func(t *testing.T, dir string, sp *Spec) {}, "context deadline exceeded"},
 	}
 	for _, tt := range tests {

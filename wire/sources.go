@@ -11,6 +11,7 @@ type SourceAttributes struct {
 	Conninfo          string  `json:"conninfo"`
 	State             string  `json:"state"`
 	StandbyState      string  `json:"standby_state,omitempty"`
+	StandbyError      string  `json:"standby_error,omitempty"`
 	LastRefreshAt     Time    `json:"last_refresh_at"`
 	NextRefreshAt     Time    `json:"next_refresh_at"`
 	LastError         string  `json:"last_error"`
@@ -35,7 +36,7 @@ func NewSourceResource(s *draupnir.Source) SourceResource {
 	}
 	return SourceResource{Type: TypeSources, ID: s.Name, Attributes: SourceAttributes{
 		Mode: string(s.Mode), Schedule: s.Schedule, Keep: s.Keep, Conninfo: s.Conninfo, State: s.State,
-		StandbyState: s.StandbyState, LastRefreshAt: NewTime(s.LastRefreshAt), NextRefreshAt: NewTime(s.NextRefreshAt),
+		StandbyState: s.StandbyState, StandbyError: s.StandbyError, LastRefreshAt: NewTime(s.LastRefreshAt), NextRefreshAt: NewTime(s.NextRefreshAt),
 		LastError: s.LastError, RefreshingImageID: Int(s.RefreshingImageID), LagBytes: s.LagBytes,
 		LagSeconds: s.LagSeconds, ImageIDs: ids,
 	}}
@@ -49,7 +50,7 @@ func (r *SourceResource) Source() *draupnir.Source {
 		ids[i] = int64(id)
 	}
 	return &draupnir.Source{Name: r.ID, Mode: draupnir.SourceMode(a.Mode), Schedule: a.Schedule, Keep: a.Keep,
-		Conninfo: a.Conninfo, State: a.State, StandbyState: a.StandbyState, LastRefreshAt: a.LastRefreshAt.Time,
+		Conninfo: a.Conninfo, State: a.State, StandbyState: a.StandbyState, StandbyError: a.StandbyError, LastRefreshAt: a.LastRefreshAt.Time,
 		NextRefreshAt: a.NextRefreshAt.Time, LastError: a.LastError, RefreshingImageID: int64(a.RefreshingImageID),
 		LagBytes: a.LagBytes, LagSeconds: a.LagSeconds, ImageIDs: ids}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/draupnir-db/draupnir/nodes"
 	"github.com/draupnir-db/draupnir/replicate"
 	"github.com/draupnir-db/draupnir/sources"
+	"github.com/draupnir-db/draupnir/standby"
 	"github.com/draupnir-db/draupnir/statedb"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
@@ -30,7 +31,8 @@ type core struct {
 	images    *images.Service
 	instances *instances.Service
 	sources   *sources.Service
-	lock      *datapath.Lock // the data path and run path, held while the server runs
+	standbys  *standby.Manager // nil without follow-mode sources
+	lock      *datapath.Lock   // the data path and run path, held while the server runs
 	// registry is the cluster's membership and signer signs and checks
 	// the calls nodes forward to each other; both nil on a single node.
 	registry *nodes.Registry
@@ -167,6 +169,14 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 	}
 	c.instances.StartPool()
 	c.instances.StartSweeper()
+	if c.standbys, err = startStandbys(ctx, cfg, paths, sup, log); err != nil {
+		c.Close(ctx)
+		return nil, fmt.Errorf("starting the standbys of followed sources: %w", err)
+	}
+	var follower sources.Follower
+	if c.standbys != nil {
+		follower = followers{c.standbys}
+	}
 	c.sources, err = sources.New(sources.Options{
 		Sources:   cfg.Sources,
 		Images:    c.images,
@@ -174,6 +184,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Pool:      c.db.Pool(),
 		Postgres:  sup,
 		RunDir:    paths.Run,
+		Follower:  follower,
 		Refreshed: refreshed,
 		Log:       log,
 	})
@@ -189,8 +200,11 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 
 // Close stops the services and the state cluster; instances keep running.
 func (c *core) Close(ctx context.Context) {
-	if c.sources != nil { // its refreshes use the images
+	if c.sources != nil { // its refreshes use the images and the standbys
 		c.sources.Close()
+	}
+	if c.standbys != nil { // the standbys themselves keep running
+		c.standbys.Close()
 	}
 	if c.registry != nil {
 		c.registry.Close()

@@ -10,7 +10,6 @@ package testenv
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -191,33 +190,32 @@ type Source struct {
 	Dir       string // data directory
 	SocketDir string
 	Bin       string
-	// Port is the cluster's port: 5432 on its unix socket alone, or, for
-	// SourceClusterTCP, a free port that 127.0.0.1 listens on too.
-	Port int
+	Superuser string // the bootstrap superuser, "postgres" unless chosen
+	// Conninfo reaches the cluster (over its unix socket) as Superuser,
+	// for replication too.
+	Conninfo string
+
+	log      string
+	settings string
+}
+
+// SourceOptions shape a source cluster beyond SourceCluster's defaults.
+type SourceOptions struct {
+	SetupSQL  string            // run in database postgres once it is up
+	Superuser string            // the bootstrap superuser's name; "postgres" if empty
+	Settings  map[string]string // server settings (archive_mode, say)
 }
 
 // SourceCluster initialises and starts a cluster (unix socket only) in a fresh
 // directory and stops it at cleanup. setupSQL runs in database postgres.
 func SourceCluster(t testing.TB, setupSQL string) *Source {
 	t.Helper()
-	return sourceCluster(t, setupSQL, 0)
+	return NewSource(t, SourceOptions{SetupSQL: setupSQL})
 }
 
-// SourceClusterTCP is SourceCluster listening on 127.0.0.1 too, at a free
-// port, where every connection (replication ones too) needs a password
-// (scram-sha-256); the unix socket stays trusted, for setup.
-func SourceClusterTCP(t testing.TB, setupSQL string) *Source {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return sourceCluster(t, setupSQL, port)
-}
-
-func sourceCluster(t testing.TB, setupSQL string, tcpPort int) *Source {
+// NewSource is SourceCluster with options. Local connections are trusted,
+// replication ones included, unless ReplicationRole says otherwise.
+func NewSource(t testing.TB, opts SourceOptions) *Source {
 	t.Helper()
 	RequireRoot(t)
 	bin := BinDir(t)
@@ -226,30 +224,71 @@ func sourceCluster(t testing.TB, setupSQL string, tcpPort int) *Source {
 	if err := os.Chown(base, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	s := &Source{Dir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"), Bin: bin, Port: 5432}
+	if opts.Superuser == "" {
+		opts.Superuser = "postgres"
+	}
+	s := &Source{Dir: filepath.Join(base, "data"), SocketDir: filepath.Join(base, "sock"), Bin: bin,
+		Superuser: opts.Superuser, log: filepath.Join(base, "log")}
+	s.Conninfo = fmt.Sprintf("host=%s port=5432 user=%s", s.SocketDir, s.Superuser)
 	if err := os.Mkdir(s.SocketDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	os.Chown(s.SocketDir, uid, gid)
-	AsPostgres(t, filepath.Join(bin, "initdb"), "-D", s.Dir, "-A", "trust", "-U", "postgres", "--no-sync")
-	listen := "''"
-	if tcpPort != 0 {
-		s.Port, listen = tcpPort, "'127.0.0.1'"
-		hba := "local all all trust\nlocal replication all trust\n" +
-			"host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n"
-		if err := os.WriteFile(filepath.Join(s.Dir, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	AsPostgres(t, filepath.Join(bin, "initdb"), "-D", s.Dir, "-A", "trust", "-U", s.Superuser, "--no-sync")
+	s.settings = fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories='%s' -c port=5432 -c fsync=off", s.SocketDir)
+	for k, v := range opts.Settings {
+		s.settings += fmt.Sprintf(" -c %s='%s'", k, v)
 	}
-	AsPostgres(t, filepath.Join(bin, "pg_ctl"), "-D", s.Dir, "-w", "-l", filepath.Join(base, "log"), "-o",
-		fmt.Sprintf("-c listen_addresses=%s -c unix_socket_directories='%s' -c port=%d -c fsync=off", listen, s.SocketDir, s.Port), "start")
+	s.Start(t)
 	t.Cleanup(func() {
 		exec.Command("runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"), "-D", s.Dir, "-m", "immediate", "-w", "stop").Run()
 	})
-	if setupSQL != "" {
-		s.SQL(t, "postgres", setupSQL)
+	if opts.SetupSQL != "" {
+		s.SQL(t, "postgres", opts.SetupSQL)
 	}
 	return s
+}
+
+// Start starts the cluster again after Stop.
+func (s *Source) Start(t testing.TB) {
+	t.Helper()
+	AsPostgres(t, filepath.Join(s.Bin, "pg_ctl"), "-D", s.Dir, "-w", "-l", s.log, "-o", s.settings, "start")
+}
+
+// Stop shuts the cluster down (fast), as an outage of a real source would.
+func (s *Source) Stop(t testing.TB) {
+	t.Helper()
+	AsPostgres(t, filepath.Join(s.Bin, "pg_ctl"), "-D", s.Dir, "-m", "fast", "-w", "stop")
+}
+
+// ReplicationRole creates a role with LOGIN and REPLICATION that must give
+// its password (scram) over the socket, and returns a libpq passfile for
+// it: 0600, the root's, in a directory only root can read, as an
+// operator would keep one.
+func (s *Source) ReplicationRole(t testing.TB, name, password string) (conninfo, passfile string) {
+	t.Helper()
+	s.SQL(t, "postgres", fmt.Sprintf("SET password_encryption = 'scram-sha-256'; CREATE ROLE %s LOGIN REPLICATION PASSWORD '%s'", name, password))
+	hba := filepath.Join(s.Dir, "pg_hba.conf")
+	old, err := os.ReadFile(hba)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// First match wins: the role's lines go before initdb's trust ones.
+	lines := fmt.Sprintf("local replication %[1]s scram-sha-256\nlocal all %[1]s scram-sha-256\n", name)
+	if err := os.WriteFile(hba, append([]byte(lines), old...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.SQL(t, "postgres", "SELECT pg_reload_conf()")
+	dir, err := os.MkdirTemp("", "draupnir-passfile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	passfile = filepath.Join(dir, "pgpass")
+	if err := os.WriteFile(passfile, []byte("*:*:*:"+name+":"+password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("host=%s port=5432 user=%s", s.SocketDir, name), passfile
 }
 
 // SQL runs sql in db on the source cluster with ON_ERROR_STOP and returns
@@ -257,7 +296,7 @@ func sourceCluster(t testing.TB, setupSQL string, tcpPort int) *Source {
 func (s *Source) SQL(t testing.TB, db, sql string) string {
 	t.Helper()
 	return AsPostgres(t, filepath.Join(s.Bin, "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-		"-h", s.SocketDir, "-p", strconv.Itoa(s.Port), "-U", "postgres", "-d", db, "-c", sql)
+		"-h", s.SocketDir, "-p", "5432", "-U", s.Superuser, "-d", db, "-c", sql)
 }
 
 // BaseBackup runs pg_basebackup -Ft into a fresh directory (extra flags such
@@ -268,7 +307,7 @@ func (s *Source) BaseBackup(t testing.TB, extra ...string) string {
 	out := filepath.Join(TempDir(t), "backup")
 	uid, gid := PostgresUser(t)
 	os.Chown(filepath.Dir(out), uid, gid)
-	args := append([]string{"-h", s.SocketDir, "-p", strconv.Itoa(s.Port), "-U", "postgres", "-D", out, "-Ft", "-c", "fast"}, extra...)
+	args := append([]string{"-h", s.SocketDir, "-p", "5432", "-U", s.Superuser, "-D", out, "-Ft", "-c", "fast"}, extra...)
 	AsPostgres(t, filepath.Join(s.Bin, "pg_basebackup"), args...)
 	return out
 }
