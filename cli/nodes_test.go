@@ -44,6 +44,22 @@ func (f *fakeNodes) Undrain(_ context.Context, p draupnir.Principal, name string
 	return f.set(p, name, false)
 }
 
+// TestInstanceShowsItsNode: on a cluster an instance says which node runs
+// it (and reads unavailable while that node is down); on a single node
+// nothing changes.
+func TestInstanceShowsItsNode(t *testing.T) {
+	f := newFakeBackend()
+	res := run(t, f.backend(), Env{SSH: true, Name: "draupnir"}, "", "instances", "show", "4")
+	if res.code != 0 || strings.Contains(res.stdout, "Node:") {
+		t.Errorf("single node's instance: exit %d\n%s", res.code, res.stdout)
+	}
+	f.instances[0].Node, f.instances[0].State = "n2", draupnir.InstanceUnavailable
+	res = run(t, f.backend(), Env{SSH: true, Name: "draupnir"}, "", "instances", "show", "4")
+	if res.code != 0 || !strings.Contains(res.stdout, "State:            unavailable") || !strings.Contains(res.stdout, "Node:             n2") {
+		t.Errorf("an instance on a down node: exit %d\n%s", res.code, res.stdout)
+	}
+}
+
 func TestNodesCommands(t *testing.T) {
 	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	upload := draupnir.Principal{Name: draupnir.UploadPrincipal, Upload: true}

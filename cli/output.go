@@ -218,6 +218,9 @@ func (a *app) printInstance(inst *draupnir.Instance) error {
 	if inst.Owner != "" {
 		fmt.Fprintf(tw, "Owner:\t%s\n", inst.Owner)
 	}
+	if inst.Node != "" {
+		fmt.Fprintf(tw, "Node:\t%s\n", inst.Node)
+	}
 	fmt.Fprintf(tw, "Host:\t%s\n", dash(inst.Hostname))
 	fmt.Fprintf(tw, "Port:\t%s\n", portStr(inst.Port))
 	fmt.Fprintf(tw, "Database:\t%s\n", dash(inst.Database))
