@@ -73,7 +73,11 @@ type Options struct {
 	Images    Images
 	Instances draupnir.InstanceDestroyer
 	Pool      *pgxpool.Pool
-	Postgres  Postgres
+	// Node is this node's name on a cluster, empty on a single node: a
+	// refresh's image is made here, and a refresh another node runs is
+	// left to it.
+	Node     string
+	Postgres Postgres
 	// RunDir holds the private copies of passfiles that pg_basebackup
 	// reads as the postgres OS user while a refresh runs.
 	RunDir string
@@ -125,7 +129,7 @@ func New(opts Options) (*Service, error) {
 		opts.SweepInterval = time.Minute
 	}
 	base, cancel := context.WithCancel(context.Background())
-	s := &Service{opts: opts, log: opts.Log.With("component", "sources"), store: store{opts.Pool},
+	s := &Service{opts: opts, log: opts.Log.With("component", "sources"), store: store{opts.Pool, opts.Node},
 		srcs: map[string]*source{}, base: base, cancel: cancel}
 	for i, c := range opts.Sources {
 		src := &source{cfg: c}
@@ -340,6 +344,14 @@ func (s *Service) begin(ctx context.Context, src *source) (_ *draupnir.Image, er
 		return nil, fmt.Errorf("source %q: creating its image: %w", name, err)
 	}
 	if err := s.store.begin(ctx, name, im.ID); err != nil {
+		if draupnir.KindOf(err) == draupnir.KindConflict {
+			// Another node of the cluster won this refresh: the image
+			// made for it has nothing in it and goes.
+			if derr := s.opts.Images.Destroy(context.WithoutCancel(ctx), upload, im.ID, s.opts.Instances); derr != nil {
+				log.Error("could not destroy the image of a refresh another node runs", "image", im.ID, "err", derr)
+			}
+			return nil, err
+		}
 		s.opts.Images.Fail(context.WithoutCancel(ctx), im.ID, "the refresh could not be recorded in the state database")
 		return nil, err
 	}

@@ -2,24 +2,51 @@ package sources
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/draupnir-db/draupnir"
 )
 
 // store is the sources table: what outlives a restart about refreshes.
-type store struct{ pool *pgxpool.Pool }
+// On a node of a cluster the table is every node's: node names this one
+// (empty on a single node).
+type store struct {
+	pool *pgxpool.Pool
+	node string
+}
 
 type stored struct {
 	lastRefreshAt time.Time
 	lastError     string
 }
 
-// begin records that a refresh of name is making image id.
+// begin records that a refresh of name is making image id. It fails with
+// a conflict while another refresh of name is recorded whose image is
+// still being made: on a cluster, every node that lists a source may
+// schedule it, and one of them wins. A refresh whose image is ready,
+// failed or gone has ended, whatever its row still says.
 func (s store) begin(ctx context.Context, name string, id int64) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO sources (name, refreshing_image_id) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET refreshing_image_id = $2`, name, id)
+	var other int64
+	err := s.pool.QueryRow(ctx, `INSERT INTO sources AS s (name, refreshing_image_id) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET refreshing_image_id = $2
+			WHERE s.refreshing_image_id IS NULL OR s.refreshing_image_id = $2 OR NOT EXISTS (
+				SELECT 1 FROM images i WHERE i.id = s.refreshing_image_id AND i.state IN ('created', 'uploading', 'finalising'))
+		RETURNING 0`, name, id).Scan(&other)
+	if errors.Is(err, pgx.ErrNoRows) {
+		var node string
+		_ = s.pool.QueryRow(ctx, `SELECT i.id, i.node FROM sources s JOIN images i ON i.id = s.refreshing_image_id
+			WHERE s.name = $1`, name).Scan(&other, &node)
+		where := ""
+		if node != "" {
+			where = " on node " + node
+		}
+		return draupnir.Errorf(draupnir.KindConflict, "source %q is already being refreshed%s (image %d)", name, where, other)
+	}
 	if err != nil {
 		return fmt.Errorf("recording a refresh of source %q: %w", name, err)
 	}
@@ -56,7 +83,10 @@ func (s store) end(ctx context.Context, name string, id int64, reason string) (p
 // interrupted returns the image of every refresh still recorded as under
 // way, by source: at a start, those a stopped server left.
 func (s store) interrupted(ctx context.Context) (map[string]int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT name, refreshing_image_id FROM sources WHERE refreshing_image_id IS NOT NULL`)
+	// Only this node's: another node's refresh may be under way (a node
+	// that is down fails its own when it starts again).
+	rows, err := s.pool.Query(ctx, `SELECT s.name, s.refreshing_image_id FROM sources s
+		JOIN images i ON i.id = s.refreshing_image_id WHERE i.node = $1`, s.node)
 	if err != nil {
 		return nil, fmt.Errorf("reading interrupted refreshes: %w", err)
 	}

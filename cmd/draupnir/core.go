@@ -182,6 +182,7 @@ func openCore(ctx context.Context, cfg *config.Config, log *slog.Logger, service
 		Images:    c.images,
 		Instances: c.instances,
 		Pool:      c.db.Pool(),
+		Node:      cfg.Node.Name,
 		Postgres:  sup,
 		RunDir:    paths.Run,
 		Follower:  follower,
