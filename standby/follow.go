@@ -17,7 +17,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sys/unix"
 
+	"github.com/draupnir-db/draupnir/images/extract"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
@@ -311,7 +313,23 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 	if err != nil {
 		return fmt.Errorf("source %s: %w", name, err)
 	}
-	args := []string{"-D", sb.l.incoming, "-X", "stream", "-c", "fast", "--no-password",
+	// Tar format, extracted here by the upload's hardened extractor: in
+	// plain format pg_basebackup would write wherever the server's stream
+	// says (tablespace paths, member names), and the source's server is
+	// as untrusted as its data. The tars cost the database's size in disk
+	// until extracted, once per standby.
+	tars := filepath.Join(sb.l.private, "base-backup")
+	if err := os.RemoveAll(tars); err != nil {
+		return fmt.Errorf("source %s: removing an unfinished base backup: %w", name, err)
+	}
+	if err := os.Mkdir(tars, 0o700); err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
+	}
+	defer os.RemoveAll(tars)
+	if err := os.Chown(tars, sup.UID(), sup.GID()); err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
+	}
+	args := []string{"-D", tars, "-Ft", "-X", "stream", "-c", "fast", "--no-password", "--no-manifest",
 		"-d", sb.conn.with("application_name", applicationName(name)).String()}
 	if sup.NoSync {
 		args = append(args, "--no-sync")
@@ -329,6 +347,12 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 		}
 		return fmt.Errorf("source %s: base backup failed: %w: %s", name, err, strings.TrimSpace(string(out)))
 	}
+	if err := extractBackup(ctx, tars, sb.l.incoming); err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
+	}
+	if err := sup.Chown(sb.l.incoming); err != nil {
+		return fmt.Errorf("source %s: %w", name, err)
+	}
 	if err := noTablespaces(sb.l.incoming); err != nil {
 		return fmt.Errorf("source %s: %w", name, err)
 	}
@@ -342,6 +366,42 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 		return fmt.Errorf("source %s: moving the base backup into place: %w", name, err)
 	}
 	m.log.Info("base backup of source done", "source", name, "duration", time.Since(start))
+	return nil
+}
+
+// extractBackup extracts the base.tar and pg_wal.tar that pg_basebackup -Ft
+// wrote in tars into dir. Any other archive is a tablespace's, which
+// follow mode does not support (its data would live outside the
+// subvolume that snapshots copy).
+func extractBackup(ctx context.Context, tars, dir string) error {
+	ents, err := os.ReadDir(tars)
+	if err != nil {
+		return fmt.Errorf("reading the base backup: %w", err)
+	}
+	var others []string
+	for _, e := range ents {
+		if e.Name() != "base.tar" && e.Name() != "pg_wal.tar" {
+			others = append(others, strings.TrimSuffix(e.Name(), ".tar"))
+		}
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("the source uses tablespaces (%s), which follow mode does not support", strings.Join(others, ", "))
+	}
+	for _, a := range []struct{ tar, into string }{{"base.tar", dir}, {"pg_wal.tar", filepath.Join(dir, "pg_wal")}} {
+		if err := os.MkdirAll(a.into, 0o700); err != nil {
+			return err
+		}
+		// O_NOFOLLOW: the directory is the postgres user's.
+		f, err := os.OpenFile(filepath.Join(tars, a.tar), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fmt.Errorf("reading the base backup: %w", err)
+		}
+		_, err = extract.Tar(ctx, f, a.into, extract.Options{UID: -1, GID: -1})
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("extracting the base backup's %s: %w", a.tar, err)
+		}
+	}
 	return nil
 }
 

@@ -541,13 +541,21 @@ func TestBaseBackupFails(t *testing.T) {
 	}
 }
 
-// TestTablespaces refuses a source with a tablespace (here one inside its
-// data directory, which pg_basebackup copies without complaint): the
-// tablespace's data would escape the snapshots.
+// TestTablespaces refuses a source with a tablespace: the tablespace's
+// data would escape the snapshots (and pg_basebackup would write it to the
+// path the source's server names).
 func TestTablespaces(t *testing.T) {
 	e := newEnv(t)
-	src := testenv.NewSource(t, testenv.SourceOptions{Settings: map[string]string{"allow_in_place_tablespaces": "on"}})
-	src.SQL(t, "postgres", "CREATE TABLESPACE ts LOCATION ''")
+	src := testenv.NewSource(t, testenv.SourceOptions{})
+	loc := filepath.Join(testenv.TempDir(t), "ts")
+	if err := os.Mkdir(loc, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := testenv.PostgresUser(t)
+	if err := os.Chown(loc, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	src.SQL(t, "postgres", "CREATE TABLESPACE ts LOCATION '"+loc+"'")
 	src.SQL(t, "postgres", "CREATE TABLE t (n int) TABLESPACE ts")
 	m := e.start(t, Source{Name: "app", Conninfo: src.Conninfo})
 	st := waitState(t, m, "app", Failed)
