@@ -67,7 +67,18 @@ func (s *server) refreshed(t testing.TB, name string) *draupnir.Image {
 	if im.Source != name {
 		t.Errorf("refresh of %s made an image of source %q", name, im.Source)
 	}
-	return s.waitImage(t, im.ID)
+	done := s.waitImage(t, im.ID)
+	// The refresh ends a moment after its image: it records how it went
+	// and applies retention.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		src, err := s.upload().Sources().Get(context.Background(), draupnir.Principal{}, name)
+		if err == nil && src.RefreshingImageID != im.ID {
+			return done
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("source %s still records the refresh of image %d a minute after it ended: %+v, %v", name, im.ID, src, err)
+		}
+	}
 }
 
 // api sends a request with token and returns the status and body.
