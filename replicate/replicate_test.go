@@ -3,8 +3,6 @@ package replicate
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -214,40 +212,9 @@ func (c *cluster) step(names ...string) {
 	}
 }
 
-// treeSums maps every file below dir to its mode and checksum.
-func treeSums(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			v += " " + hex.EncodeToString(sum[:])
-		}
-		out[rel] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func sameTree(t *testing.T, want, got string) {
 	t.Helper()
-	a, b := treeSums(t, want), treeSums(t, got)
+	a, b := testenv.TreeSums(t, want), testenv.TreeSums(t, got)
 	if len(a) != len(b) {
 		t.Errorf("%s has %d entries, %s has %d", want, len(a), got, len(b))
 	}
