@@ -25,8 +25,6 @@ import (
 	"github.com/draupnir-db/draupnir/internal/testenv"
 	"github.com/draupnir-db/draupnir/nodes"
 	"github.com/draupnir-db/draupnir/sshd"
-	"github.com/draupnir-db/draupnir/statedb"
-	"github.com/draupnir-db/draupnir/supervisor"
 )
 
 // cluster is a few nodes on one machine: each its own btrfs, SSH door and
@@ -55,26 +53,6 @@ func (n *node) bytesOf(id int64) int64 {
 	return n.received[id]
 }
 
-func openState(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	testenv.RequireRoot(t)
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	sup, err := supervisor.New("postgres", nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sup.NoSync = true
-	base := testenv.TempDir(t)
-	dataDir := filepath.Join(base, "state")
-	t.Cleanup(func() { testenv.KillPostgresUnder(dataDir) })
-	db, err := statedb.Open(context.Background(), statedb.Options{Supervisor: sup, DataDir: dataDir, SocketDir: filepath.Join(base, "run"), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	return db.Pool()
-}
-
 type noUploads struct{}
 
 func (noUploads) OpenUpload(context.Context, draupnir.Principal, int64) (draupnir.Upload, error) {
@@ -88,7 +66,7 @@ func (noKeys) PrincipalForKey(context.Context, gossh.PublicKey) (draupnir.Princi
 }
 
 func newCluster(t *testing.T, names ...string) *cluster {
-	c := &cluster{t: t, pool: openState(t), nodes: map[string]*node{}}
+	c := &cluster{t: t, pool: testenv.StatePool(t), nodes: map[string]*node{}}
 	for _, name := range names {
 		c.addNode(name, func(*Options) {})
 	}
