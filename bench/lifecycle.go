@@ -80,13 +80,9 @@ func (e *env) resetAndQuery(ctx context.Context, in *draupnir.Instance) (time.Du
 
 // writeSomething changes the data of instance in, as its owner.
 func writeSomething(ctx context.Context, in *draupnir.Instance) error {
-	cfg, err := connConfig(in)
+	conn, err := connect(ctx, in)
 	if err != nil {
 		return err
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connecting to instance %d: %w", in.ID, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS bench_written AS SELECT 1 AS n"); err != nil {
@@ -143,8 +139,9 @@ func (e *env) saveSeries(ctx context.Context, image int64, prefix string, n int)
 		}
 		stop := make(chan struct{})
 		gap, connect := make(chan time.Duration, 1), make(chan time.Duration, 1)
-		go func() { gap <- longestWait(ctx, conn, stop) }()
-		go func() { connect <- longestConnect(ctx, cfg, stop) }()
+		// SELECT 1 on the open connection, and on a new one each time.
+		go func() { gap <- longest(stop, 5*time.Millisecond, func() { conn.Exec(ctx, "SELECT 1") }) }()
+		go func() { connect <- longest(stop, 20*time.Millisecond, func() { firstQuery(ctx, cfg) }) }()
 		t0 := time.Now()
 		im, err := e.user.Instances().Save(ctx, draupnir.Principal{}, in.ID)
 		took := time.Since(t0)
@@ -165,10 +162,9 @@ func (e *env) saveSeries(ctx context.Context, image int64, prefix string, n int)
 	return nil
 }
 
-// longestConnect connects anew and runs SELECT 1, every 20 ms, until stop
-// is closed, and returns the longest one took (a failed one counts until
-// it failed).
-func longestConnect(ctx context.Context, cfg *pgx.ConnConfig, stop <-chan struct{}) time.Duration {
+// longest runs probe every interval until stop is closed and returns the
+// longest one took (a failed one counts until it failed).
+func longest(stop <-chan struct{}, interval time.Duration, probe func()) time.Duration {
 	var worst time.Duration
 	for {
 		select {
@@ -177,25 +173,8 @@ func longestConnect(ctx context.Context, cfg *pgx.ConnConfig, stop <-chan struct
 		default:
 		}
 		t0 := time.Now()
-		firstQuery(ctx, cfg)
+		probe()
 		worst = max(worst, time.Since(t0))
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// longestWait runs SELECT 1 on conn over and over until stop is closed and
-// returns the longest one took.
-func longestWait(ctx context.Context, conn *pgx.Conn, stop <-chan struct{}) time.Duration {
-	var worst time.Duration
-	for {
-		select {
-		case <-stop:
-			return worst
-		default:
-		}
-		t0 := time.Now()
-		conn.Exec(ctx, "SELECT 1")
-		worst = max(worst, time.Since(t0))
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }

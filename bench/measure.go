@@ -142,6 +142,19 @@ func dirSize(dir string) (int64, error) {
 	return n, err
 }
 
+// connect opens one connection to instance in as its user (connConfig).
+func connect(ctx context.Context, in *draupnir.Instance) (*pgx.Conn, error) {
+	cfg, err := connConfig(in)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to instance %d: %w", in.ID, err)
+	}
+	return conn, nil
+}
+
 // connConfig is how a user connects to an instance with what the API
 // returned: TCP, TLS verified against the instance CA, SCRAM password.
 func connConfig(in *draupnir.Instance) (*pgx.ConnConfig, error) {

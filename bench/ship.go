@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
 	"github.com/draupnir-db/draupnir/client"
@@ -113,13 +111,9 @@ func (e *env) incrementalShip(ctx context.Context, sa, sb *server, upA *client.C
 	if err != nil {
 		return err
 	}
-	cfg, err := connConfig(in)
+	conn, err := connect(ctx, in)
 	if err != nil {
 		return err
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connecting to instance %d: %w", in.ID, err)
 	}
 	// 1 % of the rows, contiguous, so 1 % of the table's pages.
 	_, err = conn.Exec(ctx, `UPDATE pgbench_accounts SET abalance = abalance + 1

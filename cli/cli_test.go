@@ -286,6 +286,20 @@ func run(t *testing.T, b Backend, env Env, stdin string, args ...string) result 
 	return result{code, out.String(), errb.String()}
 }
 
+// stdoutHas fails the test unless r's stdout holds wants, in that order.
+func (r result) stdoutHas(t *testing.T, wants []string) {
+	t.Helper()
+	rest := r.stdout
+	for _, w := range wants {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Errorf("stdout lacks %q (in order); stdout:\n%s", w, r.stdout)
+			return
+		}
+		rest = rest[i+len(w):]
+	}
+}
+
 func TestCommands(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "anon.sql")
 	if err := os.WriteFile(script, []byte("UPDATE users SET email = 'x';\n"), 0o600); err != nil {
@@ -388,15 +402,7 @@ func TestCommands(t *testing.T) {
 			if r.code != tt.code {
 				t.Errorf("exit %d, want %d; stderr: %s", r.code, tt.code, r.stderr)
 			}
-			rest := r.stdout
-			for _, s := range tt.stdout {
-				i := strings.Index(rest, s)
-				if i < 0 {
-					t.Errorf("stdout lacks %q (in order); stdout:\n%s", s, r.stdout)
-					break
-				}
-				rest = rest[i+len(s):]
-			}
+			r.stdoutHas(t, tt.stdout)
 			if len(tt.stdout) == 0 && tt.code == 0 && r.stdout != "" && tt.name == "images destroy json is silent" {
 				t.Errorf("stdout %q, want nothing", r.stdout)
 			}

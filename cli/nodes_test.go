@@ -93,14 +93,7 @@ func TestNodesCommands(t *testing.T) {
 			if res.code != tt.code {
 				t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", res.code, tt.code, res.stdout, res.stderr)
 			}
-			rest := res.stdout
-			for _, w := range tt.stdout {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("stdout lacks %q (in order):\n%s", w, res.stdout)
-				}
-				rest = rest[i+len(w):]
-			}
+			res.stdoutHas(t, tt.stdout)
 			if !strings.Contains(res.stderr, tt.stderr) || (tt.stderr == "" && res.stderr != "") {
 				t.Errorf("stderr %q, want %q", res.stderr, tt.stderr)
 			}

@@ -99,14 +99,7 @@ func TestSourceCommands(t *testing.T) {
 			if r.code != tt.code {
 				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, tt.code, r.stdout, r.stderr)
 			}
-			rest := r.stdout
-			for _, want := range tt.stdout {
-				i := strings.Index(rest, want)
-				if i < 0 {
-					t.Fatalf("stdout lacks %q (in order):\n%s", want, r.stdout)
-				}
-				rest = rest[i+len(want):]
-			}
+			r.stdoutHas(t, tt.stdout)
 			if tt.stderr != "" && !strings.Contains(r.stderr, tt.stderr) || tt.stderr == "" && r.stderr != "" {
 				t.Errorf("stderr %q, want %q", r.stderr, tt.stderr)
 			}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/btrfs"
+	"github.com/draupnir-db/draupnir/internal/conninfo"
 )
 
 // DefaultPath is where the server looks for its configuration unless
@@ -855,20 +856,10 @@ func (s *Source) check() []keyError {
 			msg = inner.Error()
 		}
 		bad("conninfo", "is not a valid libpq connection string: %s", msg)
-	} else if keys, ok := conninfoKeys(s.Conninfo); !ok {
+	} else if keys, err := conninfo.Parse(s.Conninfo); err != nil {
 		bad("conninfo", "is not a valid libpq connection string")
-	} else {
-		// A password here would be on pg_basebackup's command line, which
-		// every local user can read, and in a follow standby's
-		// configuration, which its snapshots carry into images.
-		if keys["password"] {
-			bad("conninfo", "must not hold a password: put it in the file that passfile names")
-		}
-		for _, k := range []string{"passfile", "replication"} {
-			if keys[k] {
-				bad("conninfo", "must not set %s: draupnir sets it (use the source's passfile key)", k)
-			}
-		}
+	} else if err := CheckConninfoKeys(keys); err != nil {
+		bad("conninfo", "%v", err)
 	}
 	if s.Passfile != "" && !filepath.IsAbs(s.Passfile) {
 		bad("passfile", "must be an absolute path, got %q", s.Passfile)

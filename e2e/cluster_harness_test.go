@@ -2,15 +2,12 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/draupnir-db/draupnir"
+	"github.com/draupnir-db/draupnir/internal/testenv"
 )
 
 // Helpers shared by the cluster tests (cluster_test.go, ship_test.go).
@@ -51,35 +48,8 @@ func (n *clusterNode) snapshotDir(id int64) string {
 	return filepath.Join(n.layout().Snapshots(), strconv.FormatInt(id, 10))
 }
 
-// snapshotSums maps every entry of image id's snapshot on n to its mode,
-// owner and, for files, the checksum of its content.
+// snapshotSums describes image id's snapshot on n (testenv.TreeSums).
 func (n *clusterNode) snapshotSums(t *testing.T, id int64) map[string]string {
 	t.Helper()
-	root := n.snapshotDir(id)
-	out := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			v += " " + hex.EncodeToString(sum[:])
-		}
-		out[rel] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-	return out
+	return testenv.TreeSums(t, n.snapshotDir(id))
 }

@@ -7,11 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/internal/testenv"
-	"github.com/draupnir-db/draupnir/migrations"
 )
 
 // fakeCluster lists fixed nodes.
@@ -86,15 +83,7 @@ func TestAnotherNodesInstance(t *testing.T) {
 // ready copy on a).
 func nodeStores(t *testing.T) (a, b pgStore) {
 	t.Helper()
-	src := testenv.SourceCluster(t, "")
-	pool, err := pgxpool.New(context.Background(), fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres", src.SocketDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := migrations.Apply(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := testenv.StatePool(t)
 	if _, err := pool.Exec(context.Background(), `
 		INSERT INTO images (id, state, backed_up_at, anonymisation_script, database_name, node)
 		VALUES (1, 'ready', now(), '', 'app', 'a'), (2, 'ready', now(), '', 'app', 'b'), (3, 'ready', now(), '', 'app', 'b');

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -21,24 +20,7 @@ import (
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/internal/testenv"
-	"github.com/draupnir-db/draupnir/migrations"
 )
-
-// statePool starts a throwaway PostgreSQL with Draupnir's schema: the
-// shared state database of the nodes under test.
-func statePool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	src := testenv.SourceCluster(t, "")
-	pool, err := pgxpool.New(context.Background(), fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres", src.SocketDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := migrations.Apply(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
-	return pool
-}
 
 func newRegistry(pool *pgxpool.Pool, name, key string, c draupnir.NodeCapacity) *Registry {
 	return New(Options{
@@ -52,7 +34,7 @@ func newRegistry(pool *pgxpool.Pool, name, key string, c draupnir.NodeCapacity) 
 }
 
 func TestRegistry(t *testing.T) {
-	pool := statePool(t)
+	pool := testenv.StatePool(t)
 	ctx := context.Background()
 	capA := draupnir.NodeCapacity{FreeDiskBytes: 10 << 30, FreeMemoryBytes: 4 << 30, Instances: 3, FreePorts: 97}
 	a := newRegistry(pool, "a", "ssh-ed25519 AAAA-a", capA)
@@ -277,7 +259,7 @@ func TestHostPublicKey(t *testing.T) {
 // drained nor down are candidates; instances are counted live, owned ones
 // only, and free ports lessened by the instances made since the beat.
 func TestCandidates(t *testing.T) {
-	pool := statePool(t)
+	pool := testenv.StatePool(t)
 	ctx := context.Background()
 	capacity := draupnir.NodeCapacity{FreeDiskBytes: 1 << 30, FreeMemoryBytes: 1 << 30, Instances: 1, FreePorts: 10}
 	regs := map[string]*Registry{}

@@ -3,8 +3,6 @@ package replicate
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,8 +25,6 @@ import (
 	"github.com/draupnir-db/draupnir/internal/testenv"
 	"github.com/draupnir-db/draupnir/nodes"
 	"github.com/draupnir-db/draupnir/sshd"
-	"github.com/draupnir-db/draupnir/statedb"
-	"github.com/draupnir-db/draupnir/supervisor"
 )
 
 // cluster is a few nodes on one machine: each its own btrfs, SSH door and
@@ -57,26 +53,6 @@ func (n *node) bytesOf(id int64) int64 {
 	return n.received[id]
 }
 
-func openState(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	testenv.RequireRoot(t)
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	sup, err := supervisor.New("postgres", nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sup.NoSync = true
-	base := testenv.TempDir(t)
-	dataDir := filepath.Join(base, "state")
-	t.Cleanup(func() { testenv.KillPostgresUnder(dataDir) })
-	db, err := statedb.Open(context.Background(), statedb.Options{Supervisor: sup, DataDir: dataDir, SocketDir: filepath.Join(base, "run"), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	return db.Pool()
-}
-
 type noUploads struct{}
 
 func (noUploads) OpenUpload(context.Context, draupnir.Principal, int64) (draupnir.Upload, error) {
@@ -90,7 +66,7 @@ func (noKeys) PrincipalForKey(context.Context, gossh.PublicKey) (draupnir.Princi
 }
 
 func newCluster(t *testing.T, names ...string) *cluster {
-	c := &cluster{t: t, pool: openState(t), nodes: map[string]*node{}}
+	c := &cluster{t: t, pool: testenv.StatePool(t), nodes: map[string]*node{}}
 	for _, name := range names {
 		c.addNode(name, func(*Options) {})
 	}
@@ -214,40 +190,9 @@ func (c *cluster) step(names ...string) {
 	}
 }
 
-// treeSums maps every file below dir to its mode and checksum.
-func treeSums(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		v := fi.Mode().String()
-		if d.Type().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			v += " " + hex.EncodeToString(sum[:])
-		}
-		out[rel] = v
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func sameTree(t *testing.T, want, got string) {
 	t.Helper()
-	a, b := treeSums(t, want), treeSums(t, got)
+	a, b := testenv.TreeSums(t, want), testenv.TreeSums(t, got)
 	if len(a) != len(b) {
 		t.Errorf("%s has %d entries, %s has %d", want, len(a), got, len(b))
 	}

@@ -2,20 +2,19 @@ package sources
 
 import (
 	"net/url"
-	"strings"
 
-	"github.com/draupnir-db/draupnir/config"
+	"github.com/draupnir-db/draupnir/internal/conninfo"
 )
 
-// RedactConninfo returns conninfo without its password, for display: a
-// URI's password and password parameter, or a keyword string's password.
-// A string it cannot read is not shown at all. (The configuration refuses
+// RedactConninfo returns s without its password, for display: a URI's
+// password and password parameter, or a keyword string's password. A
+// string it cannot read is not shown at all. (The configuration refuses
 // passwords in conninfo; this holds whatever a config of another version
 // let through.)
-func RedactConninfo(conninfo string) string {
+func RedactConninfo(s string) string {
 	const unreadable = "(not shown: unreadable)"
-	if config.IsConninfoURI(conninfo) {
-		u, err := url.Parse(conninfo)
+	if conninfo.IsURI(s) {
+		u, err := url.Parse(s)
 		if err != nil {
 			return unreadable
 		}
@@ -28,23 +27,15 @@ func RedactConninfo(conninfo string) string {
 		}
 		return u.String()
 	}
-	params, ok := config.SplitConninfo(conninfo)
-	if !ok {
+	params, err := conninfo.Split(s)
+	if err != nil {
 		return unreadable
 	}
-	var out []string
+	var kept []conninfo.Param
 	for _, p := range params {
 		if p.Key != "password" {
-			out = append(out, p.Key+"="+quoteValue(p.Value))
+			kept = append(kept, p)
 		}
 	}
-	return strings.Join(out, " ")
-}
-
-// quoteValue writes v as a libpq connection string value.
-func quoteValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\r'\\") {
-		return v
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	return conninfo.Join(kept)
 }

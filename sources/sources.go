@@ -200,11 +200,7 @@ func (s *Service) lookup(name string) (*source, error) {
 
 // List returns every configured source, in the config's order.
 func (s *Service) List(ctx context.Context, p draupnir.Principal) ([]*draupnir.Source, error) {
-	ims, err := s.opts.Images.List(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	states, err := s.store.all(ctx)
+	ims, states, err := s.read(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -221,15 +217,25 @@ func (s *Service) Get(ctx context.Context, p draupnir.Principal, name string) (*
 	if err != nil {
 		return nil, err
 	}
-	ims, err := s.opts.Images.List(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	states, err := s.store.all(ctx)
+	ims, states, err := s.read(ctx, p)
 	if err != nil {
 		return nil, err
 	}
 	return s.describe(p, src, ims, states[name]), nil
+}
+
+// read returns what describe needs: the images p may see and every
+// source's stored state.
+func (s *Service) read(ctx context.Context, p draupnir.Principal) ([]*draupnir.Image, map[string]stored, error) {
+	ims, err := s.opts.Images.List(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	states, err := s.store.all(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ims, states, nil
 }
 
 // FailedForOthers is the last error of a source as principals other than

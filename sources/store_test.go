@@ -2,14 +2,10 @@ package sources
 
 import (
 	"context"
-	"fmt"
 	"testing"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/draupnir-db/draupnir"
 	"github.com/draupnir-db/draupnir/internal/testenv"
-	"github.com/draupnir-db/draupnir/migrations"
 )
 
 // TestClusterRefreshClaims: on a cluster every node that lists a source
@@ -17,16 +13,8 @@ import (
 // whose image has ended frees the source whatever its row says, and a
 // starting node fails only its own interrupted refreshes.
 func TestClusterRefreshClaims(t *testing.T) {
-	src := testenv.SourceCluster(t, "")
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres", src.SocketDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := migrations.Apply(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
+	pool := testenv.StatePool(t)
 	if _, err := pool.Exec(ctx, `INSERT INTO images (id, state, backed_up_at, source, node) VALUES
 		(1, 'finalising', now(), 'app', 'a'), (2, 'created', now(), 'app', 'b'), (3, 'created', now(), 'app', 'b')`); err != nil {
 		t.Fatal(err)
@@ -35,7 +23,7 @@ func TestClusterRefreshClaims(t *testing.T) {
 	if err := a.begin(ctx, "app", 1); err != nil {
 		t.Fatalf("first claim: %v", err)
 	}
-	err = b.begin(ctx, "app", 2)
+	err := b.begin(ctx, "app", 2)
 	if draupnir.KindOf(err) != draupnir.KindConflict {
 		t.Fatalf("a second node's claim while image 1 is being made = %v, want a conflict", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/draupnir-db/draupnir/images/extract"
+	"github.com/draupnir-db/draupnir/internal/conninfo"
 	"github.com/draupnir-db/draupnir/supervisor"
 )
 
@@ -61,7 +62,7 @@ func (m *Manager) layout(name string) layout {
 type standby struct {
 	src  Source
 	l    layout
-	conn conninfo // nil in archive-only mode
+	conn conninfo.Keywords // nil in archive-only mode
 
 	mu        sync.Mutex
 	status    Status
@@ -330,7 +331,7 @@ func (m *Manager) baseBackup(ctx context.Context, sb *standby) (err error) {
 		return fmt.Errorf("source %s: %w", name, err)
 	}
 	args := []string{"-D", tars, "-Ft", "-X", "stream", "-c", "fast", "--no-password", "--no-manifest",
-		"-d", sb.conn.with("application_name", applicationName(name)).String()}
+		"-d", sb.conn.With("application_name", applicationName(name)).String()}
 	if sup.NoSync {
 		args = append(args, "--no-sync")
 	}
@@ -495,9 +496,9 @@ wal_recycle = off
 		fmt.Fprintf(&conf, "%s = %d\n", cs.setting, v)
 	}
 	if sb.conn != nil {
-		c := sb.conn.with("application_name", applicationName(name))
+		c := sb.conn.With("application_name", applicationName(name))
 		if sb.src.Passfile != "" {
-			c = c.with("passfile", sb.l.passfile)
+			c = c.With("passfile", sb.l.passfile)
 		}
 		fmt.Fprintf(&conf, "primary_conninfo = %s\n", quote(c.String()))
 	}
@@ -570,9 +571,9 @@ func quote(s string) string {
 // current WAL position from IDENTIFY_SYSTEM.
 func (m *Manager) sourcePosition(ctx context.Context, sb *standby) (string, error) {
 	name := sb.src.Name
-	c := sb.conn.forGo().with("dbname", "replication", "application_name", applicationName(name))
+	c := sb.conn.ForGo().With("dbname", "replication", "application_name", applicationName(name))
 	if sb.src.Passfile != "" {
-		c = c.with("passfile", sb.l.passfile)
+		c = c.With("passfile", sb.l.passfile)
 	}
 	cfg, err := pgconn.ParseConfig(c.String())
 	if err != nil {

@@ -1,10 +1,12 @@
 // Package testenv gives tests the real parts they run on: a loop-mounted btrfs
-// filesystem, the postgres OS user and binaries, and source clusters to take
-// base backups of. Everything it sets up is torn down by t.Cleanup, even when
-// the test fails. Tests that need root skip when not run as root, so that
-// `go test ./...` as a normal user runs every unit test; as root (make test,
-// CI) they all run, and missing tools are failures, not skips, so that a CI
-// machine without them cannot pass silently.
+// filesystem, the postgres OS user and binaries, source clusters to take
+// base backups of, and throwaway state databases with Draupnir's schema
+// (StatePool); TreeSums compares directory trees. Everything it sets up is
+// torn down by t.Cleanup, even when the test fails. Tests that need root
+// skip when not run as root, so that `go test ./...` as a normal user runs
+// every unit test; as root (make test, CI) they all run, and missing tools
+// are failures, not skips, so that a CI machine without them cannot pass
+// silently.
 package testenv
 
 import (
