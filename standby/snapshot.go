@@ -78,6 +78,18 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 		}
 	}
 	caughtUp := time.Since(begin)
+	// The catalog, not only pg_tblspc: a tablespace inside the source's
+	// data directory (allow_in_place_tablespaces) is left out of a tar
+	// base backup altogether, so the standby may lack its directory and
+	// its data while the catalog names it.
+	var spaces []string
+	if err := db.QueryRow(ctx, `SELECT pg_catalog.array_agg(spcname::pg_catalog.text ORDER BY spcname)
+		FROM pg_catalog.pg_tablespace WHERE spcname OPERATOR(pg_catalog.<>) ALL ('{pg_default,pg_global}'::pg_catalog.name[])`).Scan(&spaces); err != nil {
+		return fmt.Errorf("source %s: reading the standby's tablespaces: %w", name, err)
+	}
+	if len(spaces) > 0 {
+		return fmt.Errorf("source %s: the source uses tablespaces (%s), which follow mode does not support", name, strings.Join(spaces, ", "))
+	}
 	if !m.opts.NoRestartpoint {
 		if _, err := db.Exec(ctx, "CHECKPOINT"); err != nil {
 			return fmt.Errorf("source %s: restartpoint on the standby: %w", name, err)

@@ -583,4 +583,19 @@ func TestTablespaces(t *testing.T) {
 	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
 		t.Errorf("a refused snapshot left %s (%v)", dst, err)
 	}
+
+	// One inside the data directory, made before the base backup: a tar
+	// base backup leaves it out, so only the catalog still names it.
+	inplace := testenv.NewSource(t, testenv.SourceOptions{Settings: map[string]string{"allow_in_place_tablespaces": "on"}})
+	inplace.SQL(t, "postgres", "CREATE TABLESPACE ts LOCATION ''")
+	inplace.SQL(t, "postgres", "CREATE TABLE t (n int) TABLESPACE ts")
+	m = e.start(t, Source{Name: "inplace", Conninfo: inplace.Conninfo})
+	waitState(t, m, "inplace", Streaming)
+	dst = filepath.Join(e.dir, "image-inplace")
+	if err := m.SnapshotInto(context.Background(), "inplace", dst); err == nil || !strings.Contains(err.Error(), "uses tablespaces (ts)") {
+		t.Errorf("SnapshotInto of a standby whose source has an in-place tablespace: %v", err)
+	}
+	if _, err := os.Lstat(dst); !os.IsNotExist(err) {
+		t.Errorf("a refused snapshot left %s (%v)", dst, err)
+	}
 }
