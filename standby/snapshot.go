@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -82,12 +83,25 @@ func (m *Manager) SnapshotInto(ctx context.Context, name, dst string) error {
 	// data directory (allow_in_place_tablespaces) is left out of a tar
 	// base backup altogether, so the standby may lack its directory and
 	// its data while the catalog names it.
+	// Plain column reads, filtered here: the standby's catalog is the
+	// source's, and a function or aggregate it planted in pg_catalog (an
+	// array_agg(text), say) would run as this superuser session.
 	var spaces []string
-	if err := db.QueryRow(ctx, `SELECT pg_catalog.array_agg(spcname::pg_catalog.text ORDER BY spcname)
-		FROM pg_catalog.pg_tablespace WHERE spcname OPERATOR(pg_catalog.<>) ALL ('{pg_default,pg_global}'::pg_catalog.name[])`).Scan(&spaces); err != nil {
+	rows, err := db.Query(ctx, `SELECT spcname FROM pg_catalog.pg_tablespace`)
+	if err == nil {
+		var names []string
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		for _, n := range names {
+			if n != "pg_default" && n != "pg_global" {
+				spaces = append(spaces, n)
+			}
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("source %s: reading the standby's tablespaces: %w", name, err)
 	}
 	if len(spaces) > 0 {
+		slices.Sort(spaces)
 		return fmt.Errorf("source %s: the source uses tablespaces (%s), which follow mode does not support", name, strings.Join(spaces, ", "))
 	}
 	if !m.opts.NoRestartpoint {
